@@ -1,0 +1,7 @@
+//! One module per subcommand: its clap `Args` (doc comments are the help text) and its `run`.
+
+pub mod apply;
+pub mod chat;
+pub mod extract;
+pub mod generate;
+pub mod merge;

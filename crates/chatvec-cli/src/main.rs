@@ -1,0 +1,57 @@
+//! The `chatvec` binary: parses arguments and hands each subcommand to its module in `cmd/`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Give a language-adapted LLM chat skills by weight arithmetic (the chat-vector method).
+#[derive(Parser)]
+#[command(name = "chatvec", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write TARGET + RATIO·(CHAT − BASE) as a complete model, streaming tensor by tensor.
+    Merge(cmd::merge::Args),
+    /// Write the chat vector CHAT − BASE as a checkpoint with a chatvec.json manifest.
+    Extract(cmd::extract::Args),
+    /// Add one or more extracted vectors to a target model.
+    Apply(cmd::apply::Args),
+    /// Generate an answer with the model's chat template and sampling.
+    Generate(cmd::generate::Args),
+    /// Chat with a model in the terminal (or over piped stdin).
+    Chat(cmd::chat::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Merge(a) => cmd::merge::run(a),
+        Command::Extract(a) => cmd::extract::run(a),
+        Command::Apply(a) => cmd::apply::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,67 @@
+//! Errors of the generation library: each names the file or the setting at fault, on one line.
+
+use std::path::PathBuf;
+
+/// Result alias for chatvec-gen.
+pub type Result<T> = std::result::Result<T, GenError>;
+
+/// What can go wrong when loading a model, rendering a prompt or generating.
+#[derive(Debug, thiserror::Error)]
+pub enum GenError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A JSON file is malformed or lacks a required field.
+    #[error("{path}: {message}")]
+    BadFile { path: PathBuf, message: String },
+    /// The directory is not a model directory.
+    #[error("{0}")]
+    NotAModel(String),
+    /// The architecture named in config.json is not implemented.
+    #[error("unsupported architecture {name} in {path}; supported: {supported}")]
+    UnsupportedArchitecture {
+        name: String,
+        path: PathBuf,
+        supported: String,
+    },
+    /// A config value this implementation cannot honour.
+    #[error("{path}: {message}")]
+    UnsupportedConfig { path: PathBuf, message: String },
+    /// A weight is missing or has the wrong shape.
+    #[error("weights in {dir}: {message}")]
+    Weights { dir: PathBuf, message: String },
+    /// The model has no chat template.
+    #[error("{0}")]
+    NoChatTemplate(String),
+    /// The chat template failed to compile or render.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// Tokenizer failure.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A user-supplied option is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A tensor operation failed.
+    #[error("tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl GenError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        GenError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn bad_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        GenError::BadFile {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}

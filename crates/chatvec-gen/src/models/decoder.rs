@@ -1,0 +1,419 @@
+//! The decoder-only transformer shared by Llama, Mistral, Qwen2 and Gemma.
+//!
+//! Written on candle-core/candle-nn ops instead of reusing candle-transformers' per-model files
+//! because those (0.11) derive `head_dim` from `hidden_size / heads`, return logits for the last
+//! position only (perplexity needs all of them), do not read transformers-5 `rope_parameters`,
+//! and copy K/V for grouped-query attention on every step. One implementation parameterised by
+//! [`DecoderConfig`] keeps the four architectures in step.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::config::{Activation, DecoderConfig};
+use super::rope::Rope;
+use super::weights::WeightSource;
+use crate::error::Result;
+
+/// `y = x W^T (+ b)`.
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, k) = x.dims3()?;
+        let y = x.reshape((b * s, k))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        Ok(y.reshape((b, s, ()))?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    /// q, k and v projections stacked into one matrix: one pass over the input per layer.
+    qkv: Linear,
+    o: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    sliding_window: Option<usize>,
+    kv: Option<(Tensor, Tensor)>,
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    /// gate and up projections stacked into one matrix.
+    gate_up: Linear,
+    down: Linear,
+    intermediate: usize,
+    activation: Activation,
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: RmsNorm,
+    attn: Attention,
+    post_attention_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A loaded decoder with its KV cache.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    cfg: DecoderConfig,
+    embed: Tensor,
+    embed_scale: Option<f64>,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+    /// Number of positions held in the KV cache.
+    position: usize,
+}
+
+struct Loader<'a> {
+    src: &'a dyn WeightSource,
+    dtype: DType,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.src.tensor(name, shape)?;
+        Ok(t.to_device(self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.get(&format!("{prefix}.weight"), &[out, inp])?,
+            bias: if bias {
+                Some(self.get(&format!("{prefix}.bias"), &[out])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Several projections of the same input concatenated along the output dimension.
+    fn stacked(&self, parts: &[(&str, usize)], inp: usize, bias: bool) -> Result<Linear> {
+        let mut ws = Vec::with_capacity(parts.len());
+        let mut bs = Vec::with_capacity(parts.len());
+        for (prefix, out) in parts {
+            let l = self.linear(prefix, *out, inp, bias)?;
+            ws.push(l.weight);
+            bs.extend(l.bias);
+        }
+        Ok(Linear {
+            weight: Tensor::cat(&ws, 0)?,
+            bias: if bias { Some(Tensor::cat(&bs, 0)?) } else { None },
+        })
+    }
+
+    fn norm(&self, name: &str, cfg: &DecoderConfig) -> Result<RmsNorm> {
+        // Gemma's (1 + w) is folded in once, computed in float32 as transformers does.
+        let w = self.src.tensor(name, &[cfg.hidden_size])?.to_device(self.device)?;
+        let w = if cfg.norm_weight_offset != 0.0 {
+            (w.to_dtype(DType::F32)? + cfg.norm_weight_offset)?
+        } else {
+            w
+        };
+        Ok(RmsNorm {
+            weight: w.to_dtype(self.dtype)?,
+            eps: cfg.rms_norm_eps as f32,
+        })
+    }
+}
+
+impl Decoder {
+    /// Builds the decoder from named tensors (`model.layers.N.self_attn.q_proj.weight`, ...).
+    pub fn load(
+        cfg: &DecoderConfig,
+        src: &dyn WeightSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let ld = Loader { src, dtype, device };
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let embed = ld.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            let attn = Attention {
+                qkv: ld.stacked(
+                    &[
+                        (&format!("{p}.self_attn.q_proj"), q_out),
+                        (&format!("{p}.self_attn.k_proj"), kv_out),
+                        (&format!("{p}.self_attn.v_proj"), kv_out),
+                    ],
+                    h,
+                    cfg.qkv_bias,
+                )?,
+                o: ld.linear(&format!("{p}.self_attn.o_proj"), h, q_out, cfg.o_bias)?,
+                num_heads: cfg.num_heads,
+                num_kv_heads: cfg.num_kv_heads,
+                head_dim: hd,
+                sliding_window: cfg.sliding_window,
+                kv: None,
+            };
+            let mlp = Mlp {
+                gate_up: ld.stacked(
+                    &[
+                        (&format!("{p}.mlp.gate_proj"), cfg.intermediate_size),
+                        (&format!("{p}.mlp.up_proj"), cfg.intermediate_size),
+                    ],
+                    h,
+                    cfg.mlp_bias,
+                )?,
+                down: ld.linear(
+                    &format!("{p}.mlp.down_proj"),
+                    h,
+                    cfg.intermediate_size,
+                    cfg.mlp_bias,
+                )?,
+                intermediate: cfg.intermediate_size,
+                activation: cfg.activation,
+            };
+            layers.push(Layer {
+                input_norm: ld.norm(&format!("{p}.input_layernorm.weight"), cfg)?,
+                attn,
+                post_attention_norm: ld.norm(&format!("{p}.post_attention_layernorm.weight"), cfg)?,
+                mlp,
+            });
+        }
+        let norm = ld.norm("model.norm.weight", cfg)?;
+        // A checkpoint without lm_head.weight is tied in practice even if its config forgot to say so.
+        let lm_head = if cfg.tie_word_embeddings || !src.contains("lm_head.weight") {
+            embed.clone()
+        } else {
+            ld.get("lm_head.weight", &[cfg.vocab_size, h])?
+        };
+        let embed_scale = if cfg.scale_embeddings {
+            // transformers rounds the normaliser to the compute dtype before multiplying.
+            let s = Tensor::new((h as f32).sqrt(), device)?
+                .to_dtype(dtype)?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?;
+            Some(s as f64)
+        } else {
+            None
+        };
+        Ok(Decoder {
+            rope: Rope::new(&cfg.rope, hd),
+            cfg: cfg.clone(),
+            embed,
+            embed_scale,
+            layers,
+            norm,
+            lm_head,
+            dtype,
+            device: device.clone(),
+            position: 0,
+        })
+    }
+
+    /// The configuration this decoder was built from.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of positions in the KV cache.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Empties the KV cache.
+    pub fn reset(&mut self) {
+        for layer in &mut self.layers {
+            layer.attn.kv = None;
+        }
+        self.position = 0;
+    }
+
+    /// Keeps the first `len` cached positions and drops the rest.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.position {
+            return Ok(());
+        }
+        if len == 0 {
+            self.reset();
+            return Ok(());
+        }
+        for layer in &mut self.layers {
+            if let Some((k, v)) = layer.attn.kv.take() {
+                layer.attn.kv = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));
+            }
+        }
+        self.position = len;
+        Ok(())
+    }
+
+    /// Runs `tokens` after the cached positions and returns the final hidden states `(1, s, hidden)`.
+    fn hidden(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let s = tokens.len();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?;
+        if let Some(scale) = self.embed_scale {
+            x = (x * scale)?;
+        }
+        let (cos, sin) = self
+            .rope
+            .tables(self.position, s, self.dtype, &self.device)?;
+        for layer in &mut self.layers {
+            let residual = &x;
+            let h = layer.input_norm.forward(&x)?;
+            let h = layer.attn.forward(&h, self.position, &cos, &sin)?;
+            let x1 = (residual + h)?;
+            let h = layer.post_attention_norm.forward(&x1)?;
+            let h = layer.mlp.forward(&h)?;
+            x = (x1 + h)?;
+        }
+        self.position += s;
+        self.norm.forward(&x)
+    }
+
+    /// Feeds `tokens` and returns float32 logits `(vocab,)` of the last one.
+    pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let s = tokens.len();
+        if s == 0 {
+            return Err(crate::GenError::InvalidArgument(
+                "forward needs at least one token".into(),
+            ));
+        }
+        let h = self.hidden(tokens)?.narrow(1, s - 1, 1)?.squeeze(0)?;
+        let logits = h.matmul(&self.lm_head.t()?)?;
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+
+    /// Feeds `tokens` and returns float32 logits `(len, vocab)` for every one of them.
+    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(crate::GenError::InvalidArgument(
+                "forward needs at least one token".into(),
+            ));
+        }
+        let h = self.hidden(tokens)?.squeeze(0)?;
+        Ok(h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+    }
+}
+
+impl Attention {
+    fn forward(&mut self, x: &Tensor, start: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self.qkv.forward(x)?;
+        let split = |offset: usize, heads: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(2, offset * hd, heads * hd)?
+                .reshape((b, s, heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = candle_nn::rotary_emb::rope(&split(0, nh)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&split(nh, nkv)?, cos, sin)?;
+        let v = split(nh + nkv, nkv)?;
+        let (k, v) = match &self.kv {
+            Some((ck, cv)) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
+            None => (k, v),
+        };
+        self.kv = Some((k.clone(), v.clone()));
+        let total = start + s;
+
+        // With one query and a window shorter than the cache, attending to the window's keys
+        // alone is the same as masking the rest, and cheaper.
+        let (k, v, first_key) = match self.sliding_window {
+            Some(w) if s == 1 && total > w => {
+                (k.narrow(2, total - w, w)?, v.narrow(2, total - w, w)?, total - w)
+            }
+            _ => (k, v, 0),
+        };
+        let t = total - first_key;
+
+        // Grouped-query attention without copying K/V: the n_rep query heads that share a KV
+        // head are laid out as extra query rows of that head.
+        let rep = nh / nkv;
+        let q = q.reshape((b, nkv, rep * s, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let att = if s > 1 || first_key > 0 {
+            let mask = self.mask(rep, s, start, first_key, t, x.device())?;
+            att.broadcast_add(&mask)?
+        } else {
+            att
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
+        let y = att
+            .matmul(&v.contiguous()?)?
+            .reshape((b, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b, s, nh * hd))?;
+        self.o.forward(&y)
+    }
+
+    /// Additive mask `(rep * s, t)`: row `r` is the query at position `start + r % s`, column `j`
+    /// the key at position `first_key + j`.
+    fn mask(
+        &self,
+        rep: usize,
+        s: usize,
+        start: usize,
+        first_key: usize,
+        t: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let mut m = vec![0f32; rep * s * t];
+        for r in 0..rep * s {
+            let q = start + r % s;
+            for j in 0..t {
+                let k = first_key + j;
+                let visible = k <= q && self.sliding_window.is_none_or(|w| q - k < w);
+                if !visible {
+                    m[r * t + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (rep * s, t), device)?)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gu = self.gate_up.forward(x)?;
+        let gate = gu.narrow(D::Minus1, 0, self.intermediate)?;
+        let up = gu.narrow(D::Minus1, self.intermediate, self.intermediate)?;
+        let gate = match self.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+            Activation::Gelu => gate.gelu_erf()?,
+        };
+        self.down.forward(&(gate * up)?)
+    }
+}

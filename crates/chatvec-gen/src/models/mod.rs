@@ -1,0 +1,200 @@
+//! Causal language models loaded from a Hugging Face model directory.
+//!
+//! One shared [`Decoder`] runs every supported architecture; the per-architecture modules only
+//! translate `config.json` into a [`DecoderConfig`].
+
+mod config;
+mod decoder;
+mod gemma;
+mod llama;
+mod mistral;
+mod qwen2;
+mod rope;
+mod weights;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+pub use config::{Activation, DecoderConfig, RopeConfig, RopeScaling};
+pub use decoder::Decoder;
+pub use rope::Rope;
+pub use weights::{SafetensorsWeights, WeightSource};
+
+use crate::error::{GenError, Result};
+use config::JsonConfig;
+
+/// Architectures chatvec can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+    Gemma,
+}
+
+/// The `architectures` names accepted, for error messages.
+pub const SUPPORTED_ARCHITECTURES: &str =
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GemmaForCausalLM";
+
+impl Architecture {
+    /// Reads `architectures[0]` (or `model_type` when that is absent).
+    fn detect(json: &serde_json::Value, path: &Path) -> Result<Self> {
+        let name = json
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .or_else(|| json.get("model_type").and_then(|m| m.as_str()))
+            .ok_or_else(|| {
+                GenError::bad_file(path, "neither `architectures` nor `model_type` is set")
+            })?;
+        match name {
+            "LlamaForCausalLM" | "llama" => Ok(Architecture::Llama),
+            "MistralForCausalLM" | "mistral" => Ok(Architecture::Mistral),
+            "Qwen2ForCausalLM" | "qwen2" => Ok(Architecture::Qwen2),
+            "GemmaForCausalLM" | "gemma" => Ok(Architecture::Gemma),
+            other => Err(GenError::UnsupportedArchitecture {
+                name: other.to_string(),
+                path: path.to_path_buf(),
+                supported: SUPPORTED_ARCHITECTURES.to_string(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Architecture::Llama => "llama",
+            Architecture::Mistral => "mistral",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Gemma => "gemma",
+        })
+    }
+}
+
+/// Reads and checks `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<(Architecture, DecoderConfig)> {
+    if !dir.is_dir() {
+        return Err(GenError::NotAModel(format!(
+            "{}: not a directory",
+            dir.display()
+        )));
+    }
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(GenError::NotAModel(format!(
+            "{}: no config.json (not a model directory)",
+            dir.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
+    config_from_json(&value, &path)
+}
+
+/// Interprets a parsed config.json (`path` is only used in errors).
+pub fn config_from_json(
+    value: &serde_json::Value,
+    path: &Path,
+) -> Result<(Architecture, DecoderConfig)> {
+    let arch = Architecture::detect(value, path)?;
+    let cfg = JsonConfig { value, path };
+    let decoder = match arch {
+        Architecture::Llama => llama::config(&cfg)?,
+        Architecture::Mistral => mistral::config(&cfg)?,
+        Architecture::Qwen2 => qwen2::config(&cfg)?,
+        Architecture::Gemma => gemma::config(&cfg)?,
+    };
+    Ok((arch, decoder))
+}
+
+/// A causal LM with its KV cache: feed tokens, read logits.
+#[derive(Debug, Clone)]
+pub struct Model {
+    arch: Architecture,
+    dir: Option<PathBuf>,
+    decoder: Decoder,
+}
+
+impl Model {
+    /// Loads `dir` (config.json + safetensors) onto `device`, computing in `dtype`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let (arch, cfg) = read_config(dir)?;
+        let weights = SafetensorsWeights::open(dir)?;
+        let decoder = Decoder::load(&cfg, &weights, device, dtype)?;
+        Ok(Model {
+            arch,
+            dir: Some(dir.to_path_buf()),
+            decoder,
+        })
+    }
+
+    /// Builds a model from a config and any weight source (in-memory tensors for benchmarks).
+    pub fn from_weights(
+        arch: Architecture,
+        cfg: &DecoderConfig,
+        weights: &dyn WeightSource,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        Ok(Model {
+            arch,
+            dir: None,
+            decoder: Decoder::load(cfg, weights, device, dtype)?,
+        })
+    }
+
+    /// The architecture read from config.json.
+    pub fn architecture(&self) -> Architecture {
+        self.arch
+    }
+
+    /// The directory the model was loaded from, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The decoder configuration.
+    pub fn config(&self) -> &DecoderConfig {
+        self.decoder.config()
+    }
+
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.decoder.dtype()
+    }
+
+    /// Device holding the weights.
+    pub fn device(&self) -> &Device {
+        self.decoder.device()
+    }
+
+    /// Number of positions in the KV cache.
+    pub fn position(&self) -> usize {
+        self.decoder.position()
+    }
+
+    /// Empties the KV cache.
+    pub fn reset(&mut self) {
+        self.decoder.reset()
+    }
+
+    /// Keeps the first `len` cached positions (for reusing a shared prompt prefix).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        self.decoder.truncate(len)
+    }
+
+    /// Appends `tokens` to the cache and returns float32 logits `(vocab,)` at the last one.
+    pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        self.decoder.forward_last(tokens)
+    }
+
+    /// Appends `tokens` to the cache and returns float32 logits `(len, vocab)` at every one
+    /// (what perplexity needs). Call [`Model::reset`] first to score a fresh sequence.
+    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        self.decoder.forward_all(tokens)
+    }
+}

@@ -1,0 +1,141 @@
+//! Where decoder weights come from: safetensors files of a model directory, or tensors built
+//! in memory (benchmarks, tests).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{Device, Tensor};
+
+use crate::error::{GenError, Result};
+
+/// A named-tensor store.
+pub trait WeightSource {
+    /// Whether a tensor of that name exists.
+    fn contains(&self, name: &str) -> bool;
+    /// The tensor in its stored dtype, checked against `shape`.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+}
+
+/// The `*.safetensors` files of a model directory, memory-mapped.
+pub struct SafetensorsWeights {
+    dir: PathBuf,
+    files: MmapedSafetensors,
+    names: HashSet<String>,
+}
+
+impl SafetensorsWeights {
+    /// Maps the model's safetensors: the shards named by `model.safetensors.index.json`, else
+    /// `model.safetensors`, else every `*.safetensors` except Mistral's `consolidated*` copies
+    /// (those use another naming scheme).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let paths = weight_files(dir)?;
+        // SAFETY: the files are mapped read-only; like every safetensors reader we rely on them
+        // not being truncated while the model is loaded (weights are copied out at load time).
+        let files = unsafe { MmapedSafetensors::multi(&paths) }.map_err(|e| GenError::Weights {
+            dir: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let names = files.tensors().into_iter().map(|(n, _)| n).collect();
+        Ok(SafetensorsWeights {
+            dir: dir.to_path_buf(),
+            files,
+            names,
+        })
+    }
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let err = |message: String| GenError::Weights {
+            dir: self.dir.clone(),
+            message,
+        };
+        if !self.contains(name) {
+            return Err(err(format!("missing tensor {name}")));
+        }
+        let t = self
+            .files
+            .load(name, &Device::Cpu)
+            .map_err(|e| err(format!("{name}: {e}")))?;
+        check_shape(name, &t, shape).map_err(err)?;
+        Ok(t)
+    }
+}
+
+/// Tensors held in memory by name.
+impl WeightSource for HashMap<String, Tensor> {
+    fn contains(&self, name: &str) -> bool {
+        self.contains_key(name)
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .get(name)
+            .ok_or_else(|| GenError::InvalidArgument(format!("missing tensor {name}")))?;
+        check_shape(name, t, shape).map_err(GenError::InvalidArgument)?;
+        Ok(t.clone())
+    }
+}
+
+fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> std::result::Result<(), String> {
+    if t.dims() == shape {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} has shape {:?}, config.json implies {:?}",
+            t.dims(),
+            shape
+        ))
+    }
+}
+
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| GenError::io(&index, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| GenError::bad_file(&index, e.to_string()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| GenError::bad_file(&index, "no `weight_map` object"))?;
+        let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        files.sort_unstable();
+        files.dedup();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+            return Err(GenError::bad_file(
+                &index,
+                format!("lists {} which does not exist", missing.display()),
+            ));
+        }
+        return Ok(paths);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| GenError::io(dir, e))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("consolidated"))
+        })
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(GenError::NotAModel(format!(
+            "{}: no *.safetensors weights",
+            dir.display()
+        )));
+    }
+    Ok(paths)
+}
