@@ -1,9 +1,21 @@
 //! chatvec-core: streaming chat-vector arithmetic over Hugging Face checkpoints.
+//!
+//! [`Checkpoint`] opens a model directory for streaming reads; [`plan`] decides what happens to
+//! each tensor; [`kernel`] holds the merge rules; [`writer`] writes sharded safetensors into a
+//! temporary directory that becomes the output only when complete; [`ops`] ties them together as
+//! `merge`, `extract` and `apply`.
 
+pub mod checkpoint;
+pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod hub;
+pub mod kernel;
+pub mod pickle;
+pub mod writer;
 
+pub use checkpoint::{Checkpoint, TensorEntry, WeightFormat};
+pub use config::ModelConfig;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use hub::{resolve_model, ResolvedModel};

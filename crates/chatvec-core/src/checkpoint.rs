@@ -1,0 +1,316 @@
+//! A Hugging Face model directory opened for streaming: its config, and every tensor's dtype, shape
+//! and byte range in memory-mapped weight files (sharded or not, safetensors or legacy PyTorch).
+//!
+//! Nothing is read until asked for, and [`Checkpoint::release`] drops pages already used, so the
+//! resident memory of a pass over the model stays at a chunk or two, not the model's size.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+use sha2::{Digest, Sha256};
+
+use crate::config::ModelConfig;
+use crate::{DType, Error, Result};
+
+/// The files a weight format is stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightFormat {
+    /// `model.safetensors` or shards with `model.safetensors.index.json`.
+    Safetensors,
+    /// `pytorch_model.bin` or shards with `pytorch_model.bin.index.json`.
+    Torch,
+}
+
+/// One tensor of a checkpoint: where its bytes are and what they mean.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    /// The tensor's name, e.g. `model.layers.0.mlp.up_proj.weight`.
+    pub name: String,
+    /// The safetensors dtype name (`BF16`, `I64`, ...), kept for copying non-float tensors.
+    pub dtype_name: String,
+    /// The float type, or `None` for integer / bool / 8-bit tensors, which are only copied.
+    pub dtype: Option<DType>,
+    /// The shape.
+    pub shape: Vec<usize>,
+    file: usize,
+    start: usize,
+    len: usize,
+}
+
+impl TensorEntry {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Size in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.len
+    }
+}
+
+struct WeightFile {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// A model directory opened for streaming reads.
+pub struct Checkpoint {
+    /// The model directory.
+    pub dir: PathBuf,
+    /// Its `config.json`.
+    pub config: ModelConfig,
+    /// How the weights are stored.
+    pub format: WeightFormat,
+    files: Vec<WeightFile>,
+    tensors: Vec<TensorEntry>,
+    by_name: HashMap<String, usize>,
+}
+
+/// Names under which models store the input embedding that a tied `lm_head` shares.
+const EMBED_NAMES: &[&str] = &[
+    "model.embed_tokens.weight",
+    "model.language_model.embed_tokens.weight",
+    "transformer.wte.weight",
+    "gpt_neox.embed_in.weight",
+    "model.tok_embeddings.weight",
+    "embed_tokens.weight",
+];
+
+impl Checkpoint {
+    /// Opens `dir`: reads `config.json`, the index if any, and every weight file's header.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::msg(format!("{}: no such model directory", dir.display())));
+        }
+        let config = ModelConfig::load(dir)?;
+        let (format, file_names, index) = find_weight_files(dir)?;
+        let mut ckpt = Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            format,
+            files: Vec::new(),
+            tensors: Vec::new(),
+            by_name: HashMap::new(),
+        };
+        for name in file_names {
+            ckpt.add_file(&dir.join(&name))?;
+        }
+        if let Some((index_path, weight_map)) = index {
+            for (tensor, file) in weight_map {
+                let found = ckpt.by_name.get(&tensor).map(|&i| &ckpt.tensors[i]);
+                let in_file = found.is_some_and(|t| ckpt.files[t.file].path.file_name() == Some(file.as_ref()));
+                if !in_file {
+                    return Err(Error::format(
+                        &index_path,
+                        format!("tensor {tensor} is listed in {file} but that file does not hold it"),
+                    ));
+                }
+            }
+        }
+        Ok(ckpt)
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<()> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; chatvec never writes its inputs. A file truncated by another
+        // process while mapped can still fault, as with every mmap-based loader (transformers too).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let _ = map.advise(Advice::Sequential);
+        let idx = self.files.len();
+        let entries = match self.format {
+            WeightFormat::Safetensors => safetensors_entries(path, &map, idx)?,
+            WeightFormat::Torch => crate::pickle::read_torch_zip(path, &map)?
+                .into_iter()
+                .map(|t| TensorEntry {
+                    dtype: DType::parse(&t.dtype),
+                    dtype_name: t.dtype,
+                    name: t.name,
+                    shape: t.shape,
+                    file: idx,
+                    start: t.data_start,
+                    len: t.data_len,
+                })
+                .collect(),
+        };
+        self.files.push(WeightFile { path: path.to_path_buf(), map });
+        for e in entries {
+            if self.by_name.contains_key(&e.name) {
+                return Err(Error::format(path, format!("tensor {} also appears in another shard", e.name)));
+            }
+            self.by_name.insert(e.name.clone(), self.tensors.len());
+            self.tensors.push(e);
+        }
+        Ok(())
+    }
+
+    /// Every tensor in storage order (file by file, by offset).
+    pub fn tensors(&self) -> &[TensorEntry] {
+        &self.tensors
+    }
+
+    /// The tensor stored under `name`.
+    pub fn get(&self, name: &str) -> Option<&TensorEntry> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// Like [`get`](Self::get), but a missing `lm_head.weight` of a model with tied embeddings
+    /// resolves to its input embedding, which is what the model computes with.
+    pub fn get_or_tied(&self, name: &str) -> Option<&TensorEntry> {
+        self.get(name).or_else(|| {
+            if !self.ties_lm_head() || !name.ends_with("lm_head.weight") {
+                return None;
+            }
+            EMBED_NAMES.iter().find_map(|e| self.get(e))
+        })
+    }
+
+    /// Whether `lm_head` is tied to the input embedding (config says so, and no `lm_head` stored).
+    pub fn ties_lm_head(&self) -> bool {
+        // transformers' PretrainedConfig defaults to tying when the key is absent.
+        self.config.tie_word_embeddings().unwrap_or(true)
+            && !self.tensors.iter().any(|t| t.name.ends_with("lm_head.weight"))
+    }
+
+    /// The weight file holding `t`.
+    pub fn file_of(&self, t: &TensorEntry) -> &Path {
+        &self.files[t.file].path
+    }
+
+    /// The bytes `range` (relative to the tensor's start) of tensor `t`.
+    pub fn bytes(&self, t: &TensorEntry, range: Range<usize>) -> &[u8] {
+        debug_assert!(range.end <= t.len);
+        &self.files[t.file].map[t.start + range.start..t.start + range.end]
+    }
+
+    /// Drops the pages of `range` of `t` from this process's memory (they stay in the page cache),
+    /// so a streaming pass does not accumulate the whole model as resident memory.
+    pub fn release(&self, t: &TensorEntry, range: Range<usize>) {
+        let map = &self.files[t.file].map;
+        // SAFETY: the map is a read-only file mapping: after MADV_DONTNEED a later access re-reads
+        // the same file contents, so no Rust reference can observe changed data.
+        let _ = unsafe {
+            map.unchecked_advise_range(UncheckedAdvice::DontNeed, t.start + range.start, range.len())
+        };
+    }
+
+    /// Total bytes of all tensors.
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.len as u64).sum()
+    }
+
+    /// SHA-256 of `config.json`, to record which model a vector came from.
+    pub fn config_sha256(&self) -> String {
+        let bytes = std::fs::read(self.dir.join("config.json")).unwrap_or_default();
+        Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+type IndexMap = Option<(PathBuf, Vec<(String, String)>)>;
+
+/// Finds the weight files of `dir`, preferring safetensors, and the index's weight map if sharded.
+fn find_weight_files(dir: &Path) -> Result<(WeightFormat, Vec<String>, IndexMap)> {
+    for (format, single, index) in [
+        (WeightFormat::Safetensors, "model.safetensors", "model.safetensors.index.json"),
+        (WeightFormat::Torch, "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ] {
+        let index_path = dir.join(index);
+        if index_path.is_file() {
+            let weight_map = read_index(&index_path)?;
+            let mut files: Vec<String> = weight_map.iter().map(|(_, f)| f.clone()).collect();
+            files.sort();
+            files.dedup();
+            for f in &files {
+                if f.contains('/') || f.contains('\\') || !dir.join(f).is_file() {
+                    return Err(Error::format(&index_path, format!("names {f}, which is missing")));
+                }
+            }
+            return Ok((format, files, Some((index_path, weight_map))));
+        }
+        if dir.join(single).is_file() {
+            return Ok((format, vec![single.to_string()], None));
+        }
+    }
+    Err(Error::msg(format!(
+        "{}: no weights found (looked for model.safetensors[.index.json] and pytorch_model.bin[.index.json])",
+        dir.display()
+    )))
+}
+
+fn read_index(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::format(path, "no weight_map object"))?;
+    map.iter()
+        .map(|(k, f)| {
+            let f = f.as_str().ok_or_else(|| Error::format(path, format!("weight_map[{k}] is not a file name")))?;
+            Ok((k.clone(), f.to_string()))
+        })
+        .collect()
+}
+
+fn safetensors_entries(path: &Path, map: &[u8], file: usize) -> Result<Vec<TensorEntry>> {
+    use safetensors::SafeTensorError as E;
+    let (n, meta) = safetensors::SafeTensors::read_metadata(map).map_err(|e| {
+        let why = match e {
+            E::MetadataIncompleteBuffer => "truncated or padded: the header's offsets do not match the file size".into(),
+            E::HeaderTooSmall | E::InvalidHeaderLength => "truncated or not a safetensors file (bad header length)".into(),
+            other => format!("corrupt safetensors header ({other})"),
+        };
+        Error::format(path, why)
+    })?;
+    let data_start = 8 + n;
+    let mut out: Vec<TensorEntry> = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| TensorEntry {
+            dtype: DType::from_safetensors(info.dtype),
+            dtype_name: format!("{:?}", info.dtype),
+            shape: info.shape.clone(),
+            file,
+            start: data_start + info.data_offsets.0,
+            len: info.data_offsets.1 - info.data_offsets.0,
+            name,
+        })
+        .collect();
+    out.sort_by_key(|t| t.start);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama-tiny").join(name)
+    }
+
+    #[test]
+    fn sharded_and_single_file_models_list_the_same_tensors() {
+        let base = Checkpoint::open(&fixture("base")).unwrap();
+        let target = Checkpoint::open(&fixture("target")).unwrap();
+        let mut a: Vec<_> = base.tensors().iter().map(|t| (&t.name, &t.shape)).collect();
+        let mut b: Vec<_> = target.tensors().iter().map(|t| (&t.name, &t.shape)).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        assert_eq!(base.files.len(), 4);
+        let emb = base.get("model.embed_tokens.weight").unwrap();
+        assert_eq!(emb.shape, vec![2008, 64]);
+        assert_eq!(emb.dtype, Some(DType::BF16));
+        assert_eq!(base.bytes(emb, 0..emb.byte_len()).len(), 2008 * 64 * 2);
+    }
+
+    #[test]
+    fn untied_model_has_no_alias() {
+        let base = Checkpoint::open(&fixture("base")).unwrap();
+        assert!(!base.ties_lm_head());
+    }
+}

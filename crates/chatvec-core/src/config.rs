@@ -1,0 +1,138 @@
+//! `config.json` as written by transformers, read in both spellings (2024-era `rope_theta` /
+//! `torch_dtype`, transformers-5 `rope_parameters` / `dtype`) and for multimodal wrappers
+//! (`text_config`).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{DType, Error, Result};
+
+/// A model's `config.json`, kept whole so it can be written back unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct ModelConfig {
+    /// The parsed JSON.
+    pub raw: Value,
+}
+
+impl ModelConfig {
+    /// Reads `dir/config.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let raw: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+        if !raw.is_object() {
+            return Err(Error::format(&path, "expected a JSON object"));
+        }
+        Ok(ModelConfig { raw })
+    }
+
+    /// A top-level key, or the same key in `text_config` (multimodal wrappers keep it there).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.raw
+            .get(key)
+            .filter(|v| !v.is_null())
+            .or_else(|| self.raw.get("text_config")?.get(key).filter(|v| !v.is_null()))
+    }
+
+    fn usize(&self, key: &str) -> Option<usize> {
+        self.get(key)?.as_u64().map(|v| v as usize)
+    }
+
+    /// `model_type`, e.g. `llama`.
+    pub fn model_type(&self) -> Option<&str> {
+        self.raw.get("model_type")?.as_str()
+    }
+
+    /// `architectures[0]`, e.g. `LlamaForCausalLM`.
+    pub fn architecture(&self) -> Option<&str> {
+        self.raw.get("architectures")?.get(0)?.as_str()
+    }
+
+    /// `vocab_size`.
+    pub fn vocab_size(&self) -> Option<usize> {
+        self.usize("vocab_size")
+    }
+
+    /// `max_position_embeddings`.
+    pub fn max_position_embeddings(&self) -> Option<usize> {
+        self.usize("max_position_embeddings")
+    }
+
+    /// `rope_theta`, or `rope_parameters.rope_theta` (transformers 5).
+    pub fn rope_theta(&self) -> Option<f64> {
+        self.get("rope_theta")
+            .and_then(Value::as_f64)
+            .or_else(|| self.get("rope_parameters")?.get("rope_theta")?.as_f64())
+    }
+
+    /// `rope_scaling`, or `rope_parameters` minus its `rope_theta` (transformers 5).
+    pub fn rope_scaling(&self) -> Option<Value> {
+        if let Some(v) = self.get("rope_scaling") {
+            return Some(v.clone());
+        }
+        let mut p = self.get("rope_parameters")?.as_object()?.clone();
+        p.remove("rope_theta");
+        let default = p.get("rope_type").and_then(Value::as_str) == Some("default");
+        (!p.is_empty() && !default).then_some(Value::Object(p))
+    }
+
+    /// Token ids under `key` (`eos_token_id`, `bos_token_id`), an int or a list.
+    pub fn token_ids(&self, key: &str) -> Vec<u32> {
+        ids_of(self.get(key))
+    }
+
+    /// `tie_word_embeddings`; `None` when the config does not say.
+    pub fn tie_word_embeddings(&self) -> Option<bool> {
+        self.get("tie_word_embeddings").and_then(Value::as_bool)
+    }
+
+    /// `torch_dtype` or `dtype`.
+    pub fn dtype(&self) -> Option<DType> {
+        self.get("torch_dtype")
+            .or_else(|| self.get("dtype"))
+            .and_then(Value::as_str)
+            .and_then(DType::parse)
+    }
+}
+
+/// Token ids from a JSON int or list of ints.
+pub fn ids_of(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
+        _ => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_config_spellings_give_the_same_rope_and_dtype() {
+        let old = ModelConfig {
+            raw: serde_json::json!({"rope_theta": 500000.0, "torch_dtype": "bfloat16",
+                "rope_scaling": {"rope_type": "llama3", "factor": 8.0}, "eos_token_id": [1, 2]}),
+        };
+        let new = ModelConfig {
+            raw: serde_json::json!({"dtype": "bfloat16", "eos_token_id": 7,
+                "rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}}),
+        };
+        assert_eq!(old.rope_theta(), Some(500000.0));
+        assert_eq!(new.rope_theta(), Some(500000.0));
+        assert_eq!(old.rope_scaling(), new.rope_scaling());
+        assert_eq!(new.dtype(), Some(DType::BF16));
+        assert_eq!(old.token_ids("eos_token_id"), vec![1, 2]);
+        assert_eq!(new.token_ids("eos_token_id"), vec![7]);
+        let plain = ModelConfig { raw: serde_json::json!({"rope_parameters": {"rope_theta": 1e4, "rope_type": "default"}}) };
+        assert_eq!(plain.rope_scaling(), None);
+    }
+
+    #[test]
+    fn text_config_is_searched_for_multimodal_wrappers() {
+        let c = ModelConfig { raw: serde_json::json!({"text_config": {"vocab_size": 10}}) };
+        assert_eq!(c.vocab_size(), Some(10));
+    }
+}

@@ -1,0 +1,1094 @@
+//! Lists the tensors of a PyTorch zip checkpoint (`pytorch_model.bin`, the format `torch.save`
+//! has written since torch 1.6) without executing any pickle code.
+//!
+//! Such a file is a zip archive of *stored* (uncompressed) entries: `<archive>/data.pkl`, a pickle
+//! of the state dict, and one entry `<archive>/data/<key>` per storage holding its raw
+//! little-endian bytes. Each tensor in the pickle is a call to
+//! `torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, ...)` whose storage is
+//! a persistent id `('storage', torch.BFloat16Storage, key, location, numel)`. Reading the pickle
+//! tells us, for every tensor, which zip entry holds its bytes and where; because the entries are
+//! stored, the bytes can then be read in place from an mmap of the file.
+//!
+//! Why this is hand-written: no well-kept Rust crate reads torch checkpoints on its own. candle-core
+//! has a reader, but it drags in candle's whole tensor stack and the core must stay free of candle;
+//! `serde-pickle` does not handle persistent ids (which is how torch refers to storages) and would
+//! not let us refuse arbitrary globals. The interpreter below implements only the opcodes pickle
+//! emits for plain data, records every `GLOBAL` as a *name* (never importing or calling anything),
+//! and gives meaning to a short allow-list of callables (`collections.OrderedDict` and torch's
+//! tensor-rebuild functions). Any other call yields an opaque value, which is an error if a tensor
+//! was expected there. Untrusted input can at worst produce an error: every length and offset is
+//! checked, containers live in an arena (so sharing is cheap and nothing recurses on drop), and no
+//! allocation is sized by an unchecked number from the file.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::ops::Range;
+use std::path::Path;
+use std::rc::Rc;
+
+use crate::{Error, Result};
+
+/// One tensor found in a PyTorch zip checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchTensor {
+    /// The state-dict key, e.g. `model.layers.0.mlp.up_proj.weight`.
+    pub name: String,
+    /// safetensors-style dtype name: "BF16","F16","F32","F64","I64","I32","I16","I8","U8","BOOL"
+    pub dtype: String,
+    /// The tensor's shape (empty for a 0-dim scalar).
+    pub shape: Vec<usize>,
+    /// absolute byte offset of the tensor's first element within the .bin file
+    pub data_start: usize,
+    /// byte length (numel * element size)
+    pub data_len: usize,
+}
+
+/// The message for a checkpoint written by torch < 1.6 (or with `_use_new_zipfile_serialization=False`).
+const LEGACY_MSG: &str =
+    "legacy (pre-1.6) torch format not supported; re-save with torch>=1.6 or convert to safetensors";
+
+/// Lists the tensors of the zip checkpoint whose full bytes are `file` (an mmap of `path`,
+/// `path` only for error messages). Every error is a `crate::Error`, one line, naming the file
+/// (and tensor).
+///
+/// Tensors come in the order of the pickled state dict. Only C-contiguous tensors are accepted;
+/// tensors that share a storage (tied weights, views) are each listed with their own offsets.
+/// Non-tensor values of the state dict (ints, strings, `None`) are skipped.
+pub fn read_torch_zip(path: &Path, file: &[u8]) -> Result<Vec<TorchTensor>> {
+    let fmt = |msg: String| Error::format(path, msg);
+    if !file.starts_with(b"PK\x03\x04") {
+        if looks_legacy(file) {
+            return Err(fmt(LEGACY_MSG.to_string()));
+        }
+        return Err(fmt("not a PyTorch checkpoint (no zip signature at the start)".to_string()));
+    }
+    let mut zip = Zip::open(file).map_err(fmt)?;
+    let prefix = zip.archive_prefix().map_err(fmt)?;
+
+    if let Some(range) = zip.optional_entry(&format!("{prefix}byteorder")).map_err(fmt)? {
+        let order = &file[range];
+        if order.trim_ascii() != b"little" {
+            return Err(fmt(format!(
+                "byte order {:?} not supported (only little-endian checkpoints)",
+                String::from_utf8_lossy(order).trim()
+            )));
+        }
+    }
+
+    let pkl_name = format!("{prefix}data.pkl");
+    let pkl_range = zip.entry(&pkl_name).map_err(fmt)?;
+    let mut unpickler = Unpickler::new(&file[pkl_range]);
+    let root = unpickler.load().map_err(|e| fmt(format!("{pkl_name}: {e}")))?;
+
+    let items = match root {
+        Value::Obj(id) => match &unpickler.arena[id] {
+            Obj::Dict(d) => &d.items,
+            _ => return Err(fmt(format!("{pkl_name}: the pickled object is not a dict of tensors"))),
+        },
+        Value::Tensor(_) => {
+            return Err(fmt(format!("{pkl_name}: the pickled object is a single tensor, not a state dict")))
+        }
+        _ => return Err(fmt(format!("{pkl_name}: the pickled object is not a dict of tensors"))),
+    };
+
+    let mut storages: HashMap<Rc<str>, Range<usize>> = HashMap::new();
+    let mut out = Vec::new();
+    for (key, value) in items {
+        match value {
+            Value::Tensor(t) => {
+                let Value::Str(name) = key else {
+                    return Err(fmt(format!("{pkl_name}: a tensor is stored under a non-string key")));
+                };
+                let entry = match storages.get(&t.storage.key) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let entry_name = format!("{prefix}data/{}", t.storage.key);
+                        let r = zip.entry(&entry_name).map_err(|e| {
+                            Error::tensor(&**name, format!("{e} in {}", path.display()))
+                        })?;
+                        storages.insert(t.storage.key.clone(), r.clone());
+                        r
+                    }
+                };
+                out.push(locate(name, t, entry).map_err(|e| {
+                    Error::tensor(&**name, format!("{e} in {}", path.display()))
+                })?);
+            }
+            Value::Opaque(global) => {
+                // A torch global we do not know (quantized, sparse, wrapper-subclass tensors...)
+                // stands where a tensor should be; anything else (numpy scalars, argparse
+                // namespaces...) is metadata we may skip.
+                if global.starts_with("torch") {
+                    let name = display_key(key);
+                    return Err(Error::tensor(
+                        name,
+                        format!("unsupported pickle global {global} in {}", path.display()),
+                    ));
+                }
+            }
+            Value::Obj(id) => {
+                if let Obj::Dict(d) = &unpickler.arena[*id] {
+                    if d.items.iter().any(|(_, v)| matches!(v, Value::Tensor(_))) {
+                        return Err(fmt(format!(
+                            "{pkl_name}: value {:?} is a nested dict of tensors (a training \
+                             checkpoint?); expected a flat state dict of name -> tensor",
+                            display_key(key)
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A dict key for messages.
+fn display_key(key: &Value) -> String {
+    match key {
+        Value::Str(s) => s.to_string(),
+        Value::Int(i) => i.to_string(),
+        _ => "<non-string key>".to_string(),
+    }
+}
+
+/// True when `file` looks like a pre-1.6 torch checkpoint: a bare pickle stream (it starts with
+/// the PROTO opcode, then torch's magic number) or the even older tar archive.
+fn looks_legacy(file: &[u8]) -> bool {
+    let is_pickle = file.len() >= 2 && file[0] == 0x80 && (1..=5).contains(&file[1]);
+    let is_tar = file.get(257..262) == Some(b"ustar");
+    is_pickle || is_tar
+}
+
+/// Places tensor `t` within its storage's zip entry `entry` (absolute byte range in the file).
+fn locate(name: &str, t: &Tensor, entry: Range<usize>) -> std::result::Result<TorchTensor, String> {
+    let dtype = match &t.dtype {
+        Ok(d) => *d,
+        Err(what) => return Err(format!("unsupported dtype {what}")),
+    };
+    if t.shape.len() != t.stride.len() {
+        return Err(format!(
+            "size has {} dims but stride has {}",
+            t.shape.len(),
+            t.stride.len()
+        ));
+    }
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {:?} overflows", t.shape))?;
+    if numel > 0 && !is_contiguous(&t.shape, &t.stride) {
+        return Err(format!(
+            "non-contiguous tensor (shape {:?}, stride {:?}) not supported; save it with \
+             .contiguous() or convert to safetensors",
+            t.shape, t.stride
+        ));
+    }
+    let el = dtype.size();
+    let too_big = || format!("tensor of shape {:?} at storage offset {} overflows", t.shape, t.offset);
+    let data_len = numel.checked_mul(el).ok_or_else(too_big)?;
+    let byte_off = t.offset.checked_mul(el).ok_or_else(too_big)?;
+    let end = byte_off.checked_add(data_len).ok_or_else(too_big)?;
+    let entry_len = entry.end - entry.start;
+    if end > entry_len {
+        return Err(format!(
+            "needs bytes {byte_off}..{end} of storage {} but its zip entry holds only {entry_len} \
+             bytes (truncated or corrupt file)",
+            t.storage.key
+        ));
+    }
+    Ok(TorchTensor {
+        name: name.to_string(),
+        dtype: dtype.name().to_string(),
+        shape: t.shape.clone(),
+        data_start: entry.start + byte_off,
+        data_len,
+    })
+}
+
+/// torch's notion of contiguity: strides of size-1 dimensions do not matter.
+fn is_contiguous(shape: &[usize], stride: &[i64]) -> bool {
+    let mut expected: i64 = 1;
+    for (&d, &s) in shape.iter().zip(stride).rev() {
+        if d != 1 {
+            if s != expected {
+                return false;
+            }
+            let Ok(d) = i64::try_from(d) else { return false };
+            let Some(e) = expected.checked_mul(d) else { return false };
+            expected = e;
+        }
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zip access
+
+/// The zip archive over the mmapped file, handing out byte ranges of stored entries.
+struct Zip<'a> {
+    archive: zip::ZipArchive<Cursor<&'a [u8]>>,
+    len: usize,
+}
+
+impl<'a> Zip<'a> {
+    fn open(file: &'a [u8]) -> std::result::Result<Self, String> {
+        let archive = zip::ZipArchive::new(Cursor::new(file))
+            .map_err(|e| format!("not a readable zip archive ({e}); is the file truncated?"))?;
+        Ok(Zip { archive, len: file.len() })
+    }
+
+    /// The folder every entry lives in (`archive/` for current torch, the file's stem for
+    /// older), found from the one `<folder>/data.pkl` entry; returned with its trailing slash.
+    fn archive_prefix(&self) -> std::result::Result<String, String> {
+        let mut found: Vec<String> = Vec::new();
+        for raw in self.archive.file_names_raw() {
+            let Ok(name) = std::str::from_utf8(raw) else { continue };
+            if let Some(dir) = name.strip_suffix("/data.pkl") {
+                if !dir.is_empty() && !dir.contains('/') {
+                    found.push(format!("{dir}/"));
+                }
+            } else if name == "data.pkl" {
+                found.push(String::new());
+            }
+        }
+        match found.len() {
+            0 => Err("zip archive has no data.pkl entry; not a torch.save checkpoint".to_string()),
+            1 => Ok(found.pop().unwrap_or_default()),
+            _ => Err(format!(
+                "zip archive has {} data.pkl entries ({}); cannot tell which is the checkpoint",
+                found.len(),
+                found.join(", ")
+            )),
+        }
+    }
+
+    /// The absolute byte range of stored entry `name`, or `None` if there is no such entry.
+    fn optional_entry(&mut self, name: &str) -> std::result::Result<Option<Range<usize>>, String> {
+        let Some(idx) = self.archive.index_for_name(name) else {
+            return Ok(None);
+        };
+        let len = self.len;
+        let f = self
+            .archive
+            .by_index_raw(idx)
+            .map_err(|e| format!("zip entry {name}: {e}; is the file truncated?"))?;
+        if f.compression() != zip::CompressionMethod::Stored {
+            return Err(format!(
+                "zip entry {name} is compressed (method {}); torch writes uncompressed entries, \
+                 re-save with torch.save or convert to safetensors",
+                f.compression()
+            ));
+        }
+        if f.encrypted() {
+            return Err(format!("zip entry {name} is encrypted"));
+        }
+        if f.compressed_size() != f.size() {
+            return Err(format!(
+                "zip entry {name} is stored but its sizes disagree ({} vs {})",
+                f.compressed_size(),
+                f.size()
+            ));
+        }
+        let start = f
+            .data_start()
+            .ok_or_else(|| format!("zip entry {name}: cannot locate its data"))?;
+        let end = start.checked_add(f.size());
+        match (usize::try_from(start), end.and_then(|e| usize::try_from(e).ok())) {
+            (Ok(s), Some(e)) if e <= len => Ok(Some(s..e)),
+            _ => Err(format!(
+                "zip entry {name} runs past the end of the file ({} bytes); the file is truncated",
+                len
+            )),
+        }
+    }
+
+    /// Like [`Zip::optional_entry`] but a missing entry is an error.
+    fn entry(&mut self, name: &str) -> std::result::Result<Range<usize>, String> {
+        self.optional_entry(name)?
+            .ok_or_else(|| format!("zip archive has no entry {name}"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pickle interpreter
+
+/// Element types a torch checkpoint may hold that we can hand out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TorchDType {
+    BF16,
+    F16,
+    F32,
+    F64,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl TorchDType {
+    fn size(self) -> usize {
+        match self {
+            TorchDType::F64 | TorchDType::I64 => 8,
+            TorchDType::F32 | TorchDType::I32 => 4,
+            TorchDType::BF16 | TorchDType::F16 | TorchDType::I16 => 2,
+            TorchDType::I8 | TorchDType::U8 | TorchDType::Bool => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TorchDType::BF16 => "BF16",
+            TorchDType::F16 => "F16",
+            TorchDType::F32 => "F32",
+            TorchDType::F64 => "F64",
+            TorchDType::I64 => "I64",
+            TorchDType::I32 => "I32",
+            TorchDType::I16 => "I16",
+            TorchDType::I8 => "I8",
+            TorchDType::U8 => "U8",
+            TorchDType::Bool => "BOOL",
+        }
+    }
+
+    /// From a legacy typed-storage class name (`BFloat16Storage`).
+    fn from_storage_class(name: &str) -> Option<Self> {
+        Some(match name {
+            "BFloat16Storage" => TorchDType::BF16,
+            "HalfStorage" => TorchDType::F16,
+            "FloatStorage" => TorchDType::F32,
+            "DoubleStorage" => TorchDType::F64,
+            "LongStorage" => TorchDType::I64,
+            "IntStorage" => TorchDType::I32,
+            "ShortStorage" => TorchDType::I16,
+            "CharStorage" => TorchDType::I8,
+            "ByteStorage" => TorchDType::U8,
+            "BoolStorage" => TorchDType::Bool,
+            _ => return None,
+        })
+    }
+
+    /// From a dtype global (`torch.bfloat16`).
+    fn from_dtype_global(global: &str) -> Option<Self> {
+        Some(match global.strip_prefix("torch.")? {
+            "bfloat16" => TorchDType::BF16,
+            "float16" | "half" => TorchDType::F16,
+            "float32" | "float" => TorchDType::F32,
+            "float64" | "double" => TorchDType::F64,
+            "int64" | "long" => TorchDType::I64,
+            "int32" | "int" => TorchDType::I32,
+            "int16" | "short" => TorchDType::I16,
+            "int8" => TorchDType::I8,
+            "uint8" => TorchDType::U8,
+            "bool" => TorchDType::Bool,
+            _ => return None,
+        })
+    }
+}
+
+/// What a storage's persistent id says about its elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StorageKind {
+    /// A legacy typed storage (`torch.FloatStorage`...): the tensor's dtype.
+    Typed(TorchDType),
+    /// `torch.UntypedStorage`: bytes, the dtype comes with the tensor (`_rebuild_tensor_v3`).
+    Untyped,
+    /// A storage class we cannot read (complex, quantized...): its global name.
+    Unsupported(Rc<str>),
+}
+
+/// A storage named by a persistent id: the zip entry `data/<key>`.
+#[derive(Debug)]
+struct Storage {
+    kind: StorageKind,
+    key: Rc<str>,
+}
+
+/// A tensor rebuilt (on paper) by one of torch's `_rebuild_tensor*` functions.
+#[derive(Debug)]
+struct Tensor {
+    storage: Rc<Storage>,
+    /// The element type, or the name of the unsupported one.
+    dtype: std::result::Result<TorchDType, String>,
+    /// Storage offset in elements.
+    offset: usize,
+    shape: Vec<usize>,
+    stride: Vec<i64>,
+}
+
+/// A pickle value. Containers live in the unpickler's arena and are referred to by index, as
+/// Python refers to objects, so memo sharing and mutation after memoization behave as in Python.
+#[derive(Debug, Clone)]
+enum Value {
+    None,
+    /// A bool (its value is never needed).
+    Bool,
+    Int(i64),
+    /// An integer too large for i64 (kept only as a marker).
+    BigInt,
+    /// A float (its value is never needed).
+    Float,
+    Str(Rc<str>),
+    /// A bytes object (its contents are never needed).
+    Bytes,
+    /// A `module.name` reference, recorded and never resolved.
+    Global(Rc<str>),
+    /// A tuple, list or dict in the arena.
+    Obj(usize),
+    Storage(Rc<Storage>),
+    Tensor(Rc<Tensor>),
+    /// The result of calling a callable we do not interpret: the callable's name.
+    Opaque(Rc<str>),
+}
+
+/// A dict keeping insertion order, with an index on its string keys.
+#[derive(Debug, Default)]
+struct Dict {
+    items: Vec<(Value, Value)>,
+    by_str: HashMap<Rc<str>, usize>,
+}
+
+impl Dict {
+    fn insert(&mut self, key: Value, value: Value) {
+        if let Value::Str(s) = &key {
+            if let Some(&i) = self.by_str.get(s) {
+                self.items[i].1 = value;
+                return;
+            }
+            self.by_str.insert(s.clone(), self.items.len());
+        }
+        self.items.push((key, value));
+    }
+}
+
+#[derive(Debug)]
+enum Obj {
+    Tuple(Vec<Value>),
+    /// Lists and sets.
+    List(Vec<Value>),
+    Dict(Dict),
+}
+
+type PResult<T> = std::result::Result<T, String>;
+
+/// A stack machine for the pickle opcodes that plain data (and torch checkpoints) use.
+struct Unpickler<'a> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    /// Stacks saved by MARK.
+    marks: Vec<Vec<Value>>,
+    memo: HashMap<u64, Value>,
+    arena: Vec<Obj>,
+}
+
+impl<'a> Unpickler<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Unpickler {
+            data,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            arena: Vec::new(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> PResult<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| format!("pickle ends early at byte {} (truncated?)", self.data.len()))?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn take_array<const N: usize>(&mut self) -> PResult<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> PResult<u8> {
+        Ok(self.take_array::<1>()?[0])
+    }
+
+    fn u32_le(&mut self) -> PResult<u32> {
+        Ok(u32::from_le_bytes(self.take_array()?))
+    }
+
+    fn u64_le(&mut self) -> PResult<u64> {
+        Ok(u64::from_le_bytes(self.take_array()?))
+    }
+
+    /// A length from the stream, checked against the bytes that remain.
+    fn len_u64(&mut self, n: u64) -> PResult<usize> {
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.data.len() - self.pos)
+            .ok_or_else(|| format!("pickle length {n} at byte {} runs past its end", self.pos))
+    }
+
+    /// A text line (GLOBAL's operands), without its newline.
+    fn line(&mut self) -> PResult<&'a str> {
+        let rest = &self.data[self.pos..];
+        let n = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| "pickle ends inside a GLOBAL name (truncated?)".to_string())?;
+        self.pos += n + 1;
+        std::str::from_utf8(&rest[..n]).map_err(|_| "GLOBAL name is not UTF-8".to_string())
+    }
+
+    fn string(&mut self, n: usize) -> PResult<Value> {
+        let bytes = self.take(n)?;
+        let s = std::str::from_utf8(bytes).map_err(|_| "string is not valid UTF-8".to_string())?;
+        Ok(Value::Str(Rc::from(s)))
+    }
+
+    fn push(&mut self, v: Value) {
+        self.stack.push(v);
+    }
+
+    fn pop(&mut self) -> PResult<Value> {
+        self.stack
+            .pop()
+            .ok_or_else(|| format!("pickle stack underflow at byte {}", self.pos))
+    }
+
+    fn top(&self) -> PResult<&Value> {
+        self.stack
+            .last()
+            .ok_or_else(|| format!("pickle stack underflow at byte {}", self.pos))
+    }
+
+    fn pop_mark(&mut self) -> PResult<Vec<Value>> {
+        let saved = self
+            .marks
+            .pop()
+            .ok_or_else(|| format!("pickle MARK missing at byte {}", self.pos))?;
+        Ok(std::mem::replace(&mut self.stack, saved))
+    }
+
+    fn new_obj(&mut self, o: Obj) -> Value {
+        self.arena.push(o);
+        Value::Obj(self.arena.len() - 1)
+    }
+
+    fn memo_get(&self, i: u64) -> PResult<Value> {
+        self.memo
+            .get(&i)
+            .cloned()
+            .ok_or_else(|| format!("pickle memo entry {i} read before it was written"))
+    }
+
+    /// The container on top of the stack, for APPEND / SETITEM; `None` for an opaque object
+    /// (whose mutations we ignore).
+    fn top_container(&self) -> PResult<Option<usize>> {
+        match self.top()? {
+            Value::Obj(id) => Ok(Some(*id)),
+            Value::Opaque(_) => Ok(None),
+            other => Err(format!("cannot add items to {}", kind(other))),
+        }
+    }
+
+    fn append(&mut self, items: Vec<Value>) -> PResult<()> {
+        let Some(id) = self.top_container()? else { return Ok(()) };
+        match &mut self.arena[id] {
+            Obj::List(l) => {
+                l.extend(items);
+                Ok(())
+            }
+            _ => Err("APPEND to something that is not a list".to_string()),
+        }
+    }
+
+    fn set_items(&mut self, items: Vec<Value>) -> PResult<()> {
+        if items.len() % 2 != 0 {
+            return Err("SETITEMS with an odd number of items".to_string());
+        }
+        let Some(id) = self.top_container()? else { return Ok(()) };
+        let Obj::Dict(d) = &mut self.arena[id] else {
+            return Err("SETITEM on something that is not a dict".to_string());
+        };
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            d.insert(k, v);
+        }
+        Ok(())
+    }
+
+    /// Runs the pickle to its STOP and returns the object it built.
+    fn load(&mut self) -> PResult<Value> {
+        loop {
+            let at = self.pos;
+            let op = self
+                .u8()
+                .map_err(|_| "pickle ends without STOP (truncated?)".to_string())?;
+            match op {
+                // PROTO
+                0x80 => {
+                    let v = self.u8()?;
+                    if v > 5 {
+                        return Err(format!("unsupported pickle protocol {v}"));
+                    }
+                }
+                // FRAME: a length hint only.
+                0x95 => {
+                    self.take(8)?;
+                }
+                // STOP
+                b'.' => return self.pop(),
+                // MARK
+                b'(' => {
+                    let saved = std::mem::take(&mut self.stack);
+                    self.marks.push(saved);
+                }
+                // POP
+                b'0' => {
+                    if self.stack.is_empty() {
+                        self.pop_mark()?;
+                    } else {
+                        self.pop()?;
+                    }
+                }
+                // POP_MARK
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                // DUP
+                b'2' => {
+                    let v = self.top()?.clone();
+                    self.push(v);
+                }
+                // NONE, NEWTRUE, NEWFALSE
+                b'N' => self.push(Value::None),
+                0x88 => self.push(Value::Bool),
+                0x89 => self.push(Value::Bool),
+                // BININT, BININT1, BININT2
+                b'J' => {
+                    let v = i32::from_le_bytes(self.take_array()?);
+                    self.push(Value::Int(v.into()));
+                }
+                b'K' => {
+                    let v = self.u8()?;
+                    self.push(Value::Int(v.into()));
+                }
+                b'M' => {
+                    let v = u16::from_le_bytes(self.take_array()?);
+                    self.push(Value::Int(v.into()));
+                }
+                // LONG1, LONG4: little-endian two's complement.
+                0x8a | 0x8b => {
+                    let n = if op == 0x8a {
+                        self.u8()? as usize
+                    } else {
+                        let n = self.u32_le()?;
+                        self.len_u64(n.into())?
+                    };
+                    let bytes = self.take(n)?;
+                    self.push(long_value(bytes));
+                }
+                // BINFLOAT (big-endian)
+                b'G' => {
+                    self.take(8)?;
+                    self.push(Value::Float);
+                }
+                // SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
+                0x8c => {
+                    let n = self.u8()? as usize;
+                    let v = self.string(n)?;
+                    self.push(v);
+                }
+                b'X' => {
+                    let n = self.u32_le()?;
+                    let n = self.len_u64(n.into())?;
+                    let v = self.string(n)?;
+                    self.push(v);
+                }
+                0x8d => {
+                    let n = self.u64_le()?;
+                    let n = self.len_u64(n)?;
+                    let v = self.string(n)?;
+                    self.push(v);
+                }
+                // SHORT_BINSTRING, BINSTRING: protocol-1 byte strings, read as text.
+                b'U' | b'T' => {
+                    let n = if op == b'U' {
+                        self.u8()? as usize
+                    } else {
+                        let n = self.u32_le()?;
+                        self.len_u64(n.into())?
+                    };
+                    let bytes = self.take(n)?;
+                    self.push(Value::Str(Rc::from(String::from_utf8_lossy(bytes).as_ref())));
+                }
+                // SHORT_BINBYTES, BINBYTES, BINBYTES8, BYTEARRAY8
+                b'C' | b'B' | 0x8e | 0x96 => {
+                    let n = match op {
+                        b'C' => self.u8()? as usize,
+                        b'B' => {
+                            let n = self.u32_le()?;
+                            self.len_u64(n.into())?
+                        }
+                        _ => {
+                            let n = self.u64_le()?;
+                            self.len_u64(n)?
+                        }
+                    };
+                    self.take(n)?;
+                    self.push(Value::Bytes);
+                }
+                // EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, EMPTY_SET
+                b'}' => {
+                    let v = self.new_obj(Obj::Dict(Dict::default()));
+                    self.push(v);
+                }
+                b']' | 0x8f => {
+                    let v = self.new_obj(Obj::List(Vec::new()));
+                    self.push(v);
+                }
+                b')' => {
+                    let v = self.new_obj(Obj::Tuple(Vec::new()));
+                    self.push(v);
+                }
+                // TUPLE, TUPLE1, TUPLE2, TUPLE3
+                b't' => {
+                    let items = self.pop_mark()?;
+                    let v = self.new_obj(Obj::Tuple(items));
+                    self.push(v);
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    if self.stack.len() < n {
+                        return Err(format!("pickle stack underflow at byte {at}"));
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    let v = self.new_obj(Obj::Tuple(items));
+                    self.push(v);
+                }
+                // LIST, FROZENSET (kept as a list)
+                b'l' | 0x91 => {
+                    let items = self.pop_mark()?;
+                    let v = self.new_obj(Obj::List(items));
+                    self.push(v);
+                }
+                // DICT
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    let v = self.new_obj(Obj::Dict(Dict::default()));
+                    self.push(v);
+                    self.set_items(items)?;
+                }
+                // APPEND, APPENDS, ADDITEMS
+                b'a' => {
+                    let v = self.pop()?;
+                    self.append(vec![v])?;
+                }
+                b'e' | 0x90 => {
+                    let items = self.pop_mark()?;
+                    self.append(items)?;
+                }
+                // SETITEM, SETITEMS
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    self.set_items(vec![k, v])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    self.set_items(items)?;
+                }
+                // GLOBAL, STACK_GLOBAL: recorded as a name, never resolved.
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.push(Value::Global(Rc::from(format!("{module}.{name}"))));
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    match (module, name) {
+                        (Value::Str(m), Value::Str(n)) => {
+                            self.push(Value::Global(Rc::from(format!("{m}.{n}"))))
+                        }
+                        _ => return Err("STACK_GLOBAL operands are not strings".to_string()),
+                    }
+                }
+                // BINPUT, LONG_BINPUT, MEMOIZE
+                b'q' => {
+                    let i = self.u8()?;
+                    let v = self.top()?.clone();
+                    self.memo.insert(i.into(), v);
+                }
+                b'r' => {
+                    let i = self.u32_le()?;
+                    let v = self.top()?.clone();
+                    self.memo.insert(i.into(), v);
+                }
+                0x94 => {
+                    let v = self.top()?.clone();
+                    self.memo.insert(self.memo.len() as u64, v);
+                }
+                // BINGET, LONG_BINGET
+                b'h' => {
+                    let i = self.u8()?;
+                    let v = self.memo_get(i.into())?;
+                    self.push(v);
+                }
+                b'j' => {
+                    let i = self.u32_le()?;
+                    let v = self.memo_get(i.into())?;
+                    self.push(v);
+                }
+                // BINPERSID
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let v = self.persistent_load(&pid)?;
+                    self.push(v);
+                }
+                // REDUCE
+                b'R' => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    let v = self.reduce(&callable, &args)?;
+                    self.push(v);
+                }
+                // NEWOBJ, NEWOBJ_EX: cls.__new__(cls, *args)
+                0x81 | 0x92 => {
+                    if op == 0x92 {
+                        self.pop()?; // kwargs
+                    }
+                    self.pop()?; // args
+                    let cls = self.pop()?;
+                    let v = match &cls {
+                        Value::Global(g) if &**g == "collections.OrderedDict" => {
+                            self.new_obj(Obj::Dict(Dict::default()))
+                        }
+                        Value::Global(g) => Value::Opaque(g.clone()),
+                        other => return Err(format!("NEWOBJ on {}", kind(other))),
+                    };
+                    self.push(v);
+                }
+                // BUILD: sets an object's state (e.g. an OrderedDict's `_metadata`); ignored.
+                b'b' => {
+                    self.pop()?;
+                    self.top()?;
+                }
+                _ => {
+                    return Err(format!("unsupported pickle opcode 0x{op:02x} at byte {at}"));
+                }
+            }
+        }
+    }
+
+    /// Resolves torch's persistent id `('storage', storage_type, key, location, numel)`.
+    fn persistent_load(&self, pid: &Value) -> PResult<Value> {
+        let items = self.tuple(pid).ok_or("persistent id is not a tuple")?;
+        let [tag, storage_type, key, _location, _numel] = items else {
+            return Err(format!("persistent id has {} fields, expected 5", items.len()));
+        };
+        match tag {
+            Value::Str(s) if &**s == "storage" => {}
+            _ => return Err("persistent id is not a ('storage', ...) tuple".to_string()),
+        }
+        let Value::Global(class) = storage_type else {
+            return Err("persistent id's storage type is not a class".to_string());
+        };
+        let short = class.rsplit('.').next().unwrap_or(class);
+        let kind = if matches!(short, "UntypedStorage" | "_UntypedStorage") {
+            StorageKind::Untyped
+        } else if let Some(d) = TorchDType::from_storage_class(short) {
+            StorageKind::Typed(d)
+        } else {
+            StorageKind::Unsupported(class.clone())
+        };
+        let key: Rc<str> = match key {
+            Value::Str(s) => s.clone(),
+            Value::Int(i) => Rc::from(i.to_string()),
+            _ => return Err("persistent id's storage key is not a string".to_string()),
+        };
+        if key.is_empty() || key.contains('/') || key.contains("..") {
+            return Err(format!("storage key {key:?} is not a plain name"));
+        }
+        Ok(Value::Storage(Rc::new(Storage { kind, key })))
+    }
+
+    /// The items of a tuple value.
+    fn tuple<'s>(&'s self, v: &Value) -> Option<&'s [Value]> {
+        match v {
+            Value::Obj(id) => match &self.arena[*id] {
+                Obj::Tuple(t) => Some(t),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Calls (on paper) `callable(*args)` for the allow-listed callables; anything else gives an
+    /// opaque value carrying the callable's name.
+    fn reduce(&mut self, callable: &Value, args: &Value) -> PResult<Value> {
+        let Value::Global(name) = callable else {
+            return Err(format!("REDUCE on {}, not a global", kind(callable)));
+        };
+        let args: Vec<Value> = self
+            .tuple(args)
+            .ok_or_else(|| format!("arguments to {name} are not a tuple"))?
+            .to_vec();
+        match &**name {
+            "collections.OrderedDict" | "builtins.dict" => {
+                let v = self.new_obj(Obj::Dict(Dict::default()));
+                if let Some(pairs) = args.first() {
+                    // OrderedDict([(k, v), ...])
+                    let pairs = match pairs {
+                        Value::Obj(id) => match &self.arena[*id] {
+                            Obj::List(l) | Obj::Tuple(l) => l.clone(),
+                            _ => return Err(format!("unsupported arguments to {name}")),
+                        },
+                        _ => return Err(format!("unsupported arguments to {name}")),
+                    };
+                    let mut items = Vec::with_capacity(pairs.len() * 2);
+                    for p in &pairs {
+                        match self.tuple(p) {
+                            Some([k, v]) => items.extend([k.clone(), v.clone()]),
+                            _ => return Err(format!("unsupported arguments to {name}")),
+                        }
+                    }
+                    self.push(v.clone());
+                    let r = self.set_items(items);
+                    self.pop()?;
+                    r?;
+                }
+                Ok(v)
+            }
+            "torch._utils._rebuild_tensor" | "torch._utils._rebuild_tensor_v2" => {
+                // (storage, storage_offset, size, stride[, requires_grad, backward_hooks[, metadata]])
+                if args.len() < 4 {
+                    return Err(format!("{name} with {} arguments", args.len()));
+                }
+                self.rebuild_tensor(name, &args[..4], None)
+            }
+            "torch._utils._rebuild_tensor_v3" => {
+                // (storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype[, metadata])
+                if args.len() < 7 {
+                    return Err(format!("{name} with {} arguments", args.len()));
+                }
+                let Value::Global(dtype) = &args[6] else {
+                    return Err(format!("{name}: dtype argument is not a torch dtype"));
+                };
+                let dtype = TorchDType::from_dtype_global(dtype).ok_or_else(|| dtype.to_string());
+                self.rebuild_tensor(name, &args[..4], Some(dtype))
+            }
+            "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
+                // (data, requires_grad, backward_hooks[, state]): the parameter is its data.
+                match args.first() {
+                    Some(v @ (Value::Tensor(_) | Value::Opaque(_))) => Ok(v.clone()),
+                    _ => Err(format!("{name}: data argument is not a tensor")),
+                }
+            }
+            "torch._tensor._rebuild_from_type_v2" => {
+                // (func, new_type, args, state): a tensor (subclass) with Python state.
+                let [func, _new_type, inner, ..] = args.as_slice() else {
+                    return Err(format!("{name} with {} arguments", args.len()));
+                };
+                match func {
+                    Value::Global(f) if f.starts_with("torch._utils._rebuild_tensor") => {
+                        self.reduce(func, inner)
+                    }
+                    Value::Global(f) => Ok(Value::Opaque(f.clone())),
+                    _ => Err(format!("{name}: rebuild function is not a global")),
+                }
+            }
+            _ => Ok(Value::Opaque(name.clone())),
+        }
+    }
+
+    /// Builds a tensor from `(storage, storage_offset, size, stride)`; `dtype` is given for an
+    /// untyped storage (`_rebuild_tensor_v3`).
+    fn rebuild_tensor(
+        &self,
+        func: &str,
+        args: &[Value],
+        dtype: Option<std::result::Result<TorchDType, String>>,
+    ) -> PResult<Value> {
+        let Value::Storage(storage) = &args[0] else {
+            return Err(format!("{func}: first argument is not a storage"));
+        };
+        let offset = match args[1] {
+            Value::Int(i) => usize::try_from(i).map_err(|_| format!("{func}: negative storage offset"))?,
+            _ => return Err(format!("{func}: storage offset is not an integer")),
+        };
+        let ints = |v: &Value, what: &str| -> PResult<Vec<i64>> {
+            let items = self
+                .tuple(v)
+                .ok_or_else(|| format!("{func}: {what} is not a tuple"))?;
+            items
+                .iter()
+                .map(|x| match x {
+                    Value::Int(i) => Ok(*i),
+                    _ => Err(format!("{func}: {what} holds a non-integer")),
+                })
+                .collect()
+        };
+        let shape = ints(&args[2], "size")?
+            .into_iter()
+            .map(|d| usize::try_from(d).map_err(|_| format!("{func}: negative size")))
+            .collect::<PResult<Vec<usize>>>()?;
+        let stride = ints(&args[3], "stride")?;
+        let dtype = match (&storage.kind, dtype) {
+            (StorageKind::Unsupported(class), _) => Err(format!("(storage class {class})")),
+            (StorageKind::Typed(d), None) => Ok(*d),
+            (StorageKind::Typed(d), Some(Ok(t))) if *d == t => Ok(*d),
+            (StorageKind::Typed(_), Some(_)) => {
+                return Err(format!("{func}: dtype disagrees with the storage's type"))
+            }
+            (StorageKind::Untyped, Some(d)) => d,
+            (StorageKind::Untyped, None) => {
+                return Err(format!("{func}: untyped storage without a dtype"))
+            }
+        };
+        Ok(Value::Tensor(Rc::new(Tensor {
+            storage: storage.clone(),
+            dtype,
+            offset,
+            shape,
+            stride,
+        })))
+    }
+}
+
+/// The value of a LONG1 / LONG4 payload (little-endian two's complement).
+fn long_value(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        return Value::Int(0);
+    }
+    if bytes.len() > 8 {
+        return Value::BigInt;
+    }
+    let negative = bytes[bytes.len() - 1] & 0x80 != 0;
+    let mut buf = if negative { [0xffu8; 8] } else { [0u8; 8] };
+    buf[..bytes.len()].copy_from_slice(bytes);
+    Value::Int(i64::from_le_bytes(buf))
+}
+
+/// A value's kind, for messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::None => "None",
+        Value::Bool => "a bool",
+        Value::Int(_) | Value::BigInt => "an int",
+        Value::Float => "a float",
+        Value::Str(_) => "a string",
+        Value::Bytes => "bytes",
+        Value::Global(_) => "a global",
+        Value::Obj(_) => "a container",
+        Value::Storage(_) => "a storage",
+        Value::Tensor(_) => "a tensor",
+        Value::Opaque(_) => "an opaque object",
+    }
+}

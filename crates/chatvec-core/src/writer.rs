@@ -1,0 +1,337 @@
+//! Writing a model directory: sharded safetensors streamed block by block on a writer thread, into a
+//! hidden temporary directory beside the output that is renamed into place only when complete.
+//!
+//! The safetensors crate's serializer wants every tensor as one contiguous buffer; an 8B model's
+//! embedding is 1 GB, so the header (a small JSON object) is written here and the data streamed.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use crate::{Error, Result};
+
+/// A hidden directory beside the final output; removed on drop unless [`commit`](Self::commit)ed,
+/// so an error or Ctrl-C never leaves an output that looks complete.
+#[derive(Debug)]
+pub struct OutputDir {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    force: bool,
+    committed: bool,
+}
+
+impl OutputDir {
+    /// Prepares to write `out`. An existing `out` is refused unless `force`.
+    pub fn create(out: &Path, force: bool) -> Result<Self> {
+        if out.exists() && !force {
+            return Err(Error::msg(format!(
+                "{}: already exists (use --force to replace it)",
+                out.display()
+            )));
+        }
+        let name = out
+            .file_name()
+            .ok_or_else(|| Error::msg(format!("{}: not a usable output path", out.display())))?;
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return Err(Error::msg(format!("{}: parent directory does not exist", out.display())));
+        }
+        let tmp_path = parent.join(format!(
+            ".{}.chatvec-tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp_path);
+        std::fs::create_dir(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
+        Ok(OutputDir { final_path: out.to_path_buf(), tmp_path, force, committed: false })
+    }
+
+    /// The directory being written (the temporary one).
+    pub fn path(&self) -> &Path {
+        &self.tmp_path
+    }
+
+    /// The directory the output will have.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Moves the finished directory into place (replacing an old output when forced).
+    pub fn commit(mut self) -> Result<()> {
+        if self.final_path.exists() {
+            if !self.force {
+                return Err(Error::msg(format!("{}: appeared while writing; not replaced", self.final_path.display())));
+            }
+            let old = self.tmp_path.with_extension("old");
+            std::fs::rename(&self.final_path, &old).map_err(|e| Error::io(&self.final_path, e))?;
+            std::fs::rename(&self.tmp_path, &self.final_path).map_err(|e| Error::io(&self.final_path, e))?;
+            let _ = if old.is_dir() { std::fs::remove_dir_all(&old) } else { std::fs::remove_file(&old) };
+        } else {
+            std::fs::rename(&self.tmp_path, &self.final_path).map_err(|e| Error::io(&self.final_path, e))?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp_path);
+        }
+    }
+}
+
+/// One tensor as it will be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Name.
+    pub name: String,
+    /// safetensors dtype name (`BF16`, `F32`, `I64`, ...).
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Size in bytes.
+    pub bytes: usize,
+}
+
+/// One output file and the tensors it holds, in write order.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    /// File name, e.g. `model-00001-of-00002.safetensors`.
+    pub file: String,
+    /// Its tensors in data order.
+    pub tensors: Vec<TensorSpec>,
+}
+
+/// Splits tensors into shards of at most `max_bytes` (a tensor larger than that gets its own
+/// shard), named as transformers names them; inside a shard wider elements come first so every
+/// tensor's data stays aligned to its element size.
+pub fn plan_shards(tensors: Vec<TensorSpec>, max_bytes: u64, stem: &str) -> Vec<Shard> {
+    let mut groups: Vec<Vec<TensorSpec>> = vec![];
+    let mut size = 0u64;
+    for t in tensors {
+        if groups.is_empty() || (size > 0 && size + t.bytes as u64 > max_bytes) {
+            groups.push(vec![]);
+            size = 0;
+        }
+        size += t.bytes as u64;
+        groups.last_mut().expect("pushed above").push(t);
+    }
+    let n = groups.len();
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut tensors)| {
+            tensors.sort_by_key(|t| std::cmp::Reverse(elem_size(&t.dtype)));
+            let file = if n == 1 {
+                format!("{stem}.safetensors")
+            } else {
+                format!("{stem}-{:05}-of-{n:05}.safetensors", i + 1)
+            };
+            Shard { file, tensors }
+        })
+        .collect()
+}
+
+fn elem_size(dtype: &str) -> usize {
+    match dtype {
+        "F64" | "I64" | "U64" | "C64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        _ => 1,
+    }
+}
+
+/// The safetensors header of a shard: length prefix + JSON, padded to 8 bytes.
+pub fn shard_header(shard: &Shard) -> Vec<u8> {
+    let mut obj = serde_json::Map::new();
+    obj.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut off = 0usize;
+    for t in &shard.tensors {
+        obj.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [off, off + t.bytes]}),
+        );
+        off += t.bytes;
+    }
+    let mut json = serde_json::to_vec(&obj).expect("a JSON map serialises");
+    while (json.len() + 8) % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    out
+}
+
+/// Writes `model.safetensors.index.json` for a multi-shard layout (nothing for one shard).
+pub fn write_index(dir: &Path, shards: &[Shard], stem: &str) -> Result<()> {
+    if shards.len() < 2 {
+        return Ok(());
+    }
+    let total: usize = shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes).sum();
+    let mut weight_map = std::collections::BTreeMap::new();
+    for s in shards {
+        for t in &s.tensors {
+            weight_map.insert(t.name.clone(), s.file.clone());
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    let path = dir.join(format!("{stem}.safetensors.index.json"));
+    write_json(&path, &index)
+}
+
+/// Writes pretty JSON (two-space indent, trailing newline, as transformers does) to `path`.
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).expect("JSON value serialises");
+    text.push('\n');
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+enum Msg {
+    Data(Vec<u8>),
+}
+
+/// Streams tensor data into the shards of a layout on a background thread, so computing the next
+/// block overlaps writing the last. Blocks must arrive in layout order; each block belongs to one
+/// tensor.
+pub struct ShardWriter {
+    tx: Option<mpsc::SyncSender<Msg>>,
+    recycled: mpsc::Receiver<Vec<u8>>,
+    handle: Option<JoinHandle<Result<u64>>>,
+}
+
+impl ShardWriter {
+    /// Starts writing `shards` into `dir`.
+    pub fn start(dir: &Path, shards: Vec<Shard>) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Msg>(2);
+        let (back_tx, back_rx) = mpsc::channel();
+        let dir = dir.to_path_buf();
+        let handle = std::thread::spawn(move || write_loop(&dir, shards, rx, back_tx));
+        ShardWriter { tx: Some(tx), recycled: back_rx, handle: Some(handle) }
+    }
+
+    /// A buffer for the next block (reused from written blocks when one is free).
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        let mut b = self.recycled.try_recv().unwrap_or_default();
+        b.clear();
+        b.resize(len, 0);
+        b
+    }
+
+    /// Queues a block of the current tensor's data; fails with the writer's error if it stopped.
+    pub fn push(&mut self, block: Vec<u8>) -> Result<()> {
+        let sent = self.tx.as_ref().map(|tx| tx.send(Msg::Data(block)).is_ok()).unwrap_or(false);
+        if !sent {
+            return Err(self.join_error());
+        }
+        Ok(())
+    }
+
+    fn join_error(&mut self) -> Error {
+        self.tx = None;
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(_)) => Error::msg("the writer thread panicked"),
+            _ => Error::msg("the writer stopped early"),
+        }
+    }
+
+    /// Waits for every block to be written; returns the bytes written (headers included).
+    pub fn finish(mut self) -> Result<u64> {
+        self.tx = None;
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            _ => Err(Error::msg("the writer thread panicked")),
+        }
+    }
+}
+
+fn write_loop(dir: &Path, shards: Vec<Shard>, rx: mpsc::Receiver<Msg>, back: mpsc::Sender<Vec<u8>>) -> Result<u64> {
+    let mut written = 0u64;
+    for shard in &shards {
+        let path = dir.join(&shard.file);
+        let mut f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let header = shard_header(shard);
+        f.write_all(&header).map_err(|e| Error::io(&path, e))?;
+        written += header.len() as u64;
+        for t in &shard.tensors {
+            let mut left = t.bytes;
+            while left > 0 {
+                let Ok(Msg::Data(block)) = rx.recv() else {
+                    return Err(Error::msg(format!("{}: stopped before tensor {} was complete", path.display(), t.name)));
+                };
+                if block.len() > left {
+                    return Err(Error::tensor(&t.name, "more data than its shape holds (internal error)"));
+                }
+                f.write_all(&block)
+                    .map_err(|e| Error::msg(format!("{}: writing tensor {}: {e}", path.display(), t.name)))?;
+                left -= block.len();
+                written += block.len() as u64;
+                let _ = back.send(block);
+            }
+        }
+        f.flush().map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, dtype: &str, n: usize) -> TensorSpec {
+        TensorSpec { name: name.into(), dtype: dtype.into(), shape: vec![n], bytes: n * elem_size(dtype) }
+    }
+
+    #[test]
+    fn written_shards_parse_with_the_safetensors_crate() {
+        let dir = tempfile::tempdir().unwrap();
+        let tensors = vec![spec("a", "BF16", 3), spec("b", "F32", 5), spec("c", "BF16", 100)];
+        let shards = plan_shards(tensors, 30, "model");
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[0].file, "model-00001-of-00002.safetensors");
+        assert_eq!(shards[0].tensors[0].name, "b", "wider dtype first keeps alignment");
+        let mut w = ShardWriter::start(dir.path(), shards.clone());
+        for s in &shards {
+            for t in &s.tensors {
+                let mut b = w.buffer(t.bytes);
+                b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8);
+                w.push(b).unwrap();
+            }
+        }
+        w.finish().unwrap();
+        write_index(dir.path(), &shards, "model").unwrap();
+        let bytes = std::fs::read(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("c").unwrap().data().len(), 200);
+        assert_eq!(st.tensor("c").unwrap().data()[7], 7);
+        let idx: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("model.safetensors.index.json")).unwrap()).unwrap();
+        assert_eq!(idx["weight_map"]["a"], "model-00001-of-00002.safetensors");
+        assert_eq!(idx["metadata"]["total_size"], 226);
+    }
+
+    #[test]
+    fn uncommitted_output_is_removed_and_existing_output_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        {
+            let o = OutputDir::create(&out, false).unwrap();
+            std::fs::write(o.path().join("x"), "1").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        std::fs::create_dir(&out).unwrap();
+        assert!(OutputDir::create(&out, false).unwrap_err().to_string().contains("--force"));
+        let o = OutputDir::create(&out, true).unwrap();
+        std::fs::write(o.path().join("new"), "1").unwrap();
+        o.commit().unwrap();
+        assert!(out.join("new").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
