@@ -1,0 +1,461 @@
+//! The three jobs, `merge`, `extract` and `apply`: open the inputs, run the pre-flight checks, plan,
+//! stream the tensors into a temporary directory, add the files that make a complete model, and
+//! move it into place.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::exec::{self, Progress, Stats, BLOCK_BYTES};
+use crate::kernel::PorterParams;
+use crate::modelfiles::{self, ChatTemplate};
+use crate::plan::{self, Kind, Plan, PlanOptions, VectorRef};
+use crate::writer::{plan_shards, write_index, write_json, OutputDir, ShardWriter, TensorSpec};
+use crate::{Checkpoint, Error, ResolvedModel, Result};
+
+/// Where and how to write the output.
+#[derive(Debug, Clone)]
+pub struct OutputOptions {
+    /// The output directory.
+    pub path: PathBuf,
+    /// Replace an existing output.
+    pub force: bool,
+    /// Largest shard in bytes (transformers' default is 5 GB).
+    pub shard_size: u64,
+    /// Plan and report, write nothing.
+    pub dry_run: bool,
+}
+
+/// `merge`: `target + ratio·(chat − base)`.
+#[derive(Debug, Clone)]
+pub struct MergeJob {
+    /// The base model the chat model was fine-tuned from.
+    pub base: ResolvedModel,
+    /// The instruction-tuned model.
+    pub chat: ResolvedModel,
+    /// The continually pre-trained model to give chat skills.
+    pub target: ResolvedModel,
+    /// How much of the vector to add.
+    pub ratio: f64,
+    /// Tensor selection, dtype, method.
+    pub plan: PlanOptions,
+    /// Output.
+    pub output: OutputOptions,
+}
+
+/// `extract`: the vector `chat − base` as a checkpoint.
+#[derive(Debug, Clone)]
+pub struct ExtractJob {
+    /// The base model.
+    pub base: ResolvedModel,
+    /// The instruction-tuned model.
+    pub chat: ResolvedModel,
+    /// Tensor selection and dtype (f32 unless set).
+    pub plan: PlanOptions,
+    /// Output.
+    pub output: OutputOptions,
+}
+
+/// `apply`: `target + Σ ratio_i·vector_i`.
+#[derive(Debug, Clone)]
+pub struct ApplyJob {
+    /// The model to add the vectors to.
+    pub target: ResolvedModel,
+    /// Extracted vectors and their ratios.
+    pub vectors: Vec<(ResolvedModel, f64)>,
+    /// Tensor selection and dtype.
+    pub plan: PlanOptions,
+    /// Output.
+    pub output: OutputOptions,
+}
+
+/// What a run did, for people (printed by the CLI) and programs (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// `merge`, `extract` or `apply`.
+    pub command: String,
+    /// The output directory.
+    pub output: PathBuf,
+    /// Whether this was a dry run (nothing written).
+    pub dry_run: bool,
+    /// Method name.
+    pub method: String,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Tensors the vector was added to, whole.
+    pub merged: usize,
+    /// Vocab tensors whose shared rows got the vector while grown rows kept the target's values.
+    pub row_adjusted: usize,
+    /// Tensors copied unchanged.
+    pub copied: usize,
+    /// Tensors left out by --include/--exclude.
+    pub not_selected: Vec<String>,
+    /// Special-token rows taken from the chat model: tensor → token ids.
+    pub special_rows: Vec<(String, Vec<usize>)>,
+    /// Tensors only the target has (copied).
+    pub only_in_target: Vec<String>,
+    /// Tensors of the inputs that the target lacks (not written).
+    pub missing_from_target: Vec<String>,
+    /// Warnings from the pre-flight checks.
+    pub warnings: Vec<String>,
+    /// Stop ids written to generation_config.json.
+    pub eos_token_ids: Vec<u32>,
+    /// Where the chat template came from, if one was carried over.
+    pub chat_template_from: Option<String>,
+    /// Output shards.
+    pub shards: usize,
+    /// Bytes read from the inputs.
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Estimated peak memory of the run, in bytes.
+    pub peak_memory_estimate: u64,
+    /// Elements not exactly representable in the output dtype (extract only).
+    pub inexact_elements: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+fn open(m: &ResolvedModel) -> Result<Checkpoint> {
+    Checkpoint::open(&m.path)
+}
+
+/// Config keys in which a chat model must agree with its base: a mismatch means it was not
+/// fine-tuned from that base (the classic: Mistral-7B-v0.1 with Instruct-v0.2, whose
+/// rope_theta and sliding_window differ).
+const SAME_ARCH_KEYS: &[&str] = &[
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "sliding_window",
+];
+
+fn describe(v: Option<&Value>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "unset".into())
+}
+
+/// Refuses a base/chat pair that cannot be a base and its fine-tune.
+pub fn check_base_chat(base: &Checkpoint, chat: &Checkpoint) -> Result<()> {
+    let why = |what: String| {
+        Err(Error::msg(format!(
+            "base {} and chat {} differ in {what}: the chat model was not fine-tuned from this base",
+            base.dir.display(),
+            chat.dir.display()
+        )))
+    };
+    if base.config.architecture() != chat.config.architecture() {
+        return why(format!(
+            "architecture ({} vs {})",
+            base.config.architecture().unwrap_or("unset"),
+            chat.config.architecture().unwrap_or("unset")
+        ));
+    }
+    for k in SAME_ARCH_KEYS {
+        let (a, b) = (base.config.get(k), chat.config.get(k));
+        if a != b {
+            return why(format!("{k} ({} vs {})", describe(a), describe(b)));
+        }
+    }
+    if base.config.rope_theta() != chat.config.rope_theta() {
+        return why(format!("rope_theta ({:?} vs {:?})", base.config.rope_theta(), chat.config.rope_theta()));
+    }
+    if base.config.rope_scaling() != chat.config.rope_scaling() {
+        return why("rope_scaling".into());
+    }
+    Ok(())
+}
+
+/// Warnings about a target whose config differs from the base in ways that break generation.
+pub fn target_warnings(base: &Checkpoint, target: &Checkpoint) -> Vec<String> {
+    let (b, t) = (&base.config, &target.config);
+    let mut w = vec![];
+    if b.architecture() != t.architecture() {
+        w.push(format!(
+            "target architecture {} differs from base {}",
+            t.architecture().unwrap_or("unset"),
+            b.architecture().unwrap_or("unset")
+        ));
+    }
+    if b.rope_theta() != t.rope_theta() {
+        w.push(format!(
+            "target rope_theta {:?} differs from base {:?}: check the target's config.json",
+            t.rope_theta(),
+            b.rope_theta()
+        ));
+    }
+    for k in ["bos_token_id", "eos_token_id"] {
+        if b.token_ids(k) != t.token_ids(k) {
+            w.push(format!("target {k} {:?} differs from base {:?}", t.token_ids(k), b.token_ids(k)));
+        }
+    }
+    if b.max_position_embeddings() != t.max_position_embeddings() {
+        w.push(format!(
+            "target max_position_embeddings {:?} differs from base {:?}",
+            t.max_position_embeddings(),
+            b.max_position_embeddings()
+        ));
+    }
+    w
+}
+
+/// Runs `merge`.
+pub fn merge(job: &MergeJob, progress: &dyn Progress, cancel: &AtomicBool) -> Result<Summary> {
+    let started = Instant::now();
+    let models = vec![open(&job.target)?, open(&job.chat)?, open(&job.base)?];
+    check_base_chat(&models[2], &models[1])?;
+    let vectors = [VectorRef { ratio: job.ratio, plus: 1, minus: Some(2) }];
+    let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
+    plan.warnings.extend(target_warnings(&models[2], &models[0]));
+    let template = modelfiles::chat_template(&job.chat.path)?;
+    let chat_eos = modelfiles::eos_ids(&job.chat.path, &models[1].config)?;
+    let recipe = json!({
+        "ratio": job.ratio,
+        "inputs": {
+            "base": input_record(&job.base, &models[2]),
+            "chat": input_record(&job.chat, &models[1]),
+            "target": input_record(&job.target, &models[0]),
+        },
+    });
+    let carry = Carry { template, template_from: "chat model", eos: chat_eos };
+    write_model(&models, &plan, &job.plan, &job.output, "merge", recipe, Some(carry), progress, cancel, started)
+}
+
+/// Runs `apply`.
+pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Result<Summary> {
+    let started = Instant::now();
+    if job.vectors.is_empty() {
+        return Err(Error::msg("apply needs at least one --vector"));
+    }
+    let mut models = vec![open(&job.target)?];
+    let mut vectors = vec![];
+    let mut manifests = vec![];
+    for (v, ratio) in &job.vectors {
+        let manifest_path = v.path.join("chatvec.json");
+        let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
+            Error::io(&manifest_path, e)
+        })?;
+        let manifest: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&manifest_path, format!("not valid JSON: {e}")))?;
+        if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
+            return Err(Error::format(&manifest_path, "not a chat vector written by `chatvec extract`"));
+        }
+        vectors.push(VectorRef { ratio: *ratio, plus: models.len(), minus: None });
+        models.push(open(v)?);
+        manifests.push(manifest);
+    }
+    let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
+    let first = &manifests[0];
+    let template = first.get("chat_template").cloned().and_then(|t| serde_json::from_value(t).ok());
+    let eos = crate::config::ids_of(first.get("chat_eos_token_ids"));
+    for (m, (v, _)) in manifests.iter().zip(&job.vectors) {
+        if let Some(arch) = m.pointer("/architecture").and_then(Value::as_str) {
+            if Some(arch) != models[0].config.architecture() {
+                plan.warnings.push(format!("vector {} was extracted from {arch} models", v.spec));
+            }
+        }
+    }
+    let recipe = json!({
+        "vectors": job.vectors.iter().zip(&models[1..]).map(|((v, r), m)| json!({"ratio": r, "vector": input_record(v, m)})).collect::<Vec<_>>(),
+        "inputs": {"target": input_record(&job.target, &models[0])},
+    });
+    let carry = Carry { template, template_from: "vector manifest", eos };
+    write_model(&models, &plan, &job.plan, &job.output, "apply", recipe, Some(carry), progress, cancel, started)
+}
+
+/// Runs `extract`.
+pub fn extract(job: &ExtractJob, progress: &dyn Progress, cancel: &AtomicBool) -> Result<Summary> {
+    let started = Instant::now();
+    let models = vec![open(&job.chat)?, open(&job.base)?];
+    check_base_chat(&models[1], &models[0])?;
+    let plan = plan::plan_extract(&models, &job.plan)?;
+    let template = modelfiles::chat_template(&job.chat.path)?;
+    let recipe = json!({
+        "kind": "chat_vector",
+        "architecture": models[0].config.architecture(),
+        "inputs": {
+            "base": input_record(&job.base, &models[1]),
+            "chat": input_record(&job.chat, &models[0]),
+        },
+        "tensors": plan.tensors.iter().map(|t| &t.name).collect::<Vec<_>>(),
+        "chat_template": template,
+        "chat_eos_token_ids": modelfiles::eos_ids(&job.chat.path, &models[0].config)?,
+    });
+    write_model(&models, &plan, &job.plan, &job.output, "extract", recipe, None, progress, cancel, started)
+}
+
+fn input_record(m: &ResolvedModel, c: &Checkpoint) -> Value {
+    json!({
+        "spec": m.spec,
+        "path": m.path,
+        "hub_id": m.hub_id,
+        "revision": m.revision,
+        "config_sha256": c.config_sha256(),
+        "format": c.format,
+    })
+}
+
+/// What a merged model takes from the chat side: its template and its stop ids.
+struct Carry {
+    template: Option<ChatTemplate>,
+    template_from: &'static str,
+    eos: Vec<u32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_model(
+    models: &[Checkpoint],
+    plan: &Plan,
+    opts: &PlanOptions,
+    out: &OutputOptions,
+    command: &str,
+    recipe: Value,
+    carry: Option<Carry>,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+    started: Instant,
+) -> Result<Summary> {
+    let specs: Vec<TensorSpec> = plan
+        .tensors
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            dtype: t.dtype_name.clone(),
+            shape: t.shape.clone(),
+            bytes: t.bytes(models),
+        })
+        .collect();
+    let shards = plan_shards(specs, out.shard_size.max(1), "model");
+    let bytes_out: u64 = shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes as u64).sum();
+    let threads = rayon::current_num_threads() as u64;
+    let mut summary = Summary {
+        command: command.into(),
+        output: out.path.clone(),
+        dry_run: out.dry_run,
+        method: if opts.porter.is_some() { "feature-porter" } else { "chat-vector" }.into(),
+        tensors: plan.tensors.len(),
+        merged: plan.count(Kind::Merged),
+        row_adjusted: plan.count(Kind::RowAdjusted),
+        copied: plan.count(Kind::Copied) + plan.count(Kind::SpecialRows),
+        not_selected: plan.not_selected.clone(),
+        special_rows: plan.special_rows.clone(),
+        only_in_target: plan.only_in_target.clone(),
+        missing_from_target: plan.missing_from_target.clone(),
+        warnings: plan.warnings.clone(),
+        eos_token_ids: vec![],
+        chat_template_from: None,
+        shards: shards.len(),
+        bytes_read: plan_read_bytes(models, plan),
+        bytes_written: bytes_out,
+        // Blocks: two queued to the writer, one being written, one being filled, one recycled;
+        // input pages of one block per source; per-thread f64 scratch.
+        peak_memory_estimate: 5 * BLOCK_BYTES as u64 + 3 * 2 * BLOCK_BYTES as u64 + threads * 3 * 8 * (1 << 15),
+        inexact_elements: 0,
+        seconds: 0.0,
+    };
+    if out.dry_run {
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    let dir = OutputDir::create(&out.path, out.force)?;
+    check_free_space(dir.path(), bytes_out)?;
+    progress.begin(bytes_out);
+    let mut order = vec![];
+    let pos: std::collections::HashMap<&str, usize> =
+        plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    for s in &shards {
+        order.extend(s.tensors.iter().map(|t| pos[t.name.as_str()]));
+    }
+    let stats = Stats::default();
+    let mut writer = ShardWriter::start(dir.path(), shards.clone());
+    let streamed = exec::run(models, plan, &mut writer, &order, progress, cancel, &stats);
+    let finished = writer.finish();
+    streamed?;
+    summary.bytes_written = finished?;
+    progress.finish();
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Interrupted);
+    }
+    write_index(dir.path(), &shards, "model")?;
+    summary.bytes_read = stats.bytes_read.load(Ordering::Relaxed);
+    summary.inexact_elements = stats.inexact.load(Ordering::Relaxed);
+    // Config, tokenizer and the rest come from the first model (the target; the chat model for extract).
+    modelfiles::copy_support_files(&models[0].dir, dir.path())?;
+    if let Some(d) = opts.dtype {
+        modelfiles::set_config_dtype(dir.path(), d)?;
+    }
+    let mut recipe = recipe;
+    if let Some(carry) = carry {
+        if modelfiles::chat_template(dir.path())?.is_none() {
+            if let Some(t) = &carry.template {
+                modelfiles::install_chat_template(dir.path(), t)?;
+                summary.chat_template_from = Some(carry.template_from.into());
+            }
+        }
+        summary.eos_token_ids = modelfiles::write_generation_config(dir.path(), &models[0].config, &carry.eos)?;
+    }
+    if let Value::Object(r) = &mut recipe {
+        r.insert("tool".into(), json!("chatvec"));
+        r.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        r.insert("command".into(), json!(command));
+        r.insert("method".into(), json!(summary.method));
+        if let Some(p) = opts.porter {
+            r.insert("porter".into(), json!(p));
+        }
+        r.insert("dtype".into(), json!(opts.dtype.map(|d| d.to_string())));
+        r.insert(
+            "selection".into(),
+            json!({
+                "include": opts.selection.include.as_ref().map(|r| r.as_str()),
+                "exclude": opts.selection.exclude.as_ref().map(|r| r.as_str()),
+            }),
+        );
+        r.insert("special_rows".into(), json!(summary.special_rows));
+        r.insert("eos_token_ids".into(), json!(summary.eos_token_ids));
+        r.insert("inexact_elements".into(), json!(summary.inexact_elements));
+    }
+    write_json(&dir.path().join("chatvec.json"), &recipe)?;
+    dir.commit()?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn plan_read_bytes(models: &[Checkpoint], plan: &Plan) -> u64 {
+    use crate::plan::{entry, Action};
+    plan.tensors
+        .iter()
+        .map(|t| match &t.action {
+            Action::Copy(s) => entry(models, s).byte_len() as u64,
+            Action::Combine { target, terms, .. } => {
+                let srcs = target.iter().chain(terms.iter().flat_map(|x| std::iter::once(&x.plus).chain(&x.minus)));
+                srcs.map(|s| entry(models, s).byte_len() as u64).sum()
+            }
+        })
+        .sum()
+}
+
+fn check_free_space(dir: &std::path::Path, need: u64) -> Result<()> {
+    let free = fs4::available_space(dir).map_err(|e| Error::io(dir, e))?;
+    // Headers, config and tokenizer files are small; keep a 64 MiB margin for them.
+    if free < need + (64 << 20) {
+        return Err(Error::msg(format!(
+            "{}: not enough free disk space: the output needs {:.2} GB, {:.2} GB are free",
+            dir.parent().unwrap_or(dir).display(),
+            need as f64 / 1e9,
+            free as f64 / 1e9
+        )));
+    }
+    Ok(())
+}
+
+/// Feature-porter parameters from user flags.
+pub fn porter(steepness: f64, shift: f64) -> PorterParams {
+    PorterParams { steepness, shift }
+}

@@ -1,0 +1,441 @@
+//! What happens to each output tensor, decided before any tensor data is read: which tensors are
+//! merged, copied or row-adjusted, with which sources, and every shape check that can fail.
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::checkpoint::{Checkpoint, TensorEntry};
+use crate::kernel::PorterParams;
+use crate::{DType, Error, Result};
+
+/// Which tensors take part: those matching `include` (all when unset) and not matching `exclude`.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Only tensors whose name matches.
+    pub include: Option<Regex>,
+    /// No tensor whose name matches.
+    pub exclude: Option<Regex>,
+}
+
+impl Selection {
+    /// Builds a selection from user regexes.
+    pub fn new(include: Option<&str>, exclude: Option<&str>) -> Result<Self> {
+        let re = |s: &str| Regex::new(s).map_err(|e| Error::msg(format!("bad regex {s:?}: {e}")));
+        Ok(Selection {
+            include: include.map(re).transpose()?,
+            exclude: exclude.map(re).transpose()?,
+        })
+    }
+    /// Whether tensor `name` is selected.
+    pub fn selects(&self, name: &str) -> bool {
+        self.include.as_ref().is_none_or(|r| r.is_match(name))
+            && !self.exclude.as_ref().is_some_and(|r| r.is_match(name))
+    }
+}
+
+/// A tensor of one of the input models (`model` indexes the list the plan was built over).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Src {
+    /// Index of the model.
+    pub model: usize,
+    /// Name of the tensor in that model (tied aliases already resolved).
+    pub name: String,
+}
+
+/// One vector term `ratio·(plus − minus)`; without `minus` the term is `ratio·plus` (an extracted
+/// vector).
+#[derive(Debug, Clone)]
+pub struct Term {
+    /// The ratio.
+    pub ratio: f64,
+    /// The chat model (or the stored vector).
+    pub plus: Src,
+    /// The base model.
+    pub minus: Option<Src>,
+}
+
+/// How an output tensor is made.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Bytes copied unchanged.
+    Copy(Src),
+    /// `target + Σ terms`, computed in f64 and rounded once. Terms cover the first `rows` rows
+    /// (all when the shapes agree); later rows are the target's. `overrides` rows are taken from
+    /// another tensor (special-token rows from the chat model).
+    Combine {
+        /// The target tensor; `None` when the output is the vector itself (extract).
+        target: Option<Src>,
+        /// Vector terms.
+        terms: Vec<Term>,
+        /// Number of leading rows the terms apply to.
+        rows: usize,
+        /// Feature-porter weighting of the first term (whose `minus` is the base).
+        porter: Option<PorterParams>,
+        /// Rows replaced by the same rows of another tensor.
+        overrides: Vec<(usize, Src)>,
+    },
+}
+
+/// What the plan does with a tensor, for the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The vector is added to every element.
+    Merged,
+    /// The vector is added to the rows shared with the base; grown rows keep the target's values.
+    RowAdjusted,
+    /// Copied from the target (not selected, not in base/chat, or not floating point).
+    Copied,
+    /// Copied from the target, with special-token rows taken from the chat model.
+    SpecialRows,
+}
+
+/// One output tensor.
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    /// Name in the output.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Output dtype name (safetensors spelling).
+    pub dtype_name: String,
+    /// Output float type (`None` for copied non-float tensors).
+    pub dtype: Option<DType>,
+    /// How it is made.
+    pub action: Action,
+    /// For the summary.
+    pub kind: Kind,
+}
+
+impl PlannedTensor {
+    /// Output size in bytes.
+    pub fn bytes(&self, models: &[Checkpoint]) -> usize {
+        match (&self.action, self.dtype) {
+            (Action::Copy(src), _) => entry(models, src).byte_len(),
+            (_, Some(d)) => self.shape.iter().product::<usize>() * d.size(),
+            (_, None) => 0,
+        }
+    }
+}
+
+/// Every decision of a run, made before it reads tensor data.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Output tensors in write order.
+    pub tensors: Vec<PlannedTensor>,
+    /// Tensors of base/chat that the target lacks (not written).
+    pub missing_from_target: Vec<String>,
+    /// Tensors only the target has (copied).
+    pub only_in_target: Vec<String>,
+    /// Tensors left out by `--include` / `--exclude` (copied from the target in merge/apply).
+    pub not_selected: Vec<String>,
+    /// Special-token rows taken from the chat model: tensor → token ids.
+    pub special_rows: Vec<(String, Vec<usize>)>,
+    /// Things the user should know (config mismatches, ...).
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// How many output tensors are of `kind`.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.tensors.iter().filter(|t| t.kind == kind).count()
+    }
+}
+
+/// The tensor a source names.
+pub fn entry<'a>(models: &'a [Checkpoint], src: &Src) -> &'a TensorEntry {
+    models[src.model].get_or_tied(&src.name).expect("plan sources were checked when planned")
+}
+
+/// Names of vocabulary-sized tensors, whose row count may grow in a CP model with a larger vocab.
+pub fn is_vocab_tensor(name: &str) -> bool {
+    const ENDS: &[&str] = &[
+        "embed_tokens.weight",
+        "lm_head.weight",
+        "wte.weight",
+        "word_embeddings.weight",
+        "embed_in.weight",
+        "embed_out.weight",
+        "tok_embeddings.weight",
+    ];
+    ENDS.iter().any(|e| name.ends_with(e)) || name == "output.weight"
+}
+
+fn shape_str(s: &[usize]) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+/// How many leading rows of a target tensor a vector of shape `vec_shape` covers, or an error
+/// naming the tensor and the shapes when they cannot be matched.
+fn covered_rows(name: &str, target: &[usize], vec_shape: &[usize], shapes_note: &str) -> Result<usize> {
+    if target == vec_shape {
+        return Ok(target.first().copied().unwrap_or(1));
+    }
+    let grown = target.len() == vec_shape.len()
+        && target.len() >= 2
+        && target[1..] == vec_shape[1..]
+        && target[0] > vec_shape[0]
+        && is_vocab_tensor(name);
+    if grown {
+        return Ok(vec_shape[0]);
+    }
+    Err(Error::tensor(name, format!("shapes do not match: {shapes_note}")))
+}
+
+/// Options that shape the plan.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Which tensors take part.
+    pub selection: Selection,
+    /// Output dtype; `None` keeps each tensor's target dtype.
+    pub dtype: Option<DType>,
+    /// Feature-porter parameters; `None` for the plain chat vector.
+    pub porter: Option<PorterParams>,
+    /// Take special-token rows from the chat model when embeddings are not merged.
+    pub special_rows: bool,
+    /// A base row counts as untrained when its L2 norm is below this share of the median row norm.
+    pub untrained_threshold: f64,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            selection: Selection::default(),
+            dtype: None,
+            porter: None,
+            special_rows: true,
+            untrained_threshold: 1e-3,
+        }
+    }
+}
+
+/// A vector for a plan: `ratio·(models[plus] − models[minus])`, or `ratio·models[plus]`.
+#[derive(Debug, Clone, Copy)]
+pub struct VectorRef {
+    /// The ratio.
+    pub ratio: f64,
+    /// Index of the chat model or stored vector.
+    pub plus: usize,
+    /// Index of the base model, for a vector computed on the fly.
+    pub minus: Option<usize>,
+}
+
+/// Plans `target + Σ vectors` over `models` (target at index 0), in the target's tensor order.
+/// `row_norms` reads a tensor's row norms (only called for special-row detection).
+pub fn plan_merge(
+    models: &[Checkpoint],
+    vectors: &[VectorRef],
+    opts: &PlanOptions,
+    row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
+) -> Result<Plan> {
+    let target = &models[0];
+    let mut plan = Plan::default();
+    for t in target.tensors() {
+        let out_dtype = match t.dtype {
+            Some(d) => Some(opts.dtype.unwrap_or(d)),
+            None => None,
+        };
+        let copy = |kind| PlannedTensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            dtype_name: out_dtype.map(|d| d.safetensors_name().to_string()).unwrap_or(t.dtype_name.clone()),
+            dtype: out_dtype,
+            action: if out_dtype == t.dtype {
+                Action::Copy(Src { model: 0, name: t.name.clone() })
+            } else {
+                Action::Combine {
+                    target: Some(Src { model: 0, name: t.name.clone() }),
+                    terms: vec![],
+                    rows: 0,
+                    porter: None,
+                    overrides: vec![],
+                }
+            },
+            kind,
+        };
+        // Resolve every vector's tensors; a tensor absent from any of them is target-only.
+        let mut terms = Vec::new();
+        let mut absent = false;
+        for v in vectors {
+            let plus = models[v.plus].get_or_tied(&t.name);
+            let minus = v.minus.map(|m| models[m].get_or_tied(&t.name));
+            match (plus, minus) {
+                (Some(p), None) => terms.push((v, p, None)),
+                (Some(p), Some(Some(m))) => terms.push((v, p, Some(m))),
+                _ => absent = true,
+            }
+        }
+        if absent {
+            plan.only_in_target.push(t.name.clone());
+            plan.tensors.push(copy(Kind::Copied));
+            continue;
+        }
+        let Some(_) = t.dtype else {
+            plan.tensors.push(copy(Kind::Copied));
+            continue;
+        };
+        // Shape checks come first, so a bad model fails even when its tensor is not selected.
+        let mut rows = usize::MAX;
+        for (v, p, m) in &terms {
+            for e in std::iter::once(*p).chain(*m) {
+                if e.dtype.is_none() {
+                    return Err(Error::tensor(
+                        &t.name,
+                        format!("is {} in {}, which is not a float type", e.dtype_name, models[v.plus].dir.display()),
+                    ));
+                }
+            }
+            if let Some(m) = m {
+                if m.shape != p.shape {
+                    return Err(Error::tensor(
+                        &t.name,
+                        format!("base has shape {} but chat has {}", shape_str(&m.shape), shape_str(&p.shape)),
+                    ));
+                }
+            }
+            let note = match m {
+                Some(m) => format!(
+                    "target {}, base {}, chat {}",
+                    shape_str(&t.shape),
+                    shape_str(&m.shape),
+                    shape_str(&p.shape)
+                ),
+                None => format!("target {}, vector {}", shape_str(&t.shape), shape_str(&p.shape)),
+            };
+            rows = rows.min(covered_rows(&t.name, &t.shape, &p.shape, &note)?);
+        }
+        if !opts.selection.selects(&t.name) {
+            plan.not_selected.push(t.name.clone());
+            let special = if opts.special_rows && is_vocab_tensor(&t.name) {
+                special_rows(models, vectors, &t.name, opts.untrained_threshold, row_norms)?
+            } else {
+                vec![]
+            };
+            if special.is_empty() {
+                plan.tensors.push(copy(Kind::Copied));
+            } else {
+                let chat = vectors.iter().find(|v| v.minus.is_some()).expect("special rows need a chat model");
+                let chat_name = models[chat.plus].get_or_tied(&t.name).expect("checked").name.clone();
+                plan.special_rows.push((t.name.clone(), special.clone()));
+                plan.tensors.push(PlannedTensor {
+                    action: Action::Combine {
+                        target: Some(Src { model: 0, name: t.name.clone() }),
+                        terms: vec![],
+                        rows: 0,
+                        porter: None,
+                        overrides: special
+                            .into_iter()
+                            .map(|r| (r, Src { model: chat.plus, name: chat_name.clone() }))
+                            .collect(),
+                    },
+                    ..copy(Kind::SpecialRows)
+                });
+            }
+            continue;
+        }
+        let full = t.shape.first().copied().unwrap_or(1);
+        plan.tensors.push(PlannedTensor {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            dtype_name: out_dtype.expect("float").safetensors_name().to_string(),
+            dtype: out_dtype,
+            action: Action::Combine {
+                target: Some(Src { model: 0, name: t.name.clone() }),
+                terms: terms
+                    .iter()
+                    .map(|(v, p, m)| Term {
+                        ratio: v.ratio,
+                        plus: Src { model: v.plus, name: p.name.clone() },
+                        minus: m.map(|m| Src { model: v.minus.expect("minus model"), name: m.name.clone() }),
+                    })
+                    .collect(),
+                rows,
+                porter: opts.porter,
+                overrides: vec![],
+            },
+            kind: if rows < full { Kind::RowAdjusted } else { Kind::Merged },
+        });
+    }
+    // Tensors the vectors carry that the target does not.
+    for v in vectors {
+        for e in models[v.plus].tensors() {
+            if target.get(&e.name).is_none() && !plan.missing_from_target.contains(&e.name) {
+                plan.missing_from_target.push(e.name.clone());
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Rows of vocab tensor `name` that are untrained in the base (near-zero norm) but trained in the
+/// chat model: without them a merge that skips embeddings keeps zero rows for `<|eot_id|>` and the
+/// merged model never stops.
+fn special_rows(
+    models: &[Checkpoint],
+    vectors: &[VectorRef],
+    name: &str,
+    threshold: f64,
+    row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
+) -> Result<Vec<usize>> {
+    let Some(v) = vectors.iter().find(|v| v.minus.is_some()) else {
+        return Ok(vec![]);
+    };
+    let base = &models[v.minus.expect("found above")];
+    let chat = &models[v.plus];
+    let (Some(b), Some(c)) = (base.get_or_tied(name), chat.get_or_tied(name)) else {
+        return Ok(vec![]);
+    };
+    let bn = row_norms(base, b)?;
+    let cn = row_norms(chat, c)?;
+    let mut sorted: Vec<f64> = bn.iter().copied().filter(|x| x.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let cut = threshold * median;
+    Ok((0..bn.len()).filter(|&r| bn[r] <= cut && cn[r] > cut).collect())
+}
+
+/// Plans the vector `chat − base` (models = [chat, base]) in the chat model's tensor order:
+/// selected float tensors only, in `dtype` (f32 by default).
+pub fn plan_extract(models: &[Checkpoint], opts: &PlanOptions) -> Result<Plan> {
+    let (chat, base) = (&models[0], &models[1]);
+    let dtype = opts.dtype.unwrap_or(DType::F32);
+    let mut plan = Plan::default();
+    for c in chat.tensors() {
+        let Some(b) = base.get_or_tied(&c.name) else {
+            plan.warnings.push(format!("{} is in the chat model but not in the base: left out", c.name));
+            continue;
+        };
+        if b.shape != c.shape {
+            return Err(Error::tensor(
+                &c.name,
+                format!("base has shape {} but chat has {}", shape_str(&b.shape), shape_str(&c.shape)),
+            ));
+        }
+        if c.dtype.is_none() || b.dtype.is_none() {
+            continue;
+        }
+        if !opts.selection.selects(&c.name) {
+            plan.not_selected.push(c.name.clone());
+            continue;
+        }
+        plan.tensors.push(PlannedTensor {
+            name: c.name.clone(),
+            shape: c.shape.clone(),
+            dtype_name: dtype.safetensors_name().to_string(),
+            dtype: Some(dtype),
+            action: Action::Combine {
+                target: None,
+                terms: vec![Term {
+                    ratio: 1.0,
+                    plus: Src { model: 0, name: c.name.clone() },
+                    minus: Some(Src { model: 1, name: b.name.clone() }),
+                }],
+                rows: c.shape.first().copied().unwrap_or(1),
+                porter: None,
+                overrides: vec![],
+            },
+            kind: Kind::Merged,
+        });
+    }
+    Ok(plan)
+}
