@@ -1,9 +1,50 @@
+//! `chatvec apply`: TARGET + Σ RATIO_i·VECTOR_i for vectors written by `chatvec extract`.
+
 use std::process::ExitCode;
 
-/// Arguments (not yet implemented).
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::{bail, Result};
+use chatvec_core::{ops, ApplyJob};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+use super::common::{check_ratio, interrupt_flag, report, Bar, HubArgs, OutputArgs, SelectArgs};
+
+/// Apply arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The model to add the vectors to.
+    #[arg(long, value_name = "MODEL")]
+    pub target: String,
+    /// A vector directory from `chatvec extract`; repeat for several.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub vector: Vec<String>,
+    /// Ratio of each vector, in the order given (one ratio for all, or one per vector).
+    #[arg(long, default_values_t = [1.0])]
+    pub ratio: Vec<f64>,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+/// Runs the apply.
+pub fn run(a: Args) -> Result<ExitCode> {
+    let ratios: Vec<f64> = match (a.ratio.len(), a.vector.len()) {
+        (1, n) => vec![a.ratio[0]; n],
+        (r, n) if r == n => a.ratio.clone(),
+        (r, n) => bail!("{n} vectors but {r} ratios: give one ratio, or one per vector"),
+    };
+    ratios.iter().try_for_each(|r| check_ratio(*r))?;
+    let vectors = a
+        .vector
+        .iter()
+        .zip(&ratios)
+        .map(|(v, r)| Ok((a.hub.resolve(v)?, *r)))
+        .collect::<Result<Vec<_>>>()?;
+    let job = ApplyJob { target: a.hub.resolve(&a.target)?, vectors, plan: a.select.plan_options()?, output: a.out.options() };
+    let cancel = interrupt_flag();
+    let bar = Bar::new(a.out.quiet || a.out.json || a.out.dry_run);
+    let summary = ops::apply(&job, &bar, &cancel)?;
+    report(&summary, a.out.json, &format!(", ratios {ratios:?}"))?;
+    Ok(ExitCode::SUCCESS)
 }

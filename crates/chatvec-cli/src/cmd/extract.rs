@@ -1,9 +1,37 @@
+//! `chatvec extract`: the chat vector CHAT − BASE as a checkpoint plus a `chatvec.json` manifest.
+
 use std::process::ExitCode;
 
-/// Arguments (not yet implemented).
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Result;
+use chatvec_core::{ops, DType, ExtractJob};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+use super::common::{interrupt_flag, report, Bar, HubArgs, OutputArgs, SelectArgs};
+
+/// Extract arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The base model.
+    #[arg(long, value_name = "MODEL")]
+    pub base: String,
+    /// The instruction-tuned (chat) model.
+    #[arg(long, value_name = "MODEL")]
+    pub chat: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+/// Runs the extraction (float32 unless --dtype).
+pub fn run(a: Args) -> Result<ExitCode> {
+    let mut plan = a.select.plan_options()?;
+    plan.dtype = Some(plan.dtype.unwrap_or(DType::F32));
+    let job = ExtractJob { base: a.hub.resolve(&a.base)?, chat: a.hub.resolve(&a.chat)?, plan, output: a.out.options() };
+    let cancel = interrupt_flag();
+    let bar = Bar::new(a.out.quiet || a.out.json || a.out.dry_run);
+    let summary = ops::extract(&job, &bar, &cancel)?;
+    report(&summary, a.out.json, "")?;
+    Ok(ExitCode::SUCCESS)
 }

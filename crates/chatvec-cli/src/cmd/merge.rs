@@ -1,9 +1,71 @@
+//! `chatvec merge`: TARGET + RATIO·(CHAT − BASE) in one streaming pass.
+
 use std::process::ExitCode;
 
-/// Arguments (not yet implemented).
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Result;
+use chatvec_core::{ops, MergeJob};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+use super::common::{check_ratio, interrupt_flag, report, Bar, HubArgs, OutputArgs, SelectArgs};
+
+/// Merge arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The base model the chat model was tuned from (directory or org/name[@revision]).
+    #[arg(long, value_name = "MODEL")]
+    pub base: String,
+    /// The instruction-tuned (chat) model.
+    #[arg(long, value_name = "MODEL")]
+    pub chat: String,
+    /// The continually pre-trained model to give chat skills.
+    #[arg(long, value_name = "MODEL")]
+    pub target: String,
+    /// How much of the chat vector to add.
+    #[arg(long, default_value_t = 1.0)]
+    pub ratio: f64,
+    /// chat-vector: T + r·(C − B); feature-porter: the vector damped where T moved far from B.
+    #[arg(long, value_enum, default_value_t = Method::ChatVector)]
+    pub method: Method,
+    /// Feature-porter sigmoid steepness.
+    #[arg(long, default_value_t = 12.0)]
+    pub porter_steepness: f64,
+    /// Feature-porter sigmoid shift.
+    #[arg(long, default_value_t = 6.0)]
+    pub porter_shift: f64,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+/// Merge methods.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// The paper's rule.
+    ChatVector,
+    /// Element-wise damping by how far the target moved from the base.
+    FeaturePorter,
+}
+
+/// Runs the merge.
+pub fn run(a: Args) -> Result<ExitCode> {
+    check_ratio(a.ratio)?;
+    let mut plan = a.select.plan_options()?;
+    if a.method == Method::FeaturePorter {
+        plan.porter = Some(ops::porter(a.porter_steepness, a.porter_shift));
+    }
+    let job = MergeJob {
+        base: a.hub.resolve(&a.base)?,
+        chat: a.hub.resolve(&a.chat)?,
+        target: a.hub.resolve(&a.target)?,
+        ratio: a.ratio,
+        plan,
+        output: a.out.options(),
+    };
+    let cancel = interrupt_flag();
+    let bar = Bar::new(a.out.quiet || a.out.json || a.out.dry_run);
+    let summary = ops::merge(&job, &bar, &cancel)?;
+    report(&summary, a.out.json, &format!(", ratio {}", a.ratio))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod chat;
+pub mod common;
 pub mod extract;
 pub mod generate;
 pub mod merge;

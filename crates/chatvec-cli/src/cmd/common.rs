@@ -1,0 +1,247 @@
+//! Flags and output shared by the weight-arithmetic subcommands: model resolution, selection,
+//! output options, the progress bar, Ctrl-C, and the summary for people or for programs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use chatvec_core::{DType, OutputOptions, PlanOptions, ResolvedModel, Selection, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Where hub ids are looked up.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HubArgs {
+    /// Hugging Face cache directory for hub ids (default: $HF_HUB_CACHE, $HF_HOME/hub,
+    /// ~/.cache/huggingface/hub).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl HubArgs {
+    /// Resolves a model argument (directory or `org/name[@revision]`).
+    pub fn resolve(&self, spec: &str) -> Result<ResolvedModel> {
+        Ok(chatvec_core::resolve_model(spec, self.cache_dir.as_deref())?)
+    }
+}
+
+/// Which tensors take part, and in which dtype.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SelectArgs {
+    /// Only tensors whose name matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub include: Option<String>,
+    /// Leave out tensors whose name matches this regex (e.g. 'embed_tokens|lm_head|norm').
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Option<String>,
+    /// Output dtype: bf16, f16, f32 (default: the target's).
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+    /// When embeddings are left out, do not take the chat model's rows for special tokens that
+    /// are untrained in the base (like Llama-3's <|eot_id|>).
+    #[arg(long)]
+    pub no_special_rows: bool,
+    /// A base row is untrained when its norm is below this share of the median row norm.
+    #[arg(long, default_value_t = 1e-3, value_name = "SHARE")]
+    pub untrained_threshold: f64,
+}
+
+impl SelectArgs {
+    /// Plan options from the flags.
+    pub fn plan_options(&self) -> Result<PlanOptions> {
+        Ok(PlanOptions {
+            selection: Selection::new(self.include.as_deref(), self.exclude.as_deref())?,
+            dtype: self.dtype,
+            porter: None,
+            special_rows: !self.no_special_rows,
+            untrained_threshold: self.untrained_threshold,
+        })
+    }
+}
+
+/// Where the output goes and how the run reports.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Output directory (written beside it and renamed into place when complete).
+    #[arg(long, short, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Largest shard, e.g. 5GB, 500MB, 2GiB.
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    pub shard_size: u64,
+    /// Print the plan (tensors, bytes, memory) and stop without writing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    /// Core output options.
+    pub fn options(&self) -> OutputOptions {
+        OutputOptions {
+            path: self.output.clone(),
+            force: self.force,
+            shard_size: self.shard_size,
+            dry_run: self.dry_run,
+        }
+    }
+}
+
+/// Parses `bf16`, `float16`, ... for clap.
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
+    match DType::parse(s) {
+        Some(DType::F64) | None => Err(format!("{s}: expected bf16, f16 or f32")),
+        Some(d) => Ok(d),
+    }
+}
+
+/// Parses sizes like `5GB`, `500MB`, `2GiB`, `1000` (decimal units as transformers uses them).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.trim().parse().map_err(|_| format!("{s}: expected a size like 5GB"))?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1048576.0,
+        "gib" => 1073741824.0,
+        _ => return Err(format!("{s}: unknown unit {unit}")),
+    };
+    if n <= 0.0 {
+        return Err(format!("{s}: must be positive"));
+    }
+    Ok((n * mult) as u64)
+}
+
+/// A flag set by Ctrl-C; the core stops between blocks and removes its temporary output.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let _ = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst));
+    flag
+}
+
+/// An indicatif bar by bytes written, with throughput and ETA.
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    /// A bar, hidden when `quiet`.
+    pub fn new(quiet: bool) -> Self {
+        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .expect("valid template"),
+        );
+        Bar(bar)
+    }
+}
+
+impl chatvec_core::Progress for Bar {
+    fn begin(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn gb(b: u64) -> String {
+    if b >= 1_000_000_000 {
+        format!("{:.2} GB", b as f64 / 1e9)
+    } else {
+        format!("{:.1} MB", b as f64 / 1e6)
+    }
+}
+
+fn ids(v: &[usize]) -> String {
+    match (v.first(), v.last()) {
+        (Some(a), Some(b)) if v.len() > 2 && b - a + 1 == v.len() => format!("{a}..={b}"),
+        _ => format!("{v:?}"),
+    }
+}
+
+/// Prints the summary as JSON (stdout) or for people (stderr, so stdout stays clean).
+pub fn report(s: &Summary, json: bool, extra: &str) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s).context("summary as JSON")?);
+        return Ok(());
+    }
+    let verb = if s.dry_run { "would write" } else { "wrote" };
+    eprintln!(
+        "{} {verb} {} tensors to {}: {} with the vector, {} row-adjusted, {} copied ({}{extra})",
+        s.command,
+        s.tensors,
+        s.output.display(),
+        s.merged,
+        s.row_adjusted,
+        s.copied,
+        s.method
+    );
+    eprintln!(
+        "  read {}, write {} in {} shard(s); peak memory ≈ {}",
+        gb(s.bytes_read),
+        gb(s.bytes_written),
+        s.shards,
+        gb(s.peak_memory_estimate)
+    );
+    if !s.dry_run {
+        eprintln!(
+            "  {:.2} s, {:.2} GB/s read+written",
+            s.seconds,
+            (s.bytes_read + s.bytes_written) as f64 / 1e9 / s.seconds.max(1e-9)
+        );
+    }
+    if !s.not_selected.is_empty() {
+        eprintln!("  not selected (copied from the target): {}", s.not_selected.len());
+    }
+    for (t, rows) in &s.special_rows {
+        eprintln!("  special-token rows from the chat model: {t} ids {}", ids(rows));
+    }
+    if !s.only_in_target.is_empty() {
+        eprintln!("  only in the target (copied): {}", s.only_in_target.join(", "));
+    }
+    if !s.missing_from_target.is_empty() {
+        eprintln!("  missing from the target (not written): {}", s.missing_from_target.join(", "));
+    }
+    if let Some(from) = &s.chat_template_from {
+        eprintln!("  chat template carried over from the {from}");
+    }
+    if !s.eos_token_ids.is_empty() {
+        eprintln!("  stop ids (generation_config.json): {:?}", s.eos_token_ids);
+    }
+    if s.inexact_elements > 0 {
+        eprintln!(
+            "  note: {} elements are not exact in this dtype; `apply` will differ from `merge` by up to an ulp there",
+            s.inexact_elements
+        );
+    }
+    for w in &s.warnings {
+        eprintln!("  warning: {w}");
+    }
+    Ok(())
+}
+
+/// Fails with a one-line message when a ratio is not a finite number.
+pub fn check_ratio(r: f64) -> Result<()> {
+    if !r.is_finite() {
+        bail!("ratio {r} is not a finite number");
+    }
+    Ok(())
+}
