@@ -1,8 +1,24 @@
 //! Generation for chatvec: load a merged model with candle, render its chat template, sample
 //! with transformers' semantics and stream the answer.
+//!
+//! The pieces, in the order a chat uses them: [`Model::load`], [`ModelTokenizer::load`],
+//! [`ChatTemplate::for_model`], [`StopSet::for_model`], then [`generate`] with a token callback
+//! that feeds a [`TextStream`].
 
+pub mod device;
 pub mod error;
+pub mod generate;
 pub mod models;
+pub mod sampling;
+pub mod stops;
+pub mod template;
+pub mod tokenizer;
 
+pub use device::{parse_device, parse_dtype, resolve_dtype};
 pub use error::{GenError, Result};
+pub use generate::{generate, GenerationConfig, GenerationOutput, StopReason};
 pub use models::{Architecture, Model};
+pub use sampling::{Sampler, SamplingParams};
+pub use stops::StopSet;
+pub use template::{ChatTemplate, Message};
+pub use tokenizer::{ModelTokenizer, TextStream, TokenizerConfig};

@@ -117,6 +117,8 @@ pub struct Model {
     arch: Architecture,
     dir: Option<PathBuf>,
     decoder: Decoder,
+    /// The token ids whose keys and values are in the cache, in order.
+    cached: Vec<u32>,
 }
 
 impl Model {
@@ -129,6 +131,7 @@ impl Model {
             arch,
             dir: Some(dir.to_path_buf()),
             decoder,
+            cached: Vec::new(),
         })
     }
 
@@ -144,6 +147,7 @@ impl Model {
             arch,
             dir: None,
             decoder: Decoder::load(cfg, weights, device, dtype)?,
+            cached: Vec::new(),
         })
     }
 
@@ -177,24 +181,48 @@ impl Model {
         self.decoder.position()
     }
 
+    /// The token ids in the KV cache, in order.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.cached
+    }
+
     /// Empties the KV cache.
     pub fn reset(&mut self) {
-        self.decoder.reset()
+        self.decoder.reset();
+        self.cached.clear();
     }
 
     /// Keeps the first `len` cached positions (for reusing a shared prompt prefix).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        self.decoder.truncate(len)
+        self.decoder.truncate(len)?;
+        self.cached.truncate(len);
+        Ok(())
     }
 
     /// Appends `tokens` to the cache and returns float32 logits `(vocab,)` at the last one.
     pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        self.decoder.forward_last(tokens)
+        let logits = self.decoder.forward_last(tokens)?;
+        self.cached.extend_from_slice(tokens);
+        Ok(logits)
     }
 
     /// Appends `tokens` to the cache and returns float32 logits `(len, vocab)` at every one
     /// (what perplexity needs). Call [`Model::reset`] first to score a fresh sequence.
     pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        self.decoder.forward_all(tokens)
+        let logits = self.decoder.forward_all(tokens)?;
+        self.cached.extend_from_slice(tokens);
+        Ok(logits)
     }
+}
+
+/// Reads a token-id field (`eos_token_id`: int, list or null) from a JSON file; a missing file
+/// gives no ids.
+pub fn config_token_ids(path: &Path, key: &str) -> Result<Vec<u32>> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| GenError::io(path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| GenError::bad_file(path, e.to_string()))?;
+    Ok(config::token_ids(value.get(key)))
 }

@@ -1,0 +1,229 @@
+//! Next-token choice with transformers' semantics: repetition penalty, then temperature, top-k
+//! and top-p (in that order), then a draw from a seeded generator; or argmax when greedy.
+
+use crate::error::{GenError, Result};
+
+/// How to pick each token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus mass in (0, 1]; 1 disables it.
+    pub top_p: f64,
+    /// Keep the k most likely tokens; `None` or 0 disables it.
+    pub top_k: Option<usize>,
+    /// transformers' `repetition_penalty` (1 disables it): logits of tokens already in the
+    /// context are divided by it when positive and multiplied by it when negative.
+    pub repetition_penalty: f64,
+    /// Always take the most likely token.
+    pub greedy: bool,
+    /// Seed of the random generator.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: None,
+            repetition_penalty: 1.0,
+            greedy: false,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Rejects values transformers would reject.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(GenError::InvalidArgument(m));
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether tokens are chosen by argmax.
+    pub fn is_greedy(&self) -> bool {
+        self.greedy || self.temperature == 0.0
+    }
+}
+
+/// A small, fast, seedable generator (xoshiro256**), so runs reproduce across platforms
+/// without another dependency.
+#[derive(Debug, Clone)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    /// Seeds the state with splitmix64, as the xoshiro authors recommend.
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// Applies transformers' `RepetitionPenaltyLogitsProcessor` to `logits` for each distinct id in
+/// `context`.
+pub fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f64) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = vec![false; logits.len()];
+    for &id in context {
+        let i = id as usize;
+        if i < logits.len() && !seen[i] {
+            seen[i] = true;
+            let l = logits[i] as f64;
+            logits[i] = if l < 0.0 { l * penalty } else { l / penalty } as f32;
+        }
+    }
+}
+
+/// The distribution sampling draws from: softmax(logits / temperature) restricted by top-k and
+/// top-p and renormalised. Zero entries are filtered out.
+pub fn probabilities(logits: &[f32], temperature: f64, top_k: Option<usize>, top_p: f64) -> Vec<f64> {
+    let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / temperature).collect();
+    let mut keep = vec![true; scaled.len()];
+    if let Some(k) = top_k.filter(|&k| k > 0 && k < scaled.len()) {
+        // Ties with the k-th value are kept, as `scores < topk(scores, k)[-1]` does.
+        let mut sorted = scaled.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let kth = sorted[k - 1];
+        for (i, &s) in scaled.iter().enumerate() {
+            keep[i] = s >= kth;
+        }
+    }
+    let softmax = |keep: &[bool]| -> Vec<f64> {
+        let max = scaled
+            .iter()
+            .zip(keep)
+            .filter(|(_, &k)| k)
+            .map(|(&s, _)| s)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut p: Vec<f64> = scaled
+            .iter()
+            .zip(keep)
+            .map(|(&s, &k)| if k { (s - max).exp() } else { 0.0 })
+            .collect();
+        let sum: f64 = p.iter().sum();
+        p.iter_mut().for_each(|x| *x /= sum);
+        p
+    };
+    let mut probs = softmax(&keep);
+    if top_p < 1.0 {
+        // Keep the most likely tokens until their mass reaches top_p: a token stays when the
+        // mass strictly before it (in descending order) is below top_p. This is transformers'
+        // "drop where ascending cumsum <= 1 - top_p", and always keeps the top token.
+        let mut order: Vec<usize> = (0..probs.len()).filter(|&i| keep[i]).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let mut before = 0.0;
+        for &i in &order {
+            if before >= top_p {
+                keep[i] = false;
+            }
+            before += probs[i];
+        }
+        probs = softmax(&keep);
+    }
+    probs
+}
+
+/// Picks tokens according to [`SamplingParams`].
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+}
+
+impl Sampler {
+    /// A sampler seeded with `params.seed`.
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        Ok(Sampler {
+            rng: Rng::new(params.seed),
+            params,
+        })
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Chooses the next token from `logits` given the tokens so far (prompt and answer).
+    pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> u32 {
+        apply_repetition_penalty(logits, context, self.params.repetition_penalty);
+        if self.params.is_greedy() {
+            return argmax(logits);
+        }
+        let probs = probabilities(
+            logits,
+            self.params.temperature,
+            self.params.top_k,
+            self.params.top_p,
+        );
+        let mut r = self.rng.next_f64();
+        let mut last = 0;
+        for (i, &p) in probs.iter().enumerate() {
+            if p > 0.0 {
+                last = i;
+                if r < p {
+                    return i as u32;
+                }
+                r -= p;
+            }
+        }
+        // Rounding left r just above the total mass: the last kept token.
+        last as u32
+    }
+}
+
+/// Index of the largest logit (the first one on ties, like torch.argmax).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

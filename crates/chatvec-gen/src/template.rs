@@ -1,0 +1,429 @@
+//! Chat templates rendered like transformers' `apply_chat_template`: a Jinja template from the
+//! model directory, run with `trim_blocks`/`lstrip_blocks`, loop controls, Python string
+//! methods, `raise_exception`, `strftime_now` and transformers' `tojson`.
+
+use std::path::{Path, PathBuf};
+
+use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::{Environment, Error as JinjaError, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{GenError, Result};
+use crate::tokenizer::TokenizerConfig;
+
+/// One chat turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    /// A turn with the given role.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Where a template was found (for messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateSource {
+    /// A `.jinja` file (the model's `chat_template.jinja` or `--chat-template FILE`).
+    File(PathBuf),
+    /// `chat_template` in `tokenizer_config.json`.
+    TokenizerConfig(PathBuf),
+}
+
+/// A compiled chat template with the special tokens transformers passes to it.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    special_tokens: Vec<(String, String)>,
+    source: TemplateSource,
+}
+
+const TEMPLATE_NAME: &str = "chat_template";
+
+impl ChatTemplate {
+    /// Finds the template of the model in `dir`: `chat_template.jinja`, then `chat_template` in
+    /// `tokenizer_config.json` (a string, or a list of named templates of which `default` is
+    /// used). `override_file` wins over both.
+    pub fn for_model(
+        dir: &Path,
+        tokenizer: &TokenizerConfig,
+        override_file: Option<&Path>,
+    ) -> Result<Self> {
+        if let Some(file) = override_file {
+            return Self::from_file(file, tokenizer);
+        }
+        let jinja = dir.join("chat_template.jinja");
+        if jinja.is_file() {
+            return Self::from_file(&jinja, tokenizer);
+        }
+        if let Some(text) = tokenizer.chat_template()? {
+            let source = TemplateSource::TokenizerConfig(dir.join("tokenizer_config.json"));
+            return Self::compile(text, tokenizer, source);
+        }
+        Err(GenError::NoChatTemplate(format!(
+            "{} has no chat template (no chat_template.jinja, no `chat_template` in \
+             tokenizer_config.json); pass --chat-template FILE, or merge with chatvec, which \
+             carries the chat model's template over",
+            dir.display()
+        )))
+    }
+
+    /// Reads a template from a `.jinja` file.
+    pub fn from_file(path: &Path, tokenizer: &TokenizerConfig) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| GenError::io(path, e))?;
+        Self::compile(text, tokenizer, TemplateSource::File(path.to_path_buf()))
+    }
+
+    /// Compiles template text.
+    pub fn compile(
+        text: String,
+        tokenizer: &TokenizerConfig,
+        source: TemplateSource,
+    ) -> Result<Self> {
+        let mut env = Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| GenError::Template(e.to_string()))?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(&text))
+            .map_err(|e| GenError::Template(format!("{}: {}", source_name(&source), one_line(&e))))?;
+        Ok(ChatTemplate {
+            env,
+            special_tokens: tokenizer.special_tokens(),
+            source,
+        })
+    }
+
+    /// Where the template came from.
+    pub fn source(&self) -> &TemplateSource {
+        &self.source
+    }
+
+    /// Renders `messages` as transformers would with `add_generation_prompt`.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                Value::from_pairs([
+                    ("role", Value::from(m.role.as_str())),
+                    ("content", Value::from(m.content.as_str())),
+                ])
+            })
+            .collect();
+        self.render_values(Value::from(messages), add_generation_prompt)
+    }
+
+    /// Renders messages given as JSON (content lists, tool calls and so on pass through).
+    pub fn render_json(
+        &self,
+        messages: &serde_json::Value,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.render_values(json_to_value(messages), add_generation_prompt)
+    }
+
+    fn render_values(&self, messages: Value, add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| GenError::Template(one_line(&e)))?;
+        let mut ctx: Vec<(&str, Value)> = vec![
+            ("messages", messages),
+            ("add_generation_prompt", Value::from(add_generation_prompt)),
+            ("tools", Value::from(())),
+            ("documents", Value::from(())),
+        ];
+        for (name, token) in &self.special_tokens {
+            ctx.push((name.as_str(), Value::from(token.as_str())));
+        }
+        tmpl.render(Value::from_pairs(ctx))
+            .map_err(|e| GenError::Template(format!("{}: {}", source_name(&self.source), one_line(&e))))
+    }
+}
+
+fn source_name(source: &TemplateSource) -> String {
+    match source {
+        TemplateSource::File(p) | TemplateSource::TokenizerConfig(p) => p.display().to_string(),
+    }
+}
+
+/// minijinja errors carry a multi-line debug rendering; keep the message and location only.
+fn one_line(e: &JinjaError) -> String {
+    let mut msg = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    if let Some(line) = e.line() {
+        msg.push_str(&format!(" (line {line})"));
+    }
+    msg
+}
+
+/// transformers' `{% generation %}` marks assistant spans for training masks; it renders as
+/// its body, so the tags are dropped.
+fn strip_generation_tags(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{%") {
+        let Some(len) = rest[start..].find("%}") else {
+            break;
+        };
+        let tag = &rest[start..start + len + 2];
+        let inner = tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        out.push_str(&rest[..start]);
+        if inner != "generation" && inner != "endgeneration" {
+            out.push_str(tag);
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn raise_exception(message: String) -> std::result::Result<Value, JinjaError> {
+    Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+}
+
+/// `strftime_now(format)`: the current UTC time formatted with the common strftime codes.
+fn strftime_now(format: String) -> std::result::Result<Value, JinjaError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Ok(Value::from(strftime(&format, secs)))
+}
+
+const MONTHS: [&str; 12] = [
+    "January", "February", "March", "April", "May", "June", "July", "August", "September",
+    "October", "November", "December",
+];
+const WEEKDAYS: [&str; 7] = [
+    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+];
+
+/// Formats a Unix time (UTC) with strftime codes %Y %y %m %d %e %H %I %M %S %p %B %b %A %a %j %%.
+pub(crate) fn strftime(format: &str, unix_secs: i64) -> String {
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
+    let day_of_year = days - days_from_civil(year, 1, 1) + 1;
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('e') => out.push_str(&format!("{day:>2}")),
+            Some('H') => out.push_str(&format!("{h:02}")),
+            Some('I') => out.push_str(&format!("{:02}", (h + 11) % 12 + 1)),
+            Some('M') => out.push_str(&format!("{m:02}")),
+            Some('S') => out.push_str(&format!("{s:02}")),
+            Some('p') => out.push_str(if h < 12 { "AM" } else { "PM" }),
+            Some('B') => out.push_str(MONTHS[month as usize - 1]),
+            Some('b') => out.push_str(&MONTHS[month as usize - 1][..3]),
+            Some('A') => out.push_str(WEEKDAYS[weekday]),
+            Some('a') => out.push_str(&WEEKDAYS[weekday][..3]),
+            Some('j') => out.push_str(&format!("{day_of_year:03}")),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent,
+/// separators=separators, sort_keys=sort_keys)` (minijinja's own escapes HTML characters).
+fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, JinjaError> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let separators: Option<Value> = kwargs.get("separators")?;
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    kwargs.assert_all_used()?;
+    let (item_sep, key_sep) = match separators {
+        Some(seps) => {
+            let a = seps.get_item(&Value::from(0))?;
+            let b = seps.get_item(&Value::from(1))?;
+            (a.to_string(), b.to_string())
+        }
+        None if indent.is_some() => (",".to_string(), ": ".to_string()),
+        None => (", ".to_string(), ": ".to_string()),
+    };
+    let style = JsonStyle {
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys: sort_keys.unwrap_or(false),
+    };
+    let mut out = String::new();
+    write_json(&mut out, value, &style, 0)?;
+    Ok(Value::from(out))
+}
+
+struct JsonStyle {
+    indent: Option<usize>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+}
+
+fn write_json(
+    out: &mut String,
+    v: &Value,
+    style: &JsonStyle,
+    depth: usize,
+) -> std::result::Result<(), JinjaError> {
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = style.indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * depth));
+        }
+    };
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number => {
+            if v.is_integer() {
+                out.push_str(&v.to_string());
+            } else {
+                let f = f64::try_from(v.clone())?;
+                out.push_str(&python_float(f));
+            }
+        }
+        ValueKind::String => write_json_string(out, v.as_str().unwrap_or_default()),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = v.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&style.item_sep);
+                }
+                newline(out, depth + 1);
+                write_json(out, item, style, depth + 1)?;
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        ValueKind::Map => {
+            let mut keys: Vec<Value> = v.try_iter()?.collect();
+            if style.sort_keys {
+                keys.sort_by_key(|k| k.to_string());
+            }
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&style.item_sep);
+                }
+                newline(out, depth + 1);
+                write_json_string(out, &key.to_string());
+                out.push_str(&style.key_sep);
+                write_json(out, &v.get_item(key)?, style, depth + 1)?;
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        _ => write_json_string(out, &v.to_string()),
+    }
+    Ok(())
+}
+
+fn python_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        format!("{f:?}")
+    }
+}
+
+fn write_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Converts parsed JSON into a template value.
+pub(crate) fn json_to_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::from(()),
+        serde_json::Value::Bool(b) => Value::from(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(f)) => Value::from(f),
+            _ => Value::from(()),
+        },
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        serde_json::Value::Array(items) => items.iter().map(json_to_value).collect(),
+        serde_json::Value::Object(map) => {
+            Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), json_to_value(v))))
+        }
+    }
+}

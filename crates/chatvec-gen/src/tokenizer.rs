@@ -1,0 +1,204 @@
+//! The model's tokenizer (`tokenizer.json`), its `tokenizer_config.json`, and incremental
+//! decoding for streaming.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tokenizers::{
+    DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    Tokenizer,
+};
+
+use crate::error::{GenError, Result};
+
+/// `tokenizer_config.json` (and `special_tokens_map.json`), both optional.
+#[derive(Debug, Clone, Default)]
+pub struct TokenizerConfig {
+    path: Option<PathBuf>,
+    config: Value,
+    special_map: Value,
+}
+
+/// The special-token names transformers passes to chat templates.
+const SPECIAL_TOKEN_KEYS: [&str; 7] = [
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "pad_token",
+    "sep_token",
+    "cls_token",
+    "mask_token",
+];
+
+impl TokenizerConfig {
+    /// Reads the files in `dir`; missing files leave the config empty.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let read = |name: &str| -> Result<(Option<PathBuf>, Value)> {
+            let path = dir.join(name);
+            if !path.is_file() {
+                return Ok((None, Value::Null));
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
+            let value =
+                serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
+            Ok((Some(path), value))
+        };
+        let (path, config) = read("tokenizer_config.json")?;
+        let (_, special_map) = read("special_tokens_map.json")?;
+        Ok(TokenizerConfig {
+            path,
+            config,
+            special_map,
+        })
+    }
+
+    /// A special token such as `eos_token`, written as a string or an `{"content": ...}` object.
+    pub fn token(&self, key: &str) -> Option<String> {
+        let as_text = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+            _ => None,
+        };
+        self.config
+            .get(key)
+            .and_then(as_text)
+            .or_else(|| self.special_map.get(key).and_then(as_text))
+    }
+
+    /// `(name, token)` pairs for the special tokens that are set.
+    pub fn special_tokens(&self) -> Vec<(String, String)> {
+        SPECIAL_TOKEN_KEYS
+            .iter()
+            .filter_map(|k| self.token(k).map(|t| (k.to_string(), t)))
+            .collect()
+    }
+
+    /// The `chat_template` entry: a string, or the `default` of a list of named templates.
+    pub fn chat_template(&self) -> Result<Option<String>> {
+        let path = || self.path.clone().unwrap_or_default();
+        match self.config.get("chat_template") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Array(list)) => {
+                let named = |name: &str| {
+                    list.iter().find_map(|t| {
+                        (t.get("name").and_then(Value::as_str) == Some(name))
+                            .then(|| t.get("template").and_then(Value::as_str))
+                            .flatten()
+                    })
+                };
+                named("default").map(|t| Some(t.to_string())).ok_or_else(|| {
+                    let names: Vec<&str> = list
+                        .iter()
+                        .filter_map(|t| t.get("name").and_then(Value::as_str))
+                        .collect();
+                    GenError::bad_file(
+                        path(),
+                        format!(
+                            "`chat_template` lists templates {names:?} but none named `default`"
+                        ),
+                    )
+                })
+            }
+            Some(_) => Err(GenError::bad_file(
+                path(),
+                "`chat_template` is neither a string nor a list",
+            )),
+        }
+    }
+}
+
+/// The tokenizer of a model directory.
+pub struct ModelTokenizer {
+    inner: Tokenizer,
+    config: TokenizerConfig,
+}
+
+type DecodeStreamImpl<'a> = tokenizers::DecodeStream<
+    'a,
+    ModelWrapper,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
+
+impl ModelTokenizer {
+    /// Loads `dir/tokenizer.json` and the optional configs beside it.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(GenError::NotAModel(format!(
+                "{}: no tokenizer.json",
+                dir.display()
+            )));
+        }
+        let inner = Tokenizer::from_file(&path)
+            .map_err(|e| GenError::bad_file(&path, format!("cannot load tokenizer: {e}")))?;
+        Ok(ModelTokenizer {
+            inner,
+            config: TokenizerConfig::load(dir)?,
+        })
+    }
+
+    /// The tokenizer configuration (special tokens, chat template).
+    pub fn config(&self) -> &TokenizerConfig {
+        &self.config
+    }
+
+    /// The underlying `tokenizers` object.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// Token ids of `text`. Chat prompts are encoded with `add_special_tokens = false`, as
+    /// transformers does, because the template already wrote the BOS token.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| GenError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| GenError::Tokenizer(e.to_string()))
+    }
+
+    /// Id of a token written exactly as in the vocabulary (e.g. `<|eot_id|>`).
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Vocabulary entry of an id.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// An incremental decoder that yields text as soon as it is complete UTF-8, skipping
+    /// special tokens.
+    pub fn stream(&self) -> TextStream<'_> {
+        TextStream {
+            inner: self.inner.decode_stream(true),
+        }
+    }
+}
+
+/// Incremental detokenisation with the tokenizers crate's `DecodeStream`: it emits a chunk as
+/// soon as the bytes so far decode to whole characters, so Hangul (three bytes, often split
+/// over byte-level tokens) streams syllable by syllable instead of waiting for ASCII.
+pub struct TextStream<'a> {
+    inner: DecodeStreamImpl<'a>,
+}
+
+impl TextStream<'_> {
+    /// Adds one token; returns the text it completes, if any.
+    pub fn step(&mut self, id: u32) -> Result<Option<String>> {
+        self.inner
+            .step(id)
+            .map_err(|e| GenError::Tokenizer(e.to_string()))
+    }
+}
