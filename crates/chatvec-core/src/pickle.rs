@@ -109,6 +109,8 @@ pub fn read_torch_zip(path: &Path, file: &[u8]) -> Result<Vec<TorchTensor>> {
     };
 
     let mut storages: HashMap<Rc<str>, Range<usize>> = HashMap::new();
+    // Containers already looked into (one may be referenced under many keys).
+    let mut checked = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (key, value) in items {
         match value {
@@ -144,7 +146,7 @@ pub fn read_torch_zip(path: &Path, file: &[u8]) -> Result<Vec<TorchTensor>> {
                     format!("unsupported pickle global {global} in {}", path.display()),
                 ));
             }
-            Value::Obj(id) => {
+            Value::Obj(id) if checked.insert(*id) => {
                 if let Obj::Dict(d) = &unpickler.arena[*id] {
                     if d.items.iter().any(|(_, v)| matches!(v, Value::Tensor(_))) {
                         return Err(fmt(format!(
@@ -518,6 +520,9 @@ struct Unpickler<'a> {
     marks: Vec<Vec<Value>>,
     memo: HashMap<u64, Value>,
     arena: Vec<Obj>,
+    /// Work left (items copied, key bytes hashed): a hostile pickle that reuses one big memoized
+    /// object over and over could otherwise cost time quadratic in its size.
+    budget: usize,
 }
 
 impl<'a> Unpickler<'a> {
@@ -529,7 +534,19 @@ impl<'a> Unpickler<'a> {
             marks: Vec::new(),
             memo: HashMap::new(),
             arena: Vec::new(),
+            budget: data.len().saturating_mul(16).saturating_add(1 << 20),
         }
+    }
+
+    /// Charges `n` units of work against the budget.
+    fn spend(&mut self, n: usize) -> PResult<()> {
+        self.budget = self.budget.checked_sub(n).ok_or_else(|| {
+            format!(
+                "pickle needs too much work for its size (hostile?) at byte {}",
+                self.pos
+            )
+        })?;
+        Ok(())
     }
 
     fn take(&mut self, n: usize) -> PResult<&'a [u8]> {
@@ -649,6 +666,14 @@ impl<'a> Unpickler<'a> {
         if items.len() % 2 == 1 {
             return Err("SETITEMS with an odd number of items".to_string());
         }
+        let cost = items
+            .chunks(2)
+            .map(|kv| match &kv[0] {
+                Value::Str(k) => 1 + k.len() / 16,
+                _ => 1,
+            })
+            .sum();
+        self.spend(cost)?;
         let Some(id) = self.top_container()? else {
             return Ok(());
         };
@@ -856,6 +881,7 @@ impl<'a> Unpickler<'a> {
                     let module = self.pop()?;
                     match (module, name) {
                         (Value::Str(m), Value::Str(n)) => {
+                            self.spend(1 + (m.len() + n.len()) / 16)?;
                             self.push(Value::Global(Rc::from(format!("{m}.{n}"))))
                         }
                         _ => return Err("STACK_GLOBAL operands are not strings".to_string()),
@@ -963,6 +989,17 @@ impl<'a> Unpickler<'a> {
         Ok(Value::Storage(Rc::new(Storage { kind, key })))
     }
 
+    /// The items of a list or tuple value.
+    fn seq<'s>(&'s self, v: &Value) -> Option<&'s [Value]> {
+        match v {
+            Value::Obj(id) => match &self.arena[*id] {
+                Obj::Tuple(t) | Obj::List(t) => Some(t),
+                Obj::Dict(_) => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The items of a tuple value.
     fn tuple<'s>(&'s self, v: &Value) -> Option<&'s [Value]> {
         match v {
@@ -980,22 +1017,23 @@ impl<'a> Unpickler<'a> {
         let Value::Global(name) = callable else {
             return Err(format!("REDUCE on {}, not a global", kind(callable)));
         };
-        let args: Vec<Value> = self
+        let n = self
             .tuple(args)
             .ok_or_else(|| format!("arguments to {name} are not a tuple"))?
-            .to_vec();
+            .len();
+        self.spend(1 + n)?;
+        let args: Vec<Value> = self.tuple(args).unwrap_or_default().to_vec();
         match &**name {
             "collections.OrderedDict" | "builtins.dict" => {
                 let v = self.new_obj(Obj::Dict(Dict::default()));
                 if let Some(pairs) = args.first() {
                     // OrderedDict([(k, v), ...])
-                    let pairs = match pairs {
-                        Value::Obj(id) => match &self.arena[*id] {
-                            Obj::List(l) | Obj::Tuple(l) => l.clone(),
-                            _ => return Err(format!("unsupported arguments to {name}")),
-                        },
-                        _ => return Err(format!("unsupported arguments to {name}")),
-                    };
+                    let n = self
+                        .seq(pairs)
+                        .ok_or_else(|| format!("unsupported arguments to {name}"))?
+                        .len();
+                    self.spend(n)?;
+                    let pairs = self.seq(pairs).unwrap_or_default().to_vec();
                     let mut items = Vec::with_capacity(pairs.len() * 2);
                     for p in &pairs {
                         match self.tuple(p) {
@@ -1055,11 +1093,14 @@ impl<'a> Unpickler<'a> {
     /// Builds a tensor from `(storage, storage_offset, size, stride)`; `dtype` is given for an
     /// untyped storage (`_rebuild_tensor_v3`).
     fn rebuild_tensor(
-        &self,
+        &mut self,
         func: &str,
         args: &[Value],
         dtype: Option<std::result::Result<TorchDType, String>>,
     ) -> PResult<Value> {
+        let dims = |v: &Value| self.tuple(v).map_or(0, <[Value]>::len);
+        let cost = 1 + dims(&args[2]) + dims(&args[3]);
+        self.spend(cost)?;
         let Value::Storage(storage) = &args[0] else {
             return Err(format!("{func}: first argument is not a storage"));
         };
@@ -1516,6 +1557,24 @@ mod tests {
         }
         laughs.push(b'.');
         assert!(Unpickler::new(&laughs).load().is_ok());
+    }
+
+    #[test]
+    fn pickle_reusing_a_big_object_hits_the_work_budget() {
+        // l = [('k', 1)] * 20_000, then OrderedDict(l) 20_000 times: 4e8 steps without a budget.
+        let mut pkl = b"\x80\x02]q\x00X\x01\x00\x00\x00kK\x01\x86q\x010(".to_vec();
+        for _ in 0..20_000 {
+            pkl.extend_from_slice(b"h\x01");
+        }
+        pkl.extend_from_slice(b"eccollections\nOrderedDict\nq\x02");
+        for _ in 0..20_000 {
+            pkl.extend_from_slice(b"h\x02h\x00\x85R0");
+        }
+        pkl.push(b'.');
+        let t0 = std::time::Instant::now();
+        let e = Unpickler::new(&pkl).load().unwrap_err();
+        assert!(e.contains("too much work"), "{e}");
+        assert!(t0.elapsed().as_secs() < 10);
     }
 
     #[test]
