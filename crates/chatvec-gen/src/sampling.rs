@@ -39,7 +39,10 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(GenError::InvalidArgument(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -120,7 +123,12 @@ pub fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f6
 
 /// The distribution sampling draws from: softmax(logits / temperature) restricted by top-k and
 /// top-p and renormalised. Zero entries are filtered out.
-pub fn probabilities(logits: &[f32], temperature: f64, top_k: Option<usize>, top_p: f64) -> Vec<f64> {
+pub fn probabilities(
+    logits: &[f32],
+    temperature: f64,
+    top_k: Option<usize>,
+    top_p: f64,
+) -> Vec<f64> {
     let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / temperature).collect();
     let mut keep = vec![true; scaled.len()];
     if let Some(k) = top_k.filter(|&k| k > 0 && k < scaled.len()) {
@@ -226,4 +234,116 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+    }
+
+    #[test]
+    fn temperature_sharpens_and_flattens() {
+        let logits = [2.0f32, 1.0, 0.0];
+        let p1 = probabilities(&logits, 1.0, None, 1.0);
+        let z: f64 = [2.0f64, 1.0, 0.0].iter().map(|x| x.exp()).sum();
+        assert!(close(&p1, &[2f64.exp() / z, 1f64.exp() / z, 1.0 / z]));
+        let cold = probabilities(&logits, 0.5, None, 1.0);
+        let hot = probabilities(&logits, 2.0, None, 1.0);
+        assert!(cold[0] > p1[0] && p1[0] > hot[0]);
+        // T = 0.5 is softmax of doubled logits.
+        let doubled = probabilities(&[4.0, 2.0, 0.0], 1.0, None, 1.0);
+        assert!(close(&cold, &doubled));
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_head_reaching_the_mass() {
+        // Probabilities 0.5, 0.3, 0.15, 0.05.
+        let logits: Vec<f32> = [0.5f64, 0.3, 0.15, 0.05]
+            .iter()
+            .map(|p| p.ln() as f32)
+            .collect();
+        let p = probabilities(&logits, 1.0, None, 0.7);
+        assert!(close(&p, &[0.5 / 0.8, 0.3 / 0.8, 0.0, 0.0]), "{p:?}");
+        let p = probabilities(&logits, 1.0, None, 0.81);
+        assert!(p[2] > 0.0 && p[3] == 0.0, "{p:?}");
+        // A tiny top_p still keeps the most likely token.
+        let p = probabilities(&logits, 1.0, None, 0.01);
+        assert!(close(&p, &[1.0, 0.0, 0.0, 0.0]), "{p:?}");
+        // top_p applies to the tempered distribution: at T=0.1 token 0 alone exceeds 0.7.
+        let p = probabilities(&logits, 0.1, None, 0.7);
+        assert!(close(&p, &[1.0, 0.0, 0.0, 0.0]), "{p:?}");
+    }
+
+    #[test]
+    fn top_k_keeps_k_and_ties() {
+        let p = probabilities(&[3.0, 1.0, 2.0, 0.0], 1.0, Some(2), 1.0);
+        assert!(p[0] > 0.0 && p[2] > 0.0 && p[1] == 0.0 && p[3] == 0.0);
+        let p = probabilities(&[3.0, 2.0, 2.0, 0.0], 1.0, Some(2), 1.0);
+        assert!(p[1] > 0.0 && p[2] > 0.0 && p[3] == 0.0);
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative() {
+        let mut logits = [2.0f32, -2.0, 1.0];
+        apply_repetition_penalty(&mut logits, &[0, 1, 1], 2.0);
+        assert_eq!(logits, [1.0, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn sampler_follows_the_distribution_and_the_seed() {
+        let logits = [0.0f32, (3.0f64).ln() as f32]; // p = 0.25, 0.75
+        let params = SamplingParams {
+            seed: 5,
+            ..SamplingParams::default()
+        };
+        let mut s = Sampler::new(params.clone()).unwrap();
+        let draws: Vec<u32> = (0..20_000)
+            .map(|_| s.sample(&mut logits.clone(), &[]))
+            .collect();
+        let ones = draws.iter().filter(|&&d| d == 1).count() as f64 / draws.len() as f64;
+        assert!((ones - 0.75).abs() < 0.02, "{ones}");
+        let mut again = Sampler::new(params).unwrap();
+        let replay: Vec<u32> = (0..20_000)
+            .map(|_| again.sample(&mut logits.clone(), &[]))
+            .collect();
+        assert_eq!(draws, replay);
+    }
+
+    #[test]
+    fn greedy_and_zero_temperature_take_the_argmax() {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        })
+        .unwrap();
+        assert_eq!(s.sample(&mut [0.1, 0.9, 0.5], &[]), 1);
+        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+    }
+
+    #[test]
+    fn invalid_parameters_are_rejected() {
+        for params in [
+            SamplingParams {
+                temperature: -1.0,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..SamplingParams::default()
+            },
+        ] {
+            assert!(Sampler::new(params).is_err());
+        }
+    }
 }

@@ -98,7 +98,9 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(&text))
-            .map_err(|e| GenError::Template(format!("{}: {}", source_name(&source), one_line(&e))))?;
+            .map_err(|e| {
+                GenError::Template(format!("{}: {}", source_name(&source), one_line(&e)))
+            })?;
         Ok(ChatTemplate {
             env,
             special_tokens: tokenizer.special_tokens(),
@@ -148,8 +150,9 @@ impl ChatTemplate {
         for (name, token) in &self.special_tokens {
             ctx.push((name.as_str(), Value::from(token.as_str())));
         }
-        tmpl.render(Value::from_pairs(ctx))
-            .map_err(|e| GenError::Template(format!("{}: {}", source_name(&self.source), one_line(&e))))
+        tmpl.render(Value::from_pairs(ctx)).map_err(|e| {
+            GenError::Template(format!("{}: {}", source_name(&self.source), one_line(&e)))
+        })
     }
 }
 
@@ -181,7 +184,8 @@ fn strip_generation_tags(text: &str) -> String {
             break;
         };
         let tag = &rest[start..start + len + 2];
-        let inner = tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let inner =
+            tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
         out.push_str(&rest[..start]);
         if inner != "generation" && inner != "endgeneration" {
             out.push_str(tag);
@@ -206,11 +210,27 @@ fn strftime_now(format: String) -> std::result::Result<Value, JinjaError> {
 }
 
 const MONTHS: [&str; 12] = [
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 ];
 const WEEKDAYS: [&str; 7] = [
-    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
 ];
 
 /// Formats a Unix time (UTC) with strftime codes %Y %y %m %d %e %H %I %M %S %p %B %b %A %a %j %%.
@@ -425,5 +445,134 @@ pub(crate) fn json_to_value(v: &serde_json::Value) -> Value {
         serde_json::Value::Object(map) => {
             Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), json_to_value(v))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: serde_json::Value) -> TokenizerConfig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), json.to_string()).unwrap();
+        TokenizerConfig::load(dir.path()).unwrap()
+    }
+
+    fn compile(text: &str) -> ChatTemplate {
+        let tok = config(serde_json::json!({"bos_token": {"content": "<s>"}, "eos_token": "</s>"}));
+        ChatTemplate::compile(text.into(), &tok, TemplateSource::File("t.jinja".into())).unwrap()
+    }
+
+    #[test]
+    fn trim_and_lstrip_blocks_as_in_transformers() {
+        let t = compile(
+            "{{ bos_token }}\n{% for m in messages %}\n    {{ m.role }}: {{ m.content }}\n{% endfor %}\n{% if add_generation_prompt %}\nassistant:{% endif %}",
+        );
+        let out = t.render(&[Message::new("user", "hi")], true).unwrap();
+        assert_eq!(out, "<s>\n    user: hi\nassistant:");
+    }
+
+    #[test]
+    fn python_methods_loop_controls_and_namespace() {
+        let t = compile(
+            "{% set ns = namespace(n=0) %}{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}{% set ns.n = ns.n + 1 %}[{{ m.content.strip().upper() }}]{% if m.content.startswith(' b') %}{% break %}{% endif %}{% endfor %}{{ ns.n }}",
+        );
+        let msgs = [
+            Message::new("system", "s"),
+            Message::new("user", " a "),
+            Message::new("assistant", " b "),
+            Message::new("user", "c"),
+        ];
+        assert_eq!(t.render(&msgs, false).unwrap(), "[A][B]2");
+    }
+
+    #[test]
+    fn raise_exception_fails_the_render_with_its_message() {
+        let t = compile("{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok");
+        let err = t
+            .render(&[Message::new("assistant", "x")], false)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Conversation must start with user"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains('\n'));
+        assert_eq!(t.render(&[Message::new("user", "x")], false).unwrap(), "ok");
+    }
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let t = compile(
+            "{{ messages[0] | tojson }}|{{ {'a': [1, 2.5, none, true]} | tojson(indent=2) }}",
+        );
+        let out = t
+            .render(&[Message::new("user", "한\"국\n")], false)
+            .unwrap();
+        assert_eq!(
+            out,
+            "{\"content\": \"한\\\"국\\n\", \"role\": \"user\"}|{\n  \"a\": [\n    1,\n    2.5,\n    null,\n    true\n  ]\n}"
+        );
+    }
+
+    #[test]
+    fn generation_tags_render_their_body() {
+        let t = compile(
+            "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}",
+        );
+        assert_eq!(
+            t.render(&[Message::new("assistant", "x")], false).unwrap(),
+            "x"
+        );
+    }
+
+    #[test]
+    fn strftime_formats_known_dates() {
+        // 2024-07-23 00:00:00 UTC (a Tuesday), day 205 of a leap year.
+        let t = 1_721_692_800;
+        assert_eq!(strftime("%d %b %Y", t), "23 Jul 2024");
+        assert_eq!(
+            strftime("%A %B %j %H:%M:%S %y %%", t + 3723),
+            "Tuesday July 205 01:02:03 24 %"
+        );
+        assert_eq!(strftime("%Y-%m-%d", 0), "1970-01-01");
+        let now = strftime_now("%Y".into()).unwrap();
+        assert!(now.as_str().unwrap().parse::<i32>().unwrap() >= 2024);
+    }
+
+    #[test]
+    fn named_template_list_uses_default() {
+        let tok = config(serde_json::json!({
+            "chat_template": [
+                {"name": "tool_use", "template": "TOOLS"},
+                {"name": "default", "template": "DEFAULT {{ messages | length }}"}
+            ]
+        }));
+        let dir = tempfile::tempdir().unwrap();
+        let t = ChatTemplate::for_model(dir.path(), &tok, None).unwrap();
+        assert_eq!(
+            t.render(&[Message::new("user", "x")], true).unwrap(),
+            "DEFAULT 1"
+        );
+    }
+
+    #[test]
+    fn chat_template_jinja_file_wins_and_missing_template_explains() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = config(serde_json::json!({"chat_template": "CONFIG"}));
+        std::fs::write(dir.path().join("chat_template.jinja"), "FILE").unwrap();
+        let t = ChatTemplate::for_model(dir.path(), &tok, None).unwrap();
+        assert_eq!(t.render(&[], true).unwrap(), "FILE");
+
+        let empty = tempfile::tempdir().unwrap();
+        let err = ChatTemplate::for_model(empty.path(), &TokenizerConfig::default(), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("--chat-template FILE") && err.contains("merge with chatvec"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
     }
 }

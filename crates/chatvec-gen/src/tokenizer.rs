@@ -39,8 +39,8 @@ impl TokenizerConfig {
                 return Ok((None, Value::Null));
             }
             let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
-            let value =
-                serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
+            let value = serde_json::from_str(&text)
+                .map_err(|e| GenError::bad_file(&path, e.to_string()))?;
             Ok((Some(path), value))
         };
         let (path, config) = read("tokenizer_config.json")?;
@@ -87,18 +87,20 @@ impl TokenizerConfig {
                             .flatten()
                     })
                 };
-                named("default").map(|t| Some(t.to_string())).ok_or_else(|| {
-                    let names: Vec<&str> = list
-                        .iter()
-                        .filter_map(|t| t.get("name").and_then(Value::as_str))
-                        .collect();
-                    GenError::bad_file(
-                        path(),
-                        format!(
+                named("default")
+                    .map(|t| Some(t.to_string()))
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = list
+                            .iter()
+                            .filter_map(|t| t.get("name").and_then(Value::as_str))
+                            .collect();
+                        GenError::bad_file(
+                            path(),
+                            format!(
                             "`chat_template` lists templates {names:?} but none named `default`"
                         ),
-                    )
-                })
+                        )
+                    })
             }
             Some(_) => Err(GenError::bad_file(
                 path(),

@@ -44,7 +44,9 @@ fn tokenisation_matches_oracle_input_ids() {
     let o = oracle();
     let dir = oracle_model_dir();
     let tok = ModelTokenizer::load(dir.path()).unwrap();
-    let got = tok.encode(o["prompt_text"].as_str().unwrap(), false).unwrap();
+    let got = tok
+        .encode(o["prompt_text"].as_str().unwrap(), false)
+        .unwrap();
     assert_eq!(got, ids(&o["input_ids"]));
 }
 
@@ -54,7 +56,11 @@ fn last_logits_match_oracle_within_1e_3() {
     let dir = oracle_model_dir();
     let mut model = load(dir.path());
     let input = ids(&o["input_ids"]);
-    let logits = model.forward_last(&input).unwrap().to_vec1::<f32>().unwrap();
+    let logits = model
+        .forward_last(&input)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let expected: Vec<f64> = o["last_logits"]
         .as_array()
         .unwrap()
@@ -209,9 +215,19 @@ fn cached_prefix_reuse_gives_the_same_answer_as_a_fresh_model() {
     second_prompt.extend(&first.tokens);
     second_prompt.extend([2004, 2002, 84, 1040, 2003, 198, 198, 1900, 2004]);
     let reused = generate(&mut model, &second_prompt, &config, &StopSet::new(), cont).unwrap();
-    assert_eq!(reused.reused_prompt_tokens, prompt.len() + first.tokens.len() - 1);
+    assert_eq!(
+        reused.reused_prompt_tokens,
+        prompt.len() + first.tokens.len() - 1
+    );
     let mut fresh_model = load(dir.path());
-    let fresh = generate(&mut fresh_model, &second_prompt, &config, &StopSet::new(), cont).unwrap();
+    let fresh = generate(
+        &mut fresh_model,
+        &second_prompt,
+        &config,
+        &StopSet::new(),
+        cont,
+    )
+    .unwrap();
     assert_eq!(fresh.reused_prompt_tokens, 0);
     assert_eq!(reused.tokens, fresh.tokens);
 }
@@ -228,7 +244,12 @@ fn forward_all_gives_the_oracle_perplexity() {
     let mut nll = 0.0f64;
     for (row, &next) in logits.iter().zip(&input[1..]) {
         let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let lse = max + row.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+        let lse = max
+            + row
+                .iter()
+                .map(|&l| (l as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
         nll += lse - row[next as usize] as f64;
     }
     let mean = nll / (input.len() - 1) as f64;

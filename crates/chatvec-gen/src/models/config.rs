@@ -177,7 +177,10 @@ pub(crate) fn common(cfg: &JsonConfig, defaults: Defaults) -> Result<DecoderConf
         .opt_usize("head_dim")?
         .unwrap_or(hidden_size / num_heads);
     if head_dim % 2 != 0 {
-        return Err(GenError::bad_file(cfg.path, format!("head_dim {head_dim} is odd")));
+        return Err(GenError::bad_file(
+            cfg.path,
+            format!("head_dim {head_dim} is odd"),
+        ));
     }
     let activation = match cfg
         .opt_str("hidden_activation")
@@ -190,7 +193,9 @@ pub(crate) fn common(cfg: &JsonConfig, defaults: Defaults) -> Result<DecoderConf
         Some(other) => {
             return Err(GenError::UnsupportedConfig {
                 path: cfg.path_buf(),
-                message: format!("activation `{other}` is not supported (silu, gelu, gelu_pytorch_tanh)"),
+                message: format!(
+                    "activation `{other}` is not supported (silu, gelu, gelu_pytorch_tanh)"
+                ),
             })
         }
     };
@@ -202,7 +207,9 @@ pub(crate) fn common(cfg: &JsonConfig, defaults: Defaults) -> Result<DecoderConf
         num_heads,
         num_kv_heads,
         head_dim,
-        rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(defaults.rms_norm_eps),
+        rms_norm_eps: cfg
+            .opt_f64("rms_norm_eps")?
+            .unwrap_or(defaults.rms_norm_eps),
         rope: rope(cfg, defaults.rope_theta)?,
         qkv_bias: false,
         o_bias: false,
@@ -266,9 +273,7 @@ fn rope(cfg: &JsonConfig, default_theta: f64) -> Result<RopeConfig> {
         other => {
             return Err(GenError::UnsupportedConfig {
                 path: cfg.path_buf(),
-                message: format!(
-                    "rope type `{other}` is not supported (default, linear, llama3)"
-                ),
+                message: format!("rope type `{other}` is not supported (default, linear, llama3)"),
             })
         }
     };

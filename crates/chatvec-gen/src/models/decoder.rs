@@ -123,13 +123,20 @@ impl Loader<'_> {
         }
         Ok(Linear {
             weight: Tensor::cat(&ws, 0)?,
-            bias: if bias { Some(Tensor::cat(&bs, 0)?) } else { None },
+            bias: if bias {
+                Some(Tensor::cat(&bs, 0)?)
+            } else {
+                None
+            },
         })
     }
 
     fn norm(&self, name: &str, cfg: &DecoderConfig) -> Result<RmsNorm> {
         // Gemma's (1 + w) is folded in once, computed in float32 as transformers does.
-        let w = self.src.tensor(name, &[cfg.hidden_size])?.to_device(self.device)?;
+        let w = self
+            .src
+            .tensor(name, &[cfg.hidden_size])?
+            .to_device(self.device)?;
         let w = if cfg.norm_weight_offset != 0.0 {
             (w.to_dtype(DType::F32)? + cfg.norm_weight_offset)?
         } else {
@@ -195,7 +202,8 @@ impl Decoder {
             layers.push(Layer {
                 input_norm: ld.norm(&format!("{p}.input_layernorm.weight"), cfg)?,
                 attn,
-                post_attention_norm: ld.norm(&format!("{p}.post_attention_layernorm.weight"), cfg)?,
+                post_attention_norm: ld
+                    .norm(&format!("{p}.post_attention_layernorm.weight"), cfg)?,
                 mlp,
             });
         }
@@ -350,9 +358,11 @@ impl Attention {
         // With one query and a window shorter than the cache, attending to the window's keys
         // alone is the same as masking the rest, and cheaper.
         let (k, v, first_key) = match self.sliding_window {
-            Some(w) if s == 1 && total > w => {
-                (k.narrow(2, total - w, w)?, v.narrow(2, total - w, w)?, total - w)
-            }
+            Some(w) if s == 1 && total > w => (
+                k.narrow(2, total - w, w)?,
+                v.narrow(2, total - w, w)?,
+                total - w,
+            ),
             _ => (k, v, 0),
         };
         let t = total - first_key;

@@ -226,3 +226,130 @@ pub fn config_token_ids(path: &Path, key: &str) -> Result<Vec<u32>> {
         serde_json::from_str(&text).map_err(|e| GenError::bad_file(path, e.to_string()))?;
     Ok(config::token_ids(value.get(key)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<(Architecture, DecoderConfig)> {
+        config_from_json(&v, Path::new("config.json"))
+    }
+
+    fn llama(extra: serde_json::Value) -> serde_json::Value {
+        let mut v = json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 176,
+            "vocab_size": 100, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 256
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
+    #[test]
+    fn both_rope_spellings_give_the_same_config() {
+        let scaling = json!({"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 64});
+        let mut old_scaling = scaling.clone();
+        old_scaling["rope_type"] = json!("llama3");
+        let (_, old) = parse(llama(json!({
+            "rope_theta": 500000.0, "rope_scaling": old_scaling, "torch_dtype": "bfloat16"
+        })))
+        .unwrap();
+        let mut params = scaling;
+        params["rope_type"] = json!("llama3");
+        params["rope_theta"] = json!(500000.0);
+        let (_, new) = parse(llama(
+            json!({"rope_parameters": params, "dtype": "bfloat16"}),
+        ))
+        .unwrap();
+        assert_eq!(old.rope, new.rope);
+        assert_eq!(old.stored_dtype.as_deref(), Some("bfloat16"));
+        assert_eq!(new.stored_dtype.as_deref(), Some("bfloat16"));
+        assert!(matches!(new.rope.scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+        assert_eq!(new.rope.theta, 500000.0);
+        assert_eq!(new.head_dim, 16);
+    }
+
+    #[test]
+    fn llama3_rope_rescales_by_frequency_band() {
+        // transformers' _compute_llama3_parameters for head_dim 16, theta 500000, factor 8,
+        // low 1, high 4, original 64: high frequencies kept, low ones divided by the factor.
+        let (_, c) = parse(llama(json!({"rope_theta": 500000.0, "rope_scaling": {
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}})))
+        .unwrap();
+        let rope = Rope::new(&c.rope, c.head_dim);
+        let f = rope.inv_freq();
+        assert_eq!(f.len(), 8);
+        assert_eq!(f[0], 1.0);
+        let mut bands = [0; 3];
+        for (i, &x) in f.iter().enumerate() {
+            let plain = 1.0f32 / 500000f32.powf((2 * i) as f32 / 16.0);
+            let wavelen = 2.0 * std::f32::consts::PI / plain;
+            if wavelen < 16.0 {
+                assert_eq!(x, plain, "high-frequency band {i} is unscaled");
+                bands[0] += 1;
+            } else if wavelen > 64.0 {
+                assert_eq!(
+                    x,
+                    plain / 8.0,
+                    "low-frequency band {i} is divided by the factor"
+                );
+                bands[2] += 1;
+            } else {
+                assert!(x > plain / 8.0 && x < plain, "band {i} is interpolated");
+                bands[1] += 1;
+            }
+        }
+        assert_eq!(bands, [1, 1, 6]);
+    }
+
+    #[test]
+    fn qwen2_has_qkv_bias_and_gemma_its_quirks() {
+        let mut q = llama(json!({"tie_word_embeddings": true}));
+        q["architectures"] = json!(["Qwen2ForCausalLM"]);
+        let (arch, c) = parse(q).unwrap();
+        assert_eq!(arch, Architecture::Qwen2);
+        assert!(c.qkv_bias && !c.o_bias && c.tie_word_embeddings);
+
+        let mut g = llama(json!({"head_dim": 32, "hidden_act": "gelu"}));
+        g["architectures"] = json!(["GemmaForCausalLM"]);
+        let (_, c) = parse(g).unwrap();
+        assert_eq!(c.head_dim, 32);
+        assert_eq!(c.activation, Activation::GeluTanh);
+        assert!(c.scale_embeddings && c.norm_weight_offset == 1.0 && c.tie_word_embeddings);
+
+        let mut m = llama(json!({"sliding_window": 4096}));
+        m["architectures"] = json!(["MistralForCausalLM"]);
+        assert_eq!(parse(m).unwrap().1.sliding_window, Some(4096));
+    }
+
+    #[test]
+    fn unsupported_settings_are_named() {
+        let mut v = llama(json!({}));
+        v["architectures"] = json!(["MambaForCausalLM"]);
+        let err = parse(v).unwrap_err().to_string();
+        assert!(
+            err.contains("MambaForCausalLM") && err.contains("LlamaForCausalLM"),
+            "{err}"
+        );
+
+        let err = parse(llama(
+            json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("yarn"), "{err}");
+
+        let mut v = llama(json!({}));
+        v.as_object_mut().unwrap().remove("vocab_size");
+        let err = parse(v).unwrap_err().to_string();
+        assert!(
+            err.contains("config.json") && err.contains("vocab_size"),
+            "{err}"
+        );
+    }
+}

@@ -98,8 +98,8 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| GenError::io(&index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| GenError::bad_file(&index, e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| GenError::bad_file(&index, e.to_string()))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
