@@ -192,9 +192,7 @@ impl Checkpoint {
         let map = &self.files[t.file].map;
         // SAFETY: the map is a read-only file mapping: after MADV_DONTNEED a later access re-reads
         // the same file contents, so no Rust reference can observe changed data.
-        let _ = unsafe {
-            map.unchecked_advise_range(UncheckedAdvice::DontNeed, t.start + range.start, range.len())
-        };
+        let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, t.start + range.start, range.len()) };
     }
 
     /// Total bytes of all tensors.
@@ -244,10 +242,8 @@ fn read_index(path: &Path) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::format(path, "no weight_map object"))?;
+    let map =
+        v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(path, "no weight_map object"))?;
     map.iter()
         .map(|(k, f)| {
             let f = f.as_str().ok_or_else(|| Error::format(path, format!("weight_map[{k}] is not a file name")))?;
@@ -260,8 +256,12 @@ fn safetensors_entries(path: &Path, map: &[u8], file: usize) -> Result<Vec<Tenso
     use safetensors::SafeTensorError as E;
     let (n, meta) = safetensors::SafeTensors::read_metadata(map).map_err(|e| {
         let why = match e {
-            E::MetadataIncompleteBuffer => "truncated or padded: the header's offsets do not match the file size".into(),
-            E::HeaderTooSmall | E::InvalidHeaderLength => "truncated or not a safetensors file (bad header length)".into(),
+            E::MetadataIncompleteBuffer => {
+                "truncated or padded: the header's offsets do not match the file size".into()
+            }
+            E::HeaderTooSmall | E::InvalidHeaderLength => {
+                "truncated or not a safetensors file (bad header length)".into()
+            }
             other => format!("corrupt safetensors header ({other})"),
         };
         Error::format(path, why)

@@ -20,8 +20,8 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let raw: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+        let raw: Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
         if !raw.is_object() {
             return Err(Error::format(&path, "expected a JSON object"));
         }
@@ -90,10 +90,7 @@ impl ModelConfig {
 
     /// `torch_dtype` or `dtype`.
     pub fn dtype(&self) -> Option<DType> {
-        self.get("torch_dtype")
-            .or_else(|| self.get("dtype"))
-            .and_then(Value::as_str)
-            .and_then(DType::parse)
+        self.get("torch_dtype").or_else(|| self.get("dtype")).and_then(Value::as_str).and_then(DType::parse)
     }
 }
 
@@ -126,7 +123,8 @@ mod tests {
         assert_eq!(new.dtype(), Some(DType::BF16));
         assert_eq!(old.token_ids("eos_token_id"), vec![1, 2]);
         assert_eq!(new.token_ids("eos_token_id"), vec![7]);
-        let plain = ModelConfig { raw: serde_json::json!({"rope_parameters": {"rope_theta": 1e4, "rope_type": "default"}}) };
+        let plain =
+            ModelConfig { raw: serde_json::json!({"rope_parameters": {"rope_theta": 1e4, "rope_type": "default"}}) };
         assert_eq!(plain.rope_scaling(), None);
     }
 

@@ -244,7 +244,12 @@ fn porter_block(acc: &mut [f64], chat: &[f64], base: &[f64], ratio: f64, params:
 }
 
 /// The min and max of `|T − B|` over the covered elements (first pass of feature-porter).
-fn porter_range(target: &Option<Input>, terms: &[TermInputs], covered: usize, cancel: &AtomicBool) -> Result<PorterRange> {
+fn porter_range(
+    target: &Option<Input>,
+    terms: &[TermInputs],
+    covered: usize,
+    cancel: &AtomicBool,
+) -> Result<PorterRange> {
     let (Some(t), Some(b)) = (target, terms.first().and_then(|x| x.minus.as_ref())) else {
         return Err(Error::msg("feature-porter needs a target and a base model"));
     };

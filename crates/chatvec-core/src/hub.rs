@@ -49,9 +49,7 @@ pub fn parse_hub_id(spec: &str) -> Option<(String, String)> {
     let mut parts = id.split('/');
     let (org, name) = (parts.next()?, parts.next()?);
     let ok = |s: &str| {
-        !s.is_empty()
-            && !s.starts_with('.')
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     if parts.next().is_some() || !ok(org) || !ok(name) {
         return None;
@@ -64,31 +62,19 @@ pub fn parse_hub_id(spec: &str) -> Option<(String, String)> {
 pub fn resolve_model(spec: &str, cache: Option<&Path>) -> Result<ResolvedModel> {
     let local = Path::new(spec);
     if local.is_dir() {
-        return Ok(ResolvedModel {
-            spec: spec.to_string(),
-            path: local.to_path_buf(),
-            hub_id: None,
-            revision: None,
-        });
+        return Ok(ResolvedModel { spec: spec.to_string(), path: local.to_path_buf(), hub_id: None, revision: None });
     }
     if local.exists() {
-        return Err(Error::msg(format!(
-            "{spec}: not a directory (give the model's folder, not a file in it)"
-        )));
+        return Err(Error::msg(format!("{spec}: not a directory (give the model's folder, not a file in it)")));
     }
     let Some((id, rev)) = parse_hub_id(spec) else {
-        return Err(Error::msg(format!(
-            "{spec}: no such directory, and not a hub id of the form org/name[@revision]"
-        )));
+        return Err(Error::msg(format!("{spec}: no such directory, and not a hub id of the form org/name[@revision]")));
     };
     let root = cache_dir(cache);
     match resolve_in_cache(&root, &id, &rev) {
-        Ok((path, commit)) => Ok(ResolvedModel {
-            spec: spec.to_string(),
-            path,
-            hub_id: Some(id),
-            revision: Some(commit),
-        }),
+        Ok((path, commit)) => {
+            Ok(ResolvedModel { spec: spec.to_string(), path, hub_id: Some(id), revision: Some(commit) })
+        }
         Err(why) => download(spec, &id, &rev, &root, why),
     }
 }
@@ -101,19 +87,13 @@ fn resolve_in_cache(root: &Path, id: &str, rev: &str) -> std::result::Result<(Pa
     }
     let ref_file = repo.join("refs").join(rev);
     let commit = if ref_file.is_file() {
-        std::fs::read_to_string(&ref_file)
-            .map_err(|e| format!("{}: {e}", ref_file.display()))?
-            .trim()
-            .to_string()
+        std::fs::read_to_string(&ref_file).map_err(|e| format!("{}: {e}", ref_file.display()))?.trim().to_string()
     } else {
         rev.to_string()
     };
     let snap = repo.join("snapshots").join(&commit);
     if !snap.join("config.json").is_file() {
-        return Err(format!(
-            "{id}@{rev}: no snapshot with a config.json at {}",
-            snap.display()
-        ));
+        return Err(format!("{id}@{rev}: no snapshot with a config.json at {}", snap.display()));
     }
     Ok((snap, commit))
 }
@@ -135,9 +115,7 @@ fn download(spec: &str, id: &str, rev: &str, root: &Path, why: String) -> Result
         .build()
         .map_err(|e| Error::msg(format!("{spec}: {why}; hub client: {e}")))?;
     let repo = api.repo(Repo::with_revision(id.to_string(), RepoType::Model, rev.to_string()));
-    let info = repo
-        .info()
-        .map_err(|e| Error::msg(format!("{spec}: {why}; the hub is not reachable ({e})")))?;
+    let info = repo.info().map_err(|e| Error::msg(format!("{spec}: {why}; the hub is not reachable ({e})")))?;
     let wanted = |f: &str| {
         !f.contains('/')
             && (f.ends_with(".json")
@@ -148,8 +126,7 @@ fn download(spec: &str, id: &str, rev: &str, root: &Path, why: String) -> Result
                 || f.ends_with(".txt"))
     };
     for s in info.siblings.iter().filter(|s| wanted(&s.rfilename)) {
-        repo.get(&s.rfilename)
-            .map_err(|e| Error::msg(format!("{spec}: downloading {}: {e}", s.rfilename)))?;
+        repo.get(&s.rfilename).map_err(|e| Error::msg(format!("{spec}: downloading {}: {e}", s.rfilename)))?;
     }
     let (path, commit) = resolve_in_cache(root, id, rev).map_err(Error::msg)?;
     Ok(ResolvedModel { spec: spec.to_string(), path, hub_id: Some(id.to_string()), revision: Some(commit) })
@@ -200,7 +177,7 @@ mod tests {
     #[test]
     fn cache_dir_follows_hf_env_order() {
         // One test touches the environment so parallel tests do not race on it.
-        let old: Vec<_> = ["HF_HUB_CACHE", "HF_HOME", "HOME"].iter().map(|k| std::env::var_os(k)).collect();
+        let old: Vec<_> = ["HF_HUB_CACHE", "HF_HOME", "HOME"].iter().map(std::env::var_os).collect();
         std::env::remove_var("HF_HUB_CACHE");
         std::env::set_var("HF_HOME", "/h");
         std::env::set_var("HOME", "/home/u");

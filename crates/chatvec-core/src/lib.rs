@@ -22,7 +22,7 @@ pub use checkpoint::{Checkpoint, TensorEntry, WeightFormat};
 pub use config::ModelConfig;
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use hub::{resolve_model, ResolvedModel};
 pub use exec::{NoProgress, Progress};
+pub use hub::{resolve_model, ResolvedModel};
 pub use ops::{ApplyJob, ExtractJob, MergeJob, OutputOptions, Summary};
 pub use plan::{PlanOptions, Selection};

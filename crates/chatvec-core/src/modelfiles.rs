@@ -25,9 +25,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
 }
 
 /// The chat template of the model in `dir`, if it has one.
@@ -38,10 +36,7 @@ pub fn chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
         return Ok(Some(ChatTemplate::JinjaFile(t)));
     }
     let tc = read_json(&dir.join("tokenizer_config.json"))?;
-    Ok(tc
-        .and_then(|v| v.get("chat_template").cloned())
-        .filter(|v| !v.is_null())
-        .map(ChatTemplate::TokenizerConfig))
+    Ok(tc.and_then(|v| v.get("chat_template").cloned()).filter(|v| !v.is_null()).map(ChatTemplate::TokenizerConfig))
 }
 
 /// Writes `template` into the model directory `out` the way the source model stored it.
@@ -70,9 +65,8 @@ pub fn install_chat_template(out: &Path, template: &ChatTemplate) -> Result<()> 
 
 /// Stop ids a model declares: `generation_config.json`'s `eos_token_id` and the config's.
 pub fn eos_ids(dir: &Path, config: &ModelConfig) -> Result<Vec<u32>> {
-    let mut ids = read_json(&dir.join("generation_config.json"))?
-        .map(|g| ids_of(g.get("eos_token_id")))
-        .unwrap_or_default();
+    let mut ids =
+        read_json(&dir.join("generation_config.json"))?.map(|g| ids_of(g.get("eos_token_id"))).unwrap_or_default();
     for id in config.token_ids("eos_token_id") {
         if !ids.contains(&id) {
             ids.push(id);

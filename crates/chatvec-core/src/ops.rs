@@ -239,11 +239,9 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
     let mut manifests = vec![];
     for (v, ratio) in &job.vectors {
         let manifest_path = v.path.join("chatvec.json");
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
-            Error::io(&manifest_path, e)
-        })?;
-        let manifest: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&manifest_path, format!("not valid JSON: {e}")))?;
+        let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+        let manifest: Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&manifest_path, format!("not valid JSON: {e}")))?;
         if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
             return Err(Error::format(&manifest_path, "not a chat vector written by `chatvec extract`"));
         }

@@ -60,17 +60,12 @@ pub fn read_torch_zip(path: &Path, file: &[u8]) -> Result<Vec<TorchTensor>> {
         if looks_legacy(file) {
             return Err(fmt(LEGACY_MSG.to_string()));
         }
-        return Err(fmt(
-            "not a PyTorch checkpoint (no zip signature at the start)".to_string(),
-        ));
+        return Err(fmt("not a PyTorch checkpoint (no zip signature at the start)".to_string()));
     }
     let mut zip = Zip::open(file).map_err(fmt)?;
     let prefix = zip.archive_prefix().map_err(fmt)?;
 
-    if let Some(range) = zip
-        .optional_entry(&format!("{prefix}byteorder"))
-        .map_err(fmt)?
-    {
+    if let Some(range) = zip.optional_entry(&format!("{prefix}byteorder")).map_err(fmt)? {
         let order = &file[range];
         if order.trim_ascii() != b"little" {
             return Err(fmt(format!(
@@ -83,29 +78,17 @@ pub fn read_torch_zip(path: &Path, file: &[u8]) -> Result<Vec<TorchTensor>> {
     let pkl_name = format!("{prefix}data.pkl");
     let pkl_range = zip.entry(&pkl_name).map_err(fmt)?;
     let mut unpickler = Unpickler::new(&file[pkl_range]);
-    let root = unpickler
-        .load()
-        .map_err(|e| fmt(format!("{pkl_name}: {e}")))?;
+    let root = unpickler.load().map_err(|e| fmt(format!("{pkl_name}: {e}")))?;
 
     let items = match root {
         Value::Obj(id) => match &unpickler.arena[id] {
             Obj::Dict(d) => &d.items,
-            _ => {
-                return Err(fmt(format!(
-                    "{pkl_name}: the pickled object is not a dict of tensors"
-                )))
-            }
+            _ => return Err(fmt(format!("{pkl_name}: the pickled object is not a dict of tensors"))),
         },
         Value::Tensor(_) => {
-            return Err(fmt(format!(
-                "{pkl_name}: the pickled object is a single tensor, not a state dict"
-            )))
+            return Err(fmt(format!("{pkl_name}: the pickled object is a single tensor, not a state dict")))
         }
-        _ => {
-            return Err(fmt(format!(
-                "{pkl_name}: the pickled object is not a dict of tensors"
-            )))
-        }
+        _ => return Err(fmt(format!("{pkl_name}: the pickled object is not a dict of tensors"))),
     };
 
     let mut storages: HashMap<Rc<str>, Range<usize>> = HashMap::new();
@@ -116,25 +99,21 @@ pub fn read_torch_zip(path: &Path, file: &[u8]) -> Result<Vec<TorchTensor>> {
         match value {
             Value::Tensor(t) => {
                 let Value::Str(name) = key else {
-                    return Err(fmt(format!(
-                        "{pkl_name}: a tensor is stored under a non-string key"
-                    )));
+                    return Err(fmt(format!("{pkl_name}: a tensor is stored under a non-string key")));
                 };
                 let entry = match storages.get(&t.storage.key) {
                     Some(r) => r.clone(),
                     None => {
                         let entry_name = format!("{prefix}data/{}", t.storage.key);
-                        let r = zip.entry(&entry_name).map_err(|e| {
-                            Error::tensor(&**name, format!("{e} in {}", path.display()))
-                        })?;
+                        let r = zip
+                            .entry(&entry_name)
+                            .map_err(|e| Error::tensor(&**name, format!("{e} in {}", path.display())))?;
                         storages.insert(t.storage.key.clone(), r.clone());
                         r
                     }
                 };
                 out.push(
-                    locate(name, t, entry).map_err(|e| {
-                        Error::tensor(&**name, format!("{e} in {}", path.display()))
-                    })?,
+                    locate(name, t, entry).map_err(|e| Error::tensor(&**name, format!("{e} in {}", path.display())))?,
                 );
             }
             // A torch global we do not know (quantized, sparse, wrapper-subclass tensors...)
@@ -187,11 +166,7 @@ fn locate(name: &str, t: &Tensor, entry: Range<usize>) -> std::result::Result<To
         Err(what) => return Err(format!("unsupported dtype {what}")),
     };
     if t.shape.len() != t.stride.len() {
-        return Err(format!(
-            "size has {} dims but stride has {}",
-            t.shape.len(),
-            t.stride.len()
-        ));
+        return Err(format!("size has {} dims but stride has {}", t.shape.len(), t.stride.len()));
     }
     let numel = t
         .shape
@@ -206,12 +181,7 @@ fn locate(name: &str, t: &Tensor, entry: Range<usize>) -> std::result::Result<To
         ));
     }
     let el = dtype.size();
-    let too_big = || {
-        format!(
-            "tensor of shape {:?} at storage offset {} overflows",
-            t.shape, t.offset
-        )
-    };
+    let too_big = || format!("tensor of shape {:?} at storage offset {} overflows", t.shape, t.offset);
     let data_len = numel.checked_mul(el).ok_or_else(too_big)?;
     let byte_off = t.offset.checked_mul(el).ok_or_else(too_big)?;
     let end = byte_off.checked_add(data_len).ok_or_else(too_big)?;
@@ -265,10 +235,7 @@ impl<'a> Zip<'a> {
     fn open(file: &'a [u8]) -> std::result::Result<Self, String> {
         let archive = zip::ZipArchive::new(Cursor::new(file))
             .map_err(|e| format!("not a readable zip archive ({e}); is the file truncated?"))?;
-        Ok(Zip {
-            archive,
-            len: file.len(),
-        })
+        Ok(Zip { archive, len: file.len() })
     }
 
     /// The folder every entry lives in (`archive/` for current torch, the file's stem for
@@ -304,10 +271,7 @@ impl<'a> Zip<'a> {
             return Ok(None);
         };
         let len = self.len;
-        let f = self
-            .archive
-            .by_index_raw(idx)
-            .map_err(|e| format!("zip entry {name}: {e}; is the file truncated?"))?;
+        let f = self.archive.by_index_raw(idx).map_err(|e| format!("zip entry {name}: {e}; is the file truncated?"))?;
         if f.compression() != zip::CompressionMethod::Stored {
             return Err(format!(
                 "zip entry {name} is compressed (method {}); torch writes uncompressed entries, \
@@ -325,26 +289,17 @@ impl<'a> Zip<'a> {
                 f.size()
             ));
         }
-        let start = f
-            .data_start()
-            .ok_or_else(|| format!("zip entry {name}: cannot locate its data"))?;
+        let start = f.data_start().ok_or_else(|| format!("zip entry {name}: cannot locate its data"))?;
         let end = start.checked_add(f.size());
-        match (
-            usize::try_from(start),
-            end.and_then(|e| usize::try_from(e).ok()),
-        ) {
+        match (usize::try_from(start), end.and_then(|e| usize::try_from(e).ok())) {
             (Ok(s), Some(e)) if e <= len => Ok(Some(s..e)),
-            _ => Err(format!(
-                "zip entry {name} runs past the end of the file ({} bytes); the file is truncated",
-                len
-            )),
+            _ => Err(format!("zip entry {name} runs past the end of the file ({} bytes); the file is truncated", len)),
         }
     }
 
     /// Like [`Zip::optional_entry`] but a missing entry is an error.
     fn entry(&mut self, name: &str) -> std::result::Result<Range<usize>, String> {
-        self.optional_entry(name)?
-            .ok_or_else(|| format!("zip archive has no entry {name}"))
+        self.optional_entry(name)?.ok_or_else(|| format!("zip archive has no entry {name}"))
     }
 }
 
@@ -540,12 +495,10 @@ impl<'a> Unpickler<'a> {
 
     /// Charges `n` units of work against the budget.
     fn spend(&mut self, n: usize) -> PResult<()> {
-        self.budget = self.budget.checked_sub(n).ok_or_else(|| {
-            format!(
-                "pickle needs too much work for its size (hostile?) at byte {}",
-                self.pos
-            )
-        })?;
+        self.budget = self
+            .budget
+            .checked_sub(n)
+            .ok_or_else(|| format!("pickle needs too much work for its size (hostile?) at byte {}", self.pos))?;
         Ok(())
     }
 
@@ -608,22 +561,15 @@ impl<'a> Unpickler<'a> {
     }
 
     fn pop(&mut self) -> PResult<Value> {
-        self.stack
-            .pop()
-            .ok_or_else(|| format!("pickle stack underflow at byte {}", self.pos))
+        self.stack.pop().ok_or_else(|| format!("pickle stack underflow at byte {}", self.pos))
     }
 
     fn top(&self) -> PResult<&Value> {
-        self.stack
-            .last()
-            .ok_or_else(|| format!("pickle stack underflow at byte {}", self.pos))
+        self.stack.last().ok_or_else(|| format!("pickle stack underflow at byte {}", self.pos))
     }
 
     fn pop_mark(&mut self) -> PResult<Vec<Value>> {
-        let saved = self
-            .marks
-            .pop()
-            .ok_or_else(|| format!("pickle MARK missing at byte {}", self.pos))?;
+        let saved = self.marks.pop().ok_or_else(|| format!("pickle MARK missing at byte {}", self.pos))?;
         Ok(std::mem::replace(&mut self.stack, saved))
     }
 
@@ -633,10 +579,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn memo_get(&self, i: u64) -> PResult<Value> {
-        self.memo
-            .get(&i)
-            .cloned()
-            .ok_or_else(|| format!("pickle memo entry {i} read before it was written"))
+        self.memo.get(&i).cloned().ok_or_else(|| format!("pickle memo entry {i} read before it was written"))
     }
 
     /// The container on top of the stack, for APPEND / SETITEM; `None` for an opaque object
@@ -691,9 +634,7 @@ impl<'a> Unpickler<'a> {
     fn load(&mut self) -> PResult<Value> {
         loop {
             let at = self.pos;
-            let op = self
-                .u8()
-                .map_err(|_| "pickle ends without STOP (truncated?)".to_string())?;
+            let op = self.u8().map_err(|_| "pickle ends without STOP (truncated?)".to_string())?;
             match op {
                 // PROTO
                 0x80 => {
@@ -790,9 +731,7 @@ impl<'a> Unpickler<'a> {
                         self.len_u64(n.into())?
                     };
                     let bytes = self.take(n)?;
-                    self.push(Value::Str(Rc::from(
-                        String::from_utf8_lossy(bytes).as_ref(),
-                    )));
+                    self.push(Value::Str(Rc::from(String::from_utf8_lossy(bytes).as_ref())));
                 }
                 // SHORT_BINBYTES, BINBYTES, BINBYTES8, BYTEARRAY8
                 b'C' | b'B' | 0x8e | 0x96 => {
@@ -958,10 +897,7 @@ impl<'a> Unpickler<'a> {
     fn persistent_load(&self, pid: &Value) -> PResult<Value> {
         let items = self.tuple(pid).ok_or("persistent id is not a tuple")?;
         let [tag, storage_type, key, _location, _numel] = items else {
-            return Err(format!(
-                "persistent id has {} fields, expected 5",
-                items.len()
-            ));
+            return Err(format!("persistent id has {} fields, expected 5", items.len()));
         };
         match tag {
             Value::Str(s) if &**s == "storage" => {}
@@ -1017,10 +953,7 @@ impl<'a> Unpickler<'a> {
         let Value::Global(name) = callable else {
             return Err(format!("REDUCE on {}, not a global", kind(callable)));
         };
-        let n = self
-            .tuple(args)
-            .ok_or_else(|| format!("arguments to {name} are not a tuple"))?
-            .len();
+        let n = self.tuple(args).ok_or_else(|| format!("arguments to {name} are not a tuple"))?.len();
         self.spend(1 + n)?;
         let args: Vec<Value> = self.tuple(args).unwrap_or_default().to_vec();
         match &**name {
@@ -1028,10 +961,7 @@ impl<'a> Unpickler<'a> {
                 let v = self.new_obj(Obj::Dict(Dict::default()));
                 if let Some(pairs) = args.first() {
                     // OrderedDict([(k, v), ...])
-                    let n = self
-                        .seq(pairs)
-                        .ok_or_else(|| format!("unsupported arguments to {name}"))?
-                        .len();
+                    let n = self.seq(pairs).ok_or_else(|| format!("unsupported arguments to {name}"))?.len();
                     self.spend(n)?;
                     let pairs = self.seq(pairs).unwrap_or_default().to_vec();
                     let mut items = Vec::with_capacity(pairs.len() * 2);
@@ -1079,9 +1009,7 @@ impl<'a> Unpickler<'a> {
                     return Err(format!("{name} with {} arguments", args.len()));
                 };
                 match func {
-                    Value::Global(f) if f.starts_with("torch._utils._rebuild_tensor") => {
-                        self.reduce(func, inner)
-                    }
+                    Value::Global(f) if f.starts_with("torch._utils._rebuild_tensor") => self.reduce(func, inner),
                     Value::Global(f) => Ok(Value::Opaque(f.clone())),
                     _ => Err(format!("{name}: rebuild function is not a global")),
                 }
@@ -1105,15 +1033,11 @@ impl<'a> Unpickler<'a> {
             return Err(format!("{func}: first argument is not a storage"));
         };
         let offset = match args[1] {
-            Value::Int(i) => {
-                usize::try_from(i).map_err(|_| format!("{func}: negative storage offset"))?
-            }
+            Value::Int(i) => usize::try_from(i).map_err(|_| format!("{func}: negative storage offset"))?,
             _ => return Err(format!("{func}: storage offset is not an integer")),
         };
         let ints = |v: &Value, what: &str| -> PResult<Vec<i64>> {
-            let items = self
-                .tuple(v)
-                .ok_or_else(|| format!("{func}: {what} is not a tuple"))?;
+            let items = self.tuple(v).ok_or_else(|| format!("{func}: {what} is not a tuple"))?;
             items
                 .iter()
                 .map(|x| match x {
@@ -1131,21 +1055,11 @@ impl<'a> Unpickler<'a> {
             (StorageKind::Unsupported(class), _) => Err(format!("(storage class {class})")),
             (StorageKind::Typed(d), None) => Ok(*d),
             (StorageKind::Typed(d), Some(Ok(t))) if *d == t => Ok(*d),
-            (StorageKind::Typed(_), Some(_)) => {
-                return Err(format!("{func}: dtype disagrees with the storage's type"))
-            }
+            (StorageKind::Typed(_), Some(_)) => return Err(format!("{func}: dtype disagrees with the storage's type")),
             (StorageKind::Untyped, Some(d)) => d,
-            (StorageKind::Untyped, None) => {
-                return Err(format!("{func}: untyped storage without a dtype"))
-            }
+            (StorageKind::Untyped, None) => return Err(format!("{func}: untyped storage without a dtype")),
         };
-        Ok(Value::Tensor(Rc::new(Tensor {
-            storage: storage.clone(),
-            dtype,
-            offset,
-            shape,
-            stride,
-        })))
+        Ok(Value::Tensor(Rc::new(Tensor { storage: storage.clone(), dtype, offset, shape, stride })))
     }
 }
 
@@ -1212,25 +1126,16 @@ mod tests {
         let st = safetensors::SafeTensors::deserialize(&twin_bytes).unwrap();
         assert_eq!(listed.len(), st.len(), "tensor count vs {}", twin.display());
         for t in listed {
-            let want = st
-                .tensor(&t.name)
-                .unwrap_or_else(|_| panic!("{} not in {}", t.name, twin.display()));
+            let want = st.tensor(&t.name).unwrap_or_else(|_| panic!("{} not in {}", t.name, twin.display()));
             assert_eq!(t.dtype, format!("{:?}", want.dtype()), "{}", t.name);
             assert_eq!(t.shape, want.shape(), "{}", t.name);
             assert_eq!(t.data_len, want.data().len(), "{}", t.name);
-            assert_eq!(
-                &file[t.data_start..t.data_start + t.data_len],
-                want.data(),
-                "{}",
-                t.name
-            );
+            assert_eq!(&file[t.data_start..t.data_start + t.data_len], want.data(), "{}", t.name);
         }
     }
 
     fn by_name<'t>(ts: &'t [TorchTensor], name: &str) -> &'t TorchTensor {
-        ts.iter()
-            .find(|t| t.name == name)
-            .unwrap_or_else(|| panic!("no tensor {name}"))
+        ts.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no tensor {name}"))
     }
 
     #[test]
@@ -1264,9 +1169,7 @@ mod tests {
             ]
         );
         let dtypes: Vec<&str> = ts.iter().map(|t| t.dtype.as_str()).collect();
-        for d in [
-            "BF16", "F16", "F32", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL",
-        ] {
+        for d in ["BF16", "F16", "F32", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"] {
             assert!(dtypes.contains(&d), "{d} missing");
         }
     }
@@ -1278,21 +1181,14 @@ mod tests {
         let (e, l) = (by_name(&ts, "embed.weight"), by_name(&ts, "lm_head.weight"));
         assert_eq!((e.data_start, e.data_len), (l.data_start, l.data_len));
         // Three views of one 6x4 f32 storage at element offsets 0, 8 and 12.
-        let (head, tail, row3) = (
-            by_name(&ts, "head"),
-            by_name(&ts, "tail"),
-            by_name(&ts, "row3"),
-        );
+        let (head, tail, row3) = (by_name(&ts, "head"), by_name(&ts, "tail"), by_name(&ts, "row3"));
         assert_eq!(tail.data_start, head.data_start + 8 * 4);
         assert_eq!(row3.data_start, head.data_start + 12 * 4);
         assert_eq!((tail.shape.as_slice(), tail.data_len), (&[4, 4][..], 64));
         assert_eq!((row3.shape.as_slice(), row3.data_len), (&[4][..], 16));
         // 0-dim and empty tensors.
         let s = by_name(&ts, "scalar");
-        assert_eq!(
-            (s.shape.as_slice(), s.data_len, s.dtype.as_str()),
-            (&[][..], 4, "F32")
-        );
+        assert_eq!((s.shape.as_slice(), s.data_len, s.dtype.as_str()), (&[][..], 4, "F32"));
         let z = by_name(&ts, "empty");
         assert_eq!((z.shape.as_slice(), z.data_len), (&[0, 3][..], 0));
         assert_eq!(by_name(&ts, "position_ids").shape, [1, 7]);
@@ -1319,13 +1215,10 @@ mod tests {
     #[test]
     fn pickle_llama_shards_equal_safetensors() {
         let dir = Path::new(DIR).join("llama-sharded");
-        let index: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.join("pytorch_model.bin.index.json")).unwrap(),
-        )
-        .unwrap();
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("pytorch_model.bin.index.json")).unwrap()).unwrap();
         let map = index["weight_map"].as_object().unwrap();
-        let st_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/llama-tiny/target/model.safetensors");
+        let st_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama-tiny/target/model.safetensors");
         let st_bytes = std::fs::read(&st_path).unwrap();
         let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
         assert_eq!(map.len(), st.len());
@@ -1355,10 +1248,7 @@ mod tests {
     #[test]
     fn pickle_non_contiguous_is_an_error_naming_the_tensor() {
         let e = err("noncontig.bin");
-        assert!(
-            e.contains("transposed") && e.contains("non-contiguous"),
-            "{e}"
-        );
+        assert!(e.contains("transposed") && e.contains("non-contiguous"), "{e}");
         assert!(e.contains("noncontig.bin"), "{e}");
         assert!(!e.contains('\n'), "{e}");
     }
@@ -1370,24 +1260,16 @@ mod tests {
         // The older tar format too.
         let mut tar = vec![0u8; 1024];
         tar[257..262].copy_from_slice(b"ustar");
-        let e = read_torch_zip(Path::new("old.bin"), &tar)
-            .unwrap_err()
-            .to_string();
+        let e = read_torch_zip(Path::new("old.bin"), &tar).unwrap_err().to_string();
         assert!(e.contains(LEGACY_MSG), "{e}");
     }
 
     #[test]
     fn pickle_unsupported_contents_are_clear_errors() {
         let e = err("nested.bin");
-        assert!(
-            e.contains("nested dict") && e.contains("\"model\"") && e.contains("nested.bin"),
-            "{e}"
-        );
+        assert!(e.contains("nested dict") && e.contains("\"model\"") && e.contains("nested.bin"), "{e}");
         let e = err("uint16.bin");
-        assert!(
-            e.contains("u16") && e.contains("unsupported dtype torch.uint16"),
-            "{e}"
-        );
+        assert!(e.contains("u16") && e.contains("unsupported dtype torch.uint16"), "{e}");
         assert!(e.contains("uint16.bin"), "{e}");
         let e = err("sparse.bin");
         assert!(
@@ -1397,10 +1279,7 @@ mod tests {
             "{e}"
         );
         let e = err("deflated.bin");
-        assert!(
-            e.contains("compressed") && e.contains("deflated.bin"),
-            "{e}"
-        );
+        assert!(e.contains("compressed") && e.contains("deflated.bin"), "{e}");
     }
 
     #[test]
@@ -1411,20 +1290,14 @@ mod tests {
             assert!(e.starts_with("x.bin: "), "{e}");
         }
         let (_, st) = fixture("mixed.safetensors");
-        assert!(read_torch_zip(p, &st)
-            .unwrap_err()
-            .to_string()
-            .contains("no zip signature"));
+        assert!(read_torch_zip(p, &st).unwrap_err().to_string().contains("no zip signature"));
     }
 
     /// A tiny deterministic generator for the fuzz loops.
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             self.0 >> 33
         }
     }
@@ -1483,10 +1356,7 @@ mod tests {
     fn pickle_interpreter_survives_garbage() {
         let pkl = data_pkl("params.bin");
         for len in 0..pkl.len() {
-            assert!(
-                Unpickler::new(&pkl[..len]).load().is_err(),
-                "accepted {len} bytes"
-            );
+            assert!(Unpickler::new(&pkl[..len]).load().is_err(), "accepted {len} bytes");
         }
         let mut buf = pkl.clone();
         for i in 0..buf.len() {
@@ -1502,13 +1372,7 @@ mod tests {
         for _ in 0..20000 {
             let n = 1 + rng.next() % 64;
             let soup: Vec<u8> = (0..n)
-                .map(|_| {
-                    if rng.next() % 3 == 2 {
-                        rng.next() as u8
-                    } else {
-                        ops[rng.next() as usize % ops.len()]
-                    }
-                })
+                .map(|_| if rng.next() % 3 == 2 { rng.next() as u8 } else { ops[rng.next() as usize % ops.len()] })
                 .collect();
             let _ = Unpickler::new(&soup).load();
         }
@@ -1519,12 +1383,8 @@ mod tests {
         // {'x': os.system('ls'), 'y': 1}: the call is only recorded.
         let pkl = b"\x80\x02}q\x00(X\x01\x00\x00\x00xcos\nsystem\nX\x02\x00\x00\x00ls\x85RX\x01\x00\x00\x00yK\x01u.";
         let mut u = Unpickler::new(pkl);
-        let Value::Obj(id) = u.load().unwrap() else {
-            panic!("not a dict")
-        };
-        let Obj::Dict(d) = &u.arena[id] else {
-            panic!("not a dict")
-        };
+        let Value::Obj(id) = u.load().unwrap() else { panic!("not a dict") };
+        let Obj::Dict(d) = &u.arena[id] else { panic!("not a dict") };
         assert!(matches!(&d.items[0].1, Value::Opaque(g) if &**g == "os.system"));
         assert!(matches!(d.items[1].1, Value::Int(1)));
     }
@@ -1534,12 +1394,8 @@ mod tests {
         // d = {}; memo it; fill it; the memo copy sees the items: [d, d] with d = {'k': 5}.
         let pkl = b"\x80\x02](}q\x00X\x01\x00\x00\x00kK\x05sh\x00e.";
         let mut u = Unpickler::new(pkl);
-        let Value::Obj(list) = u.load().unwrap() else {
-            panic!()
-        };
-        let Obj::List(items) = &u.arena[list] else {
-            panic!()
-        };
+        let Value::Obj(list) = u.load().unwrap() else { panic!() };
+        let Obj::List(items) = &u.arena[list] else { panic!() };
         assert_eq!(items.len(), 2);
         for v in items {
             let Value::Obj(d) = v else { panic!() };

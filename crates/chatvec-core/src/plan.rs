@@ -21,10 +21,7 @@ impl Selection {
     /// Builds a selection from user regexes.
     pub fn new(include: Option<&str>, exclude: Option<&str>) -> Result<Self> {
         let re = |s: &str| Regex::new(s).map_err(|e| Error::msg(format!("bad regex {s:?}: {e}")));
-        Ok(Selection {
-            include: include.map(re).transpose()?,
-            exclude: exclude.map(re).transpose()?,
-        })
+        Ok(Selection { include: include.map(re).transpose()?, exclude: exclude.map(re).transpose()? })
     }
     /// Whether tensor `name` is selected.
     pub fn selects(&self, name: &str) -> bool {
@@ -231,10 +228,7 @@ pub fn plan_merge(
     let target = &models[0];
     let mut plan = Plan::default();
     for t in target.tensors() {
-        let out_dtype = match t.dtype {
-            Some(d) => Some(opts.dtype.unwrap_or(d)),
-            None => None,
-        };
+        let out_dtype = t.dtype.map(|d| opts.dtype.unwrap_or(d));
         let copy = |kind| PlannedTensor {
             name: t.name.clone(),
             shape: t.shape.clone(),

@@ -26,14 +26,9 @@ impl OutputDir {
     /// Prepares to write `out`. An existing `out` is refused unless `force`.
     pub fn create(out: &Path, force: bool) -> Result<Self> {
         if out.exists() && !force {
-            return Err(Error::msg(format!(
-                "{}: already exists (use --force to replace it)",
-                out.display()
-            )));
+            return Err(Error::msg(format!("{}: already exists (use --force to replace it)", out.display())));
         }
-        let name = out
-            .file_name()
-            .ok_or_else(|| Error::msg(format!("{}: not a usable output path", out.display())))?;
+        let name = out.file_name().ok_or_else(|| Error::msg(format!("{}: not a usable output path", out.display())))?;
         let parent = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -41,11 +36,7 @@ impl OutputDir {
         if !parent.is_dir() {
             return Err(Error::msg(format!("{}: parent directory does not exist", out.display())));
         }
-        let tmp_path = parent.join(format!(
-            ".{}.chatvec-tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        let tmp_path = parent.join(format!(".{}.chatvec-tmp-{}", name.to_string_lossy(), std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp_path);
         std::fs::create_dir(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
         Ok(OutputDir { final_path: out.to_path_buf(), tmp_path, force, committed: false })
@@ -161,7 +152,7 @@ pub fn shard_header(shard: &Shard) -> Vec<u8> {
         off += t.bytes;
     }
     let mut json = serde_json::to_vec(&obj).expect("a JSON map serialises");
-    while (json.len() + 8) % 8 != 0 {
+    while !(json.len() + 8).is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
@@ -264,7 +255,11 @@ fn write_loop(dir: &Path, shards: Vec<Shard>, rx: mpsc::Receiver<Msg>, back: mps
             let mut left = t.bytes;
             while left > 0 {
                 let Ok(Msg::Data(block)) = rx.recv() else {
-                    return Err(Error::msg(format!("{}: stopped before tensor {} was complete", path.display(), t.name)));
+                    return Err(Error::msg(format!(
+                        "{}: stopped before tensor {} was complete",
+                        path.display(),
+                        t.name
+                    )));
                 };
                 if block.len() > left {
                     return Err(Error::tensor(&t.name, "more data than its shape holds (internal error)"));
@@ -312,7 +307,8 @@ mod tests {
         assert_eq!(st.tensor("c").unwrap().data().len(), 200);
         assert_eq!(st.tensor("c").unwrap().data()[7], 7);
         let idx: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join("model.safetensors.index.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("model.safetensors.index.json")).unwrap())
+                .unwrap();
         assert_eq!(idx["weight_map"]["a"], "model-00001-of-00002.safetensors");
         assert_eq!(idx["metadata"]["total_size"], 226);
     }

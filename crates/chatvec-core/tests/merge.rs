@@ -63,19 +63,30 @@ fn grown_vocab_rows_keep_target_values() {
 fn extract_gives_the_exact_f32_vector_and_apply_reproduces_merge_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let vec_dir = dir.path().join("vec");
-    let job = ExtractJob { base: model(&fixture("base")), chat: model(&fixture("chat")), plan: opts(), output: out_opts(&vec_dir) };
+    let job = ExtractJob {
+        base: model(&fixture("base")),
+        chat: model(&fixture("chat")),
+        plan: opts(),
+        output: out_opts(&vec_dir),
+    };
     let s = ops::extract(&job, &NoProgress, &no_cancel()).unwrap();
     assert_eq!(s.inexact_elements, 0);
     let got = read_tensors(&vec_dir);
     let want = read_tensors(&fixture("expected/chat_vector_f32.safetensors"));
     assert_eq!(got, want);
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(vec_dir.join("chatvec.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vec_dir.join("chatvec.json")).unwrap()).unwrap();
     assert_eq!(manifest["kind"], "chat_vector");
     assert_eq!(manifest["chat_eos_token_ids"], serde_json::json!([2001, 2004]));
     assert_eq!(manifest["tensors"].as_array().unwrap().len(), 30);
 
     let applied = dir.path().join("applied");
-    let job = ApplyJob { target: model(&fixture("target")), vectors: vec![(model(&vec_dir), 1.0)], plan: opts(), output: out_opts(&applied) };
+    let job = ApplyJob {
+        target: model(&fixture("target")),
+        vectors: vec![(model(&vec_dir), 1.0)],
+        plan: opts(),
+        output: out_opts(&applied),
+    };
     ops::apply(&job, &NoProgress, &no_cancel()).unwrap();
     let merged = dir.path().join("merged");
     merge_to(&merged, "target", 1.0, opts());
@@ -91,7 +102,12 @@ fn apply_adds_several_vectors_with_their_own_ratios() {
     let v1 = dir.path().join("v1");
     let v2 = dir.path().join("v2");
     for (out, chat) in [(&v1, "chat"), (&v2, "target")] {
-        let job = ExtractJob { base: model(&fixture("base")), chat: model(&fixture(chat)), plan: opts(), output: out_opts(out) };
+        let job = ExtractJob {
+            base: model(&fixture("base")),
+            chat: model(&fixture(chat)),
+            plan: opts(),
+            output: out_opts(out),
+        };
         ops::extract(&job, &NoProgress, &no_cancel()).unwrap();
     }
     let out = dir.path().join("out");
@@ -129,7 +145,8 @@ fn feature_porter_matches_an_independent_float64_computation() {
         let (lo, hi) = a.iter().fold((f64::MAX, f64::MIN), |m, &x| (m.0.min(x), m.1.max(x)));
         let want: Vec<f64> = (0..tv.len())
             .map(|i| {
-                let w = if hi - lo < 1e-6 { 0.0 } else { 1.0 / (1.0 + (-(12.0 * (a[i] - lo) / (hi - lo) - 6.0)).exp()) };
+                let w =
+                    if hi - lo < 1e-6 { 0.0 } else { 1.0 / (1.0 + (-(12.0 * (a[i] - lo) / (hi - lo) - 6.0)).exp()) };
                 tv[i] + 0.8 * (cv[i] - bv[i]) * (1.0 - w)
             })
             .collect();
@@ -146,7 +163,11 @@ fn exclude_and_include_select_tensors() {
     let mut o = opts();
     o.selection = Selection::new(Some(r"layers\.[01]\."), Some(r"norm")).unwrap();
     let s = merge_to(&out, "target", 1.0, o);
-    let (t, m, got) = (read_tensors(&fixture("target")), read_tensors(&fixture("expected/merged_ratio_1.0.safetensors")), read_tensors(&out));
+    let (t, m, got) = (
+        read_tensors(&fixture("target")),
+        read_tensors(&fixture("expected/merged_ratio_1.0.safetensors")),
+        read_tensors(&out),
+    );
     for name in t.keys() {
         let selected = (name.contains("layers.0.") || name.contains("layers.1.")) && !name.contains("norm");
         let want = if selected { &m[name] } else { &t[name] };
@@ -167,7 +188,13 @@ fn skipped_embeddings_take_untrained_special_rows_from_chat() {
     o.selection = Selection::new(None, Some("embed_tokens|lm_head")).unwrap();
     let s = merge_to(&out, "target", 1.0, o);
     let special: Vec<usize> = (2002..2008).collect();
-    assert_eq!(s.special_rows, vec![("lm_head.weight".to_string(), special.clone()), ("model.embed_tokens.weight".to_string(), special.clone())]);
+    assert_eq!(
+        s.special_rows,
+        vec![
+            ("lm_head.weight".to_string(), special.clone()),
+            ("model.embed_tokens.weight".to_string(), special.clone())
+        ]
+    );
     let (t, c, got) = (read_tensors(&fixture("target")), read_tensors(&fixture("chat")), read_tensors(&out));
     for name in ["model.embed_tokens.weight", "lm_head.weight"] {
         let row = 64 * 2;
@@ -192,15 +219,19 @@ fn merged_model_is_complete_with_template_and_stop_ids() {
     let out = dir.path().join("m");
     let s = merge_to(&out, "target", 1.0, opts());
     assert_eq!(s.chat_template_from.as_deref(), Some("chat model"));
-    let tc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
-    let chat_tc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("chat/tokenizer_config.json")).unwrap()).unwrap();
+    let tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    let chat_tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("chat/tokenizer_config.json")).unwrap()).unwrap();
     assert_eq!(tc["chat_template"], chat_tc["chat_template"]);
-    let gen: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("generation_config.json")).unwrap()).unwrap();
+    let gen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("generation_config.json")).unwrap()).unwrap();
     assert_eq!(gen["eos_token_id"], serde_json::json!([2001, 2004]));
     for f in ["config.json", "tokenizer.json", "special_tokens_map.json", "chatvec.json", "model.safetensors"] {
         assert!(out.join(f).is_file(), "{f}");
     }
-    let recipe: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("chatvec.json")).unwrap()).unwrap();
+    let recipe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("chatvec.json")).unwrap()).unwrap();
     assert_eq!(recipe["ratio"], 1.0);
     assert_eq!(recipe["inputs"]["chat"]["config_sha256"].as_str().unwrap().len(), 64);
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
@@ -222,7 +253,8 @@ fn small_shard_size_writes_an_index_that_covers_every_tensor() {
     };
     let s = ops::merge(&job, &NoProgress, &AtomicBool::new(false)).unwrap();
     assert!(s.shards >= 4, "{}", s.shards);
-    let idx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let idx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
     assert_eq!(idx["weight_map"].as_object().unwrap().len(), 30);
     assert_same_tensors(&out, "merged_ratio_1.0.safetensors");
 }
@@ -234,10 +266,16 @@ fn dtype_flag_rounds_once_to_the_requested_type() {
     let mut o = opts();
     o.dtype = Some(chatvec_core::DType::F32);
     merge_to(&out, "target", 0.5, o);
-    let (t, b, c, got) = (read_tensors(&fixture("target")), read_tensors(&fixture("base")), read_tensors(&fixture("chat")), read_tensors(&out));
+    let (t, b, c, got) = (
+        read_tensors(&fixture("target")),
+        read_tensors(&fixture("base")),
+        read_tensors(&fixture("chat")),
+        read_tensors(&out),
+    );
     for (name, tv) in &t {
         let (tv, bv, cv) = (tv.values(), b[name].values(), c[name].values());
-        let want: Vec<u8> = (0..tv.len()).flat_map(|i| ((tv[i] + 0.5 * (cv[i] - bv[i])) as f32).to_le_bytes()).collect();
+        let want: Vec<u8> =
+            (0..tv.len()).flat_map(|i| ((tv[i] + 0.5 * (cv[i] - bv[i])) as f32).to_le_bytes()).collect();
         assert_eq!(got[name].bytes, want, "{name}");
     }
     assert_eq!(config_of(&out)["torch_dtype"], "float32");

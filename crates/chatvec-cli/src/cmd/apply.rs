@@ -35,13 +35,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         (r, n) => bail!("{n} vectors but {r} ratios: give one ratio, or one per vector"),
     };
     ratios.iter().try_for_each(|r| check_ratio(*r))?;
-    let vectors = a
-        .vector
-        .iter()
-        .zip(&ratios)
-        .map(|(v, r)| Ok((a.hub.resolve(v)?, *r)))
-        .collect::<Result<Vec<_>>>()?;
-    let job = ApplyJob { target: a.hub.resolve(&a.target)?, vectors, plan: a.select.plan_options()?, output: a.out.options() };
+    let vectors = a.vector.iter().zip(&ratios).map(|(v, r)| Ok((a.hub.resolve(v)?, *r))).collect::<Result<Vec<_>>>()?;
+    let job = ApplyJob {
+        target: a.hub.resolve(&a.target)?,
+        vectors,
+        plan: a.select.plan_options()?,
+        output: a.out.options(),
+    };
     let cancel = interrupt_flag();
     let bar = Bar::new(a.out.quiet || a.out.json || a.out.dry_run);
     let summary = ops::apply(&job, &bar, &cancel)?;

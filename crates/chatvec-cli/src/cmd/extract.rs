@@ -28,7 +28,8 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let mut plan = a.select.plan_options()?;
     plan.dtype = Some(plan.dtype.unwrap_or(DType::F32));
-    let job = ExtractJob { base: a.hub.resolve(&a.base)?, chat: a.hub.resolve(&a.chat)?, plan, output: a.out.options() };
+    let job =
+        ExtractJob { base: a.hub.resolve(&a.base)?, chat: a.hub.resolve(&a.chat)?, plan, output: a.out.options() };
     let cancel = interrupt_flag();
     let bar = Bar::new(a.out.quiet || a.out.json || a.out.dry_run);
     let summary = ops::extract(&job, &bar, &cancel)?;

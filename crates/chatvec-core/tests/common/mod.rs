@@ -65,7 +65,8 @@ pub fn read_tensors(path: &Path) -> BTreeMap<String, Raw> {
         let bytes = std::fs::read(&f).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         for (name, view) in st.tensors() {
-            let raw = Raw { dtype: format!("{:?}", view.dtype()), shape: view.shape().to_vec(), bytes: view.data().to_vec() };
+            let raw =
+                Raw { dtype: format!("{:?}", view.dtype()), shape: view.shape().to_vec(), bytes: view.data().to_vec() };
             assert!(out.insert(name.clone(), raw).is_none(), "{name} twice");
         }
     }
@@ -75,12 +76,36 @@ pub fn read_tensors(path: &Path) -> BTreeMap<String, Raw> {
 /// Nearest bf16 to `x`, ties to even, found by comparing neighbours in f64 (independent of the
 /// crate's rounding code).
 pub fn bf16_nearest(x: f64) -> u16 {
+    if x == 0.0 {
+        return if x.is_sign_negative() { 0x8000 } else { 0 };
+    }
     let guess = half::bf16::from_f32(x as f32).to_bits();
     let mut best = (f64::INFINITY, guess);
     for d in -2i32..=2 {
         let c = (guess as i32 + d) as u16;
         let v = half::bf16::from_bits(c).to_f64();
         if v.is_nan() {
+            continue;
+        }
+        let err = (v - x).abs();
+        if err < best.0 || (err == best.0 && c & 1 == 0) {
+            best = (err, c);
+        }
+    }
+    best.1
+}
+
+/// Nearest f16 to `x`, ties to even, by comparing candidate neighbours in f64.
+pub fn f16_nearest(x: f64) -> u16 {
+    if x == 0.0 {
+        return if x.is_sign_negative() { 0x8000 } else { 0 };
+    }
+    let guess = half::f16::from_f64(x).to_bits() as i32;
+    let mut best = (f64::INFINITY, 0u16);
+    let cands = (-2..=2).map(|d| guess + d).chain([0, 1, 0x8000, 0x8001]);
+    for c in cands.filter(|c| (0..=0xffff).contains(c)).map(|c| c as u16) {
+        let v = half::f16::from_bits(c).to_f64();
+        if v.is_nan() || v.is_infinite() {
             continue;
         }
         let err = (v - x).abs();

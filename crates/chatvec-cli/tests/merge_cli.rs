@@ -1,0 +1,400 @@
+//! `chatvec merge/extract/apply` as users run them: summaries, and every bad input failing with one
+//! line that names the file (and tensor), a non-zero exit, no output left behind, inputs untouched.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama-tiny").join(name)
+}
+
+fn chatvec(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Copies a fixture model into `dir/name` (writable) and returns its path.
+fn copy_model(dir: &Path, from: &str, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(fixture(from)).unwrap() {
+        let p = e.unwrap().path();
+        let dst = to.join(p.file_name().unwrap());
+        std::fs::write(&dst, std::fs::read(&p).unwrap()).unwrap();
+    }
+    to
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    if !dir.exists() {
+        return BTreeMap::new();
+    }
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).map(|p| (p.clone(), std::fs::read(p).unwrap())).collect()
+}
+
+/// Runs a merge expected to fail; checks the one-line error, exit code, and that nothing is left.
+fn merge_fails(base: &Path, chat: &Path, target: &Path, needle: &[&str]) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let before: Vec<_> = [base, chat, target].iter().map(|d| snapshot(d)).collect();
+    let o = chatvec(&[
+        "merge",
+        "--base",
+        base.to_str().unwrap(),
+        "--chat",
+        chat.to_str().unwrap(),
+        "--target",
+        target.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needle {
+        assert!(err.contains(n), "error should mention {n:?}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "nothing left beside OUT: {err}");
+    let after: Vec<_> = [base, chat, target].iter().map(|d| snapshot(d)).collect();
+    assert!(before == after, "inputs changed");
+    err
+}
+
+#[test]
+fn merge_prints_summary_and_json() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("m");
+    let o = chatvec(&[
+        "merge",
+        "--base",
+        fixture("base").to_str().unwrap(),
+        "--chat",
+        fixture("chat").to_str().unwrap(),
+        "--target",
+        fixture("target").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["merged"], 30);
+    assert_eq!(s["eos_token_ids"], serde_json::json!([2001, 2004]));
+    assert!(out.join("model.safetensors").is_file());
+    // Refused the second time, and the first output is untouched.
+    let before = snapshot(&out);
+    let o = chatvec(&[
+        "merge",
+        "--base",
+        fixture("base").to_str().unwrap(),
+        "--chat",
+        fixture("chat").to_str().unwrap(),
+        "--target",
+        fixture("target").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert!(before == snapshot(&out));
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_writes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("m");
+    let o = chatvec(&[
+        "merge",
+        "--base",
+        fixture("base").to_str().unwrap(),
+        "--chat",
+        fixture("chat").to_str().unwrap(),
+        "--target",
+        fixture("target_ext").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--dry-run",
+        "--exclude",
+        "norm",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("would write 30 tensors"), "{err}");
+    assert!(err.contains("2 row-adjusted"), "{err}");
+    assert!(err.contains("7 copied"), "{err}");
+    assert!(err.contains("peak memory"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn missing_model_directory_is_named() {
+    let missing = Path::new("/nonexistent/model");
+    merge_fails(&fixture("base"), &fixture("chat"), missing, &["/nonexistent/model", "no such directory"]);
+}
+
+#[test]
+fn corrupt_shard_header_names_the_file() {
+    let work = tempfile::tempdir().unwrap();
+    let base = copy_model(work.path(), "base", "base");
+    std::fs::write(base.join("model-00002-of-00004.safetensors"), b"\x10\0\0\0\0\0\0\0{not json at all").unwrap();
+    merge_fails(&base, &fixture("chat"), &fixture("target"), &["model-00002-of-00004.safetensors", "corrupt"]);
+}
+
+#[test]
+fn truncated_shard_names_the_file() {
+    let work = tempfile::tempdir().unwrap();
+    let chat = copy_model(work.path(), "chat", "chat");
+    let f = chat.join("model-00002-of-00003.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 1000]).unwrap();
+    merge_fails(&fixture("base"), &chat, &fixture("target"), &["model-00002-of-00003.safetensors", "truncated"]);
+    std::fs::write(&f, &bytes[..5]).unwrap();
+    merge_fails(&fixture("base"), &chat, &fixture("target"), &["model-00002-of-00003.safetensors"]);
+}
+
+#[test]
+fn index_naming_a_missing_shard_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let base = copy_model(work.path(), "base", "base");
+    std::fs::remove_file(base.join("model-00003-of-00004.safetensors")).unwrap();
+    merge_fails(
+        &base,
+        &fixture("chat"),
+        &fixture("target"),
+        &["model.safetensors.index.json", "model-00003-of-00004.safetensors", "missing"],
+    );
+}
+
+#[test]
+fn missing_weights_and_bad_config_are_named() {
+    let work = tempfile::tempdir().unwrap();
+    let t = copy_model(work.path(), "target", "t");
+    std::fs::remove_file(t.join("model.safetensors")).unwrap();
+    merge_fails(&fixture("base"), &fixture("chat"), &t, &["no weights found"]);
+    let t2 = copy_model(work.path(), "target", "t2");
+    std::fs::write(t2.join("config.json"), "{").unwrap();
+    merge_fails(&fixture("base"), &fixture("chat"), &t2, &["config.json", "JSON"]);
+}
+
+/// Rewrites one tensor of a single-file model with another dtype/shape.
+fn rewrite_tensor(model: &Path, name: &str, dtype: safetensors::Dtype, shape: Vec<usize>) {
+    let path = model.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let numel: usize = shape.iter().product();
+    let new_data = vec![0u8; numel * dtype.bitsize() / 8];
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            if n == name {
+                (n, safetensors::tensor::TensorView::new(dtype, shape.clone(), &new_data).unwrap())
+            } else {
+                (n, v)
+            }
+        })
+        .collect();
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(&path, out).unwrap();
+}
+
+#[test]
+fn shape_mismatch_names_tensor_and_three_shapes_before_writing() {
+    let work = tempfile::tempdir().unwrap();
+    let t = copy_model(work.path(), "target", "t");
+    rewrite_tensor(&t, "model.layers.1.mlp.up_proj.weight", safetensors::Dtype::BF16, vec![170, 64]);
+    merge_fails(
+        &fixture("base"),
+        &fixture("chat"),
+        &t,
+        &["model.layers.1.mlp.up_proj.weight", "[170, 64]", "[176, 64]"],
+    );
+}
+
+#[test]
+fn non_float_tensor_in_chat_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    // A single-file chat model: merge its shards into one file by writing a fresh one from target.
+    let chat = copy_model(work.path(), "target", "chat");
+    std::fs::copy(fixture("chat/config.json"), chat.join("config.json")).unwrap();
+    rewrite_tensor(&chat, "model.norm.weight", safetensors::Dtype::I64, vec![64]);
+    merge_fails(&fixture("base"), &chat, &fixture("target"), &["model.norm.weight", "I64"]);
+}
+
+#[test]
+fn chat_not_tuned_from_base_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let chat = copy_model(work.path(), "chat", "chat");
+    let cfg = std::fs::read_to_string(chat.join("config.json")).unwrap().replace("500000.0", "1000000.0");
+    std::fs::write(chat.join("config.json"), cfg).unwrap();
+    merge_fails(&fixture("base"), &chat, &fixture("target"), &["rope_theta", "not fine-tuned from this base"]);
+}
+
+#[test]
+fn target_config_drift_is_warned() {
+    let work = tempfile::tempdir().unwrap();
+    let t = copy_model(work.path(), "target", "t");
+    let cfg = std::fs::read_to_string(t.join("config.json")).unwrap().replace("500000.0", "10000.0");
+    std::fs::write(t.join("config.json"), cfg).unwrap();
+    let out = work.path().join("o");
+    let o = chatvec(&[
+        "merge",
+        "--base",
+        fixture("base").to_str().unwrap(),
+        "--chat",
+        fixture("chat").to_str().unwrap(),
+        "--target",
+        t.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("warning: target rope_theta Some(10000.0) differs from base Some(500000.0)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn full_disk_fails_cleanly() {
+    // RLIMIT_FSIZE makes writes past 100 KiB fail with EFBIG, as a full disk fails with ENOSPC;
+    // SIGXFSZ is ignored so the write returns the error instead of killing the process.
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 100; exec '{}' merge --base '{}' --chat '{}' --target '{}' -o '{}' --quiet",
+        env!("CARGO_BIN_EXE_chatvec"),
+        fixture("base").display(),
+        fixture("chat").display(),
+        fixture("target").display(),
+        out.display()
+    );
+    let o = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("model.safetensors") && err.contains("writing tensor"), "{err}");
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "{err}");
+}
+
+#[test]
+fn extract_then_apply_on_the_command_line() {
+    let work = tempfile::tempdir().unwrap();
+    let v = work.path().join("vec");
+    let o = chatvec(&[
+        "extract",
+        "--base",
+        fixture("base").to_str().unwrap(),
+        "--chat",
+        fixture("chat").to_str().unwrap(),
+        "-o",
+        v.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = work.path().join("applied");
+    let o = chatvec(&[
+        "apply",
+        "--target",
+        fixture("target").to_str().unwrap(),
+        "--vector",
+        v.to_str().unwrap(),
+        "--vector",
+        v.to_str().unwrap(),
+        "--ratio",
+        "0.5",
+        "--ratio",
+        "0.5",
+        "-o",
+        a.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(a.join("model.safetensors").is_file());
+    let o = chatvec(&[
+        "apply",
+        "--target",
+        fixture("target").to_str().unwrap(),
+        "--vector",
+        v.to_str().unwrap(),
+        "--vector",
+        v.to_str().unwrap(),
+        "--ratio",
+        "0.5",
+        "--ratio",
+        "0.5",
+        "--ratio",
+        "1",
+        "-o",
+        work.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("2 vectors but 3 ratios"), "{}", stderr(&o));
+    // A model that is not a vector is refused by apply.
+    let o = chatvec(&[
+        "apply",
+        "--target",
+        fixture("target").to_str().unwrap(),
+        "--vector",
+        fixture("chat").to_str().unwrap(),
+        "-o",
+        work.path().join("y").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("chatvec.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn output_loads_in_transformers_when_python_has_it() {
+    // Cross-check with the reference implementation where it is installed (it is not needed for CI).
+    let has = Command::new("python3")
+        .args(["-c", "import transformers, torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has {
+        eprintln!("skipped: python3 with transformers and torch not found");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("m");
+    let o = chatvec(&[
+        "merge",
+        "--base",
+        fixture("base").to_str().unwrap(),
+        "--chat",
+        fixture("chat").to_str().unwrap(),
+        "--target",
+        fixture("target").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--shard-size",
+        "300KB",
+    ]);
+    assert!(o.status.success());
+    let py = format!(
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\
+         m = AutoModelForCausalLM.from_pretrained('{0}')\n\
+         t = AutoTokenizer.from_pretrained('{0}')\n\
+         s = t.apply_chat_template([{{'role': 'user', 'content': '안녕'}}], tokenize=False, add_generation_prompt=True)\n\
+         assert s.endswith('<|start_header_id|>assistant<|end_header_id|>\\n\\n'), s\n\
+         assert m.generation_config.eos_token_id == [2001, 2004], m.generation_config.eos_token_id\n\
+         print('ok')",
+        out.display()
+    );
+    let o = Command::new("python3").args(["-c", &py]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ok"), "{}", stderr(&o));
+}
