@@ -26,6 +26,16 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Chat with a model in the terminal (or over piped stdin).
     Chat(cmd::chat::Args),
+    /// Show what a chat vector changes: per-tensor and per-layer norms, heatmap.
+    Inspect(cmd::inspect::Args),
+    /// Judge a model: perplexity on text, or chat behaviour on a prompt set.
+    Eval(cmd::eval::Args),
+    /// Evaluate target, merged (and chat/base) models into one HTML report.
+    Report(cmd::report::Args),
+    /// Merge at several ratios and evaluate each, to pick the best setting.
+    Sweep(cmd::sweep::Args),
+    /// The miniature of the paper's experiment: train base/chat/target, merge, evaluate.
+    Lab(cmd::lab::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +46,11 @@ fn main() -> ExitCode {
         Command::Apply(a) => cmd::apply::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Chat(a) => cmd::chat::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Report(a) => cmd::report::run(a),
+        Command::Sweep(a) => cmd::sweep::run(a),
+        Command::Lab(a) => cmd::lab::run(a),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,11 @@
 pub mod apply;
 pub mod chat;
 pub mod common;
+pub mod eval;
 pub mod extract;
 pub mod generate;
+pub mod inspect;
+pub mod lab;
 pub mod merge;
+pub mod report;
+pub mod sweep;
