@@ -11,9 +11,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         "cuda" => cuda(0),
         s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => cuda(n),
-            _ => Err(GenError::InvalidArgument(format!(
-                "device `{spec}`: expected cpu, cuda or cuda:N"
-            ))),
+            _ => Err(GenError::InvalidArgument(format!("device `{spec}`: expected cpu, cuda or cuda:N"))),
         },
     }
 }
@@ -33,9 +31,7 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" => Ok(DType::F16),
-        _ => Err(GenError::InvalidArgument(format!(
-            "dtype `{spec}`: expected f32, bf16 or f16"
-        ))),
+        _ => Err(GenError::InvalidArgument(format!("dtype `{spec}`: expected f32, bf16 or f16"))),
     }
 }
 
@@ -44,10 +40,7 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
 /// CPU and converts on every call, about ten times slower.
 pub fn resolve_dtype(requested: Option<DType>, device: &Device) -> (DType, Option<String>) {
     match (requested, device.is_cpu()) {
-        (Some(DType::BF16), true) => (
-            DType::F32,
-            Some("bf16 has no fast matmul on CPU; computing in f32".to_string()),
-        ),
+        (Some(DType::BF16), true) => (DType::F32, Some("bf16 has no fast matmul on CPU; computing in f32".to_string())),
         (Some(d), _) => (d, None),
         (None, true) => (DType::F32, None),
         (None, false) => (DType::BF16, None),

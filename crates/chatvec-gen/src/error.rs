@@ -10,10 +10,7 @@ pub type Result<T> = std::result::Result<T, GenError>;
 pub enum GenError {
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A JSON file is malformed or lacks a required field.
     #[error("{path}: {message}")]
     BadFile { path: PathBuf, message: String },
@@ -22,11 +19,7 @@ pub enum GenError {
     NotAModel(String),
     /// The architecture named in config.json is not implemented.
     #[error("unsupported architecture {name} in {path}; supported: {supported}")]
-    UnsupportedArchitecture {
-        name: String,
-        path: PathBuf,
-        supported: String,
-    },
+    UnsupportedArchitecture { name: String, path: PathBuf, supported: String },
     /// A config value this implementation cannot honour.
     #[error("{path}: {message}")]
     UnsupportedConfig { path: PathBuf, message: String },
@@ -52,16 +45,10 @@ pub enum GenError {
 
 impl GenError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        GenError::Io {
-            path: path.into(),
-            source,
-        }
+        GenError::Io { path: path.into(), source }
     }
 
     pub(crate) fn bad_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        GenError::BadFile {
-            path: path.into(),
-            message: message.into(),
-        }
+        GenError::BadFile { path: path.into(), message: message.into() }
     }
 }

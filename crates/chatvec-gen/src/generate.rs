@@ -22,10 +22,7 @@ pub struct GenerationConfig {
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        GenerationConfig {
-            max_new_tokens: 512,
-            sampling: SamplingParams::default(),
-        }
+        GenerationConfig { max_new_tokens: 512, sampling: SamplingParams::default() }
     }
 }
 
@@ -89,13 +86,7 @@ where
         return Err(GenError::InvalidArgument("the prompt has no tokens".into()).into());
     }
     let mut sampler = Sampler::new(config.sampling.clone())?;
-    let shared = model
-        .cached_tokens()
-        .iter()
-        .zip(prompt)
-        .take_while(|(a, b)| a == b)
-        .count()
-        .min(prompt.len() - 1);
+    let shared = model.cached_tokens().iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
     model.truncate(shared)?;
 
     let mut output = GenerationOutput {

@@ -18,7 +18,7 @@ pub use device::{parse_device, parse_dtype, resolve_dtype};
 pub use error::{GenError, Result};
 pub use generate::{generate, GenerationConfig, GenerationOutput, StopReason};
 pub use models::{Architecture, Model};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{GenerationDefaults, Sampler, SamplingParams};
 pub use stops::StopSet;
 pub use template::{ChatTemplate, Message};
 pub use tokenizer::{ModelTokenizer, TextStream, TokenizerConfig};

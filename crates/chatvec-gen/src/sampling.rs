@@ -23,14 +23,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: None,
-            repetition_penalty: 1.0,
-            greedy: false,
-            seed: 0,
-        }
+        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: None, repetition_penalty: 1.0, greedy: false, seed: 0 }
     }
 }
 
@@ -39,19 +32,13 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(GenError::InvalidArgument(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad(format!(
-                "temperature must be >= 0, got {}",
-                self.temperature
-            ));
+            return bad(format!("temperature must be >= 0, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(format!(
-                "repetition_penalty must be > 0, got {}",
-                self.repetition_penalty
-            ));
+            return bad(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
         }
         Ok(())
     }
@@ -59,6 +46,49 @@ impl SamplingParams {
     /// Whether tokens are chosen by argmax.
     pub fn is_greedy(&self) -> bool {
         self.greedy || self.temperature == 0.0
+    }
+}
+
+/// transformers' `GenerationConfig` defaults for sampling, overridden by the model's
+/// `generation_config.json`: `do_sample` false, temperature 1, top_p 1, top_k 50,
+/// repetition_penalty 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationDefaults {
+    /// Whether the model's authors sample (`do_sample`).
+    pub do_sample: bool,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: Option<usize>,
+    pub repetition_penalty: f64,
+}
+
+impl Default for GenerationDefaults {
+    fn default() -> Self {
+        GenerationDefaults { do_sample: false, temperature: 1.0, top_p: 1.0, top_k: Some(50), repetition_penalty: 1.0 }
+    }
+}
+
+impl GenerationDefaults {
+    /// Reads `dir/generation_config.json` if there is one.
+    pub fn for_model(dir: &std::path::Path) -> Result<Self> {
+        let path = dir.join("generation_config.json");
+        let mut d = GenerationDefaults::default();
+        if !path.is_file() {
+            return Ok(d);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
+        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+        if let Some(b) = v.get("do_sample").and_then(serde_json::Value::as_bool) {
+            d.do_sample = b;
+        }
+        d.temperature = num("temperature").unwrap_or(d.temperature);
+        d.top_p = num("top_p").unwrap_or(d.top_p);
+        if let Some(k) = v.get("top_k").filter(|k| !k.is_null()) {
+            d.top_k = k.as_u64().map(|k| k as usize).filter(|&k| k > 0);
+        }
+        d.repetition_penalty = num("repetition_penalty").unwrap_or(d.repetition_penalty);
+        Ok(d)
     }
 }
 
@@ -80,9 +110,7 @@ impl Rng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        Rng {
-            s: [next(), next(), next(), next()],
-        }
+        Rng { s: [next(), next(), next(), next()] }
     }
 
     /// Next 64 random bits.
@@ -123,12 +151,7 @@ pub fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f6
 
 /// The distribution sampling draws from: softmax(logits / temperature) restricted by top-k and
 /// top-p and renormalised. Zero entries are filtered out.
-pub fn probabilities(
-    logits: &[f32],
-    temperature: f64,
-    top_k: Option<usize>,
-    top_p: f64,
-) -> Vec<f64> {
+pub fn probabilities(logits: &[f32], temperature: f64, top_k: Option<usize>, top_p: f64) -> Vec<f64> {
     let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / temperature).collect();
     let mut keep = vec![true; scaled.len()];
     if let Some(k) = top_k.filter(|&k| k > 0 && k < scaled.len()) {
@@ -141,17 +164,8 @@ pub fn probabilities(
         }
     }
     let softmax = |keep: &[bool]| -> Vec<f64> {
-        let max = scaled
-            .iter()
-            .zip(keep)
-            .filter(|(_, &k)| k)
-            .map(|(&s, _)| s)
-            .fold(f64::NEG_INFINITY, f64::max);
-        let mut p: Vec<f64> = scaled
-            .iter()
-            .zip(keep)
-            .map(|(&s, &k)| if k { (s - max).exp() } else { 0.0 })
-            .collect();
+        let max = scaled.iter().zip(keep).filter(|(_, &k)| k).map(|(&s, _)| s).fold(f64::NEG_INFINITY, f64::max);
+        let mut p: Vec<f64> = scaled.iter().zip(keep).map(|(&s, &k)| if k { (s - max).exp() } else { 0.0 }).collect();
         let sum: f64 = p.iter().sum();
         p.iter_mut().for_each(|x| *x /= sum);
         p
@@ -186,10 +200,7 @@ impl Sampler {
     /// A sampler seeded with `params.seed`.
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;
-        Ok(Sampler {
-            rng: Rng::new(params.seed),
-            params,
-        })
+        Ok(Sampler { rng: Rng::new(params.seed), params })
     }
 
     /// The parameters.
@@ -203,12 +214,7 @@ impl Sampler {
         if self.params.is_greedy() {
             return argmax(logits);
         }
-        let probs = probabilities(
-            logits,
-            self.params.temperature,
-            self.params.top_k,
-            self.params.top_p,
-        );
+        let probs = probabilities(logits, self.params.temperature, self.params.top_k, self.params.top_p);
         let mut r = self.rng.next_f64();
         let mut last = 0;
         for (i, &p) in probs.iter().enumerate() {
@@ -261,10 +267,7 @@ mod tests {
     #[test]
     fn top_p_keeps_the_smallest_head_reaching_the_mass() {
         // Probabilities 0.5, 0.3, 0.15, 0.05.
-        let logits: Vec<f32> = [0.5f64, 0.3, 0.15, 0.05]
-            .iter()
-            .map(|p| p.ln() as f32)
-            .collect();
+        let logits: Vec<f32> = [0.5f64, 0.3, 0.15, 0.05].iter().map(|p| p.ln() as f32).collect();
         let p = probabilities(&logits, 1.0, None, 0.7);
         assert!(close(&p, &[0.5 / 0.8, 0.3 / 0.8, 0.0, 0.0]), "{p:?}");
         let p = probabilities(&logits, 1.0, None, 0.81);
@@ -295,30 +298,19 @@ mod tests {
     #[test]
     fn sampler_follows_the_distribution_and_the_seed() {
         let logits = [0.0f32, (3.0f64).ln() as f32]; // p = 0.25, 0.75
-        let params = SamplingParams {
-            seed: 5,
-            ..SamplingParams::default()
-        };
+        let params = SamplingParams { seed: 5, ..SamplingParams::default() };
         let mut s = Sampler::new(params.clone()).unwrap();
-        let draws: Vec<u32> = (0..20_000)
-            .map(|_| s.sample(&mut logits.clone(), &[]))
-            .collect();
+        let draws: Vec<u32> = (0..20_000).map(|_| s.sample(&mut logits.clone(), &[])).collect();
         let ones = draws.iter().filter(|&&d| d == 1).count() as f64 / draws.len() as f64;
         assert!((ones - 0.75).abs() < 0.02, "{ones}");
         let mut again = Sampler::new(params).unwrap();
-        let replay: Vec<u32> = (0..20_000)
-            .map(|_| again.sample(&mut logits.clone(), &[]))
-            .collect();
+        let replay: Vec<u32> = (0..20_000).map(|_| again.sample(&mut logits.clone(), &[])).collect();
         assert_eq!(draws, replay);
     }
 
     #[test]
     fn greedy_and_zero_temperature_take_the_argmax() {
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::default()
-        })
-        .unwrap();
+        let mut s = Sampler::new(SamplingParams { temperature: 0.0, ..SamplingParams::default() }).unwrap();
         assert_eq!(s.sample(&mut [0.1, 0.9, 0.5], &[]), 1);
         assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
     }
@@ -326,22 +318,10 @@ mod tests {
     #[test]
     fn invalid_parameters_are_rejected() {
         for params in [
-            SamplingParams {
-                temperature: -1.0,
-                ..SamplingParams::default()
-            },
-            SamplingParams {
-                top_p: 0.0,
-                ..SamplingParams::default()
-            },
-            SamplingParams {
-                top_p: 1.5,
-                ..SamplingParams::default()
-            },
-            SamplingParams {
-                repetition_penalty: 0.0,
-                ..SamplingParams::default()
-            },
+            SamplingParams { temperature: -1.0, ..SamplingParams::default() },
+            SamplingParams { top_p: 0.0, ..SamplingParams::default() },
+            SamplingParams { top_p: 1.5, ..SamplingParams::default() },
+            SamplingParams { repetition_penalty: 0.0, ..SamplingParams::default() },
         ] {
             assert!(Sampler::new(params).is_err());
         }

@@ -10,15 +10,8 @@ use crate::tokenizer::ModelTokenizer;
 /// End-of-turn tokens of common chat formats; included whenever the vocabulary has them, so a
 /// merged model whose configs came from a base-derived target (eos = `<|end_of_text|>` only)
 /// still stops at the end of its turn.
-pub const END_OF_TURN_TOKENS: [&str; 7] = [
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|im_end|>",
-    "<end_of_turn>",
-    "<|end_of_turn|>",
-    "<|end|>",
-    "<|endoftext|>",
-];
+pub const END_OF_TURN_TOKENS: [&str; 7] =
+    ["<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<end_of_turn>", "<|end_of_turn|>", "<|end|>", "<|endoftext|>"];
 
 /// The set of stop ids, each with the reason it is in the set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,9 +71,7 @@ impl StopSet {
         }
         for token in extra {
             let id = tokenizer.token_to_id(token).ok_or_else(|| {
-                GenError::InvalidArgument(format!(
-                    "--stop {token}: not a single token of this tokenizer"
-                ))
+                GenError::InvalidArgument(format!("--stop {token}: not a single token of this tokenizer"))
             })?;
             set.insert(id, token.clone());
         }

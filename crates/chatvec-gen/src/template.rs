@@ -21,10 +21,7 @@ pub struct Message {
 impl Message {
     /// A turn with the given role.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
+        Message { role: role.into(), content: content.into() }
     }
 }
 
@@ -50,11 +47,7 @@ impl ChatTemplate {
     /// Finds the template of the model in `dir`: `chat_template.jinja`, then `chat_template` in
     /// `tokenizer_config.json` (a string, or a list of named templates of which `default` is
     /// used). `override_file` wins over both.
-    pub fn for_model(
-        dir: &Path,
-        tokenizer: &TokenizerConfig,
-        override_file: Option<&Path>,
-    ) -> Result<Self> {
+    pub fn for_model(dir: &Path, tokenizer: &TokenizerConfig, override_file: Option<&Path>) -> Result<Self> {
         if let Some(file) = override_file {
             return Self::from_file(file, tokenizer);
         }
@@ -81,11 +74,7 @@ impl ChatTemplate {
     }
 
     /// Compiles template text.
-    pub fn compile(
-        text: String,
-        tokenizer: &TokenizerConfig,
-        source: TemplateSource,
-    ) -> Result<Self> {
+    pub fn compile(text: String, tokenizer: &TokenizerConfig, source: TemplateSource) -> Result<Self> {
         let mut env = Environment::new();
         let syntax = minijinja::syntax::SyntaxConfig::builder()
             .trim_blocks(true)
@@ -98,14 +87,8 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(&text))
-            .map_err(|e| {
-                GenError::Template(format!("{}: {}", source_name(&source), one_line(&e)))
-            })?;
-        Ok(ChatTemplate {
-            env,
-            special_tokens: tokenizer.special_tokens(),
-            source,
-        })
+            .map_err(|e| GenError::Template(format!("{}: {}", source_name(&source), one_line(&e))))?;
+        Ok(ChatTemplate { env, special_tokens: tokenizer.special_tokens(), source })
     }
 
     /// Where the template came from.
@@ -128,19 +111,12 @@ impl ChatTemplate {
     }
 
     /// Renders messages given as JSON (content lists, tool calls and so on pass through).
-    pub fn render_json(
-        &self,
-        messages: &serde_json::Value,
-        add_generation_prompt: bool,
-    ) -> Result<String> {
+    pub fn render_json(&self, messages: &serde_json::Value, add_generation_prompt: bool) -> Result<String> {
         self.render_values(json_to_value(messages), add_generation_prompt)
     }
 
     fn render_values(&self, messages: Value, add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| GenError::Template(one_line(&e)))?;
+        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| GenError::Template(one_line(&e)))?;
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", messages),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
@@ -150,9 +126,8 @@ impl ChatTemplate {
         for (name, token) in &self.special_tokens {
             ctx.push((name.as_str(), Value::from(token.as_str())));
         }
-        tmpl.render(Value::from_pairs(ctx)).map_err(|e| {
-            GenError::Template(format!("{}: {}", source_name(&self.source), one_line(&e)))
-        })
+        tmpl.render(Value::from_pairs(ctx))
+            .map_err(|e| GenError::Template(format!("{}: {}", source_name(&self.source), one_line(&e))))
     }
 }
 
@@ -184,8 +159,7 @@ fn strip_generation_tags(text: &str) -> String {
             break;
         };
         let tag = &rest[start..start + len + 2];
-        let inner =
-            tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let inner = tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
         out.push_str(&rest[..start]);
         if inner != "generation" && inner != "endgeneration" {
             out.push_str(tag);
@@ -202,10 +176,8 @@ fn raise_exception(message: String) -> std::result::Result<Value, JinjaError> {
 
 /// `strftime_now(format)`: the current UTC time formatted with the common strftime codes.
 fn strftime_now(format: String) -> std::result::Result<Value, JinjaError> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     Ok(Value::from(strftime(&format, secs)))
 }
 
@@ -223,15 +195,7 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// Formats a Unix time (UTC) with strftime codes %Y %y %m %d %e %H %I %M %S %p %B %b %A %a %j %%.
 pub(crate) fn strftime(format: &str, unix_secs: i64) -> String {
@@ -316,12 +280,7 @@ fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, JinjaErro
         None if indent.is_some() => (",".to_string(), ": ".to_string()),
         None => (", ".to_string(), ": ".to_string()),
     };
-    let style = JsonStyle {
-        indent,
-        item_sep,
-        key_sep,
-        sort_keys: sort_keys.unwrap_or(false),
-    };
+    let style = JsonStyle { indent, item_sep, key_sep, sort_keys: sort_keys.unwrap_or(false) };
     let mut out = String::new();
     write_json(&mut out, value, &style, 0)?;
     Ok(Value::from(out))
@@ -334,12 +293,7 @@ struct JsonStyle {
     sort_keys: bool,
 }
 
-fn write_json(
-    out: &mut String,
-    v: &Value,
-    style: &JsonStyle,
-    depth: usize,
-) -> std::result::Result<(), JinjaError> {
+fn write_json(out: &mut String, v: &Value, style: &JsonStyle, depth: usize) -> std::result::Result<(), JinjaError> {
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = style.indent {
             out.push('\n');
@@ -442,9 +396,7 @@ pub(crate) fn json_to_value(v: &serde_json::Value) -> Value {
         },
         serde_json::Value::String(s) => Value::from(s.as_str()),
         serde_json::Value::Array(items) => items.iter().map(json_to_value).collect(),
-        serde_json::Value::Object(map) => {
-            Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), json_to_value(v))))
-        }
+        serde_json::Value::Object(map) => Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), json_to_value(v)))),
     }
 }
 
@@ -489,26 +441,16 @@ mod tests {
     #[test]
     fn raise_exception_fails_the_render_with_its_message() {
         let t = compile("{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok");
-        let err = t
-            .render(&[Message::new("assistant", "x")], false)
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("Conversation must start with user"),
-            "{err}"
-        );
+        let err = t.render(&[Message::new("assistant", "x")], false).unwrap_err();
+        assert!(err.to_string().contains("Conversation must start with user"), "{err}");
         assert!(!err.to_string().contains('\n'));
         assert_eq!(t.render(&[Message::new("user", "x")], false).unwrap(), "ok");
     }
 
     #[test]
     fn tojson_matches_python_json_dumps() {
-        let t = compile(
-            "{{ messages[0] | tojson }}|{{ {'a': [1, 2.5, none, true]} | tojson(indent=2) }}",
-        );
-        let out = t
-            .render(&[Message::new("user", "한\"국\n")], false)
-            .unwrap();
+        let t = compile("{{ messages[0] | tojson }}|{{ {'a': [1, 2.5, none, true]} | tojson(indent=2) }}");
+        let out = t.render(&[Message::new("user", "한\"국\n")], false).unwrap();
         assert_eq!(
             out,
             "{\"content\": \"한\\\"국\\n\", \"role\": \"user\"}|{\n  \"a\": [\n    1,\n    2.5,\n    null,\n    true\n  ]\n}"
@@ -517,13 +459,8 @@ mod tests {
 
     #[test]
     fn generation_tags_render_their_body() {
-        let t = compile(
-            "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}",
-        );
-        assert_eq!(
-            t.render(&[Message::new("assistant", "x")], false).unwrap(),
-            "x"
-        );
+        let t = compile("{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}");
+        assert_eq!(t.render(&[Message::new("assistant", "x")], false).unwrap(), "x");
     }
 
     #[test]
@@ -531,10 +468,7 @@ mod tests {
         // 2024-07-23 00:00:00 UTC (a Tuesday), day 205 of a leap year.
         let t = 1_721_692_800;
         assert_eq!(strftime("%d %b %Y", t), "23 Jul 2024");
-        assert_eq!(
-            strftime("%A %B %j %H:%M:%S %y %%", t + 3723),
-            "Tuesday July 205 01:02:03 24 %"
-        );
+        assert_eq!(strftime("%A %B %j %H:%M:%S %y %%", t + 3723), "Tuesday July 205 01:02:03 24 %");
         assert_eq!(strftime("%Y-%m-%d", 0), "1970-01-01");
         let now = strftime_now("%Y".into()).unwrap();
         assert!(now.as_str().unwrap().parse::<i32>().unwrap() >= 2024);
@@ -550,10 +484,7 @@ mod tests {
         }));
         let dir = tempfile::tempdir().unwrap();
         let t = ChatTemplate::for_model(dir.path(), &tok, None).unwrap();
-        assert_eq!(
-            t.render(&[Message::new("user", "x")], true).unwrap(),
-            "DEFAULT 1"
-        );
+        assert_eq!(t.render(&[Message::new("user", "x")], true).unwrap(), "DEFAULT 1");
     }
 
     #[test]
@@ -565,14 +496,8 @@ mod tests {
         assert_eq!(t.render(&[], true).unwrap(), "FILE");
 
         let empty = tempfile::tempdir().unwrap();
-        let err = ChatTemplate::for_model(empty.path(), &TokenizerConfig::default(), None)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains("--chat-template FILE") && err.contains("merge with chatvec"),
-            "{err}"
-        );
+        let err = ChatTemplate::for_model(empty.path(), &TokenizerConfig::default(), None).err().unwrap().to_string();
+        assert!(err.contains("--chat-template FILE") && err.contains("merge with chatvec"), "{err}");
         assert!(!err.contains('\n'));
     }
 }

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tokenizers::{
-    DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
-    Tokenizer,
+    DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, Tokenizer,
 };
 
 use crate::error::{GenError, Result};
@@ -20,15 +19,8 @@ pub struct TokenizerConfig {
 }
 
 /// The special-token names transformers passes to chat templates.
-const SPECIAL_TOKEN_KEYS: [&str; 7] = [
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "pad_token",
-    "sep_token",
-    "cls_token",
-    "mask_token",
-];
+const SPECIAL_TOKEN_KEYS: [&str; 7] =
+    ["bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"];
 
 impl TokenizerConfig {
     /// Reads the files in `dir`; missing files leave the config empty.
@@ -39,17 +31,12 @@ impl TokenizerConfig {
                 return Ok((None, Value::Null));
             }
             let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
-            let value = serde_json::from_str(&text)
-                .map_err(|e| GenError::bad_file(&path, e.to_string()))?;
+            let value = serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
             Ok((Some(path), value))
         };
         let (path, config) = read("tokenizer_config.json")?;
         let (_, special_map) = read("special_tokens_map.json")?;
-        Ok(TokenizerConfig {
-            path,
-            config,
-            special_map,
-        })
+        Ok(TokenizerConfig { path, config, special_map })
     }
 
     /// A special token such as `eos_token`, written as a string or an `{"content": ...}` object.
@@ -59,18 +46,12 @@ impl TokenizerConfig {
             Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
             _ => None,
         };
-        self.config
-            .get(key)
-            .and_then(as_text)
-            .or_else(|| self.special_map.get(key).and_then(as_text))
+        self.config.get(key).and_then(as_text).or_else(|| self.special_map.get(key).and_then(as_text))
     }
 
     /// `(name, token)` pairs for the special tokens that are set.
     pub fn special_tokens(&self) -> Vec<(String, String)> {
-        SPECIAL_TOKEN_KEYS
-            .iter()
-            .filter_map(|k| self.token(k).map(|t| (k.to_string(), t)))
-            .collect()
+        SPECIAL_TOKEN_KEYS.iter().filter_map(|k| self.token(k).map(|t| (k.to_string(), t))).collect()
     }
 
     /// The `chat_template` entry: a string, or the `default` of a list of named templates.
@@ -87,25 +68,15 @@ impl TokenizerConfig {
                             .flatten()
                     })
                 };
-                named("default")
-                    .map(|t| Some(t.to_string()))
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = list
-                            .iter()
-                            .filter_map(|t| t.get("name").and_then(Value::as_str))
-                            .collect();
-                        GenError::bad_file(
-                            path(),
-                            format!(
-                            "`chat_template` lists templates {names:?} but none named `default`"
-                        ),
-                        )
-                    })
+                named("default").map(|t| Some(t.to_string())).ok_or_else(|| {
+                    let names: Vec<&str> = list.iter().filter_map(|t| t.get("name").and_then(Value::as_str)).collect();
+                    GenError::bad_file(
+                        path(),
+                        format!("`chat_template` lists templates {names:?} but none named `default`"),
+                    )
+                })
             }
-            Some(_) => Err(GenError::bad_file(
-                path(),
-                "`chat_template` is neither a string nor a list",
-            )),
+            Some(_) => Err(GenError::bad_file(path(), "`chat_template` is neither a string nor a list")),
         }
     }
 }
@@ -130,17 +101,11 @@ impl ModelTokenizer {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
-            return Err(GenError::NotAModel(format!(
-                "{}: no tokenizer.json",
-                dir.display()
-            )));
+            return Err(GenError::NotAModel(format!("{}: no tokenizer.json", dir.display())));
         }
         let inner = Tokenizer::from_file(&path)
             .map_err(|e| GenError::bad_file(&path, format!("cannot load tokenizer: {e}")))?;
-        Ok(ModelTokenizer {
-            inner,
-            config: TokenizerConfig::load(dir)?,
-        })
+        Ok(ModelTokenizer { inner, config: TokenizerConfig::load(dir)? })
     }
 
     /// The tokenizer configuration (special tokens, chat template).
@@ -156,18 +121,13 @@ impl ModelTokenizer {
     /// Token ids of `text`. Chat prompts are encoded with `add_special_tokens = false`, as
     /// transformers does, because the template already wrote the BOS token.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| GenError::Tokenizer(e.to_string()))?;
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| GenError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| GenError::Tokenizer(e.to_string()))
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| GenError::Tokenizer(e.to_string()))
     }
 
     /// Id of a token written exactly as in the vocabulary (e.g. `<|eot_id|>`).
@@ -183,9 +143,7 @@ impl ModelTokenizer {
     /// An incremental decoder that yields text as soon as it is complete UTF-8, skipping
     /// special tokens.
     pub fn stream(&self) -> TextStream<'_> {
-        TextStream {
-            inner: self.inner.decode_stream(true),
-        }
+        TextStream { inner: self.inner.decode_stream(true) }
     }
 }
 
@@ -199,8 +157,6 @@ pub struct TextStream<'a> {
 impl TextStream<'_> {
     /// Adds one token; returns the text it completes, if any.
     pub fn step(&mut self, id: u32) -> Result<Option<String>> {
-        self.inner
-            .step(id)
-            .map_err(|e| GenError::Tokenizer(e.to_string()))
+        self.inner.step(id).map_err(|e| GenError::Tokenizer(e.to_string()))
     }
 }

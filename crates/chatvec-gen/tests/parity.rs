@@ -6,8 +6,8 @@ use std::ops::ControlFlow;
 
 use candle_core::{DType, Device};
 use chatvec_gen::{
-    generate, ChatTemplate, GenError, GenerationConfig, Message, Model, ModelTokenizer,
-    SamplingParams, StopReason, StopSet,
+    generate, ChatTemplate, GenError, GenerationConfig, Message, Model, ModelTokenizer, SamplingParams, StopReason,
+    StopSet,
 };
 use common::{ids, oracle, oracle_model_dir};
 
@@ -44,9 +44,7 @@ fn tokenisation_matches_oracle_input_ids() {
     let o = oracle();
     let dir = oracle_model_dir();
     let tok = ModelTokenizer::load(dir.path()).unwrap();
-    let got = tok
-        .encode(o["prompt_text"].as_str().unwrap(), false)
-        .unwrap();
+    let got = tok.encode(o["prompt_text"].as_str().unwrap(), false).unwrap();
     assert_eq!(got, ids(&o["input_ids"]));
 }
 
@@ -56,23 +54,10 @@ fn last_logits_match_oracle_within_1e_3() {
     let dir = oracle_model_dir();
     let mut model = load(dir.path());
     let input = ids(&o["input_ids"]);
-    let logits = model
-        .forward_last(&input)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let expected: Vec<f64> = o["last_logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let logits = model.forward_last(&input).unwrap().to_vec1::<f32>().unwrap();
+    let expected: Vec<f64> = o["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     assert_eq!(logits.len(), expected.len());
-    let max_diff = logits
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (*a as f64 - b).abs())
-        .fold(0.0, f64::max);
+    let max_diff = logits.iter().zip(&expected).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
     assert!(max_diff < 1e-3, "max |diff| = {max_diff}");
 }
 
@@ -100,13 +85,8 @@ fn greedy_ids_match_oracle() {
     let mut model = load(dir.path());
     let tok = ModelTokenizer::load(dir.path()).unwrap();
     let stops = StopSet::for_model(dir.path(), &tok, &[]).unwrap();
-    let config = GenerationConfig {
-        max_new_tokens: 24,
-        sampling: SamplingParams {
-            greedy: true,
-            ..SamplingParams::default()
-        },
-    };
+    let config =
+        GenerationConfig { max_new_tokens: 24, sampling: SamplingParams { greedy: true, ..SamplingParams::default() } };
     let mut streamed = Vec::new();
     let out = generate::<GenError, _>(&mut model, &ids(&o["input_ids"]), &config, &stops, |id| {
         streamed.push(id);
@@ -117,10 +97,7 @@ fn greedy_ids_match_oracle() {
     assert_eq!(out.tokens, expected);
     assert_eq!(streamed, expected);
     assert_eq!(out.stop, StopReason::Length);
-    assert_eq!(
-        tok.decode(&out.tokens, true).unwrap(),
-        o["greedy_text"].as_str().unwrap()
-    );
+    assert_eq!(tok.decode(&out.tokens, true).unwrap(), o["greedy_text"].as_str().unwrap());
 }
 
 #[test]
@@ -143,13 +120,8 @@ fn generation_stops_on_a_stop_id_without_streaming_it() {
     // The third greedy token (1816) is made a stop token.
     let extra = vec![tok.id_to_token(1816).unwrap()];
     let stops = StopSet::for_model(dir.path(), &tok, &extra).unwrap();
-    let config = GenerationConfig {
-        max_new_tokens: 24,
-        sampling: SamplingParams {
-            greedy: true,
-            ..SamplingParams::default()
-        },
-    };
+    let config =
+        GenerationConfig { max_new_tokens: 24, sampling: SamplingParams { greedy: true, ..SamplingParams::default() } };
     let mut streamed = Vec::new();
     let out = generate::<GenError, _>(&mut model, &ids(&o["input_ids"]), &config, &stops, |id| {
         streamed.push(id);
@@ -165,18 +137,9 @@ fn sample_run(model: &mut Model, prompt: &[u32], seed: u64, temperature: f64) ->
     model.reset();
     let config = GenerationConfig {
         max_new_tokens: 24,
-        sampling: SamplingParams {
-            temperature,
-            top_p: 0.95,
-            seed,
-            ..SamplingParams::default()
-        },
+        sampling: SamplingParams { temperature, top_p: 0.95, seed, ..SamplingParams::default() },
     };
-    generate::<GenError, _>(model, prompt, &config, &StopSet::new(), |_| {
-        Ok(ControlFlow::Continue(()))
-    })
-    .unwrap()
-    .tokens
+    generate::<GenError, _>(model, prompt, &config, &StopSet::new(), |_| Ok(ControlFlow::Continue(()))).unwrap().tokens
 }
 
 #[test]
@@ -201,13 +164,8 @@ fn cached_prefix_reuse_gives_the_same_answer_as_a_fresh_model() {
     let dir = oracle_model_dir();
     let mut model = load(dir.path());
     let prompt = ids(&o["input_ids"]);
-    let config = GenerationConfig {
-        max_new_tokens: 6,
-        sampling: SamplingParams {
-            greedy: true,
-            ..SamplingParams::default()
-        },
-    };
+    let config =
+        GenerationConfig { max_new_tokens: 6, sampling: SamplingParams { greedy: true, ..SamplingParams::default() } };
     let cont = |_| Ok::<_, GenError>(ControlFlow::Continue(()));
     let first = generate(&mut model, &prompt, &config, &StopSet::new(), cont).unwrap();
     // A second turn: history + answer + more tokens, as a chat re-sends it.
@@ -215,27 +173,16 @@ fn cached_prefix_reuse_gives_the_same_answer_as_a_fresh_model() {
     second_prompt.extend(&first.tokens);
     second_prompt.extend([2004, 2002, 84, 1040, 2003, 198, 198, 1900, 2004]);
     let reused = generate(&mut model, &second_prompt, &config, &StopSet::new(), cont).unwrap();
-    assert_eq!(
-        reused.reused_prompt_tokens,
-        prompt.len() + first.tokens.len() - 1
-    );
+    assert_eq!(reused.reused_prompt_tokens, prompt.len() + first.tokens.len() - 1);
     let mut fresh_model = load(dir.path());
-    let fresh = generate(
-        &mut fresh_model,
-        &second_prompt,
-        &config,
-        &StopSet::new(),
-        cont,
-    )
-    .unwrap();
+    let fresh = generate(&mut fresh_model, &second_prompt, &config, &StopSet::new(), cont).unwrap();
     assert_eq!(fresh.reused_prompt_tokens, 0);
     assert_eq!(reused.tokens, fresh.tokens);
 }
 
 #[test]
 fn forward_all_gives_the_oracle_perplexity() {
-    let text = std::fs::read_to_string(common::fixtures().join("expected/perplexity_oracle.json"))
-        .unwrap();
+    let text = std::fs::read_to_string(common::fixtures().join("expected/perplexity_oracle.json")).unwrap();
     let o: serde_json::Value = serde_json::from_str(&text).unwrap();
     let input = ids(&o["input_ids"]);
     let dir = oracle_model_dir();
@@ -244,12 +191,7 @@ fn forward_all_gives_the_oracle_perplexity() {
     let mut nll = 0.0f64;
     for (row, &next) in logits.iter().zip(&input[1..]) {
         let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let lse = max
-            + row
-                .iter()
-                .map(|&l| (l as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
+        let lse = max + row.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
         nll += lse - row[next as usize] as f64;
     }
     let mean = nll / (input.len() - 1) as f64;

@@ -49,9 +49,7 @@ fn byte_token(tok: &ModelTokenizer, b: u8) -> u32 {
 }
 
 fn gpt2_byte_char(b: u8) -> char {
-    let printable = |c: u8| {
-        (b'!'..=b'~').contains(&c) || (0xa1..=0xac).contains(&c) || (0xae..=0xff).contains(&c)
-    };
+    let printable = |c: u8| (b'!'..=b'~').contains(&c) || (0xa1..=0xac).contains(&c) || (0xae..=0xff).contains(&c);
     if printable(b) {
         return b as char;
     }
@@ -69,54 +67,31 @@ fn gpt2_byte_char(b: u8) -> char {
 
 #[test]
 fn bad_model_dirs_give_one_line_errors() {
-    let missing = Model::load(
-        std::path::Path::new("/nonexistent/model"),
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        missing.contains("/nonexistent/model") && missing.contains("not a directory"),
-        "{missing}"
-    );
+    let missing =
+        Model::load(std::path::Path::new("/nonexistent/model"), &Device::Cpu, DType::F32).unwrap_err().to_string();
+    assert!(missing.contains("/nonexistent/model") && missing.contains("not a directory"), "{missing}");
 
     let empty = tempfile::tempdir().unwrap();
-    let err = Model::load(empty.path(), &Device::Cpu, DType::F32)
-        .unwrap_err()
-        .to_string();
+    let err = Model::load(empty.path(), &Device::Cpu, DType::F32).unwrap_err().to_string();
     assert!(err.contains("no config.json"), "{err}");
 
     let dir = common::oracle_model_dir();
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    let err = Model::load(dir.path(), &Device::Cpu, DType::F32)
-        .unwrap_err()
-        .to_string();
+    let err = Model::load(dir.path(), &Device::Cpu, DType::F32).unwrap_err().to_string();
     assert!(err.contains("no *.safetensors"), "{err}");
 
     let dir = common::oracle_model_dir();
     let cfg = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("LlamaForCausalLM", "FalconForCausalLM");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("LlamaForCausalLM", "FalconForCausalLM");
     std::fs::write(&cfg, text).unwrap();
-    let err = Model::load(dir.path(), &Device::Cpu, DType::F32)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("FalconForCausalLM") && err.contains("Qwen2ForCausalLM"),
-        "{err}"
-    );
+    let err = Model::load(dir.path(), &Device::Cpu, DType::F32).unwrap_err().to_string();
+    assert!(err.contains("FalconForCausalLM") && err.contains("Qwen2ForCausalLM"), "{err}");
 
     let dir = common::oracle_model_dir();
     let cfg = dir.path().join("config.json");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("\"hidden_size\": 64", "\"hidden_size\": 32");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"hidden_size\": 64", "\"hidden_size\": 32");
     std::fs::write(&cfg, text).unwrap();
-    let err = Model::load(dir.path(), &Device::Cpu, DType::F32)
-        .unwrap_err()
-        .to_string();
+    let err = Model::load(dir.path(), &Device::Cpu, DType::F32).unwrap_err().to_string();
     assert!(err.contains("model.embed_tokens.weight has shape"), "{err}");
 
     for e in [missing, err] {

@@ -1,9 +1,310 @@
+//! `chatvec generate`: answer one prompt through the model's chat template, streaming the text,
+//! once per requested temperature. Also holds what `chat` shares: model loading and sampling
+//! flags.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Arguments (not yet implemented).
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::{bail, Context, Result};
+use chatvec_gen::models::read_config;
+use chatvec_gen::{
+    generate, parse_device, parse_dtype, resolve_dtype, ChatTemplate, GenerationConfig, GenerationDefaults,
+    GenerationOutput, Model, ModelTokenizer, SamplingParams, StopReason, StopSet,
+};
+use serde_json::json;
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+use super::common::HubArgs;
+
+/// Generate arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// System prompt (put before the messages).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// The user's message.
+    #[arg(long, required_unless_present = "messages", conflicts_with = "messages")]
+    pub prompt: Option<String>,
+    /// A JSON file with a list of {"role", "content"} messages, instead of --prompt.
+    #[arg(long, value_name = "FILE")]
+    pub messages: Option<PathBuf>,
+    /// Sampling temperature; a comma-separated list runs once per value (e.g. 0.6,0.1,1.0).
+    /// Default: generation_config.json's (sampling only if it sets do_sample).
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "greedy")]
+    pub temperature: Vec<f64>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print one JSON record at the end instead of streaming text and statistics.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which model to load, where, and how its prompts are built and ended.
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// Model directory or hub id (org/name[@revision]).
+    #[arg(long, value_name = "MODEL")]
+    pub model: String,
+    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA; bf16 on CPU runs as
+    /// f32 because candle has no fast bf16 matmul there).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// A Jinja chat template to use instead of the model's.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+    /// Another token that ends the answer, as written in the vocabulary (repeatable).
+    #[arg(long = "stop", value_name = "TOKEN")]
+    pub stop: Vec<String>,
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+/// Sampling flags shared by `generate` and `chat`; unset ones come from the model's
+/// generation_config.json, then transformers' defaults.
+#[derive(clap::Args, Debug)]
+pub struct SamplingArgs {
+    /// Most tokens to generate per answer.
+    #[arg(long, default_value_t = 512)]
+    pub max_new_tokens: usize,
+    /// Nucleus sampling mass in (0, 1].
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Keep only the k most likely tokens (0 disables; transformers' default is 50).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Penalise tokens already in the context (1 disables).
+    #[arg(long)]
+    pub repetition_penalty: Option<f64>,
+    /// Random seed; the same seed and flags give the same answer (default: from the clock,
+    /// reported at the end).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Always take the most likely token.
+    #[arg(long)]
+    pub greedy: bool,
+}
+
+impl SamplingArgs {
+    /// Parameters for one run: flags over generation_config.json over transformers' defaults.
+    /// A given temperature turns sampling on, as users comparing temperatures expect.
+    pub fn params(&self, defaults: &GenerationDefaults, temperature: Option<f64>, seed: u64) -> Result<SamplingParams> {
+        let params = SamplingParams {
+            temperature: temperature.unwrap_or(defaults.temperature),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            top_k: match self.top_k {
+                Some(0) => None,
+                Some(k) => Some(k),
+                None => defaults.top_k,
+            },
+            repetition_penalty: self.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+            greedy: self.greedy || (temperature.is_none() && !defaults.do_sample),
+            seed,
+        };
+        params.validate()?;
+        Ok(params)
+    }
+
+    /// The seed to use: the flag, else one from the clock.
+    pub fn seed(&self) -> u64 {
+        self.seed
+            .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0))
+    }
+}
+
+/// A loaded model with everything needed to turn messages into an answer.
+pub struct Session {
+    pub dir: PathBuf,
+    pub model: Model,
+    pub tokenizer: ModelTokenizer,
+    pub template: ChatTemplate,
+    pub stops: StopSet,
+    pub defaults: GenerationDefaults,
+    pub device_name: String,
+}
+
+impl Session {
+    /// Resolves and loads the model; cheap checks (config, tokenizer, template) come before the
+    /// weights so mistakes fail fast.
+    pub fn open(args: &ModelArgs) -> Result<Self> {
+        let dir = args.hub.resolve(&args.model)?.path;
+        read_config(&dir)?;
+        let tokenizer = ModelTokenizer::load(&dir)?;
+        let template = ChatTemplate::for_model(&dir, tokenizer.config(), args.chat_template.as_deref())?;
+        let stops = StopSet::for_model(&dir, &tokenizer, &args.stop)?;
+        let defaults = GenerationDefaults::for_model(&dir)?;
+        let device = parse_device(&args.device)?;
+        let requested = args.dtype.as_deref().map(parse_dtype).transpose()?;
+        let (dtype, note) = resolve_dtype(requested, &device);
+        if let Some(note) = note {
+            eprintln!("note: {note}");
+        }
+        let model = Model::load(&dir, &device, dtype)?;
+        Ok(Session { dir, model, tokenizer, template, stops, defaults, device_name: args.device.clone() })
+    }
+
+    /// Generates an answer to `prompt` ids, writing text to `out` as it is made (when given).
+    /// Returns the result and the answer's text.
+    pub fn answer(
+        &mut self,
+        prompt: &[u32],
+        config: &GenerationConfig,
+        mut out: Option<&mut dyn Write>,
+        interrupt: &AtomicBool,
+    ) -> Result<(GenerationOutput, String)> {
+        let mut stream = self.tokenizer.stream();
+        let mut text = String::new();
+        let result = generate::<anyhow::Error, _>(&mut self.model, prompt, config, &self.stops, |id| {
+            if let Some(chunk) = stream.step(id)? {
+                if let Some(w) = out.as_deref_mut() {
+                    w.write_all(chunk.as_bytes())?;
+                    w.flush()?;
+                }
+                text.push_str(&chunk);
+            }
+            if interrupt.swap(false, Ordering::SeqCst) {
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok((result, text))
+    }
+
+    /// Human description of why generation ended.
+    pub fn describe_stop(&self, stop: StopReason, max_new_tokens: usize) -> String {
+        match stop {
+            StopReason::StopToken { id } => self.stops.describe(id),
+            StopReason::Length => format!("length limit ({max_new_tokens})"),
+            StopReason::Cancelled => "interrupted".to_string(),
+        }
+    }
+
+    /// The statistics line printed to stderr after an answer.
+    pub fn stats_line(&self, out: &GenerationOutput, max_new_tokens: usize) -> String {
+        let rate =
+            out.decode_tokens_per_second().map(|r| format!("{r:.1} tokens/s")).unwrap_or_else(|| "n/a".to_string());
+        format!(
+            "prompt tokens {}, new tokens {}, stop {}, time to first token {:.3} s, decode {}",
+            out.prompt_tokens,
+            out.tokens.len(),
+            self.describe_stop(out.stop, max_new_tokens),
+            out.time_to_first_token.as_secs_f64(),
+            rate
+        )
+    }
+}
+
+/// Reads `--messages FILE`: a JSON list of objects with a string `role`.
+fn read_messages(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let list = match value {
+        serde_json::Value::Array(list) if list.iter().all(|m| m.get("role").and_then(|r| r.as_str()).is_some()) => list,
+        _ => bail!("{}: expected a JSON list of {{\"role\", \"content\"}} messages", path.display()),
+    };
+    Ok(list)
+}
+
+/// Runs `chatvec generate`.
+pub fn run(a: Args) -> Result<ExitCode> {
+    let mut messages = Vec::new();
+    if let Some(system) = &a.system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    match (&a.prompt, &a.messages) {
+        (Some(prompt), None) => messages.push(json!({"role": "user", "content": prompt})),
+        (None, Some(file)) => messages.extend(read_messages(file)?),
+        _ => bail!("give exactly one of --prompt and --messages"),
+    }
+    // Validate the sampling flags before the (slow) model load.
+    let seed = a.sampling.seed();
+    let temperatures: Vec<Option<f64>> =
+        if a.temperature.is_empty() { vec![None] } else { a.temperature.iter().copied().map(Some).collect() };
+    for t in &temperatures {
+        a.sampling.params(&GenerationDefaults::default(), *t, seed)?;
+    }
+
+    let mut session = Session::open(&a.model)?;
+    let prompt_text = session.template.render_json(&serde_json::Value::Array(messages), true)?;
+    let prompt = session.tokenizer.encode(&prompt_text, false)?;
+    let interrupt = super::common::interrupt_flag();
+
+    let mut runs = Vec::new();
+    let stdout = std::io::stdout();
+    for (i, temperature) in temperatures.iter().enumerate() {
+        let sampling = a.sampling.params(&session.defaults, *temperature, seed)?;
+        let config = GenerationConfig { max_new_tokens: a.sampling.max_new_tokens, sampling: sampling.clone() };
+        if !a.json && temperatures.len() > 1 {
+            eprintln!("[temperature {}]", sampling.temperature);
+        }
+        let (out, text) = if a.json {
+            session.answer(&prompt, &config, None, &interrupt)?
+        } else {
+            let mut lock = stdout.lock();
+            let result = session.answer(&prompt, &config, Some(&mut lock), &interrupt)?;
+            writeln!(lock)?;
+            lock.flush()?;
+            result
+        };
+        if !a.json {
+            eprintln!(
+                "{}{}",
+                session.stats_line(&out, config.max_new_tokens),
+                if i == 0 && !sampling.is_greedy() { format!(", seed {seed}") } else { String::new() }
+            );
+        }
+        runs.push(run_record(&session, &sampling, &out, &text));
+        if out.stop == StopReason::Cancelled {
+            break;
+        }
+    }
+    if a.json {
+        let record = json!({
+            "model": session.dir.display().to_string(),
+            "architecture": session.model.architecture().to_string(),
+            "device": session.device_name,
+            "dtype": format!("{:?}", session.model.dtype()).to_lowercase(),
+            "prompt_text": prompt_text,
+            "prompt_tokens": prompt.len(),
+            "stop_ids": session.stops.ids(),
+            "runs": runs,
+        });
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_record(session: &Session, sampling: &SamplingParams, out: &GenerationOutput, text: &str) -> serde_json::Value {
+    let stop = match out.stop {
+        StopReason::StopToken { id } => json!({
+            "kind": "stop_token",
+            "id": id,
+            "token": session.tokenizer.id_to_token(id),
+        }),
+        StopReason::Length => json!({"kind": "length"}),
+        StopReason::Cancelled => json!({"kind": "cancelled"}),
+    };
+    json!({
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "repetition_penalty": sampling.repetition_penalty,
+        "greedy": sampling.is_greedy(),
+        "seed": sampling.seed,
+        "text": text,
+        "new_tokens": out.tokens.len(),
+        "token_ids": out.tokens,
+        "stop": stop,
+        "reused_prompt_tokens": out.reused_prompt_tokens,
+        "time_to_first_token_s": out.time_to_first_token.as_secs_f64(),
+        "decode_tokens_per_second": out.decode_tokens_per_second(),
+    })
 }

@@ -26,12 +26,7 @@ pub enum RopeScaling {
     /// Positions divided by `factor`.
     Linear { factor: f64 },
     /// Llama 3.1 frequency-band rescaling.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: f64,
-    },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
 }
 
 /// MLP activation.
@@ -91,8 +86,7 @@ impl JsonConfig<'_> {
     }
 
     pub fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?
-            .ok_or_else(|| GenError::bad_file(self.path, format!("missing integer `{key}`")))
+        self.opt_usize(key)?.ok_or_else(|| GenError::bad_file(self.path, format!("missing integer `{key}`")))
     }
 
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
@@ -108,20 +102,18 @@ impl JsonConfig<'_> {
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.field(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| GenError::bad_file(self.path, format!("`{key}` is not a number"))),
+            Some(v) => {
+                v.as_f64().map(Some).ok_or_else(|| GenError::bad_file(self.path, format!("`{key}` is not a number")))
+            }
         }
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.field(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| GenError::bad_file(self.path, format!("`{key}` is not a boolean"))),
+            Some(v) => {
+                v.as_bool().map(Some).ok_or_else(|| GenError::bad_file(self.path, format!("`{key}` is not a boolean")))
+            }
         }
     }
 
@@ -138,11 +130,7 @@ impl JsonConfig<'_> {
 pub(crate) fn token_ids(value: Option<&Value>) -> Vec<u32> {
     match value {
         Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|n| n as u32)
-            .collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
         _ => Vec::new(),
     }
 }
@@ -161,10 +149,7 @@ pub(crate) fn common(cfg: &JsonConfig, defaults: Defaults) -> Result<DecoderConf
     let hidden_size = cfg.usize("hidden_size")?;
     let num_heads = cfg.usize("num_attention_heads")?;
     if num_heads == 0 || hidden_size == 0 {
-        return Err(GenError::bad_file(
-            cfg.path,
-            "hidden_size and num_attention_heads must be positive",
-        ));
+        return Err(GenError::bad_file(cfg.path, "hidden_size and num_attention_heads must be positive"));
     }
     let num_kv_heads = cfg.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
     if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
@@ -173,19 +158,11 @@ pub(crate) fn common(cfg: &JsonConfig, defaults: Defaults) -> Result<DecoderConf
             format!("num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"),
         ));
     }
-    let head_dim = cfg
-        .opt_usize("head_dim")?
-        .unwrap_or(hidden_size / num_heads);
+    let head_dim = cfg.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads);
     if head_dim % 2 != 0 {
-        return Err(GenError::bad_file(
-            cfg.path,
-            format!("head_dim {head_dim} is odd"),
-        ));
+        return Err(GenError::bad_file(cfg.path, format!("head_dim {head_dim} is odd")));
     }
-    let activation = match cfg
-        .opt_str("hidden_activation")
-        .or_else(|| cfg.opt_str("hidden_act"))
-    {
+    let activation = match cfg.opt_str("hidden_activation").or_else(|| cfg.opt_str("hidden_act")) {
         None => defaults.activation,
         Some("silu") | Some("swish") => Activation::Silu,
         Some("gelu_pytorch_tanh") | Some("gelu_new") | Some("gelu_fast") => Activation::GeluTanh,
@@ -193,9 +170,7 @@ pub(crate) fn common(cfg: &JsonConfig, defaults: Defaults) -> Result<DecoderConf
         Some(other) => {
             return Err(GenError::UnsupportedConfig {
                 path: cfg.path_buf(),
-                message: format!(
-                    "activation `{other}` is not supported (silu, gelu, gelu_pytorch_tanh)"
-                ),
+                message: format!("activation `{other}` is not supported (silu, gelu, gelu_pytorch_tanh)"),
             })
         }
     };
@@ -207,9 +182,7 @@ pub(crate) fn common(cfg: &JsonConfig, defaults: Defaults) -> Result<DecoderConf
         num_heads,
         num_kv_heads,
         head_dim,
-        rms_norm_eps: cfg
-            .opt_f64("rms_norm_eps")?
-            .unwrap_or(defaults.rms_norm_eps),
+        rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(defaults.rms_norm_eps),
         rope: rope(cfg, defaults.rope_theta)?,
         qkv_bias: false,
         o_bias: false,
@@ -217,53 +190,36 @@ pub(crate) fn common(cfg: &JsonConfig, defaults: Defaults) -> Result<DecoderConf
         activation,
         scale_embeddings: false,
         norm_weight_offset: 0.0,
-        tie_word_embeddings: cfg
-            .opt_bool("tie_word_embeddings")?
-            .unwrap_or(defaults.tie_word_embeddings),
+        tie_word_embeddings: cfg.opt_bool("tie_word_embeddings")?.unwrap_or(defaults.tie_word_embeddings),
         sliding_window: None,
-        max_position_embeddings: cfg
-            .opt_usize("max_position_embeddings")?
-            .unwrap_or(defaults.max_position_embeddings),
+        max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(defaults.max_position_embeddings),
         bos_token_id: token_ids(cfg.value.get("bos_token_id")).first().copied(),
         eos_token_ids: token_ids(cfg.value.get("eos_token_id")),
-        stored_dtype: cfg
-            .opt_str("dtype")
-            .or_else(|| cfg.opt_str("torch_dtype"))
-            .map(str::to_string),
+        stored_dtype: cfg.opt_str("dtype").or_else(|| cfg.opt_str("torch_dtype")).map(str::to_string),
     })
 }
 
 /// Reads RoPE settings from `rope_parameters` (transformers 5) or `rope_theta` + `rope_scaling`.
 fn rope(cfg: &JsonConfig, default_theta: f64) -> Result<RopeConfig> {
-    let params = cfg
-        .field("rope_parameters")
-        .or_else(|| cfg.field("rope_scaling"));
+    let params = cfg.field("rope_parameters").or_else(|| cfg.field("rope_scaling"));
     let theta = params
         .and_then(|p| p.get("rope_theta"))
         .and_then(Value::as_f64)
         .or(cfg.opt_f64("rope_theta")?)
         .unwrap_or(default_theta);
     let Some(params) = params else {
-        return Ok(RopeConfig {
-            theta,
-            scaling: RopeScaling::Default,
-        });
+        return Ok(RopeConfig { theta, scaling: RopeScaling::Default });
     };
-    let kind = params
-        .get("rope_type")
-        .or_else(|| params.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = params.get("rope_type").or_else(|| params.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |key: &str| -> Result<f64> {
-        params.get(key).and_then(Value::as_f64).ok_or_else(|| {
-            GenError::bad_file(cfg.path, format!("rope `{kind}` needs a number `{key}`"))
-        })
+        params
+            .get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| GenError::bad_file(cfg.path, format!("rope `{kind}` needs a number `{key}`")))
     };
     let scaling = match kind {
         "default" => RopeScaling::Default,
-        "linear" => RopeScaling::Linear {
-            factor: num("factor")?,
-        },
+        "linear" => RopeScaling::Linear { factor: num("factor")? },
         "llama3" => RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,

@@ -104,11 +104,7 @@ impl Loader<'_> {
     fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
         Ok(Linear {
             weight: self.get(&format!("{prefix}.weight"), &[out, inp])?,
-            bias: if bias {
-                Some(self.get(&format!("{prefix}.bias"), &[out])?)
-            } else {
-                None
-            },
+            bias: if bias { Some(self.get(&format!("{prefix}.bias"), &[out])?) } else { None },
         })
     }
 
@@ -121,42 +117,20 @@ impl Loader<'_> {
             ws.push(l.weight);
             bs.extend(l.bias);
         }
-        Ok(Linear {
-            weight: Tensor::cat(&ws, 0)?,
-            bias: if bias {
-                Some(Tensor::cat(&bs, 0)?)
-            } else {
-                None
-            },
-        })
+        Ok(Linear { weight: Tensor::cat(&ws, 0)?, bias: if bias { Some(Tensor::cat(&bs, 0)?) } else { None } })
     }
 
     fn norm(&self, name: &str, cfg: &DecoderConfig) -> Result<RmsNorm> {
         // Gemma's (1 + w) is folded in once, computed in float32 as transformers does.
-        let w = self
-            .src
-            .tensor(name, &[cfg.hidden_size])?
-            .to_device(self.device)?;
-        let w = if cfg.norm_weight_offset != 0.0 {
-            (w.to_dtype(DType::F32)? + cfg.norm_weight_offset)?
-        } else {
-            w
-        };
-        Ok(RmsNorm {
-            weight: w.to_dtype(self.dtype)?,
-            eps: cfg.rms_norm_eps as f32,
-        })
+        let w = self.src.tensor(name, &[cfg.hidden_size])?.to_device(self.device)?;
+        let w = if cfg.norm_weight_offset != 0.0 { (w.to_dtype(DType::F32)? + cfg.norm_weight_offset)? } else { w };
+        Ok(RmsNorm { weight: w.to_dtype(self.dtype)?, eps: cfg.rms_norm_eps as f32 })
     }
 }
 
 impl Decoder {
     /// Builds the decoder from named tensors (`model.layers.N.self_attn.q_proj.weight`, ...).
-    pub fn load(
-        cfg: &DecoderConfig,
-        src: &dyn WeightSource,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Self> {
+    pub fn load(cfg: &DecoderConfig, src: &dyn WeightSource, device: &Device, dtype: DType) -> Result<Self> {
         let ld = Loader { src, dtype, device };
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
@@ -190,20 +164,14 @@ impl Decoder {
                     h,
                     cfg.mlp_bias,
                 )?,
-                down: ld.linear(
-                    &format!("{p}.mlp.down_proj"),
-                    h,
-                    cfg.intermediate_size,
-                    cfg.mlp_bias,
-                )?,
+                down: ld.linear(&format!("{p}.mlp.down_proj"), h, cfg.intermediate_size, cfg.mlp_bias)?,
                 intermediate: cfg.intermediate_size,
                 activation: cfg.activation,
             };
             layers.push(Layer {
                 input_norm: ld.norm(&format!("{p}.input_layernorm.weight"), cfg)?,
                 attn,
-                post_attention_norm: ld
-                    .norm(&format!("{p}.post_attention_layernorm.weight"), cfg)?,
+                post_attention_norm: ld.norm(&format!("{p}.post_attention_layernorm.weight"), cfg)?,
                 mlp,
             });
         }
@@ -216,10 +184,8 @@ impl Decoder {
         };
         let embed_scale = if cfg.scale_embeddings {
             // transformers rounds the normaliser to the compute dtype before multiplying.
-            let s = Tensor::new((h as f32).sqrt(), device)?
-                .to_dtype(dtype)?
-                .to_dtype(DType::F32)?
-                .to_scalar::<f32>()?;
+            let s =
+                Tensor::new((h as f32).sqrt(), device)?.to_dtype(dtype)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             Some(s as f64)
         } else {
             None
@@ -292,9 +258,7 @@ impl Decoder {
         if let Some(scale) = self.embed_scale {
             x = (x * scale)?;
         }
-        let (cos, sin) = self
-            .rope
-            .tables(self.position, s, self.dtype, &self.device)?;
+        let (cos, sin) = self.rope.tables(self.position, s, self.dtype, &self.device)?;
         for layer in &mut self.layers {
             let residual = &x;
             let h = layer.input_norm.forward(&x)?;
@@ -312,9 +276,7 @@ impl Decoder {
     pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Tensor> {
         let s = tokens.len();
         if s == 0 {
-            return Err(crate::GenError::InvalidArgument(
-                "forward needs at least one token".into(),
-            ));
+            return Err(crate::GenError::InvalidArgument("forward needs at least one token".into()));
         }
         let h = self.hidden(tokens)?.narrow(1, s - 1, 1)?.squeeze(0)?;
         let logits = h.matmul(&self.lm_head.t()?)?;
@@ -324,9 +286,7 @@ impl Decoder {
     /// Feeds `tokens` and returns float32 logits `(len, vocab)` for every one of them.
     pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
         if tokens.is_empty() {
-            return Err(crate::GenError::InvalidArgument(
-                "forward needs at least one token".into(),
-            ));
+            return Err(crate::GenError::InvalidArgument("forward needs at least one token".into()));
         }
         let h = self.hidden(tokens)?.squeeze(0)?;
         Ok(h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
@@ -339,11 +299,7 @@ impl Attention {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let qkv = self.qkv.forward(x)?;
         let split = |offset: usize, heads: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(2, offset * hd, heads * hd)?
-                .reshape((b, s, heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()?)
+            Ok(qkv.narrow(2, offset * hd, heads * hd)?.reshape((b, s, heads, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let q = candle_nn::rotary_emb::rope(&split(0, nh)?, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&split(nh, nkv)?, cos, sin)?;
@@ -358,11 +314,7 @@ impl Attention {
         // With one query and a window shorter than the cache, attending to the window's keys
         // alone is the same as masking the rest, and cheaper.
         let (k, v, first_key) = match self.sliding_window {
-            Some(w) if s == 1 && total > w => (
-                k.narrow(2, total - w, w)?,
-                v.narrow(2, total - w, w)?,
-                total - w,
-            ),
+            Some(w) if s == 1 && total > w => (k.narrow(2, total - w, w)?, v.narrow(2, total - w, w)?, total - w),
             _ => (k, v, 0),
         };
         let t = total - first_key;
@@ -380,25 +332,13 @@ impl Attention {
             att
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
-        let y = att
-            .matmul(&v.contiguous()?)?
-            .reshape((b, nh, s, hd))?
-            .transpose(1, 2)?
-            .reshape((b, s, nh * hd))?;
+        let y = att.matmul(&v.contiguous()?)?.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
         self.o.forward(&y)
     }
 
     /// Additive mask `(rep * s, t)`: row `r` is the query at position `start + r % s`, column `j`
     /// the key at position `first_key + j`.
-    fn mask(
-        &self,
-        rep: usize,
-        s: usize,
-        start: usize,
-        first_key: usize,
-        t: usize,
-        device: &Device,
-    ) -> Result<Tensor> {
+    fn mask(&self, rep: usize, s: usize, start: usize, first_key: usize, t: usize, device: &Device) -> Result<Tensor> {
         let mut m = vec![0f32; rep * s * t];
         for r in 0..rep * s {
             let q = start + r % s;

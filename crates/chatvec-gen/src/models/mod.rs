@@ -35,8 +35,7 @@ pub enum Architecture {
 }
 
 /// The `architectures` names accepted, for error messages.
-pub const SUPPORTED_ARCHITECTURES: &str =
-    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GemmaForCausalLM";
+pub const SUPPORTED_ARCHITECTURES: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GemmaForCausalLM";
 
 impl Architecture {
     /// Reads `architectures[0]` (or `model_type` when that is absent).
@@ -46,9 +45,7 @@ impl Architecture {
             .and_then(|a| a.get(0))
             .and_then(|a| a.as_str())
             .or_else(|| json.get("model_type").and_then(|m| m.as_str()))
-            .ok_or_else(|| {
-                GenError::bad_file(path, "neither `architectures` nor `model_type` is set")
-            })?;
+            .ok_or_else(|| GenError::bad_file(path, "neither `architectures` nor `model_type` is set"))?;
         match name {
             "LlamaForCausalLM" | "llama" => Ok(Architecture::Llama),
             "MistralForCausalLM" | "mistral" => Ok(Architecture::Mistral),
@@ -77,29 +74,19 @@ impl fmt::Display for Architecture {
 /// Reads and checks `dir/config.json`.
 pub fn read_config(dir: &Path) -> Result<(Architecture, DecoderConfig)> {
     if !dir.is_dir() {
-        return Err(GenError::NotAModel(format!(
-            "{}: not a directory",
-            dir.display()
-        )));
+        return Err(GenError::NotAModel(format!("{}: not a directory", dir.display())));
     }
     let path = dir.join("config.json");
     if !path.is_file() {
-        return Err(GenError::NotAModel(format!(
-            "{}: no config.json (not a model directory)",
-            dir.display()
-        )));
+        return Err(GenError::NotAModel(format!("{}: no config.json (not a model directory)", dir.display())));
     }
     let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
     config_from_json(&value, &path)
 }
 
 /// Interprets a parsed config.json (`path` is only used in errors).
-pub fn config_from_json(
-    value: &serde_json::Value,
-    path: &Path,
-) -> Result<(Architecture, DecoderConfig)> {
+pub fn config_from_json(value: &serde_json::Value, path: &Path) -> Result<(Architecture, DecoderConfig)> {
     let arch = Architecture::detect(value, path)?;
     let cfg = JsonConfig { value, path };
     let decoder = match arch {
@@ -127,12 +114,7 @@ impl Model {
         let (arch, cfg) = read_config(dir)?;
         let weights = SafetensorsWeights::open(dir)?;
         let decoder = Decoder::load(&cfg, &weights, device, dtype)?;
-        Ok(Model {
-            arch,
-            dir: Some(dir.to_path_buf()),
-            decoder,
-            cached: Vec::new(),
-        })
+        Ok(Model { arch, dir: Some(dir.to_path_buf()), decoder, cached: Vec::new() })
     }
 
     /// Builds a model from a config and any weight source (in-memory tensors for benchmarks).
@@ -143,12 +125,7 @@ impl Model {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        Ok(Model {
-            arch,
-            dir: None,
-            decoder: Decoder::load(cfg, weights, device, dtype)?,
-            cached: Vec::new(),
-        })
+        Ok(Model { arch, dir: None, decoder: Decoder::load(cfg, weights, device, dtype)?, cached: Vec::new() })
     }
 
     /// The architecture read from config.json.
@@ -222,8 +199,7 @@ pub fn config_token_ids(path: &Path, key: &str) -> Result<Vec<u32>> {
         return Ok(Vec::new());
     }
     let text = std::fs::read_to_string(path).map_err(|e| GenError::io(path, e))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| GenError::bad_file(path, e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| GenError::bad_file(path, e.to_string()))?;
     Ok(config::token_ids(value.get(key)))
 }
 
@@ -261,10 +237,7 @@ mod tests {
         let mut params = scaling;
         params["rope_type"] = json!("llama3");
         params["rope_theta"] = json!(500000.0);
-        let (_, new) = parse(llama(
-            json!({"rope_parameters": params, "dtype": "bfloat16"}),
-        ))
-        .unwrap();
+        let (_, new) = parse(llama(json!({"rope_parameters": params, "dtype": "bfloat16"}))).unwrap();
         assert_eq!(old.rope, new.rope);
         assert_eq!(old.stored_dtype.as_deref(), Some("bfloat16"));
         assert_eq!(new.stored_dtype.as_deref(), Some("bfloat16"));
@@ -293,11 +266,7 @@ mod tests {
                 assert_eq!(x, plain, "high-frequency band {i} is unscaled");
                 bands[0] += 1;
             } else if wavelen > 64.0 {
-                assert_eq!(
-                    x,
-                    plain / 8.0,
-                    "low-frequency band {i} is divided by the factor"
-                );
+                assert_eq!(x, plain / 8.0, "low-frequency band {i} is divided by the factor");
                 bands[2] += 1;
             } else {
                 assert!(x > plain / 8.0 && x < plain, "band {i} is interpolated");
@@ -332,24 +301,14 @@ mod tests {
         let mut v = llama(json!({}));
         v["architectures"] = json!(["MambaForCausalLM"]);
         let err = parse(v).unwrap_err().to_string();
-        assert!(
-            err.contains("MambaForCausalLM") && err.contains("LlamaForCausalLM"),
-            "{err}"
-        );
+        assert!(err.contains("MambaForCausalLM") && err.contains("LlamaForCausalLM"), "{err}");
 
-        let err = parse(llama(
-            json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),
-        ))
-        .unwrap_err()
-        .to_string();
+        let err = parse(llama(json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}))).unwrap_err().to_string();
         assert!(err.contains("yarn"), "{err}");
 
         let mut v = llama(json!({}));
         v.as_object_mut().unwrap().remove("vocab_size");
         let err = parse(v).unwrap_err().to_string();
-        assert!(
-            err.contains("config.json") && err.contains("vocab_size"),
-            "{err}"
-        );
+        assert!(err.contains("config.json") && err.contains("vocab_size"), "{err}");
     }
 }

@@ -18,18 +18,11 @@ impl Rope {
     /// Frequencies for `head_dim`, rescaled as the config's `rope_type` asks.
     pub fn new(cfg: &RopeConfig, head_dim: usize) -> Self {
         let base = cfg.theta as f32;
-        let default = (0..head_dim)
-            .step_by(2)
-            .map(|i| 1.0 / base.powf(i as f32 / head_dim as f32));
+        let default = (0..head_dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / head_dim as f32));
         let inv_freq = match cfg.scaling {
             RopeScaling::Default => default.collect(),
             RopeScaling::Linear { factor } => default.map(|f| f / factor as f32).collect(),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 let (factor, low, high, old) = (
                     factor as f32,
                     low_freq_factor as f32,
@@ -57,13 +50,7 @@ impl Rope {
     }
 
     /// cos and sin tables of shape `(len, head_dim / 2)` for positions `start..start + len`.
-    pub fn tables(
-        &self,
-        start: usize,
-        len: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn tables(&self, start: usize, len: usize, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);

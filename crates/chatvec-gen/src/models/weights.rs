@@ -32,16 +32,10 @@ impl SafetensorsWeights {
         let paths = weight_files(dir)?;
         // SAFETY: the files are mapped read-only; like every safetensors reader we rely on them
         // not being truncated while the model is loaded (weights are copied out at load time).
-        let files = unsafe { MmapedSafetensors::multi(&paths) }.map_err(|e| GenError::Weights {
-            dir: dir.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let files = unsafe { MmapedSafetensors::multi(&paths) }
+            .map_err(|e| GenError::Weights { dir: dir.to_path_buf(), message: e.to_string() })?;
         let names = files.tensors().into_iter().map(|(n, _)| n).collect();
-        Ok(SafetensorsWeights {
-            dir: dir.to_path_buf(),
-            files,
-            names,
-        })
+        Ok(SafetensorsWeights { dir: dir.to_path_buf(), files, names })
     }
 }
 
@@ -51,17 +45,11 @@ impl WeightSource for SafetensorsWeights {
     }
 
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let err = |message: String| GenError::Weights {
-            dir: self.dir.clone(),
-            message,
-        };
+        let err = |message: String| GenError::Weights { dir: self.dir.clone(), message };
         if !self.contains(name) {
             return Err(err(format!("missing tensor {name}")));
         }
-        let t = self
-            .files
-            .load(name, &Device::Cpu)
-            .map_err(|e| err(format!("{name}: {e}")))?;
+        let t = self.files.load(name, &Device::Cpu).map_err(|e| err(format!("{name}: {e}")))?;
         check_shape(name, &t, shape).map_err(err)?;
         Ok(t)
     }
@@ -74,9 +62,7 @@ impl WeightSource for HashMap<String, Tensor> {
     }
 
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .get(name)
-            .ok_or_else(|| GenError::InvalidArgument(format!("missing tensor {name}")))?;
+        let t = self.get(name).ok_or_else(|| GenError::InvalidArgument(format!("missing tensor {name}")))?;
         check_shape(name, t, shape).map_err(GenError::InvalidArgument)?;
         Ok(t.clone())
     }
@@ -86,11 +72,7 @@ fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> std::result::Result<(
     if t.dims() == shape {
         Ok(())
     } else {
-        Err(format!(
-            "{name} has shape {:?}, config.json implies {:?}",
-            t.dims(),
-            shape
-        ))
+        Err(format!("{name} has shape {:?}, config.json implies {:?}", t.dims(), shape))
     }
 }
 
@@ -109,10 +91,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         files.dedup();
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
-            return Err(GenError::bad_file(
-                &index,
-                format!("lists {} which does not exist", missing.display()),
-            ));
+            return Err(GenError::bad_file(&index, format!("lists {} which does not exist", missing.display())));
         }
         return Ok(paths);
     }
@@ -124,18 +103,11 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .filter(|p| {
-            !p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("consolidated"))
-        })
+        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("consolidated")))
         .collect();
     paths.sort();
     if paths.is_empty() {
-        return Err(GenError::NotAModel(format!(
-            "{}: no *.safetensors weights",
-            dir.display()
-        )));
+        return Err(GenError::NotAModel(format!("{}: no *.safetensors weights", dir.display())));
     }
     Ok(paths)
 }

@@ -11,8 +11,7 @@ pub fn fixtures() -> PathBuf {
 }
 
 pub fn oracle() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("expected/generation_oracle.json"))
-        .expect("oracle json");
+    let text = std::fs::read_to_string(fixtures().join("expected/generation_oracle.json")).expect("oracle json");
     serde_json::from_str(&text).expect("oracle parses")
 }
 
@@ -26,11 +25,8 @@ pub fn oracle_model_dir() -> tempfile::TempDir {
         let path = entry.expect("entry").path();
         copy(&path, dir.path());
     }
-    std::fs::copy(
-        f.join("expected/merged_ratio_1.0.safetensors"),
-        dir.path().join("model.safetensors"),
-    )
-    .expect("copy weights");
+    std::fs::copy(f.join("expected/merged_ratio_1.0.safetensors"), dir.path().join("model.safetensors"))
+        .expect("copy weights");
     dir
 }
 
@@ -39,9 +35,5 @@ fn copy(file: &Path, dir: &Path) {
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
