@@ -5,6 +5,7 @@
 """
 
 import argparse
+import inspect
 import json
 import os
 import time
@@ -37,6 +38,12 @@ def main():
     print(f"built {params / 1e9:.2f}B-parameter model in {time.perf_counter() - t0:.1f} s",
           file=__import__("sys").stderr)
 
+    # transformers 5.2x renamed `past_key_values` to `cache`; accept either.
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def cache_of(out):
+        return getattr(out, "cache", None) or out.past_key_values
+
     prompt = torch.tensor([[1000 + (k * 7919) % 100_000 for k in range(a.prompt)]])
     with torch.inference_mode():
         model(prompt[:, :8], use_cache=True, logits_to_keep=1)  # warm-up
@@ -44,13 +51,13 @@ def main():
         t = time.perf_counter()
         out = model(prompt, use_cache=True, logits_to_keep=1)
         prefill_s = time.perf_counter() - t
-        past = out.past_key_values
+        past = cache_of(out)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
 
         t = time.perf_counter()
         for _ in range(a.new):
-            out = model(nxt, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(nxt, use_cache=True, **{cache_kw: past})
+            past = cache_of(out)
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         decode_s = time.perf_counter() - t
 

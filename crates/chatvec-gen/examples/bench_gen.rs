@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use chatvec_gen::models::{config_from_json, WeightSource};
-use chatvec_gen::sampling::argmax;
+use chatvec_gen::sampling::{argmax, Rng};
 use chatvec_gen::Model;
 
 fn arg(name: &str, default: usize) -> usize {
@@ -37,8 +37,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let dev = Device::Cpu;
     let mut weights: HashMap<String, Tensor> = HashMap::new();
+    // Uniform noise (std 0.02) from the crate's own generator: Tensor::randn takes most of a
+    // minute for 1.2B values.
+    let mut rng = Rng::new(0);
     let mut add = |name: String, shape: &[usize], ones: bool| -> candle_core::Result<()> {
-        let t = if ones { Tensor::ones(shape, DType::F32, &dev)? } else { Tensor::randn(0f32, 0.02, shape, &dev)? };
+        let t = if ones {
+            Tensor::ones(shape, DType::F32, &dev)?
+        } else {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> =
+                (0..n).map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.07).collect();
+            Tensor::from_vec(data, shape, &dev)?
+        };
         weights.insert(name, t);
         Ok(())
     };
