@@ -1,0 +1,10 @@
+//! chatvec-eval: judging chat-vector merges on one machine with local, repeatable numbers.
+//!
+//! [`inspect`] measures what a vector changes, streaming like the merge; [`perplexity`] scores
+//! target-language text; [`chat_eval`] runs a Korean prompt set and computes the [`metrics`];
+//! [`plots`] draws the heatmap and sweep plot; [`report`] writes one self-contained HTML file;
+//! [`sweep`] merges at several ratios and picks the best by a stated rule.
+
+pub mod inspect;
+pub mod modules;
+pub mod plots;
