@@ -5,6 +5,12 @@
 //! [`plots`] draws the heatmap and sweep plot; [`report`] writes one self-contained HTML file;
 //! [`sweep`] merges at several ratios and picks the best by a stated rule.
 
+pub mod chat_eval;
 pub mod inspect;
+pub mod metrics;
 pub mod modules;
+pub mod perplexity;
 pub mod plots;
+pub mod report;
+pub mod session;
+pub mod sweep;

@@ -1,11 +1,106 @@
-//! Placeholder until this subcommand lands.
+//! `chatvec sweep`: merge at several ratios, evaluate each, and mark the best by a stated rule.
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Arguments (not yet implemented).
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::{Context, Result};
+use chatvec_eval::perplexity::{Window, BUNDLED_TEXT};
+use chatvec_eval::plots::Size;
+use chatvec_eval::sweep::{plot, run_sweep, to_csv, to_text, SweepEval, SweepMerge};
 
-/// Not implemented yet.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+use super::common::{interrupt_flag, HubArgs, SelectArgs};
+use super::eval::{read_text, ChatGenArgs, DeviceArgs, WindowArgs};
+
+/// Sweep arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The base model.
+    #[arg(long, value_name = "MODEL")]
+    pub base: String,
+    /// The chat model.
+    #[arg(long, value_name = "MODEL")]
+    pub chat: String,
+    /// The target.
+    #[arg(long, value_name = "MODEL")]
+    pub target: String,
+    /// Ratios to try, comma-separated.
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "0.3,0.5,0.7,1.0")]
+    pub ratios: Vec<f64>,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Directory for sweep.json, sweep.csv and sweep.png/svg.
+    #[arg(long, short, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Where merged models are written while evaluated (one at a time; default: OUTPUT).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Text for perplexity (default: the bundled opening of the Korean Constitution).
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// Prompt set (default: the bundled Korean prompts).
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Perplexity only.
+    #[arg(long)]
+    pub no_chat: bool,
+    /// Plot size in pixels.
+    #[arg(long, default_value = "960x720", value_parser = Size::parse, value_name = "WxH")]
+    pub plot_size: Size,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[command(flatten)]
+    pub gen: ChatGenArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+/// Runs sweep.
+pub fn run(a: Args) -> Result<ExitCode> {
+    std::fs::create_dir_all(&a.output).with_context(|| format!("{}: cannot create", a.output.display()))?;
+    let text = match &a.text {
+        Some(f) => read_text(f)?,
+        None => BUNDLED_TEXT.to_string(),
+    };
+    let prompts = if a.no_chat { vec![] } else { a.gen.prompts(a.prompts.as_deref())? };
+    let job = SweepMerge {
+        base: a.hub.resolve(&a.base)?,
+        chat: a.hub.resolve(&a.chat)?,
+        target: a.hub.resolve(&a.target)?,
+        ratios: a.ratios.clone(),
+        plan: a.select.plan_options()?,
+        work_dir: a.work_dir.clone().unwrap_or_else(|| a.output.clone()),
+    };
+    let eval = SweepEval {
+        text: &text,
+        window: Window::new(a.window.context, a.window.stride)?,
+        max_tokens: a.window.max_tokens,
+        prompts: &prompts,
+        chat: a.gen.options(),
+        load: a.device.options()?,
+    };
+    let quiet = a.json;
+    let result = run_sweep(&job, &eval, &interrupt_flag(), &mut |line| {
+        if !quiet {
+            eprintln!("{line}")
+        }
+    })?;
+    let write = |name: &str, body: String| -> Result<()> {
+        let p = a.output.join(name);
+        std::fs::write(&p, body).with_context(|| format!("{}: cannot write", p.display()))
+    };
+    write("sweep.json", serde_json::to_string_pretty(&result)?)?;
+    write("sweep.csv", to_csv(&result))?;
+    plot(&result, &a.output.join("sweep"), a.plot_size)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", to_text(&result));
+        println!("wrote sweep.json, sweep.csv, sweep.png, sweep.svg in {}", a.output.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
