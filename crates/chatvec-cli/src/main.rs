@@ -58,6 +58,10 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
+            if err.chain().any(|e| matches!(e.downcast_ref(), Some(chatvec_core::Error::Interrupted))) {
+                eprintln!("error: {err:#}");
+                return ExitCode::from(130);
+            }
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }

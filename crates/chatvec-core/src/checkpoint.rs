@@ -195,6 +195,15 @@ impl Checkpoint {
         let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, t.start + range.start, range.len()) };
     }
 
+    /// Asks the kernel to start reading `range` of `t` in the background, so the disk works while
+    /// the current block is computed.
+    pub fn prefetch(&self, t: &TensorEntry, range: Range<usize>) {
+        let end = range.end.min(t.len);
+        if range.start < end {
+            let _ = self.files[t.file].map.advise_range(Advice::WillNeed, t.start + range.start, end - range.start);
+        }
+    }
+
     /// Total bytes of all tensors.
     pub fn total_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.len as u64).sum()

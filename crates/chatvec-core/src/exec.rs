@@ -80,9 +80,11 @@ fn copy_tensor(
     let ckpt = &models[src.model];
     let e = entry(models, src);
     let mut off = 0;
+    ckpt.prefetch(e, 0..BLOCK_BYTES);
     while off < e.byte_len() {
         check(cancel)?;
         let end = (off + BLOCK_BYTES).min(e.byte_len());
+        ckpt.prefetch(e, end..end + BLOCK_BYTES);
         let mut block = writer.buffer(end - off);
         block.copy_from_slice(ckpt.bytes(e, off..end));
         ckpt.release(e, off..end);
@@ -113,6 +115,10 @@ impl<'a> Input<'a> {
     fn release(&self, range: std::ops::Range<usize>) {
         let s = self.dtype.size();
         self.ckpt.release(self.entry, range.start * s..range.end * s);
+    }
+    fn prefetch(&self, range: std::ops::Range<usize>) {
+        let s = self.dtype.size();
+        self.ckpt.prefetch(self.entry, range.start * s..range.end * s);
     }
 }
 
@@ -152,10 +158,14 @@ fn combine_tensor(
         None => None,
     };
     let block_elems = (BLOCK_BYTES / out.size()).max(1);
+    let all_inputs = || target.iter().chain(terms.iter().flat_map(|t| std::iter::once(&t.plus).chain(&t.minus)));
+    all_inputs().for_each(|i| i.prefetch(0..block_elems.min(numel)));
     let mut start = 0;
     while start < numel {
         check(cancel)?;
         let end = (start + block_elems).min(numel);
+        // Keep the disk busy with the next block while this one is computed.
+        all_inputs().for_each(|i| i.prefetch(end..(end + block_elems).min(numel)));
         let mut block = writer.buffer((end - start) * out.size());
         block.par_chunks_mut(TASK_ELEMS * out.size()).enumerate().for_each_init(
             || (vec![0f64; TASK_ELEMS], vec![0f64; TASK_ELEMS], vec![0f64; TASK_ELEMS]),

@@ -16,6 +16,7 @@ pub mod modelfiles;
 pub mod ops;
 pub mod pickle;
 pub mod plan;
+pub mod synth;
 pub mod writer;
 
 pub use checkpoint::{Checkpoint, TensorEntry, WeightFormat};

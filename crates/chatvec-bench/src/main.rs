@@ -1,0 +1,155 @@
+//! `chatvec-bench merge`: builds synthetic Llama-3.2-1B-shaped bf16 triples (and a doubled one)
+//! with chatvec's own writer, then measures in the same run the disk floor (read the three
+//! inputs once, write one output of the same size) and `chatvec merge`'s wall time and peak RSS.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use chatvec_core::synth::{write_random_model, LlamaShape};
+use chatvec_core::DType;
+use clap::Parser;
+
+/// Benchmarks for chatvec.
+#[derive(Parser)]
+enum Bench {
+    /// Merge speed and memory against the disk floor, at 1× and 2× the Llama-3.2-1B shape.
+    Merge {
+        /// Where to put the synthetic models (needs ~45 GB for both scales).
+        #[arg(long, default_value = "target/bench-models")]
+        dir: PathBuf,
+        /// Layer multipliers of the 1B shape to run (1 = 16 layers, 2 = 32 layers).
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        scales: Vec<usize>,
+        /// The chatvec binary to time.
+        #[arg(long, default_value = "target/release/chatvec")]
+        chatvec: PathBuf,
+        /// Delete the synthetic models afterwards.
+        #[arg(long)]
+        clean: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Bench::parse() {
+        Bench::Merge { dir, scales, chatvec, clean } => bench_merge(&dir, &scales, &chatvec, clean),
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
+}
+
+/// Flushes dirty pages and drops the page cache (root only), so every measurement reads from disk.
+fn drop_caches() -> bool {
+    // SAFETY: sync() has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// Runs `cmd`, returning (wall seconds, peak RSS bytes) from wait4's rusage.
+fn timed(cmd: &mut Command) -> Result<(f64, u64)> {
+    let start = Instant::now();
+    let child = cmd.spawn().context("spawn")?;
+    let mut status = 0;
+    // SAFETY: rusage is plain old data, filled by wait4 for the child we just spawned.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let wall = start.elapsed().as_secs_f64();
+    if pid < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{cmd:?} failed (status {status})");
+    }
+    Ok((wall, usage.ru_maxrss as u64 * 1024))
+}
+
+/// The disk floor: read every weight file of the three inputs once, and write a file as large as
+/// the target's weights (its bytes copied), with 16 MiB sequential I/O, then sync.
+fn disk_floor(models: &[PathBuf; 3], out: &Path) -> Result<f64> {
+    let start = Instant::now();
+    let mut buf = vec![0u8; 16 << 20];
+    std::fs::create_dir_all(out)?;
+    let mut sink = File::create(out.join("floor.bin"))?;
+    for (i, m) in models.iter().enumerate() {
+        let mut files: Vec<_> = std::fs::read_dir(m)?.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")) {
+            let mut r = File::open(f)?;
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                if i == 0 {
+                    sink.write_all(&buf[..n])?;
+                }
+            }
+        }
+    }
+    sink.sync_all()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn bench_merge(dir: &Path, scales: &[usize], chatvec: &Path, clean: bool) -> Result<()> {
+    if !chatvec.is_file() {
+        bail!("{}: build it first with `cargo build --release -p chatvec`", chatvec.display());
+    }
+    let mut rows = vec![];
+    for &scale in scales {
+        let mut shape = LlamaShape::llama32_1b();
+        shape.layers *= scale;
+        let root = dir.join(format!("x{scale}"));
+        let models = [root.join("target"), root.join("base"), root.join("chat")];
+        for (i, m) in models.iter().enumerate() {
+            if !m.join("config.json").is_file() {
+                eprintln!("writing synthetic {} ({} layers)...", m.display(), shape.layers);
+                std::fs::create_dir_all(m)?;
+                write_random_model(m, &shape, DType::BF16, 100 * scale as u64 + i as u64, 5_000_000_000)?;
+            }
+        }
+        let model_bytes = dir_bytes(&models[0]);
+        let floor_dir = root.join("floor");
+        let cache_dropped = drop_caches();
+        let floor = disk_floor(&models, &floor_dir)?;
+        std::fs::remove_dir_all(&floor_dir)?;
+        let out = root.join("merged");
+        let _ = std::fs::remove_dir_all(&out);
+        drop_caches();
+        let (wall, rss) = timed(
+            Command::new(chatvec)
+                .args(["merge", "--quiet", "--target"])
+                .arg(&models[0])
+                .arg("--base")
+                .arg(&models[1])
+                .arg("--chat")
+                .arg(&models[2])
+                .arg("-o")
+                .arg(&out)
+                .stderr(std::process::Stdio::null()),
+        )?;
+        // Count the merge's final sync like the floor's: data on disk, not only in the page cache.
+        let s = Instant::now();
+        drop_caches();
+        let wall = wall + s.elapsed().as_secs_f64();
+        std::fs::remove_dir_all(&out)?;
+        rows.push((scale, shape.layers, model_bytes, floor, wall, rss, cache_dropped));
+    }
+    println!("| shape | model size | disk floor | chatvec merge | merge / floor | peak RSS | throughput (4 × size / wall) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (scale, layers, bytes, floor, wall, rss, dropped) in &rows {
+        println!(
+            "| 1B ×{scale} ({layers} layers){} | {:.2} GB | {floor:.1} s | {wall:.1} s | {:.2}× | {:.0} MiB | {:.2} GB/s |",
+            if *dropped { "" } else { " (page cache warm)" },
+            *bytes as f64 / 1e9,
+            wall / floor,
+            *rss as f64 / 1048576.0,
+            4.0 * *bytes as f64 / 1e9 / wall,
+        );
+    }
+    if clean {
+        std::fs::remove_dir_all(dir)?;
+    }
+    Ok(())
+}
