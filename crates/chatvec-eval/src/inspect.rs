@@ -470,6 +470,19 @@ fn aggregate(input: &InspectInput, tensors: Vec<TensorStats>, skipped: Vec<Strin
     }
 }
 
+/// Five significant digits, fixed-point in 1e-3..1e5 and scientific outside.
+pub fn sig(x: f64) -> String {
+    let a = x.abs();
+    if x == 0.0 {
+        "0".into()
+    } else if (1e-3..1e5).contains(&a) {
+        let decimals = (4 - a.log10().floor() as i32).clamp(0, 8) as usize;
+        format!("{x:.decimals$}")
+    } else {
+        format!("{x:.4e}")
+    }
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
 }
@@ -528,9 +541,9 @@ pub fn to_text(r: &InspectReport, top: usize) -> String {
         out.push_str(&format!("{:>6}", row.label));
         for k in &kinds {
             let cell = row.cells.get(k).and_then(metric);
-            out.push_str(&format!(" {:>9}", cell.map_or_else(|| "".into(), |x| format!("{x:.3e}"))));
+            out.push_str(&format!(" {:>9}", cell.map_or_else(|| "".into(), sig)));
         }
-        out.push_str(&format!(" {:>9}", metric(&total.stats).map_or_else(|| "-".into(), |x| format!("{x:.3e}"))));
+        out.push_str(&format!(" {:>9}", metric(&total.stats).map_or_else(|| "-".into(), sig)));
         if r.compare.is_some() {
             out.push_str(&format!(" {:>7}", opt(total.stats.cosine, 4)));
         }
@@ -547,13 +560,13 @@ pub fn to_text(r: &InspectReport, top: usize) -> String {
     })) {
         let s = &g.stats;
         out.push_str(&format!(
-            "{:<8} {:>7} {:>12.5e} {:>12} {:>10} {:>11.4e} {:>6.1}% {:>7}\n",
+            "{:<8} {:>7} {:>12} {:>12} {:>10} {:>11} {:>6.1}% {:>7}\n",
             g.label,
             g.tensors,
-            s.delta_norm,
-            s.weight_norm.map_or_else(|| "-".into(), |w| format!("{w:.5e}")),
-            opt(s.relative_norm, 5),
-            s.max_abs_delta,
+            sig(s.delta_norm),
+            s.weight_norm.map_or_else(|| "-".into(), sig),
+            s.relative_norm.map_or_else(|| "-".into(), sig),
+            sig(s.max_abs_delta),
             100.0 * s.zero_share,
             opt(s.cosine, 4)
         ));
@@ -569,12 +582,12 @@ pub fn to_text(r: &InspectReport, top: usize) -> String {
         for t in &order[..top] {
             let s = &t.stats;
             out.push_str(&format!(
-                "  {:<48} {:>14} ‖Δ‖ {:.4e}  rel {}  max|Δ| {:.3e}  zero {:.1}%{}\n",
+                "  {:<48} {:>14} ‖Δ‖ {}  rel {}  max|Δ| {}  zero {:.1}%{}\n",
                 t.name,
                 format!("{:?}", t.shape),
-                s.delta_norm,
-                opt(s.relative_norm, 5),
-                s.max_abs_delta,
+                sig(s.delta_norm),
+                s.relative_norm.map_or_else(|| "-".into(), sig),
+                sig(s.max_abs_delta),
                 100.0 * s.zero_share,
                 s.cosine.map_or_else(String::new, |c| format!("  cos {c:.4}"))
             ));
@@ -587,4 +600,20 @@ pub fn to_text(r: &InspectReport, top: usize) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sig;
+
+    #[test]
+    fn five_significant_digits() {
+        assert_eq!(sig(0.0), "0");
+        assert_eq!(sig(0.050214), "0.050214");
+        assert_eq!(sig(2.227), "2.2270");
+        assert_eq!(sig(21.166), "21.166");
+        assert_eq!(sig(12345.6), "12346");
+        assert_eq!(sig(1.5e-5), "1.5000e-5");
+        assert_eq!(sig(-0.25), "-0.25000");
+    }
 }

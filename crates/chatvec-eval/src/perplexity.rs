@@ -69,7 +69,10 @@ pub fn token_nll(logits: &[f32], target: u32) -> f64 {
 pub fn windows(n: usize, w: Window) -> Vec<(usize, usize, usize)> {
     let mut out = Vec::new();
     let (mut begin, mut prev_end) = (0, 0);
-    while n >= 2 {
+    if n < 2 {
+        return out;
+    }
+    loop {
         let end = (begin + w.context).min(n);
         // A window's first token has no history in it: it is never scored (as in HF's loss,
         // whose labels shift by one), which only matters when stride = context.

@@ -254,7 +254,7 @@ pub fn write_sweep_plot(p: &SweepPlot, path: &Path, size: Size) -> Result<()> {
 }
 
 const LINE_COLORS: [RGBColor; 4] =
-    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
 
 fn x_range(p: &SweepPlot) -> (f64, f64) {
     let xs = p.perplexity.points.iter().chain(p.rates.iter().flat_map(|s| &s.points)).map(|&(x, _)| x);

@@ -104,7 +104,7 @@ fn num(v: Option<f64>, d: usize) -> String {
 }
 
 fn sci(v: Option<f64>) -> String {
-    v.map_or_else(|| "–".into(), |x| format!("{x:.3e}"))
+    v.map_or_else(|| "–".into(), crate::inspect::sig)
 }
 
 /// Renders the page.

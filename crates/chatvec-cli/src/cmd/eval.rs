@@ -79,10 +79,10 @@ pub struct WindowArgs {
     /// Most tokens per forward pass.
     #[arg(long, default_value_t = 1024)]
     pub context: usize,
-    /// Tokens between window starts; each window scores only the tokens after the previous
-    /// window's end (HF's perplexity guide).
-    #[arg(long, default_value_t = 512)]
-    pub stride: usize,
+    /// Tokens between window starts (default: half the context); each window scores only the
+    /// tokens after the previous window's end (HF's perplexity guide).
+    #[arg(long)]
+    pub stride: Option<usize>,
     /// Score only the first N tokens of the text.
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<usize>,
@@ -110,6 +110,13 @@ pub struct ChatArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub hub: HubArgs,
+}
+
+impl WindowArgs {
+    /// The window from the flags.
+    pub fn window(&self) -> Result<Window> {
+        Window::new(self.context, self.stride.unwrap_or((self.context / 2).max(1)))
+    }
 }
 
 /// Generation settings of a chat evaluation.
@@ -168,7 +175,7 @@ pub fn read_text(path: &Path) -> Result<String> {
 
 /// Tokenizes `text` for `m` and scores it.
 pub fn score_text(m: &mut EvalModel, text: &str, w: &WindowArgs, cancel: &AtomicBool) -> Result<Perplexity> {
-    let window = Window::new(w.context, w.stride)?;
+    let window = w.window()?;
     let mut ids = m.encode_text(text)?;
     if let Some(n) = w.max_tokens {
         ids.truncate(n);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use chatvec_eval::perplexity::{Window, BUNDLED_TEXT};
+use chatvec_eval::perplexity::BUNDLED_TEXT;
 use chatvec_eval::report::{build_report, ReportJob};
 
 use super::common::{interrupt_flag, HubArgs};
@@ -71,7 +71,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         chat: a.chat.as_deref().map(resolve).transpose()?,
         base: a.base.as_deref().map(resolve).transpose()?,
         text: (&text, text_name),
-        window: Window::new(a.window.context, a.window.stride)?,
+        window: a.window.window()?,
         max_tokens: a.window.max_tokens,
         prompts: &prompts,
         chat_options: a.gen.options(),

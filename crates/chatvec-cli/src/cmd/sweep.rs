@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use chatvec_eval::perplexity::{Window, BUNDLED_TEXT};
+use chatvec_eval::perplexity::BUNDLED_TEXT;
 use chatvec_eval::plots::Size;
 use chatvec_eval::sweep::{plot, run_sweep, to_csv, to_text, SweepEval, SweepMerge};
 
@@ -50,8 +50,15 @@ pub struct Args {
     pub window: WindowArgs,
     #[command(flatten)]
     pub gen: ChatGenArgs,
-    #[command(flatten)]
-    pub device: DeviceArgs,
+    /// cpu, cuda or cuda:N for the evaluations.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype of the evaluations: f32, bf16 or f16 (--dtype is the merged models' dtype).
+    #[arg(long, default_value = "f32")]
+    pub compute_dtype: String,
+    /// A Jinja chat template for the evaluations (default: the chat model's).
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -77,11 +84,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let eval = SweepEval {
         text: &text,
-        window: Window::new(a.window.context, a.window.stride)?,
+        window: a.window.window()?,
         max_tokens: a.window.max_tokens,
         prompts: &prompts,
         chat: a.gen.options(),
-        load: a.device.options()?,
+        load: DeviceArgs {
+            device: a.device.clone(),
+            dtype: a.compute_dtype.clone(),
+            chat_template: a.chat_template.clone(),
+        }
+        .options()?,
     };
     let quiet = a.json;
     let result = run_sweep(&job, &eval, &interrupt_flag(), &mut |line| {
