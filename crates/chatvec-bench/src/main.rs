@@ -136,7 +136,9 @@ fn bench_merge(dir: &Path, scales: &[usize], chatvec: &Path, clean: bool) -> Res
         std::fs::remove_dir_all(&out)?;
         rows.push((scale, shape.layers, model_bytes, floor, wall, rss, cache_dropped));
     }
-    println!("| shape | model size | disk floor | chatvec merge | merge / floor | peak RSS | throughput (4 × size / wall) |");
+    println!(
+        "| shape | model size | disk floor | chatvec merge | merge / floor | peak RSS | throughput (4 × size / wall) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for (scale, layers, bytes, floor, wall, rss, dropped) in &rows {
         println!(

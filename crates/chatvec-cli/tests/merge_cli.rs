@@ -29,6 +29,14 @@ fn copy_model(dir: &Path, from: &str, name: &str) -> PathBuf {
     to
 }
 
+fn copy_dir_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     if !dir.exists() {
         return BTreeMap::new();
@@ -397,4 +405,43 @@ fn output_loads_in_transformers_when_python_has_it() {
     );
     let o = Command::new("python3").args(["-c", &py]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("ok"), "{}", stderr(&o));
+}
+
+#[test]
+fn ctrl_c_stops_the_merge_and_leaves_nothing() {
+    use chatvec_core::synth::{write_random_model, LlamaShape};
+    let work = tempfile::tempdir().unwrap();
+    let shape =
+        LlamaShape { hidden: 512, intermediate: 2048, layers: 8, heads: 8, kv_heads: 2, vocab: 8000, tie: false };
+    // One random model copied three times: the merge does the same work on equal inputs.
+    let base = work.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    write_random_model(&base, &shape, chatvec_core::DType::BF16, 1, 40_000_000).unwrap();
+    for m in ["chat", "target"] {
+        copy_dir_files(&base, &work.path().join(m));
+    }
+    let out = work.path().join("out");
+    let t0 = std::time::Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_chatvec"))
+        .args(["merge", "--quiet", "--base"])
+        .arg(work.path().join("base"))
+        .arg("--chat")
+        .arg(work.path().join("chat"))
+        .arg("--target")
+        .arg(work.path().join("target"))
+        .arg("-o")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let o = child.wait_with_output().unwrap();
+    eprintln!("merge ended after {:?}", t0.elapsed());
+    let err = stderr(&o);
+    assert!(!o.status.success(), "the merge (tens of MB, debug build) should outlast 300 ms: {err}");
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 3, "only the three inputs remain: {left:?}");
 }

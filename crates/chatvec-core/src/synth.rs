@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn synthetic_model_opens_with_the_expected_tensors() {
         let dir = tempfile::tempdir().unwrap();
-        let shape = LlamaShape { hidden: 32, intermediate: 64, layers: 2, heads: 4, kv_heads: 2, vocab: 100, tie: false };
+        let shape =
+            LlamaShape { hidden: 32, intermediate: 64, layers: 2, heads: 4, kv_heads: 2, vocab: 100, tie: false };
         write_random_model(dir.path(), &shape, DType::BF16, 7, 20_000).unwrap();
         let c = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(c.tensors().len(), 2 * 9 + 3);
