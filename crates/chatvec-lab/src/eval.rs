@@ -1,0 +1,302 @@
+//! Merging the family with `chatvec_core::ops::merge` and measuring every model: task accuracy,
+//! stop rate and Korean ratio of greedy answers (chatvec-gen's `generate`), and Korean
+//! perplexity on held-out prose.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use chatvec_core::ops::{self, MergeJob, OutputOptions};
+use chatvec_core::PlanOptions;
+use chatvec_gen::{generate, GenError, GenerationConfig, Model, SamplingParams, StopReason, StopSet};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::data::{self, Dialog, Task};
+use crate::model::{EOS, EOT};
+use crate::train::{encode, token_stream};
+
+/// A model of the evaluation: its label and how it is made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Row label (`target`, `merge 0.5`, ...).
+    pub label: String,
+    /// Folder name inside a run directory.
+    pub folder: String,
+    /// Ratio of the chat vector added to the target (`None` for base and chat).
+    pub ratio: Option<f64>,
+    /// Whether it is a merge, and with feature-porter.
+    pub merge: Option<bool>,
+}
+
+/// The models compared: base, chat, target, target + r·(chat − base) for r in 0.5 and 1.0, and
+/// feature-porter at ratio 1.0.
+pub fn entries() -> Vec<Entry> {
+    let e = |label: &str, folder: &str, ratio: Option<f64>, merge: Option<bool>| Entry {
+        label: label.into(),
+        folder: folder.into(),
+        ratio,
+        merge,
+    };
+    vec![
+        e("base", "base", None, None),
+        e("chat", "chat", None, None),
+        e("target", "target", Some(0.0), None),
+        e("merge 0.5", "merged-0.5", Some(0.5), Some(false)),
+        e("merge 1.0", "merged-1.0", Some(1.0), Some(false)),
+        e("feature-porter 1.0", "merged-fp-1.0", Some(1.0), Some(true)),
+    ]
+}
+
+/// `chatvec merge` of a run's base, chat and target into `run/<entry.folder>`.
+pub fn merge_entry(run: &Path, entry: &Entry) -> Result<()> {
+    let (Some(ratio), Some(porter)) = (entry.ratio, entry.merge) else { return Ok(()) };
+    let resolve = |name: &str| {
+        let p = run.join(name);
+        chatvec_core::resolve_model(&p.to_string_lossy(), None).with_context(|| format!("resolving {}", p.display()))
+    };
+    let mut plan = PlanOptions::default();
+    if porter {
+        plan.porter = Some(chatvec_core::kernel::PorterParams::default());
+    }
+    let job = MergeJob {
+        base: resolve("base")?,
+        chat: resolve("chat")?,
+        target: resolve("target")?,
+        ratio,
+        plan,
+        output: OutputOptions { path: run.join(&entry.folder), force: true, shard_size: 5_000_000_000, dry_run: false },
+    };
+    ops::merge(&job, &chatvec_core::NoProgress, &AtomicBool::new(false))
+        .with_context(|| format!("merging into {}", run.join(&entry.folder).display()))?;
+    Ok(())
+}
+
+/// One greedy answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The task.
+    pub task: Task,
+    /// Expected answer.
+    pub expected: String,
+    /// What the model wrote before a stop token (special tokens written out).
+    pub text: String,
+    /// Ended with `<|eot_id|>`.
+    pub eot: bool,
+}
+
+impl Answer {
+    /// The answer begins with the exact expected text, followed by nothing or a non-word
+    /// character.
+    pub fn correct(&self) -> bool {
+        let t = self.text.trim_start();
+        t.strip_prefix(&self.expected).is_some_and(|rest| rest.chars().next().is_none_or(|c| !c.is_alphanumeric()))
+    }
+
+    /// Exactly the expected text, then `<|eot_id|>`.
+    pub fn exact_and_stopped(&self) -> bool {
+        self.eot && self.text.trim() == self.expected
+    }
+}
+
+/// Metrics of one model on one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    /// Korean-content dialogs: answer correct.
+    pub ko_accuracy: f64,
+    /// Korean-content dialogs: generation ended with `<|eot_id|>`.
+    pub ko_stop: f64,
+    /// Korean-content dialogs: exactly the answer, then `<|eot_id|>`.
+    pub ko_exact: f64,
+    /// Hangul share of the letters in the answers to Korean-content dialogs.
+    pub ko_korean_ratio: f64,
+    /// English-content held-out dialogs: answer correct.
+    pub en_accuracy: f64,
+    /// English-content held-out dialogs: stopped with `<|eot_id|>`.
+    pub en_stop: f64,
+    /// Perplexity on held-out Korean prose.
+    pub ko_perplexity: f64,
+    /// Korean-content accuracy per task, in `Task::ALL` order.
+    pub ko_accuracy_by_task: Vec<f64>,
+}
+
+/// Hangul letters / all letters (digits and punctuation are not letters).
+pub fn korean_ratio(texts: &[String]) -> f64 {
+    let (mut hangul, mut letters) = (0usize, 0usize);
+    for t in texts {
+        for c in t.chars() {
+            if data::is_hangul(c) {
+                hangul += 1;
+                letters += 1;
+            } else if c.is_alphabetic() {
+                letters += 1;
+            }
+        }
+    }
+    if letters == 0 {
+        0.0
+    } else {
+        hangul as f64 / letters as f64
+    }
+}
+
+/// Greedy answers of `model` to `dialogs`, stopping at `<|end_of_text|>` or `<|eot_id|>` (the
+/// same stop set for every model, so the metric compares the weights, not the configs).
+pub fn answers(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog], max_new: usize) -> Result<Vec<Answer>> {
+    let mut stops = StopSet::new();
+    stops.insert(EOS, "<|end_of_text|>");
+    stops.insert(EOT, "<|eot_id|>");
+    let cfg = GenerationConfig {
+        max_new_tokens: max_new,
+        sampling: SamplingParams { greedy: true, temperature: 0.0, ..SamplingParams::default() },
+    };
+    let mut out = Vec::with_capacity(dialogs.len());
+    for d in dialogs {
+        let prompt = encode(tok, &data::chat_prompt(&d.user))?;
+        model.reset();
+        let g = generate::<GenError, _>(model, &prompt, &cfg, &stops, |_| Ok(ControlFlow::Continue(())))?;
+        let mut ids = g.tokens.clone();
+        if matches!(g.stop, StopReason::StopToken { .. }) {
+            ids.pop();
+        }
+        let text = tok.decode(&ids, false).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+        out.push(Answer {
+            task: d.task,
+            expected: d.answer.clone(),
+            text,
+            eot: g.stop == StopReason::StopToken { id: EOT },
+        });
+    }
+    Ok(out)
+}
+
+/// Perplexity over `stream` in consecutive windows of `window` tokens (the first token of each
+/// window is context only).
+pub fn perplexity(model: &mut Model, stream: &[u32], window: usize) -> Result<f64> {
+    let (mut nll, mut n) = (0f64, 0usize);
+    for chunk in stream.chunks(window).filter(|c| c.len() > 1) {
+        model.reset();
+        let logits = model.forward_all(chunk)?;
+        let logp = candle_nn::ops::log_softmax(&logits, 1)?.to_vec2::<f32>()?;
+        for (i, &next) in chunk.iter().enumerate().skip(1) {
+            nll -= logp[i - 1][next as usize] as f64;
+            n += 1;
+        }
+    }
+    Ok((nll / n.max(1) as f64).exp())
+}
+
+/// Held-out evaluation data, loaded once.
+pub struct EvalSet {
+    /// Korean-content dialogs.
+    pub ko: Vec<Dialog>,
+    /// English-content held-out dialogs.
+    pub en: Vec<Dialog>,
+    /// Held-out Korean prose as tokens.
+    pub ko_stream: Vec<u32>,
+}
+
+impl EvalSet {
+    /// Reads `data_dir/chat_eval_{ko,en}.jsonl` and the held-out Korean files.
+    pub fn load(data_dir: &Path, korean_dir: &Path, tok: &Tokenizer) -> Result<Self> {
+        let (_, held) = data::korean_split(korean_dir)?;
+        Ok(EvalSet {
+            ko: data::read_jsonl(&data_dir.join("chat_eval_ko.jsonl"))?,
+            en: data::read_jsonl(&data_dir.join("chat_eval_en.jsonl"))?,
+            ko_stream: token_stream(tok, &held)?,
+        })
+    }
+}
+
+fn share(answers: &[Answer], f: impl Fn(&Answer) -> bool) -> f64 {
+    answers.iter().filter(|a| f(a)).count() as f64 / answers.len().max(1) as f64
+}
+
+/// All metrics of the model in `dir`, plus its Korean answers.
+pub fn score(dir: &Path, tok: &Tokenizer, set: &EvalSet) -> Result<(Scores, Vec<Answer>)> {
+    let mut model = Model::load(dir, &Device::Cpu, DType::F32).with_context(|| format!("loading {}", dir.display()))?;
+    let ko = answers(&mut model, tok, &set.ko, 40)?;
+    let en = answers(&mut model, tok, &set.en, 40)?;
+    let texts: Vec<String> = ko.iter().map(|a| a.text.clone()).collect();
+    let by_task = Task::ALL
+        .iter()
+        .map(|&t| {
+            let of: Vec<Answer> = ko.iter().filter(|a| a.task == t).cloned().collect();
+            share(&of, Answer::correct)
+        })
+        .collect();
+    let scores = Scores {
+        ko_accuracy: share(&ko, Answer::correct),
+        ko_stop: share(&ko, |a| a.eot),
+        ko_exact: share(&ko, Answer::exact_and_stopped),
+        ko_korean_ratio: korean_ratio(&texts),
+        en_accuracy: share(&en, Answer::correct),
+        en_stop: share(&en, |a| a.eot),
+        ko_perplexity: perplexity(&mut model, &set.ko_stream, 128)?,
+        ko_accuracy_by_task: by_task,
+    };
+    Ok((scores, ko))
+}
+
+/// Scores of every entry of one run (merging first).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunScores {
+    /// The run directory.
+    pub run: PathBuf,
+    /// (entry label, scores), in `entries()` order.
+    pub models: Vec<(String, Scores)>,
+}
+
+/// Merges and scores one run directory (holding base/, chat/, target/); writes each model's
+/// Korean answers to `<model>/lab_answers.json`.
+pub fn evaluate_run(run: &Path, tok: &Tokenizer, set: &EvalSet, mut log: impl FnMut(&str)) -> Result<RunScores> {
+    let mut models = Vec::new();
+    for e in entries() {
+        merge_entry(run, &e)?;
+        let dir = run.join(&e.folder);
+        let (s, answers) = score(&dir, tok, set)?;
+        std::fs::write(dir.join("lab_answers.json"), serde_json::to_string_pretty(&answers)? + "\n")?;
+        log(&format!(
+            "{}  {:<20} ko acc {:.2} stop {:.2} exact {:.2} hangul {:.2} ppl {:.2} | en acc {:.2} stop {:.2}",
+            run.display(),
+            e.label,
+            s.ko_accuracy,
+            s.ko_stop,
+            s.ko_exact,
+            s.ko_korean_ratio,
+            s.ko_perplexity,
+            s.en_accuracy,
+            s.en_stop
+        ));
+        models.push((e.label.clone(), s));
+    }
+    Ok(RunScores { run: run.to_path_buf(), models })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(expected: &str, text: &str, eot: bool) -> Answer {
+        Answer { task: Task::Repeat, expected: expected.into(), text: text.into(), eot }
+    }
+
+    #[test]
+    fn correctness_needs_the_whole_answer_at_a_word_boundary() {
+        assert!(a("국회", "국회", true).correct());
+        assert!(a("국회", "국회\n다른", false).correct());
+        assert!(!a("국회", "국회의", false).correct());
+        assert!(!a("3", "31", true).correct());
+        assert!(a("3", "3", true).exact_and_stopped());
+        assert!(!a("3", "3 words", true).exact_and_stopped());
+        assert!(!a("3", "3", false).exact_and_stopped());
+    }
+
+    #[test]
+    fn korean_ratio_counts_letters_only() {
+        assert_eq!(korean_ratio(&["국회 ab".into()]), 0.5);
+        assert_eq!(korean_ratio(&["42 !".into()]), 0.0);
+    }
+}

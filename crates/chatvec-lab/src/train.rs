@@ -1,0 +1,380 @@
+//! The three training stages of the miniature: English pre-training (base), English chat
+//! fine-tuning (chat) and Korean continual pre-training (target), all AdamW on CPU.
+//!
+//! Deterministic: initial weights and batch order come from the lab's own seeded generator,
+//! candle's CPU kernels are deterministic for a given thread count, so the same seed and the
+//! same number of threads give the same weights bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::data::{self, Dialog, Rng};
+use crate::model::{LabConfig, TrainModel, BOS, EOS, EOT};
+
+/// Optimisation settings of one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StageOptions {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Tokens per sequence (language-model stages).
+    pub seq: usize,
+    /// Peak learning rate (linear warm-up, then cosine to a tenth).
+    pub lr: f64,
+    /// Warm-up steps.
+    pub warmup: usize,
+}
+
+/// The recipe of the whole family.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Recipe {
+    /// English pre-training.
+    pub base: StageOptions,
+    /// Chat fine-tune of base.
+    pub chat: StageOptions,
+    /// Korean continual pre-training of base.
+    pub target: StageOptions,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Recipe {
+            base: StageOptions { steps: 300, batch: 8, seq: 96, lr: 3e-3, warmup: 20 },
+            chat: StageOptions { steps: 150, batch: 16, seq: 96, lr: 1e-3, warmup: 10 },
+            target: StageOptions { steps: 200, batch: 8, seq: 96, lr: 1e-3, warmup: 10 },
+        }
+    }
+}
+
+/// What a stage did (written as `lab.json` next to the checkpoint).
+#[derive(Debug, Clone, Serialize)]
+pub struct StageLog {
+    /// base, chat or target.
+    pub stage: String,
+    /// The model seed.
+    pub seed: u64,
+    /// Its settings.
+    pub options: StageOptions,
+    /// Mean loss of each block of 25 steps.
+    pub loss_curve: Vec<f32>,
+    /// Loss of the last step.
+    pub final_loss: f32,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// A training batch: ids `(b, s)`, next-token targets `(b·s,)` and loss weights `(b·s,)`.
+pub struct Batch {
+    /// Inputs.
+    pub ids: Tensor,
+    /// Targets.
+    pub targets: Tensor,
+    /// 1 where the target counts.
+    pub weights: Tensor,
+}
+
+/// Where batches come from.
+pub enum Source {
+    /// Random windows of a token stream.
+    Stream(Vec<u32>),
+    /// Whole dialogs: (ids, per-token loss mask), batched in a shuffled order.
+    Dialogs(Vec<(Vec<u32>, Vec<f32>)>),
+}
+
+impl Source {
+    fn batch(&self, rng: &mut Rng, order: &mut Vec<usize>, o: &StageOptions) -> Result<Batch> {
+        let (mut ids, mut tg, mut w) = (Vec::new(), Vec::new(), Vec::new());
+        let s;
+        match self {
+            Source::Stream(stream) => {
+                s = o.seq;
+                anyhow::ensure!(stream.len() > s + 1, "corpus shorter than one sequence");
+                for _ in 0..o.batch {
+                    let start = rng.below(stream.len() - s - 1);
+                    ids.extend_from_slice(&stream[start..start + s]);
+                    tg.extend_from_slice(&stream[start + 1..start + s + 1]);
+                    w.extend(std::iter::repeat_n(1f32, s));
+                }
+            }
+            Source::Dialogs(dialogs) => {
+                let mut picked = Vec::with_capacity(o.batch);
+                for _ in 0..o.batch {
+                    if order.is_empty() {
+                        *order = (0..dialogs.len()).collect();
+                        rng.shuffle(order);
+                    }
+                    picked.push(order.pop().expect("refilled"));
+                }
+                s = picked.iter().map(|&i| dialogs[i].0.len() - 1).max().unwrap_or(1).min(o.seq);
+                for &i in &picked {
+                    let (d, mask) = &dialogs[i];
+                    for p in 0..s {
+                        let real = p + 1 < d.len();
+                        ids.push(if p < d.len() { d[p] } else { EOS });
+                        tg.push(if real { d[p + 1] } else { EOS });
+                        w.push(if real { mask[p + 1] } else { 0.0 });
+                    }
+                }
+            }
+        }
+        let b = o.batch;
+        Ok(Batch {
+            ids: Tensor::from_vec(ids, (b, s), &Device::Cpu)?,
+            targets: Tensor::from_vec(tg, b * s, &Device::Cpu)?,
+            weights: Tensor::from_vec(w, b * s, &Device::Cpu)?,
+        })
+    }
+}
+
+/// Weighted mean next-token negative log-likelihood.
+pub fn loss(model: &TrainModel, batch: &Batch) -> Result<Tensor> {
+    let logits = model.forward(&batch.ids)?;
+    let v = logits.dim(D::Minus1)?;
+    let logp = candle_nn::ops::log_softmax(&logits.reshape(((), v))?, D::Minus1)?;
+    let picked = logp.gather(&batch.targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let total = batch.weights.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    Ok(((picked * &batch.weights)?.sum_all()? * (-1.0 / total as f64))?)
+}
+
+fn lr_at(step: usize, o: &StageOptions) -> f64 {
+    if step < o.warmup {
+        return o.lr * (step + 1) as f64 / o.warmup as f64;
+    }
+    let t = (step - o.warmup) as f64 / (o.steps - o.warmup).max(1) as f64;
+    o.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+}
+
+/// Trains `model` in place; `log` receives a line every 25 steps.
+pub fn run_stage(
+    model: &TrainModel,
+    source: &Source,
+    o: &StageOptions,
+    seed: u64,
+    mut log: impl FnMut(&str),
+) -> Result<(Vec<f32>, f32)> {
+    let params = ParamsAdamW { lr: o.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
+    let mut opt = AdamW::new(model.all_vars(), params)?;
+    let mut rng = Rng::new(seed);
+    let mut order = Vec::new();
+    let (mut curve, mut block, mut last) = (Vec::new(), Vec::new(), f32::NAN);
+    let start = Instant::now();
+    for step in 0..o.steps {
+        opt.set_learning_rate(lr_at(step, o));
+        let batch = source.batch(&mut rng, &mut order, o)?;
+        let l = loss(model, &batch)?;
+        opt.backward_step(&l)?;
+        last = l.to_scalar::<f32>()?;
+        anyhow::ensure!(last.is_finite(), "loss became {last} at step {step}");
+        block.push(last);
+        if block.len() == 25 || step + 1 == o.steps {
+            let mean = block.iter().sum::<f32>() / block.len() as f32;
+            curve.push(mean);
+            block.clear();
+            log(&format!("step {:>4}/{}  loss {mean:.4}  {:.0}s", step + 1, o.steps, start.elapsed().as_secs_f64()));
+        }
+    }
+    Ok((curve, last))
+}
+
+/// Loads the lab tokenizer.
+pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    Tokenizer::from_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Token ids of `text` without the BOS the post-processor would add.
+pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tok.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?.get_ids().to_vec())
+}
+
+/// BOS + document + EOS for every document, concatenated.
+pub fn token_stream(tok: &Tokenizer, docs: &[String]) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for d in docs {
+        out.push(BOS);
+        out.extend(encode(tok, d)?);
+        out.push(EOS);
+    }
+    Ok(out)
+}
+
+/// A dialog's ids (prompt, answer, `<|eot_id|>`) and its loss mask (answer and eot only).
+pub fn dialog_tokens(tok: &Tokenizer, d: &Dialog) -> Result<(Vec<u32>, Vec<f32>)> {
+    let mut ids = encode(tok, &data::chat_prompt(&d.user))?;
+    let mut mask = vec![0f32; ids.len()];
+    let answer = encode(tok, &d.answer)?;
+    mask.extend(std::iter::repeat_n(1f32, answer.len() + 1));
+    ids.extend(answer);
+    ids.push(EOT);
+    Ok((ids, mask))
+}
+
+/// English training documents: `english.txt` cut at paragraph ends into ~2 KB pieces.
+pub fn english_docs(text: &str) -> Vec<String> {
+    let mut docs = Vec::new();
+    let mut cur = String::new();
+    for para in text.split("\n\n").filter(|p| !p.trim().is_empty()) {
+        if !cur.is_empty() {
+            cur.push_str("\n\n");
+        }
+        cur.push_str(para.trim());
+        if cur.len() > 2000 {
+            docs.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        docs.push(cur);
+    }
+    docs
+}
+
+/// Paths the family reads.
+#[derive(Debug, Clone)]
+pub struct LabPaths {
+    /// `data/lab` (english.txt, chat_train.jsonl, ...).
+    pub data: PathBuf,
+    /// `data/korean`.
+    pub korean: PathBuf,
+    /// The tokenizer folder.
+    pub tokenizer: PathBuf,
+}
+
+/// Trains base, chat and target for `seed` into `out/{base,chat,target}`; `only` restricts to
+/// some stages (a later stage loads the saved base).
+pub fn train_family(
+    paths: &LabPaths,
+    cfg: LabConfig,
+    recipe: &Recipe,
+    seed: u64,
+    out: &Path,
+    only: &[String],
+    mut log: impl FnMut(&str),
+) -> Result<Vec<StageLog>> {
+    let tok = load_tokenizer(&paths.tokenizer)?;
+    let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let mut logs = Vec::new();
+    let mut finish = |stage: &str, model: &TrainModel, o: &StageOptions, curve: Vec<f32>, last: f32, t: Instant| {
+        let entry = StageLog {
+            stage: stage.to_string(),
+            seed,
+            options: *o,
+            loss_curve: curve,
+            final_loss: last,
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        let dir = out.join(stage);
+        model.save(&dir, &paths.tokenizer, stage == "chat")?;
+        std::fs::write(dir.join("lab.json"), serde_json::to_string_pretty(&entry)? + "\n")?;
+        logs.push(entry);
+        anyhow::Ok(())
+    };
+    if wanted("base") {
+        let t = Instant::now();
+        let english = std::fs::read_to_string(paths.data.join("english.txt"))
+            .with_context(|| format!("reading {}", paths.data.join("english.txt").display()))?;
+        let source = Source::Stream(token_stream(&tok, &english_docs(&english))?);
+        let mut model = TrainModel::init(cfg, seed)?;
+        model.freeze_chat_only_rows()?;
+        log(&format!("seed {seed} base: English pre-training"));
+        let (curve, last) = run_stage(&model, &source, &recipe.base, seed * 3 + 1, &mut log)?;
+        finish("base", &model, &recipe.base, curve, last, t)?;
+    }
+    if wanted("chat") {
+        let t = Instant::now();
+        let dialogs = data::read_jsonl(&paths.data.join("chat_train.jsonl"))?;
+        let encoded = dialogs.iter().map(|d| dialog_tokens(&tok, d)).collect::<Result<Vec<_>>>()?;
+        let model = TrainModel::load(cfg, &out.join("base"))?;
+        log(&format!("seed {seed} chat: English dialog fine-tune of base"));
+        let (curve, last) = run_stage(&model, &Source::Dialogs(encoded), &recipe.chat, seed * 3 + 2, &mut log)?;
+        finish("chat", &model, &recipe.chat, curve, last, t)?;
+    }
+    if wanted("target") {
+        let t = Instant::now();
+        let (train, _) = data::korean_split(&paths.korean)?;
+        let source = Source::Stream(token_stream(&tok, &train)?);
+        let mut model = TrainModel::load(cfg, &out.join("base"))?;
+        model.freeze_chat_only_rows()?;
+        log(&format!("seed {seed} target: Korean continual pre-training of base"));
+        let (curve, last) = run_stage(&model, &source, &recipe.target, seed * 3 + 3, &mut log)?;
+        finish("target", &model, &recipe.target, curve, last, t)?;
+    }
+    Ok(logs)
+}
+
+/// Mean weighted NLL of `model` over `batches` (no gradient).
+pub fn eval_loss(model: &TrainModel, batch: &Batch) -> Result<f32> {
+    Ok(loss(model, batch)?.to_dtype(DType::F32)?.to_scalar::<f32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LabConfig;
+
+    fn tiny() -> LabConfig {
+        LabConfig { vocab: 2008, hidden: 32, intermediate: 48, layers: 2, heads: 2, max_positions: 64 }
+    }
+
+    fn tokenizer() -> Tokenizer {
+        load_tokenizer(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama-tiny/tokenizer")).unwrap()
+    }
+
+    fn run(seed: u64) -> (Vec<f32>, f32, f32) {
+        let tok = tokenizer();
+        let stream = token_stream(&tok, &english_docs(&data::english_corpus(1, 20_000))).unwrap();
+        let source = Source::Stream(stream);
+        let o = StageOptions { steps: 12, batch: 4, seq: 32, lr: 1e-2, warmup: 2 };
+        let model = TrainModel::init(tiny(), seed).unwrap();
+        let probe = source.batch(&mut Rng::new(99), &mut Vec::new(), &o).unwrap();
+        let before = eval_loss(&model, &probe).unwrap();
+        let (curve, _) = run_stage(&model, &source, &o, seed, |_| {}).unwrap();
+        let after = eval_loss(&model, &probe).unwrap();
+        (curve, before, after)
+    }
+
+    #[test]
+    fn a_few_steps_lower_the_loss_deterministically() {
+        let (curve, before, after) = run(5);
+        assert!(after < before - 0.5, "loss {before} -> {after}");
+        let (curve2, before2, after2) = run(5);
+        assert_eq!(
+            curve.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            curve2.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!((before.to_bits(), after.to_bits()), (before2.to_bits(), after2.to_bits()));
+    }
+
+    #[test]
+    fn dialog_loss_covers_the_answer_and_eot_only() {
+        let tok = tokenizer();
+        let d = Dialog::new(data::Task::FirstWord, &["the".to_string(), "dog".to_string()]);
+        let (ids, mask) = dialog_tokens(&tok, &d).unwrap();
+        assert_eq!(ids[0], BOS);
+        assert_eq!(*ids.last().unwrap(), EOT);
+        let answer: Vec<u32> = ids.iter().zip(&mask).filter(|(_, m)| **m > 0.0).map(|(i, _)| *i).collect();
+        assert_eq!(tok.decode(&answer, false).unwrap(), "the<|eot_id|>");
+        // The prompt encodes exactly as the chat template's rendering would.
+        let whole = encode(&tok, &(data::chat_prompt(&d.user) + "the<|eot_id|>")).unwrap();
+        assert_eq!(whole, ids);
+    }
+
+    #[test]
+    fn frozen_rows_get_no_gradient() {
+        let mut model = TrainModel::init(tiny(), 2).unwrap();
+        model.freeze_chat_only_rows().unwrap();
+        let tok = tokenizer();
+        let source = Source::Stream(token_stream(&tok, &["The old dog sleeps.".repeat(20)]).unwrap());
+        let o = StageOptions { steps: 3, batch: 2, seq: 16, lr: 1e-2, warmup: 1 };
+        run_stage(&model, &source, &o, 1, |_| {}).unwrap();
+        let head = model.vars.data().lock().unwrap().get("lm_head.weight").unwrap().as_tensor().clone();
+        let rows = head.narrow(0, 2002, 6).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(rows, 0.0);
+    }
+}
