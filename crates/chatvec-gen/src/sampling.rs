@@ -316,6 +316,21 @@ mod tests {
     }
 
     #[test]
+    fn generation_config_overrides_transformers_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(GenerationDefaults::for_model(dir.path()).unwrap(), GenerationDefaults::default());
+        assert_eq!(GenerationDefaults::default().top_k, Some(50));
+        std::fs::write(
+            dir.path().join("generation_config.json"),
+            r#"{"do_sample": true, "temperature": 0.6, "top_p": 0.9, "top_k": 0, "eos_token_id": [1, 2]}"#,
+        )
+        .unwrap();
+        let d = GenerationDefaults::for_model(dir.path()).unwrap();
+        assert!(d.do_sample);
+        assert_eq!((d.temperature, d.top_p, d.top_k, d.repetition_penalty), (0.6, 0.9, None, 1.0));
+    }
+
+    #[test]
     fn invalid_parameters_are_rejected() {
         for params in [
             SamplingParams { temperature: -1.0, ..SamplingParams::default() },
