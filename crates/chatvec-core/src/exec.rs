@@ -152,7 +152,8 @@ fn combine_tensor(
             minus: minus.as_ref().map(|m| Input::new(models, m)),
         })
         .collect();
-    let overrides: Vec<(usize, Input)> = overrides.iter().map(|(r, s)| (*r, Input::new(models, s))).collect();
+    let overrides: Vec<(usize, Input, usize)> =
+        overrides.iter().map(|o| (o.row, Input::new(models, &o.src), o.src_row)).collect();
     let porter = match porter {
         Some(p) => Some((*p, porter_range(&target, &terms, covered, cancel)?)),
         None => None,
@@ -199,11 +200,12 @@ fn combine_tensor(
                         }
                     }
                 }
-                for (row, src) in &overrides {
+                for (row, src, src_row) in &overrides {
                     let (rs, re) = (row * cols, (row + 1) * cols);
                     let (a, b) = (rs.max(s), re.min(e));
                     if a < b {
-                        src.read(a..b, &mut acc[a - s..b - s]);
+                        let from = src_row * cols + (a - rs);
+                        src.read(from..from + (b - a), &mut acc[a - s..b - s]);
                     }
                 }
                 encode(out, acc, chunk);
@@ -223,9 +225,15 @@ fn combine_tensor(
             },
         );
         let mut read = 0;
-        for inp in target.iter().chain(overrides.iter().map(|(_, i)| i)) {
+        for inp in target.iter() {
             inp.release(start..end);
             read += (end - start) * inp.dtype.size();
+        }
+        for (row, src, src_row) in &overrides {
+            if (row * cols) < end && (row + 1) * cols > start {
+                src.release(src_row * cols..(src_row + 1) * cols);
+                read += cols * src.dtype.size();
+            }
         }
         if start < covered {
             let ce = end.min(covered);

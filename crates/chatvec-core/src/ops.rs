@@ -211,7 +211,7 @@ pub fn merge(job: &MergeJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
     let started = Instant::now();
     let models = vec![open(&job.target)?, open(&job.chat)?, open(&job.base)?];
     check_base_chat(&models[2], &models[1])?;
-    let vectors = [VectorRef { ratio: job.ratio, plus: 1, minus: Some(2) }];
+    let vectors = [VectorRef { ratio: job.ratio, plus: 1, minus: Some(2), special_rows: vec![] }];
     let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
     plan.warnings.extend(target_warnings(&models[2], &models[0]));
     let template = modelfiles::chat_template(&job.chat.path)?;
@@ -245,7 +245,9 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
         if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
             return Err(Error::format(&manifest_path, "not a chat vector written by `chatvec extract`"));
         }
-        vectors.push(VectorRef { ratio: *ratio, plus: models.len(), minus: None });
+        let special_rows =
+            manifest.get("special_rows").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+        vectors.push(VectorRef { ratio: *ratio, plus: models.len(), minus: None, special_rows });
         models.push(open(v)?);
         manifests.push(manifest);
     }
@@ -273,7 +275,7 @@ pub fn extract(job: &ExtractJob, progress: &dyn Progress, cancel: &AtomicBool) -
     let started = Instant::now();
     let models = vec![open(&job.chat)?, open(&job.base)?];
     check_base_chat(&models[1], &models[0])?;
-    let plan = plan::plan_extract(&models, &job.plan)?;
+    let plan = plan::plan_extract(&models, &job.plan, &mut exec::row_norms)?;
     let template = modelfiles::chat_template(&job.chat.path)?;
     let recipe = json!({
         "kind": "chat_vector",

@@ -51,6 +51,20 @@ pub struct Term {
     pub minus: Option<Src>,
 }
 
+/// Output row `row` is row `src_row` of tensor `src` (special-token rows from the chat model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Row of the output.
+    pub row: usize,
+    /// The tensor holding the replacement.
+    pub src: Src,
+    /// Its row.
+    pub src_row: usize,
+}
+
+/// Prefix of the tensors in which `extract` stores special-token rows of left-out embeddings.
+pub const SPECIAL_ROWS_PREFIX: &str = "chatvec.special_rows.";
+
 /// How an output tensor is made.
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -68,8 +82,8 @@ pub enum Action {
         rows: usize,
         /// Feature-porter weighting of the first term (whose `minus` is the base).
         porter: Option<PorterParams>,
-        /// Rows replaced by the same rows of another tensor.
-        overrides: Vec<(usize, Src)>,
+        /// Rows replaced by rows of another tensor.
+        overrides: Vec<Override>,
     },
 }
 
@@ -207,7 +221,7 @@ impl Default for PlanOptions {
 }
 
 /// A vector for a plan: `ratio·(models[plus] − models[minus])`, or `ratio·models[plus]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct VectorRef {
     /// The ratio.
     pub ratio: f64,
@@ -215,6 +229,9 @@ pub struct VectorRef {
     pub plus: usize,
     /// Index of the base model, for a vector computed on the fly.
     pub minus: Option<usize>,
+    /// For a stored vector: the special-token rows it carries (tensor → token ids, from its
+    /// manifest), stored as `chatvec.special_rows.<tensor>`.
+    pub special_rows: Vec<(String, Vec<usize>)>,
 }
 
 /// Plans `target + Σ vectors` over `models` (target at index 0), in the target's tensor order.
@@ -260,8 +277,15 @@ pub fn plan_merge(
             }
         }
         if absent {
-            plan.only_in_target.push(t.name.clone());
-            plan.tensors.push(copy(Kind::Copied));
+            let stored = stored_special_rows(models, vectors, t);
+            if stored.is_empty() {
+                plan.only_in_target.push(t.name.clone());
+                plan.tensors.push(copy(Kind::Copied));
+            } else {
+                plan.not_selected.push(t.name.clone());
+                plan.special_rows.push((t.name.clone(), stored.iter().map(|o| o.row).collect()));
+                plan.tensors.push(PlannedTensor { action: overrides_action(t, stored), ..copy(Kind::SpecialRows) });
+            }
             continue;
         }
         let Some(_) = t.dtype else {
@@ -300,30 +324,19 @@ pub fn plan_merge(
         }
         if !opts.selection.selects(&t.name) {
             plan.not_selected.push(t.name.clone());
-            let special = if opts.special_rows && is_vocab_tensor(&t.name) {
+            let mut special = if opts.special_rows && is_vocab_tensor(&t.name) {
                 special_rows(models, vectors, &t.name, opts.untrained_threshold, row_norms)?
             } else {
                 vec![]
             };
+            if opts.special_rows {
+                special.extend(stored_special_rows(models, vectors, t));
+            }
             if special.is_empty() {
                 plan.tensors.push(copy(Kind::Copied));
             } else {
-                let chat = vectors.iter().find(|v| v.minus.is_some()).expect("special rows need a chat model");
-                let chat_name = models[chat.plus].get_or_tied(&t.name).expect("checked").name.clone();
-                plan.special_rows.push((t.name.clone(), special.clone()));
-                plan.tensors.push(PlannedTensor {
-                    action: Action::Combine {
-                        target: Some(Src { model: 0, name: t.name.clone() }),
-                        terms: vec![],
-                        rows: 0,
-                        porter: None,
-                        overrides: special
-                            .into_iter()
-                            .map(|r| (r, Src { model: chat.plus, name: chat_name.clone() }))
-                            .collect(),
-                    },
-                    ..copy(Kind::SpecialRows)
-                });
+                plan.special_rows.push((t.name.clone(), special.iter().map(|o| o.row).collect()));
+                plan.tensors.push(PlannedTensor { action: overrides_action(t, special), ..copy(Kind::SpecialRows) });
             }
             continue;
         }
@@ -361,6 +374,17 @@ pub fn plan_merge(
     Ok(plan)
 }
 
+/// The target tensor `t` with some rows replaced.
+fn overrides_action(t: &TensorEntry, overrides: Vec<Override>) -> Action {
+    Action::Combine {
+        target: Some(Src { model: 0, name: t.name.clone() }),
+        terms: vec![],
+        rows: 0,
+        porter: None,
+        overrides,
+    }
+}
+
 /// Rows of vocab tensor `name` that are untrained in the base (near-zero norm) but trained in the
 /// chat model: without them a merge that skips embeddings keeps zero rows for `<|eot_id|>` and the
 /// merged model never stops.
@@ -370,7 +394,7 @@ fn special_rows(
     name: &str,
     threshold: f64,
     row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
-) -> Result<Vec<usize>> {
+) -> Result<Vec<Override>> {
     let Some(v) = vectors.iter().find(|v| v.minus.is_some()) else {
         return Ok(vec![]);
     };
@@ -385,12 +409,42 @@ fn special_rows(
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
     let cut = threshold * median;
-    Ok((0..bn.len()).filter(|&r| bn[r] <= cut && cn[r] > cut).collect())
+    Ok((0..bn.len())
+        .filter(|&r| bn[r] <= cut && cn[r] > cut)
+        .map(|r| Override { row: r, src: Src { model: v.plus, name: c.name.clone() }, src_row: r })
+        .collect())
+}
+
+/// Special-token rows that stored vectors carry for target tensor `t` (written by `extract` when
+/// embeddings were left out), checked against the target's shape.
+fn stored_special_rows(models: &[Checkpoint], vectors: &[VectorRef], t: &TensorEntry) -> Vec<Override> {
+    let mut out = vec![];
+    for v in vectors.iter().filter(|v| v.minus.is_none()) {
+        let Some((_, ids)) = v.special_rows.iter().find(|(n, _)| *n == t.name) else { continue };
+        let name = format!("{SPECIAL_ROWS_PREFIX}{}", t.name);
+        let Some(e) = models[v.plus].get(&name) else { continue };
+        let fits = e.shape.len() == 2
+            && e.shape[0] == ids.len()
+            && e.shape[1..] == t.shape[1..]
+            && ids.iter().all(|&r| r < t.shape[0]);
+        if fits {
+            out.extend(ids.iter().enumerate().map(|(j, &r)| Override {
+                row: r,
+                src: Src { model: v.plus, name: name.clone() },
+                src_row: j,
+            }));
+        }
+    }
+    out
 }
 
 /// Plans the vector `chat − base` (models = [chat, base]) in the chat model's tensor order:
 /// selected float tensors only, in `dtype` (f32 by default).
-pub fn plan_extract(models: &[Checkpoint], opts: &PlanOptions) -> Result<Plan> {
+pub fn plan_extract(
+    models: &[Checkpoint],
+    opts: &PlanOptions,
+    row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
+) -> Result<Plan> {
     let (chat, base) = (&models[0], &models[1]);
     let dtype = opts.dtype.unwrap_or(DType::F32);
     let mut plan = Plan::default();
@@ -410,6 +464,30 @@ pub fn plan_extract(models: &[Checkpoint], opts: &PlanOptions) -> Result<Plan> {
         }
         if !opts.selection.selects(&c.name) {
             plan.not_selected.push(c.name.clone());
+            if opts.special_rows && is_vocab_tensor(&c.name) {
+                // Keep the chat model's special-token rows so `apply` can restore them as `merge` does.
+                let v = [VectorRef { ratio: 1.0, plus: 0, minus: Some(1), special_rows: vec![] }];
+                let rows = special_rows(models, &v, &c.name, opts.untrained_threshold, row_norms)?;
+                if !rows.is_empty() {
+                    plan.special_rows.push((c.name.clone(), rows.iter().map(|o| o.row).collect()));
+                    let mut shape = c.shape.clone();
+                    shape[0] = rows.len();
+                    plan.tensors.push(PlannedTensor {
+                        name: format!("{SPECIAL_ROWS_PREFIX}{}", c.name),
+                        shape,
+                        dtype_name: dtype.safetensors_name().to_string(),
+                        dtype: Some(dtype),
+                        action: Action::Combine {
+                            target: None,
+                            terms: vec![],
+                            rows: 0,
+                            porter: None,
+                            overrides: rows.into_iter().enumerate().map(|(j, o)| Override { row: j, ..o }).collect(),
+                        },
+                        kind: Kind::SpecialRows,
+                    });
+                }
+            }
             continue;
         }
         plan.tensors.push(PlannedTensor {

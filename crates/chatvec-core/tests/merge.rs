@@ -280,3 +280,36 @@ fn dtype_flag_rounds_once_to_the_requested_type() {
     }
     assert_eq!(config_of(&out)["torch_dtype"], "float32");
 }
+
+#[test]
+fn extract_without_embeddings_keeps_special_rows_so_apply_still_equals_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let sel = || {
+        let mut o = opts();
+        o.selection = Selection::new(None, Some("embed_tokens|lm_head")).unwrap();
+        o
+    };
+    let vec_dir = dir.path().join("vec");
+    let job = ExtractJob {
+        base: model(&fixture("base")),
+        chat: model(&fixture("chat")),
+        plan: sel(),
+        output: out_opts(&vec_dir),
+    };
+    let s = ops::extract(&job, &NoProgress, &no_cancel()).unwrap();
+    assert_eq!(s.special_rows.len(), 2);
+    let stored = read_tensors(&vec_dir);
+    assert_eq!(stored["chatvec.special_rows.model.embed_tokens.weight"].shape, vec![6, 64]);
+    let applied = dir.path().join("applied");
+    let job = ApplyJob {
+        target: model(&fixture("target")),
+        vectors: vec![(model(&vec_dir), 1.0)],
+        plan: sel(),
+        output: out_opts(&applied),
+    };
+    let a = ops::apply(&job, &NoProgress, &no_cancel()).unwrap();
+    assert_eq!(a.special_rows, s.special_rows);
+    let merged = dir.path().join("merged");
+    merge_to(&merged, "target", 1.0, sel());
+    assert_eq!(read_tensors(&applied), read_tensors(&merged));
+}
