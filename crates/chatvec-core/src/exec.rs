@@ -15,8 +15,8 @@ use crate::{DType, Error, Result};
 
 /// Output bytes per block handed to the writer.
 pub const BLOCK_BYTES: usize = 16 << 20;
-/// Elements per parallel task within a block.
-const TASK_ELEMS: usize = 1 << 15;
+/// Elements per parallel task within a block (small enough that its f64 scratch stays in cache).
+pub const TASK_ELEMS: usize = 1 << 12;
 
 /// Progress of a run, reported in output bytes.
 pub trait Progress: Sync {

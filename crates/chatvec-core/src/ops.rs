@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::exec::{self, Progress, Stats, BLOCK_BYTES};
+use crate::exec::{self, Progress, Stats, BLOCK_BYTES, TASK_ELEMS};
 use crate::kernel::PorterParams;
 use crate::modelfiles::{self, ChatTemplate};
 use crate::plan::{self, Kind, Plan, PlanOptions, VectorRef};
@@ -356,7 +356,7 @@ fn write_model(
         bytes_written: bytes_out,
         // Blocks: two queued to the writer, one being written, one being filled, one recycled;
         // input pages of one block per source; per-thread f64 scratch.
-        peak_memory_estimate: 5 * BLOCK_BYTES as u64 + 3 * 2 * BLOCK_BYTES as u64 + threads * 3 * 8 * (1 << 15),
+        peak_memory_estimate: 5 * BLOCK_BYTES as u64 + 3 * 2 * BLOCK_BYTES as u64 + threads * 3 * 8 * TASK_ELEMS as u64,
         inexact_elements: 0,
         seconds: 0.0,
     };
