@@ -238,9 +238,14 @@ pub fn english_sentence(r: &mut Rng) -> String {
     }
     let end = if r.below(8) == 0 { "!" } else { "." };
     if r.below(5) == 0 {
-        // Quoted speech: the model sees text repeated and quoted.
-        let said = clause(r, false);
-        return format!("{} said: \"{}.\"", capitalise(&noun_phrase(r)), capitalise(&said));
+        // Quoted speech, often echoed word for word: the repeats are where a small model learns
+        // to copy (induction), the ability the chat tasks rely on.
+        let said = capitalise(&clause(r, false));
+        let speaker = capitalise(&noun_phrase(r));
+        if r.below(2) == 0 {
+            return format!("{speaker} said: \"{said}.\" {} repeated: \"{said}.\"", capitalise(&noun_phrase(r)));
+        }
+        return format!("{speaker} said: \"{said}.\"");
     }
     format!("{}{end}", capitalise(&s))
 }

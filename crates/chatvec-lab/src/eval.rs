@@ -29,16 +29,21 @@ pub struct Entry {
     pub ratio: Option<f64>,
     /// Whether it is a merge, and with feature-porter.
     pub merge: Option<bool>,
+    /// Tensors left out of the vector (a regex), if any.
+    #[serde(default)]
+    pub exclude: Option<String>,
 }
 
 /// The models compared: base, chat, target, target + r·(chat − base) for r in 0.5 and 1.0, and
-/// feature-porter at ratio 1.0.
+/// feature-porter at ratio 1.0, and ratio 1.0 without the vocabulary tensors (embed_tokens and
+/// lm_head keep the target's rows, except the chat-only special rows taken from chat).
 pub fn entries() -> Vec<Entry> {
     let e = |label: &str, folder: &str, ratio: Option<f64>, merge: Option<bool>| Entry {
         label: label.into(),
         folder: folder.into(),
         ratio,
         merge,
+        exclude: None,
     };
     vec![
         e("base", "base", None, None),
@@ -47,6 +52,10 @@ pub fn entries() -> Vec<Entry> {
         e("merge 0.5", "merged-0.5", Some(0.5), Some(false)),
         e("merge 1.0", "merged-1.0", Some(1.0), Some(false)),
         e("feature-porter 1.0", "merged-fp-1.0", Some(1.0), Some(true)),
+        Entry {
+            exclude: Some("embed_tokens|lm_head".into()),
+            ..e("merge 1.0, no vocab", "merged-1.0-novocab", Some(1.0), Some(false))
+        },
     ]
 }
 
@@ -58,6 +67,9 @@ pub fn merge_entry(run: &Path, entry: &Entry) -> Result<()> {
         chatvec_core::resolve_model(&p.to_string_lossy(), None).with_context(|| format!("resolving {}", p.display()))
     };
     let mut plan = PlanOptions::default();
+    if let Some(x) = &entry.exclude {
+        plan.selection = chatvec_core::Selection::new(None, Some(x))?;
+    }
     if porter {
         plan.porter = Some(chatvec_core::kernel::PorterParams::default());
     }

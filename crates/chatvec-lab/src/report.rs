@@ -92,7 +92,7 @@ pub fn task_table(runs: &[RunScores]) -> String {
     s
 }
 
-/// Plots Korean-dialog accuracy, stop rate, Hangul ratio and perplexity relative to the target
+/// Plots Korean-dialog accuracy, stop rate, Hangul ratio and the target's perplexity over the model's
 /// against the ratio (0 = target, then the plain merges), mean over runs with sd error bars.
 pub fn plot(runs: &[RunScores], path: &Path) -> Result<()> {
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
@@ -104,12 +104,12 @@ pub fn plot(runs: &[RunScores], path: &Path) -> Result<()> {
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(-0.05f64..1.05f64, 0f64..1.6f64)
+        .build_cartesian_2d(-0.05f64..1.05f64, 0f64..1.2f64)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
         .configure_mesh()
         .x_desc("ratio of (chat - base) added to the target")
-        .y_desc("rate, or perplexity / target's")
+        .y_desc("rate; Korean perplexity kept (target's / model's)")
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -118,7 +118,11 @@ pub fn plot(runs: &[RunScores], path: &Path) -> Result<()> {
         ("task accuracy", RGBColor(31, 119, 180), Box::new(|s: &Scores| s.ko_accuracy)),
         ("stop rate", RGBColor(255, 127, 14), Box::new(|s: &Scores| s.ko_stop)),
         ("Hangul ratio", RGBColor(44, 160, 44), Box::new(|s: &Scores| s.ko_korean_ratio)),
-        ("perplexity / target", RGBColor(214, 39, 40), Box::new(move |s: &Scores| s.ko_perplexity / target_ppl)),
+        (
+            "target perplexity / perplexity",
+            RGBColor(214, 39, 40),
+            Box::new(move |s: &Scores| target_ppl / s.ko_perplexity),
+        ),
     ];
     for (name, color, f) in &series {
         let pts: Vec<(f64, f64, f64)> = points

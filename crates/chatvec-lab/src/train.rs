@@ -46,9 +46,9 @@ pub struct Recipe {
 impl Default for Recipe {
     fn default() -> Self {
         Recipe {
-            base: StageOptions { steps: 300, batch: 8, seq: 96, lr: 3e-3, warmup: 20 },
-            chat: StageOptions { steps: 150, batch: 16, seq: 96, lr: 1e-3, warmup: 10 },
-            target: StageOptions { steps: 200, batch: 8, seq: 96, lr: 1e-3, warmup: 10 },
+            base: StageOptions { steps: 400, batch: 8, seq: 96, lr: 3e-3, warmup: 20 },
+            chat: StageOptions { steps: 250, batch: 16, seq: 96, lr: 2e-3, warmup: 10 },
+            target: StageOptions { steps: 300, batch: 8, seq: 96, lr: 1.5e-3, warmup: 10 },
         }
     }
 }

@@ -73,6 +73,11 @@ pub struct TrainArgs {
     /// Only these stages (base, chat, target); later stages read <out>/base.
     #[arg(long, value_delimiter = ',')]
     pub stage: Vec<String>,
+    /// CPU threads for candle's kernels. One by default: on a shared machine a single thread is
+    /// both faster and the setting the bundled models were trained with (bit-for-bit rebuilds
+    /// need the same thread count).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Override the number of base pre-training steps.
     #[arg(long)]
     pub base_steps: Option<usize>,
@@ -105,6 +110,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             eprintln!("wrote {}", out.display());
         }
         LabCommand::Train(a) => {
+            // Before any candle op: candle and rayon read it when their thread pools start.
+            std::env::set_var("RAYON_NUM_THREADS", a.threads.max(1).to_string());
             let mut recipe = Recipe::default();
             if let Some(n) = a.base_steps {
                 recipe.base.steps = n;
