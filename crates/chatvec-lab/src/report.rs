@@ -23,6 +23,9 @@ pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
 
 type Metric = (&'static str, fn(&Scores) -> f64, bool);
 
+/// A plotted line: name, colour and the value it takes from a model's scores.
+type Series = (&'static str, RGBColor, Box<dyn Fn(&Scores) -> f64>);
+
 fn metrics() -> Vec<Metric> {
     vec![
         ("ko task accuracy", |s| s.ko_accuracy, true),
@@ -114,7 +117,7 @@ pub fn plot(runs: &[RunScores], path: &Path) -> Result<()> {
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let target_ppl = mean_sd(&values(runs, "target", |s| s.ko_perplexity)).0;
-    let series: Vec<(&str, RGBColor, Box<dyn Fn(&Scores) -> f64>)> = vec![
+    let series: Vec<Series> = vec![
         ("task accuracy", RGBColor(31, 119, 180), Box::new(|s: &Scores| s.ko_accuracy)),
         ("stop rate", RGBColor(255, 127, 14), Box::new(|s: &Scores| s.ko_stop)),
         ("Hangul ratio", RGBColor(44, 160, 44), Box::new(|s: &Scores| s.ko_korean_ratio)),
