@@ -65,31 +65,51 @@ fn timed(cmd: &mut Command) -> Result<(f64, u64)> {
     Ok((wall, usage.ru_maxrss as u64 * 1024))
 }
 
-/// The disk floor: read every weight file of the three inputs once, and write a file as large as
-/// the target's weights (its bytes copied), with 16 MiB sequential I/O, then sync.
+/// The disk floor: every weight file of the three inputs read once, one thread per model so the
+/// disk has as many reads in flight as the merge gives it, and a file as large as the target's
+/// weights written (its bytes copied) with 16 MiB sequential I/O, then synced.
 fn disk_floor(models: &[PathBuf; 3], out: &Path) -> Result<f64> {
-    let start = Instant::now();
-    let mut buf = vec![0u8; 16 << 20];
     std::fs::create_dir_all(out)?;
-    let mut sink = File::create(out.join("floor.bin"))?;
-    for (i, m) in models.iter().enumerate() {
-        let mut files: Vec<_> = std::fs::read_dir(m)?.flatten().map(|e| e.path()).collect();
-        files.sort();
-        for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")) {
-            let mut r = File::open(f)?;
-            loop {
-                let n = r.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                if i == 0 {
-                    sink.write_all(&buf[..n])?;
-                }
+    let start = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let sink = if i == 0 { Some(out.join("floor.bin")) } else { None };
+                scope.spawn(move || read_model(m, sink.as_deref()))
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Reads every safetensors file of `model` once; copies the bytes to `sink` when given.
+fn read_model(model: &Path, sink: Option<&Path>) -> Result<()> {
+    let mut buf = vec![0u8; 16 << 20];
+    let mut out = sink.map(File::create).transpose()?;
+    let mut files: Vec<_> = std::fs::read_dir(model)?.flatten().map(|e| e.path()).collect();
+    files.sort();
+    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")) {
+        let mut r = File::open(f)?;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            if let Some(o) = out.as_mut() {
+                o.write_all(&buf[..n])?;
             }
         }
     }
-    sink.sync_all()?;
-    Ok(start.elapsed().as_secs_f64())
+    if let Some(o) = out {
+        o.sync_all()?;
+    }
+    Ok(())
 }
 
 fn bench_merge(dir: &Path, scales: &[usize], chatvec: &Path, clean: bool) -> Result<()> {
