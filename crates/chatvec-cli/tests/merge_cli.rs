@@ -445,3 +445,27 @@ fn ctrl_c_stops_the_merge_and_leaves_nothing() {
     let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 3, "only the three inputs remain: {left:?}");
 }
+
+#[test]
+fn output_that_is_an_input_is_refused_even_with_force() {
+    let work = tempfile::tempdir().unwrap();
+    let t = copy_model(work.path(), "target", "t");
+    let before = snapshot(&t);
+    let o = chatvec(&[
+        "merge",
+        "--base",
+        fixture("base").to_str().unwrap(),
+        "--chat",
+        fixture("chat").to_str().unwrap(),
+        "--target",
+        t.to_str().unwrap(),
+        "-o",
+        t.to_str().unwrap(),
+        "--force",
+        "--quiet",
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("would overwrite the input model"), "{err}");
+    assert!(before == snapshot(&t), "the target must be untouched");
+}

@@ -364,6 +364,7 @@ fn write_model(
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
+    refuse_input_as_output(models, &out.path)?;
     let dir = OutputDir::create(&out.path, out.force)?;
     check_free_space(dir.path(), bytes_out)?;
     progress.begin(bytes_out);
@@ -425,6 +426,22 @@ fn write_model(
     dir.commit()?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// `--force` must never replace (or write into) a model being read.
+fn refuse_input_as_output(models: &[Checkpoint], out: &std::path::Path) -> Result<()> {
+    let Ok(out) = out.canonicalize() else { return Ok(()) };
+    for m in models {
+        let dir = m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone());
+        if out == dir || dir.starts_with(&out) || out.starts_with(&dir) {
+            return Err(Error::msg(format!(
+                "{}: the output would overwrite the input model {}; choose another --output",
+                out.display(),
+                m.dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn plan_read_bytes(models: &[Checkpoint], plan: &Plan) -> u64 {
