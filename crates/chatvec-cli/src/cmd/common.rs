@@ -25,6 +25,17 @@ impl HubArgs {
     }
 }
 
+/// The two models whose difference is the chat vector.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PairArgs {
+    /// The base model the chat model was tuned from (directory or org/name[@revision]).
+    #[arg(long, value_name = "MODEL")]
+    pub base: String,
+    /// The instruction-tuned (chat) model.
+    #[arg(long, value_name = "MODEL")]
+    pub chat: String,
+}
+
 /// Which tensors take part, and in which dtype.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SelectArgs {

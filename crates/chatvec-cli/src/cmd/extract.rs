@@ -5,17 +5,13 @@ use std::process::ExitCode;
 use anyhow::Result;
 use chatvec_core::{ops, DType, ExtractJob};
 
-use super::common::{interrupt_flag, report, Bar, HubArgs, OutputArgs, SelectArgs};
+use super::common::{interrupt_flag, report, Bar, HubArgs, OutputArgs, PairArgs, SelectArgs};
 
 /// Extract arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The base model.
-    #[arg(long, value_name = "MODEL")]
-    pub base: String,
-    /// The instruction-tuned (chat) model.
-    #[arg(long, value_name = "MODEL")]
-    pub chat: String,
+    #[command(flatten)]
+    pub pair: PairArgs,
     #[command(flatten)]
     pub select: SelectArgs,
     #[command(flatten)]
@@ -28,8 +24,12 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let mut plan = a.select.plan_options()?;
     plan.dtype = Some(plan.dtype.unwrap_or(DType::F32));
-    let job =
-        ExtractJob { base: a.hub.resolve(&a.base)?, chat: a.hub.resolve(&a.chat)?, plan, output: a.out.options() };
+    let job = ExtractJob {
+        base: a.hub.resolve(&a.pair.base)?,
+        chat: a.hub.resolve(&a.pair.chat)?,
+        plan,
+        output: a.out.options(),
+    };
     let cancel = interrupt_flag();
     let bar = Bar::new(a.out.quiet || a.out.json || a.out.dry_run);
     let summary = ops::extract(&job, &bar, &cancel)?;

@@ -5,17 +5,13 @@ use std::process::ExitCode;
 use anyhow::Result;
 use chatvec_core::{ops, MergeJob};
 
-use super::common::{check_ratio, interrupt_flag, report, Bar, HubArgs, OutputArgs, SelectArgs};
+use super::common::{check_ratio, interrupt_flag, report, Bar, HubArgs, OutputArgs, PairArgs, SelectArgs};
 
 /// Merge arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The base model the chat model was tuned from (directory or org/name[@revision]).
-    #[arg(long, value_name = "MODEL")]
-    pub base: String,
-    /// The instruction-tuned (chat) model.
-    #[arg(long, value_name = "MODEL")]
-    pub chat: String,
+    #[command(flatten)]
+    pub pair: PairArgs,
     /// The continually pre-trained model to give chat skills.
     #[arg(long, value_name = "MODEL")]
     pub target: String,
@@ -56,8 +52,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         plan.porter = Some(ops::porter(a.porter_steepness, a.porter_shift));
     }
     let job = MergeJob {
-        base: a.hub.resolve(&a.base)?,
-        chat: a.hub.resolve(&a.chat)?,
+        base: a.hub.resolve(&a.pair.base)?,
+        chat: a.hub.resolve(&a.pair.chat)?,
         target: a.hub.resolve(&a.target)?,
         ratio: a.ratio,
         plan,

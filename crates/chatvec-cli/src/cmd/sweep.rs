@@ -8,18 +8,14 @@ use chatvec_eval::perplexity::BUNDLED_TEXT;
 use chatvec_eval::plots::Size;
 use chatvec_eval::sweep::{plot, run_sweep, to_csv, to_text, SweepEval, SweepMerge};
 
-use super::common::{interrupt_flag, HubArgs, SelectArgs};
+use super::common::{interrupt_flag, HubArgs, PairArgs, SelectArgs};
 use super::eval::{read_text, ChatGenArgs, DeviceArgs, WindowArgs};
 
 /// Sweep arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The base model.
-    #[arg(long, value_name = "MODEL")]
-    pub base: String,
-    /// The chat model.
-    #[arg(long, value_name = "MODEL")]
-    pub chat: String,
+    #[command(flatten)]
+    pub pair: PairArgs,
     /// The target.
     #[arg(long, value_name = "MODEL")]
     pub target: String,
@@ -75,8 +71,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let prompts = if a.no_chat { vec![] } else { a.gen.prompts(a.prompts.as_deref())? };
     let job = SweepMerge {
-        base: a.hub.resolve(&a.base)?,
-        chat: a.hub.resolve(&a.chat)?,
+        base: a.hub.resolve(&a.pair.base)?,
+        chat: a.hub.resolve(&a.pair.chat)?,
         target: a.hub.resolve(&a.target)?,
         ratios: a.ratios.clone(),
         plan: a.select.plan_options()?,
