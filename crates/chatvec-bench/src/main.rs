@@ -30,12 +30,16 @@ enum Bench {
         /// Delete the synthetic models afterwards.
         #[arg(long)]
         clean: bool,
+        /// Also time the notebook approach (benches/merge/notebook.py; needs python3 with torch
+        /// and transformers, and about 3× a model's size in RAM).
+        #[arg(long)]
+        notebook: bool,
     },
 }
 
 fn main() -> Result<()> {
     match Bench::parse() {
-        Bench::Merge { dir, scales, chatvec, clean } => bench_merge(&dir, &scales, &chatvec, clean),
+        Bench::Merge { dir, scales, chatvec, clean, notebook } => bench_merge(&dir, &scales, &chatvec, clean, notebook),
     }
 }
 
@@ -112,7 +116,7 @@ fn read_model(model: &Path, sink: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn bench_merge(dir: &Path, scales: &[usize], chatvec: &Path, clean: bool) -> Result<()> {
+fn bench_merge(dir: &Path, scales: &[usize], chatvec: &Path, clean: bool, notebook: bool) -> Result<()> {
     if !chatvec.is_file() {
         bail!("{}: build it first with `cargo build --release -p chatvec`", chatvec.display());
     }
@@ -154,15 +158,36 @@ fn bench_merge(dir: &Path, scales: &[usize], chatvec: &Path, clean: bool) -> Res
         drop_caches();
         let wall = wall + s.elapsed().as_secs_f64();
         std::fs::remove_dir_all(&out)?;
-        rows.push((scale, shape.layers, model_bytes, floor, wall, rss, cache_dropped));
+        let nb = if notebook {
+            let nb_out = root.join("notebook");
+            drop_caches();
+            let r = timed(
+                Command::new("python3")
+                    .arg("benches/merge/notebook.py")
+                    .arg(&models[1])
+                    .arg(&models[2])
+                    .arg(&models[0])
+                    .arg(&nb_out)
+                    .stderr(std::process::Stdio::null()),
+            )?;
+            let _ = std::fs::remove_dir_all(&nb_out);
+            Some(r)
+        } else {
+            None
+        };
+        rows.push((scale, shape.layers, model_bytes, floor, wall, rss, cache_dropped, nb));
     }
     println!(
-        "| shape | model size | disk floor | chatvec merge | merge / floor | peak RSS | throughput (4 × size / wall) |"
+        "| shape | model size | disk floor | chatvec merge | merge / floor | peak RSS | throughput (4 × size / wall) | notebook wall | notebook RSS |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (scale, layers, bytes, floor, wall, rss, dropped) in &rows {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (scale, layers, bytes, floor, wall, rss, dropped, nb) in &rows {
+        let (nb_wall, nb_rss) = match nb {
+            Some((w, r)) => (format!("{w:.1} s"), format!("{:.1} GiB", *r as f64 / (1u64 << 30) as f64)),
+            None => ("-".into(), "-".into()),
+        };
         println!(
-            "| 1B ×{scale} ({layers} layers){} | {:.2} GB | {floor:.1} s | {wall:.1} s | {:.2}× | {:.0} MiB | {:.2} GB/s |",
+            "| 1B ×{scale} ({layers} layers){} | {:.2} GB | {floor:.1} s | {wall:.1} s | {:.2}× | {:.0} MiB | {:.2} GB/s | {nb_wall} | {nb_rss} |",
             if *dropped { "" } else { " (page cache warm)" },
             *bytes as f64 / 1e9,
             wall / floor,
