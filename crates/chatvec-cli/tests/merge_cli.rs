@@ -13,6 +13,15 @@ fn chatvec(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).output().unwrap()
 }
 
+/// `chatvec merge` of the fixture base and chat into `target`, written to `out`, with `extra` flags.
+fn merge_fixture(target: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (base, chat) = (fixture("base"), fixture("chat"));
+    let mut args = vec!["merge", "--base", base.to_str().unwrap(), "--chat", chat.to_str().unwrap()];
+    args.extend(["--target", target.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    args.extend(extra);
+    chatvec(&args)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -80,18 +89,7 @@ fn merge_fails(base: &Path, chat: &Path, target: &Path, needle: &[&str]) -> Stri
 fn merge_prints_summary_and_json() {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("m");
-    let o = chatvec(&[
-        "merge",
-        "--base",
-        fixture("base").to_str().unwrap(),
-        "--chat",
-        fixture("chat").to_str().unwrap(),
-        "--target",
-        fixture("target").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
+    let o = merge_fixture(&fixture("target"), &out, &["--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["merged"], 30);
@@ -99,17 +97,7 @@ fn merge_prints_summary_and_json() {
     assert!(out.join("model.safetensors").is_file());
     // Refused the second time, and the first output is untouched.
     let before = snapshot(&out);
-    let o = chatvec(&[
-        "merge",
-        "--base",
-        fixture("base").to_str().unwrap(),
-        "--chat",
-        fixture("chat").to_str().unwrap(),
-        "--target",
-        fixture("target").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = merge_fixture(&fixture("target"), &out, &[]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
     assert!(before == snapshot(&out));
@@ -119,20 +107,7 @@ fn merge_prints_summary_and_json() {
 fn dry_run_prints_the_plan_and_writes_nothing() {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("m");
-    let o = chatvec(&[
-        "merge",
-        "--base",
-        fixture("base").to_str().unwrap(),
-        "--chat",
-        fixture("chat").to_str().unwrap(),
-        "--target",
-        fixture("target_ext").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--dry-run",
-        "--exclude",
-        "norm",
-    ]);
+    let o = merge_fixture(&fixture("target_ext"), &out, &["--dry-run", "--exclude", "norm"]);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("would write 30 tensors"), "{err}");
@@ -253,18 +228,7 @@ fn target_config_drift_is_warned() {
     let cfg = std::fs::read_to_string(t.join("config.json")).unwrap().replace("500000.0", "10000.0");
     std::fs::write(t.join("config.json"), cfg).unwrap();
     let out = work.path().join("o");
-    let o = chatvec(&[
-        "merge",
-        "--base",
-        fixture("base").to_str().unwrap(),
-        "--chat",
-        fixture("chat").to_str().unwrap(),
-        "--target",
-        t.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
+    let o = merge_fixture(&t, &out, &["--quiet"]);
     assert!(o.status.success());
     assert!(
         stderr(&o).contains("warning: target rope_theta Some(10000.0) differs from base Some(500000.0)"),
@@ -378,20 +342,7 @@ fn output_loads_in_transformers_when_python_has_it() {
     }
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("m");
-    let o = chatvec(&[
-        "merge",
-        "--base",
-        fixture("base").to_str().unwrap(),
-        "--chat",
-        fixture("chat").to_str().unwrap(),
-        "--target",
-        fixture("target").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--shard-size",
-        "300KB",
-    ]);
+    let o = merge_fixture(&fixture("target"), &out, &["--quiet", "--shard-size", "300KB"]);
     assert!(o.status.success());
     let py = format!(
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n\
@@ -451,19 +402,7 @@ fn output_that_is_an_input_is_refused_even_with_force() {
     let work = tempfile::tempdir().unwrap();
     let t = copy_model(work.path(), "target", "t");
     let before = snapshot(&t);
-    let o = chatvec(&[
-        "merge",
-        "--base",
-        fixture("base").to_str().unwrap(),
-        "--chat",
-        fixture("chat").to_str().unwrap(),
-        "--target",
-        t.to_str().unwrap(),
-        "-o",
-        t.to_str().unwrap(),
-        "--force",
-        "--quiet",
-    ]);
+    let o = merge_fixture(&t, &t, &["--force", "--quiet"]);
     let err = stderr(&o);
     assert!(!o.status.success());
     assert!(err.contains("would overwrite the input model"), "{err}");
