@@ -99,10 +99,10 @@ fn resolve_in_cache(root: &Path, id: &str, rev: &str) -> std::result::Result<(Pa
 }
 
 #[cfg(not(feature = "download"))]
-fn download(spec: &str, _id: &str, _rev: &str, _root: &Path, why: String) -> Result<ResolvedModel> {
+fn download(spec: &str, id: &str, _rev: &str, _root: &Path, why: String) -> Result<ResolvedModel> {
     Err(Error::msg(format!(
         "{spec}: {why}; this build is offline-only: download it first \
-         (`huggingface-cli download {_id}`) or rebuild with `--features download`"
+         (`huggingface-cli download {id}`) or rebuild with `--features download`"
     )))
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use chatvec_core::{ops, ApplyJob};
 
-use super::common::{check_ratio, interrupt_flag, report, Bar, HubArgs, OutputArgs, SelectArgs};
+use super::common::{check_ratio, HubArgs, OutputArgs, SelectArgs};
 
 /// Apply arguments.
 #[derive(clap::Args, Debug)]
@@ -42,9 +42,5 @@ pub fn run(a: Args) -> Result<ExitCode> {
         plan: a.select.plan_options()?,
         output: a.out.options(),
     };
-    let cancel = interrupt_flag();
-    let bar = Bar::new(a.out.quiet || a.out.json || a.out.dry_run);
-    let summary = ops::apply(&job, &bar, &cancel)?;
-    report(&summary, a.out.json, &format!(", ratios {ratios:?}"))?;
-    Ok(ExitCode::SUCCESS)
+    a.out.run_job(|bar, cancel| ops::apply(&job, bar, cancel), &format!(", ratios {ratios:?}"))
 }

@@ -94,6 +94,19 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
+    /// Runs a weight job with a progress bar and Ctrl-C handling, then prints its summary.
+    pub fn run_job(
+        &self,
+        job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_core::Result<Summary>,
+        extra: &str,
+    ) -> Result<std::process::ExitCode> {
+        let cancel = interrupt_flag();
+        let bar = Bar::new(self.quiet || self.json || self.dry_run);
+        let summary = job(&bar, &cancel)?;
+        report(&summary, self.json, extra)?;
+        Ok(std::process::ExitCode::SUCCESS)
+    }
+
     /// Core output options.
     pub fn options(&self) -> OutputOptions {
         OutputOptions {

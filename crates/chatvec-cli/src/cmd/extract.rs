@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use chatvec_core::{ops, DType, ExtractJob};
 
-use super::common::{interrupt_flag, report, Bar, HubArgs, OutputArgs, PairArgs, SelectArgs};
+use super::common::{HubArgs, OutputArgs, PairArgs, SelectArgs};
 
 /// Extract arguments.
 #[derive(clap::Args, Debug)]
@@ -30,9 +30,5 @@ pub fn run(a: Args) -> Result<ExitCode> {
         plan,
         output: a.out.options(),
     };
-    let cancel = interrupt_flag();
-    let bar = Bar::new(a.out.quiet || a.out.json || a.out.dry_run);
-    let summary = ops::extract(&job, &bar, &cancel)?;
-    report(&summary, a.out.json, "")?;
-    Ok(ExitCode::SUCCESS)
+    a.out.run_job(|bar, cancel| ops::extract(&job, bar, cancel), "")
 }

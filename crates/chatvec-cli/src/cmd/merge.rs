@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use chatvec_core::{ops, MergeJob};
 
-use super::common::{check_ratio, interrupt_flag, report, Bar, HubArgs, OutputArgs, PairArgs, SelectArgs};
+use super::common::{check_ratio, HubArgs, OutputArgs, PairArgs, SelectArgs};
 
 /// Merge arguments.
 #[derive(clap::Args, Debug)]
@@ -59,9 +59,5 @@ pub fn run(a: Args) -> Result<ExitCode> {
         plan,
         output: a.out.options(),
     };
-    let cancel = interrupt_flag();
-    let bar = Bar::new(a.out.quiet || a.out.json || a.out.dry_run);
-    let summary = ops::merge(&job, &bar, &cancel)?;
-    report(&summary, a.out.json, &format!(", ratio {}", a.ratio))?;
-    Ok(ExitCode::SUCCESS)
+    a.out.run_job(|bar, cancel| ops::merge(&job, bar, cancel), &format!(", ratio {}", a.ratio))
 }
