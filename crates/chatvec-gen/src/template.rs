@@ -165,7 +165,9 @@ impl ChatTemplate {
         let rendered = std::thread::scope(|scope| {
             // The error too is read there: it holds the template's variables (debug info).
             let render = || {
-                tmpl.render_captured_to(Value::from_pairs(ctx), &mut out).map(drop).map_err(|e| (e.kind(), one_line(&e)))
+                tmpl.render_captured_to(Value::from_pairs(ctx), &mut out)
+                    .map(drop)
+                    .map_err(|e| (e.kind(), one_line(&e)))
             };
             let thread = std::thread::Builder::new().stack_size(RENDER_STACK_BYTES).spawn_scoped(scope, render);
             thread.map_err(|e| e.to_string())?.join().map_err(|_| "the template renderer panicked".to_string())
