@@ -55,6 +55,8 @@ impl TensorEntry {
 struct WeightFile {
     path: PathBuf,
     map: Mmap,
+    /// What was odd about the file but did not stop reading it (for the run's summary).
+    warning: Option<String>,
 }
 
 /// A model directory opened for streaming reads.
@@ -65,8 +67,6 @@ pub struct Checkpoint {
     pub config: ModelConfig,
     /// How the weights are stored.
     pub format: WeightFormat,
-    /// What was odd about the files but did not stop reading them (for the run's summary).
-    pub warnings: Vec<String>,
     files: Vec<WeightFile>,
     tensors: Vec<TensorEntry>,
     by_name: HashMap<String, usize>,
@@ -94,7 +94,6 @@ impl Checkpoint {
             dir: dir.to_path_buf(),
             config,
             format,
-            warnings: Vec::new(),
             files: Vec::new(),
             tensors: Vec::new(),
             by_name: HashMap::new(),
@@ -127,11 +126,11 @@ impl Checkpoint {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let _ = map.advise(Advice::Sequential);
         let idx = self.files.len();
-        let entries = match self.format {
-            WeightFormat::Safetensors => safetensors_entries(path, &map, idx)?,
-            WeightFormat::Torch => self.torch_entries(path, &map, idx)?,
+        let (entries, warning) = match self.format {
+            WeightFormat::Safetensors => (safetensors_entries(path, &map, idx)?, None),
+            WeightFormat::Torch => torch_entries(path, &map, idx)?,
         };
-        self.files.push(WeightFile { path: path.to_path_buf(), map });
+        self.files.push(WeightFile { path: path.to_path_buf(), map, warning });
         for e in entries {
             if self.by_name.contains_key(&e.name) {
                 return Err(Error::format(path, format!("tensor {} also appears in another shard", e.name)));
@@ -142,32 +141,9 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// The tensors of a PyTorch zip checkpoint; keys whose values are not tensors become a warning.
-    fn torch_entries(&mut self, path: &Path, map: &[u8], file: usize) -> Result<Vec<TensorEntry>> {
-        let contents = crate::pickle::read_torch_zip_contents(path, map)?;
-        if !contents.skipped_keys.is_empty() {
-            let keys = &contents.skipped_keys;
-            let shown = keys.iter().take(10).map(String::as_str).collect::<Vec<_>>().join(", ");
-            let more = if keys.len() > 10 { format!(" and {} more", keys.len() - 10) } else { String::new() };
-            self.warnings.push(format!(
-                "{}: skipped {} state-dict entries that are not tensors (never executed): {shown}{more}",
-                path.display(),
-                keys.len()
-            ));
-        }
-        Ok(contents
-            .tensors
-            .into_iter()
-            .map(|t| TensorEntry {
-                dtype: DType::parse(&t.dtype),
-                dtype_name: t.dtype,
-                name: t.name,
-                shape: t.shape,
-                file,
-                start: t.data_start,
-                len: t.data_len,
-            })
-            .collect())
+    /// What was odd about the weight files but did not stop reading them, one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        self.files.iter().filter_map(|f| f.warning.clone()).collect()
     }
 
     /// Every tensor in storage order (file by file, by offset).
@@ -315,6 +291,35 @@ fn read_index(path: &Path) -> Result<Vec<(String, String)>> {
             Ok((k.clone(), f.to_string()))
         })
         .collect()
+}
+
+/// The tensors of a PyTorch zip checkpoint, and a warning naming keys whose values are not tensors.
+fn torch_entries(path: &Path, map: &[u8], file: usize) -> Result<(Vec<TensorEntry>, Option<String>)> {
+    let contents = crate::pickle::read_torch_zip_contents(path, map)?;
+    let keys = &contents.skipped_keys;
+    let warning = (!keys.is_empty()).then(|| {
+        let shown = keys.iter().take(10).map(String::as_str).collect::<Vec<_>>().join(", ");
+        let more = if keys.len() > 10 { format!(" and {} more", keys.len() - 10) } else { String::new() };
+        format!(
+            "{}: skipped {} state-dict entries that are not tensors (never executed): {shown}{more}",
+            path.display(),
+            keys.len()
+        )
+    });
+    let entries = contents
+        .tensors
+        .into_iter()
+        .map(|t| TensorEntry {
+            dtype: DType::parse(&t.dtype),
+            dtype_name: t.dtype,
+            name: t.name,
+            shape: t.shape,
+            file,
+            start: t.data_start,
+            len: t.data_len,
+        })
+        .collect();
+    Ok((entries, warning))
 }
 
 fn safetensors_entries(path: &Path, map: &[u8], file: usize) -> Result<Vec<TensorEntry>> {

@@ -369,7 +369,7 @@ fn write_model(
         special_rows: plan.special_rows.clone(),
         only_in_target: plan.only_in_target.clone(),
         missing_from_target: plan.missing_from_target.clone(),
-        warnings: plan.warnings.iter().chain(models.iter().flat_map(|m| &m.warnings)).cloned().collect(),
+        warnings: plan.warnings.iter().cloned().chain(models.iter().flat_map(Checkpoint::warnings)).collect(),
         eos_token_ids: vec![],
         chat_template_from: None,
         shards: shards.len(),

@@ -188,7 +188,7 @@ impl Session {
             Ok(ControlFlow::Continue(()))
         })?;
         if let Some(rest) = stream.finish()? {
-            if let Some(w) = out.as_deref_mut() {
+            if let Some(w) = out {
                 w.write_all(rest.as_bytes())?;
                 w.flush()?;
             }
