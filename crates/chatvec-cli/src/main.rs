@@ -58,14 +58,29 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
+            eprintln!("error: {}", one_line(&err));
             if err.chain().any(|e| matches!(e.downcast_ref(), Some(chatvec_core::Error::Interrupted))) {
-                eprintln!("error: {err:#}");
-                return ExitCode::from(130);
+                return ExitCode::from(cmd::common::interrupted_exit_code());
             }
-            eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: library errors often print their
+/// source in their own message ("x (os error 2)"), which `{:#}` would repeat.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain().map(|c| c.to_string()) {
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line.replace('\n', " ")
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -55,6 +55,8 @@ impl TensorEntry {
 struct WeightFile {
     path: PathBuf,
     map: Mmap,
+    /// What was odd about the file but did not stop reading it (for the run's summary).
+    warning: Option<String>,
 }
 
 /// A model directory opened for streaming reads.
@@ -96,13 +98,16 @@ impl Checkpoint {
             tensors: Vec::new(),
             by_name: HashMap::new(),
         };
-        for name in file_names {
-            ckpt.add_file(&dir.join(&name))?;
+        for path in file_names {
+            ckpt.add_file(&path)?;
+        }
+        if ckpt.tensors.is_empty() {
+            return Err(Error::msg(format!("{}: the weight files hold no tensors", dir.display())));
         }
         if let Some((index_path, weight_map)) = index {
             for (tensor, file) in weight_map {
                 let found = ckpt.by_name.get(&tensor).map(|&i| &ckpt.tensors[i]);
-                let in_file = found.is_some_and(|t| ckpt.files[t.file].path.file_name() == Some(file.as_ref()));
+                let in_file = found.is_some_and(|t| ckpt.files[t.file].path == dir.join(&file));
                 if !in_file {
                     return Err(Error::format(
                         &index_path,
@@ -121,22 +126,11 @@ impl Checkpoint {
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let _ = map.advise(Advice::Sequential);
         let idx = self.files.len();
-        let entries = match self.format {
-            WeightFormat::Safetensors => safetensors_entries(path, &map, idx)?,
-            WeightFormat::Torch => crate::pickle::read_torch_zip(path, &map)?
-                .into_iter()
-                .map(|t| TensorEntry {
-                    dtype: DType::parse(&t.dtype),
-                    dtype_name: t.dtype,
-                    name: t.name,
-                    shape: t.shape,
-                    file: idx,
-                    start: t.data_start,
-                    len: t.data_len,
-                })
-                .collect(),
+        let (entries, warning) = match self.format {
+            WeightFormat::Safetensors => (safetensors_entries(path, &map, idx)?, None),
+            WeightFormat::Torch => torch_entries(path, &map, idx)?,
         };
-        self.files.push(WeightFile { path: path.to_path_buf(), map });
+        self.files.push(WeightFile { path: path.to_path_buf(), map, warning });
         for e in entries {
             if self.by_name.contains_key(&e.name) {
                 return Err(Error::format(path, format!("tensor {} also appears in another shard", e.name)));
@@ -145,6 +139,11 @@ impl Checkpoint {
             self.tensors.push(e);
         }
         Ok(())
+    }
+
+    /// What was odd about the weight files but did not stop reading them, one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        self.files.iter().filter_map(|f| f.warning.clone()).collect()
     }
 
     /// Every tensor in storage order (file by file, by offset).
@@ -219,7 +218,7 @@ impl Checkpoint {
 type IndexMap = Option<(PathBuf, Vec<(String, String)>)>;
 
 /// Finds the weight files of `dir`, preferring safetensors, and the index's weight map if sharded.
-fn find_weight_files(dir: &Path) -> Result<(WeightFormat, Vec<String>, IndexMap)> {
+fn find_weight_files(dir: &Path) -> Result<(WeightFormat, Vec<PathBuf>, IndexMap)> {
     for (format, single, index) in [
         (WeightFormat::Safetensors, "model.safetensors", "model.safetensors.index.json"),
         (WeightFormat::Torch, "pytorch_model.bin", "pytorch_model.bin.index.json"),
@@ -227,18 +226,14 @@ fn find_weight_files(dir: &Path) -> Result<(WeightFormat, Vec<String>, IndexMap)
         let index_path = dir.join(index);
         if index_path.is_file() {
             let weight_map = read_index(&index_path)?;
-            let mut files: Vec<String> = weight_map.iter().map(|(_, f)| f.clone()).collect();
-            files.sort();
+            let mut files: Vec<&str> = weight_map.iter().map(|(_, f)| f.as_str()).collect();
+            files.sort_unstable();
             files.dedup();
-            for f in &files {
-                if f.contains('/') || f.contains('\\') || !dir.join(f).is_file() {
-                    return Err(Error::format(&index_path, format!("names {f}, which is missing")));
-                }
-            }
-            return Ok((format, files, Some((index_path, weight_map))));
+            let paths = files.iter().map(|f| resolve_shard(dir, &index_path, f)).collect::<Result<_>>()?;
+            return Ok((format, paths, Some((index_path, weight_map))));
         }
         if dir.join(single).is_file() {
-            return Ok((format, vec![single.to_string()], None));
+            return Ok((format, vec![resolve_shard(dir, &dir.join(single), single)?], None));
         }
     }
     Err(Error::msg(format!(
@@ -247,18 +242,84 @@ fn find_weight_files(dir: &Path) -> Result<(WeightFormat, Vec<String>, IndexMap)
     )))
 }
 
+/// The one rule for a weight file named by a model directory (in its index, or found in it):
+/// the name is relative, has no `..`, and the file lies inside `dir` once symlinks are resolved.
+/// A Hugging Face cache snapshot (`models--org--name/snapshots/REV/`) may link into the
+/// `blobs/` folder of the same repository. `named_in` is the file that named it, for messages.
+pub fn resolve_shard(dir: &Path, named_in: &Path, name: &str) -> Result<PathBuf> {
+    use std::path::Component;
+    let refuse = |why: &str| Err(Error::format(named_in, format!("names {name}, {why}")));
+    let rel = Path::new(name);
+    if name.is_empty() || name.contains('\\') || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return refuse("which is not a plain relative path inside the model directory");
+    }
+    let path = dir.join(rel);
+    let Ok(real) = path.canonicalize() else {
+        return refuse("which is missing");
+    };
+    let root = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    let inside = real.starts_with(&root) || hub_blobs(&root).is_some_and(|b| real.starts_with(b));
+    if !inside {
+        return refuse("which lies outside the model directory");
+    }
+    if !real.is_file() {
+        return refuse("which is not a file");
+    }
+    Ok(path)
+}
+
+/// The `blobs/` folder a hub cache snapshot directory's files may link into.
+fn hub_blobs(snapshot: &Path) -> Option<PathBuf> {
+    let snapshots = snapshot.parent()?;
+    let repo = snapshots.parent()?;
+    let is_repo = repo.file_name()?.to_str()?.starts_with("models--");
+    (snapshots.file_name()? == "snapshots" && is_repo).then(|| repo.join("blobs"))
+}
+
 fn read_index(path: &Path) -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
     let map =
         v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(path, "no weight_map object"))?;
+    if map.is_empty() {
+        return Err(Error::format(path, "weight_map is empty: the index names no tensors"));
+    }
     map.iter()
         .map(|(k, f)| {
             let f = f.as_str().ok_or_else(|| Error::format(path, format!("weight_map[{k}] is not a file name")))?;
             Ok((k.clone(), f.to_string()))
         })
         .collect()
+}
+
+/// The tensors of a PyTorch zip checkpoint, and a warning naming keys whose values are not tensors.
+fn torch_entries(path: &Path, map: &[u8], file: usize) -> Result<(Vec<TensorEntry>, Option<String>)> {
+    let contents = crate::pickle::read_torch_zip_contents(path, map)?;
+    let keys = &contents.skipped_keys;
+    let warning = (!keys.is_empty()).then(|| {
+        let shown = keys.iter().take(10).map(String::as_str).collect::<Vec<_>>().join(", ");
+        let more = if keys.len() > 10 { format!(" and {} more", keys.len() - 10) } else { String::new() };
+        format!(
+            "{}: skipped {} state-dict entries that are not tensors (never executed): {shown}{more}",
+            path.display(),
+            keys.len()
+        )
+    });
+    let entries = contents
+        .tensors
+        .into_iter()
+        .map(|t| TensorEntry {
+            dtype: DType::parse(&t.dtype),
+            dtype_name: t.dtype,
+            name: t.name,
+            shape: t.shape,
+            file,
+            start: t.data_start,
+            len: t.data_len,
+        })
+        .collect();
+    Ok((entries, warning))
 }
 
 fn safetensors_entries(path: &Path, map: &[u8], file: usize) -> Result<Vec<TensorEntry>> {

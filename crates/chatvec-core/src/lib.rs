@@ -10,6 +10,8 @@ pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod kernel;
 pub mod modelfiles;
@@ -19,7 +21,7 @@ pub mod plan;
 pub mod synth;
 pub mod writer;
 
-pub use checkpoint::{Checkpoint, TensorEntry, WeightFormat};
+pub use checkpoint::{resolve_shard, Checkpoint, TensorEntry, WeightFormat};
 pub use config::ModelConfig;
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -97,7 +97,9 @@ pub fn copy_support_files(from: &Path, to: &Path) -> Result<Vec<String>> {
         if !is_file || is_weight_file(&name) {
             continue;
         }
-        std::fs::copy(ent.path(), to.join(&name)).map_err(|e| Error::io(ent.path(), e))?;
+        // An error here is about the output (full disk, no inodes), so it names the copy.
+        let dest = to.join(&name);
+        std::fs::copy(ent.path(), &dest).map_err(|e| Error::io(&dest, e))?;
         copied.push(name);
     }
     copied.sort();
@@ -143,4 +145,19 @@ pub fn write_generation_config(out: &Path, target: &ModelConfig, extra: &[u32]) 
     gen.insert("eos_token_id".into(), v);
     write_json(&path, &Value::Object(gen))?;
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_copy_names_the_output_file_not_the_input() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(from.path().join("tokenizer.json"), "{}").unwrap();
+        // The copy cannot be created (as when the disk is out of inodes).
+        std::fs::create_dir(to.path().join("tokenizer.json")).unwrap();
+        let err = copy_support_files(from.path(), to.path()).unwrap_err().to_string();
+        assert!(err.starts_with(&to.path().join("tokenizer.json").display().to_string()), "{err}");
+    }
 }

@@ -138,6 +138,11 @@ const SAME_ARCH_KEYS: &[&str] = &[
     "sliding_window",
 ];
 
+/// A config value for messages: the number, or `unset`.
+fn shown<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "unset".into())
+}
+
 fn describe(v: Option<&Value>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "unset".into())
 }
@@ -165,7 +170,8 @@ pub fn check_base_chat(base: &Checkpoint, chat: &Checkpoint) -> Result<()> {
         }
     }
     if base.config.rope_theta() != chat.config.rope_theta() {
-        return why(format!("rope_theta ({:?} vs {:?})", base.config.rope_theta(), chat.config.rope_theta()));
+        let (a, b) = (base.config.rope_theta(), chat.config.rope_theta());
+        return why(format!("rope_theta ({} vs {})", shown(a), shown(b)));
     }
     if base.config.rope_scaling() != chat.config.rope_scaling() {
         return why("rope_scaling".into());
@@ -186,9 +192,9 @@ pub fn target_warnings(base: &Checkpoint, target: &Checkpoint) -> Vec<String> {
     }
     if b.rope_theta() != t.rope_theta() {
         w.push(format!(
-            "target rope_theta {:?} differs from base {:?}: check the target's config.json",
-            t.rope_theta(),
-            b.rope_theta()
+            "target rope_theta {} differs from base {}: check the target's config.json",
+            shown(t.rope_theta()),
+            shown(b.rope_theta())
         ));
     }
     for k in ["bos_token_id", "eos_token_id"] {
@@ -198,9 +204,9 @@ pub fn target_warnings(base: &Checkpoint, target: &Checkpoint) -> Vec<String> {
     }
     if b.max_position_embeddings() != t.max_position_embeddings() {
         w.push(format!(
-            "target max_position_embeddings {:?} differs from base {:?}",
-            t.max_position_embeddings(),
-            b.max_position_embeddings()
+            "target max_position_embeddings {} differs from base {}",
+            shown(t.max_position_embeddings()),
+            shown(b.max_position_embeddings())
         ));
     }
     w
@@ -214,6 +220,7 @@ pub fn merge(job: &MergeJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
     let vectors = [VectorRef { ratio: job.ratio, plus: 1, minus: Some(2), special_rows: vec![] }];
     let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
     plan.warnings.extend(target_warnings(&models[2], &models[0]));
+    refuse_empty_vector(&plan, "base, chat and target")?;
     let template = modelfiles::chat_template(&job.chat.path)?;
     let chat_eos = modelfiles::eos_ids(&job.chat.path, &models[1].config)?;
     let recipe = json!({
@@ -252,6 +259,7 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
         manifests.push(manifest);
     }
     let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
+    refuse_empty_vector(&plan, "the target and its vectors")?;
     let first = &manifests[0];
     let template = first.get("chat_template").cloned().and_then(|t| serde_json::from_value(t).ok());
     let eos = crate::config::ids_of(first.get("chat_eos_token_ids"));
@@ -289,6 +297,19 @@ pub fn extract(job: &ExtractJob, progress: &dyn Progress, cancel: &AtomicBool) -
         "chat_eos_token_ids": modelfiles::eos_ids(&job.chat.path, &models[0].config)?,
     });
     write_model(&models, &plan, &job.plan, &job.output, "extract", recipe, None, progress, cancel, started)
+}
+
+/// A merge in which no tensor gets the vector would write a copy of the target and call it
+/// merged; it is refused with the reason.
+fn refuse_empty_vector(plan: &Plan, inputs: &str) -> Result<()> {
+    if plan.count(Kind::Merged) + plan.count(Kind::RowAdjusted) + plan.count(Kind::SpecialRows) > 0 {
+        return Ok(());
+    }
+    Err(Error::msg(format!(
+        "no tensor gets the vector: {inputs} share no selected tensor ({} tensors in the plan), so the \
+         output would only copy the target",
+        plan.tensors.len()
+    )))
 }
 
 fn input_record(m: &ResolvedModel, c: &Checkpoint) -> Value {
@@ -348,7 +369,7 @@ fn write_model(
         special_rows: plan.special_rows.clone(),
         only_in_target: plan.only_in_target.clone(),
         missing_from_target: plan.missing_from_target.clone(),
-        warnings: plan.warnings.clone(),
+        warnings: plan.warnings.iter().cloned().chain(models.iter().flat_map(Checkpoint::warnings)).collect(),
         eos_token_ids: vec![],
         chat_template_from: None,
         shards: shards.len(),
@@ -428,20 +449,41 @@ fn write_model(
     Ok(summary)
 }
 
-/// `--force` must never replace (or write into) a model being read.
+/// `--force` must never replace (or write into) a model being read, directly or through a
+/// symlink, whether or not the output exists yet.
 fn refuse_input_as_output(models: &[Checkpoint], out: &std::path::Path) -> Result<()> {
-    let Ok(out) = out.canonicalize() else { return Ok(()) };
+    let out = resolve_existing_prefix(out);
     for m in models {
         let dir = m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone());
         if out == dir || dir.starts_with(&out) || out.starts_with(&dir) {
             return Err(Error::msg(format!(
-                "{}: the output would overwrite the input model {}; choose another --output",
+                "{}: the output would overwrite the input model {} or lie inside it; choose another --output",
                 out.display(),
                 m.dir.display()
             )));
         }
     }
     Ok(())
+}
+
+/// `path` with symlinks resolved as far as it exists: its longest existing ancestor
+/// canonicalized, then the components that do not exist yet.
+fn resolve_existing_prefix(path: &std::path::Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut missing = vec![];
+    let mut cur = absolute.as_path();
+    loop {
+        if let Ok(real) = cur.canonicalize() {
+            return missing.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (cur.file_name(), cur.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return absolute,
+        }
+    }
 }
 
 fn plan_read_bytes(models: &[Checkpoint], plan: &Plan) -> u64 {
@@ -463,16 +505,39 @@ fn check_free_space(dir: &std::path::Path, need: u64) -> Result<()> {
     // Headers, config and tokenizer files are small; keep a 64 MiB margin for them.
     if free < need + (64 << 20) {
         return Err(Error::msg(format!(
-            "{}: not enough free disk space: the output needs {:.2} GB, {:.2} GB are free",
+            "{}: not enough free disk space: the output needs {}, {} are free",
             dir.parent().unwrap_or(dir).display(),
-            need as f64 / 1e9,
-            free as f64 / 1e9
+            human_bytes(need),
+            human_bytes(free)
         )));
     }
     Ok(())
 }
 
+/// A byte count for people: `1.23 GB`, `4.5 MB`, `12.0 kB`, `300 bytes` (decimal units).
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        1_000_000_000.. => format!("{:.2} GB", b as f64 / 1e9),
+        1_000_000.. => format!("{:.1} MB", b as f64 / 1e6),
+        1_000.. => format!("{:.1} kB", b as f64 / 1e3),
+        _ => format!("{b} bytes"),
+    }
+}
+
 /// Feature-porter parameters from user flags.
 pub fn porter(steepness: f64, shift: f64) -> PorterParams {
     PorterParams { steepness, shift }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_are_never_shown_as_zero_gigabytes() {
+        assert_eq!(human_bytes(3_200_000_000), "3.20 GB");
+        assert_eq!(human_bytes(4_500_000), "4.5 MB");
+        assert_eq!(human_bytes(12_000), "12.0 kB");
+        assert_eq!(human_bytes(300), "300 bytes");
+    }
 }

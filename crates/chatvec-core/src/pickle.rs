@@ -55,6 +55,21 @@ const LEGACY_MSG: &str =
 /// tensors that share a storage (tied weights, views) are each listed with their own offsets.
 /// Non-tensor values of the state dict (ints, strings, `None`) are skipped.
 pub fn read_torch_zip(path: &Path, file: &[u8]) -> Result<Vec<TorchTensor>> {
+    read_torch_zip_contents(path, file).map(|c| c.tensors)
+}
+
+/// What a PyTorch zip checkpoint holds: its tensors, and the keys of values that are not tensors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorchContents {
+    /// The tensors, in the order of the pickled state dict.
+    pub tensors: Vec<TorchTensor>,
+    /// State-dict keys whose values are not tensors (numbers, strings, or calls that were
+    /// recorded and never run, such as `os.system`); they are left out.
+    pub skipped_keys: Vec<String>,
+}
+
+/// Like [`read_torch_zip`], also naming the keys it skipped because their values are not tensors.
+pub fn read_torch_zip_contents(path: &Path, file: &[u8]) -> Result<TorchContents> {
     let fmt = |msg: String| Error::format(path, msg);
     if !file.starts_with(b"PK\x03\x04") {
         if looks_legacy(file) {
@@ -95,6 +110,7 @@ pub fn read_torch_zip(path: &Path, file: &[u8]) -> Result<Vec<TorchTensor>> {
     // Containers already looked into (one may be referenced under many keys).
     let mut checked = std::collections::HashSet::new();
     let mut out = Vec::new();
+    let mut skipped_keys = Vec::new();
     for (key, value) in items {
         match value {
             Value::Tensor(t) => {
@@ -125,8 +141,8 @@ pub fn read_torch_zip(path: &Path, file: &[u8]) -> Result<Vec<TorchTensor>> {
                     format!("unsupported pickle global {global} in {}", path.display()),
                 ));
             }
-            Value::Obj(id) if checked.insert(*id) => {
-                if let Obj::Dict(d) = &unpickler.arena[*id] {
+            Value::Obj(id) => {
+                if let (true, Obj::Dict(d)) = (checked.insert(*id), &unpickler.arena[*id]) {
                     if d.items.iter().any(|(_, v)| matches!(v, Value::Tensor(_))) {
                         return Err(fmt(format!(
                             "{pkl_name}: value {:?} is a nested dict of tensors (a training \
@@ -135,11 +151,12 @@ pub fn read_torch_zip(path: &Path, file: &[u8]) -> Result<Vec<TorchTensor>> {
                         )));
                     }
                 }
+                skipped_keys.push(display_key(key));
             }
-            _ => {}
+            _ => skipped_keys.push(display_key(key)),
         }
     }
-    Ok(out)
+    Ok(TorchContents { tensors: out, skipped_keys })
 }
 
 /// A dict key for messages.
@@ -444,15 +461,17 @@ struct Dict {
 }
 
 impl Dict {
-    fn insert(&mut self, key: Value, value: Value) {
+    /// Sets `key` to `value`; returns whether the key is new (the dict grew).
+    fn insert(&mut self, key: Value, value: Value) -> bool {
         if let Value::Str(s) = &key {
             if let Some(&i) = self.by_str.get(s) {
                 self.items[i].1 = value;
-                return;
+                return false;
             }
             self.by_str.insert(s.clone(), self.items.len());
         }
         self.items.push((key, value));
+        true
     }
 }
 
@@ -478,7 +497,13 @@ struct Unpickler<'a> {
     /// Work left (items copied, key bytes hashed): a hostile pickle that reuses one big memoized
     /// object over and over could otherwise cost time quadratic in its size.
     budget: usize,
+    /// Value slots the containers may still hold: the same reuse, copying a big memoized list
+    /// into new containers, could otherwise fill memory long before the work runs out.
+    slots: usize,
 }
+
+/// Value slots a dict item costs (key, value, and its index entry).
+const DICT_ITEM_SLOTS: usize = 4;
 
 impl<'a> Unpickler<'a> {
     fn new(data: &'a [u8]) -> Self {
@@ -490,7 +515,19 @@ impl<'a> Unpickler<'a> {
             memo: HashMap::new(),
             arena: Vec::new(),
             budget: data.len().saturating_mul(16).saturating_add(1 << 20),
+            // A pickle stores at most about one value per byte unless it copies containers;
+            // twice that (about 50 bytes a slot) keeps a 5 MB pickle within a few hundred MB.
+            slots: data.len().saturating_mul(2).saturating_add(1 << 20),
         }
+    }
+
+    /// Charges `n` value slots against the memory budget.
+    fn store(&mut self, n: usize) -> PResult<()> {
+        self.slots = self
+            .slots
+            .checked_sub(n)
+            .ok_or_else(|| format!("pickle needs too much memory for its size (hostile?) at byte {}", self.pos))?;
+        Ok(())
     }
 
     /// Charges `n` units of work against the budget.
@@ -573,9 +610,15 @@ impl<'a> Unpickler<'a> {
         Ok(std::mem::replace(&mut self.stack, saved))
     }
 
-    fn new_obj(&mut self, o: Obj) -> Value {
+    fn new_obj(&mut self, o: Obj) -> PResult<Value> {
+        self.store(
+            1 + match &o {
+                Obj::Tuple(items) | Obj::List(items) => items.len(),
+                Obj::Dict(d) => d.items.len() * DICT_ITEM_SLOTS,
+            },
+        )?;
         self.arena.push(o);
-        Value::Obj(self.arena.len() - 1)
+        Ok(Value::Obj(self.arena.len() - 1))
     }
 
     fn memo_get(&self, i: u64) -> PResult<Value> {
@@ -596,6 +639,7 @@ impl<'a> Unpickler<'a> {
         let Some(id) = self.top_container()? else {
             return Ok(());
         };
+        self.store(items.len())?;
         match &mut self.arena[id] {
             Obj::List(l) => {
                 l.extend(items);
@@ -624,10 +668,11 @@ impl<'a> Unpickler<'a> {
             return Err("SETITEM on something that is not a dict".to_string());
         };
         let mut it = items.into_iter();
+        let mut added = 0;
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            d.insert(k, v);
+            added += usize::from(d.insert(k, v));
         }
-        Ok(())
+        self.store(added * DICT_ITEM_SLOTS)
     }
 
     /// Runs the pickle to its STOP and returns the object it built.
@@ -751,21 +796,21 @@ impl<'a> Unpickler<'a> {
                 }
                 // EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE, EMPTY_SET
                 b'}' => {
-                    let v = self.new_obj(Obj::Dict(Dict::default()));
+                    let v = self.new_obj(Obj::Dict(Dict::default()))?;
                     self.push(v);
                 }
                 b']' | 0x8f => {
-                    let v = self.new_obj(Obj::List(Vec::new()));
+                    let v = self.new_obj(Obj::List(Vec::new()))?;
                     self.push(v);
                 }
                 b')' => {
-                    let v = self.new_obj(Obj::Tuple(Vec::new()));
+                    let v = self.new_obj(Obj::Tuple(Vec::new()))?;
                     self.push(v);
                 }
                 // TUPLE, TUPLE1, TUPLE2, TUPLE3
                 b't' => {
                     let items = self.pop_mark()?;
-                    let v = self.new_obj(Obj::Tuple(items));
+                    let v = self.new_obj(Obj::Tuple(items))?;
                     self.push(v);
                 }
                 0x85..=0x87 => {
@@ -774,19 +819,19 @@ impl<'a> Unpickler<'a> {
                         return Err(format!("pickle stack underflow at byte {at}"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    let v = self.new_obj(Obj::Tuple(items));
+                    let v = self.new_obj(Obj::Tuple(items))?;
                     self.push(v);
                 }
                 // LIST, FROZENSET (kept as a list)
                 b'l' | 0x91 => {
                     let items = self.pop_mark()?;
-                    let v = self.new_obj(Obj::List(items));
+                    let v = self.new_obj(Obj::List(items))?;
                     self.push(v);
                 }
                 // DICT
                 b'd' => {
                     let items = self.pop_mark()?;
-                    let v = self.new_obj(Obj::Dict(Dict::default()));
+                    let v = self.new_obj(Obj::Dict(Dict::default()))?;
                     self.push(v);
                     self.set_items(items)?;
                 }
@@ -874,7 +919,7 @@ impl<'a> Unpickler<'a> {
                     let cls = self.pop()?;
                     let v = match &cls {
                         Value::Global(g) if &**g == "collections.OrderedDict" => {
-                            self.new_obj(Obj::Dict(Dict::default()))
+                            self.new_obj(Obj::Dict(Dict::default()))?
                         }
                         Value::Global(g) => Value::Opaque(g.clone()),
                         other => return Err(format!("NEWOBJ on {}", kind(other))),
@@ -958,7 +1003,7 @@ impl<'a> Unpickler<'a> {
         let args: Vec<Value> = self.tuple(args).unwrap_or_default().to_vec();
         match &**name {
             "collections.OrderedDict" | "builtins.dict" => {
-                let v = self.new_obj(Obj::Dict(Dict::default()));
+                let v = self.new_obj(Obj::Dict(Dict::default()))?;
                 if let Some(pairs) = args.first() {
                     // OrderedDict([(k, v), ...])
                     let n = self.seq(pairs).ok_or_else(|| format!("unsupported arguments to {name}"))?.len();

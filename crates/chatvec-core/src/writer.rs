@@ -33,10 +33,15 @@ impl OutputDir {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        if parent.exists() && !parent.is_dir() {
+            return Err(Error::msg(format!("{}: {} is not a directory", out.display(), parent.display())));
+        }
         if !parent.is_dir() {
             return Err(Error::msg(format!("{}: parent directory does not exist", out.display())));
         }
-        let tmp_path = parent.join(format!(".{}.chatvec-tmp-{}", name.to_string_lossy(), std::process::id()));
+        let prefix = format!(".{}.chatvec-tmp-", name.to_string_lossy());
+        remove_stale_temp_dirs(&parent, &prefix);
+        let tmp_path = parent.join(format!("{prefix}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp_path);
         std::fs::create_dir(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
         Ok(OutputDir { final_path: out.to_path_buf(), tmp_path, force, committed: false })
@@ -67,6 +72,26 @@ impl OutputDir {
         }
         self.committed = true;
         Ok(())
+    }
+}
+
+/// Removes `parent/{prefix}PID[.old]` directories left by runs that were killed (`kill -9`, a
+/// crash): their process is gone. Directories of live processes (another run writing the same
+/// output) are left alone; where liveness cannot be told (no `/proc`), nothing is removed.
+fn remove_stale_temp_dirs(parent: &Path, prefix: &str) {
+    let proc_fs = Path::new("/proc");
+    if !proc_fs.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        let pid = pid.strip_suffix(".old").unwrap_or(pid);
+        let is_pid = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+        if is_pid && !proc_fs.join(pid).exists() && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -311,6 +336,32 @@ mod tests {
                 .unwrap();
         assert_eq!(idx["weight_map"]["a"], "model-00001-of-00002.safetensors");
         assert_eq!(idx["metadata"]["total_size"], 226);
+    }
+
+    #[test]
+    fn temp_dirs_of_dead_processes_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // PIDs above the kernel's pid_max (at most 2^22) belong to no process.
+        let dead = dir.path().join(".out.chatvec-tmp-4999999");
+        let dead_old = dir.path().join(".out.chatvec-tmp-4999998.old");
+        let live = dir.path().join(format!(".out.chatvec-tmp-{}", std::os::unix::process::parent_id()));
+        let other = dir.path().join(".other.chatvec-tmp-4999999");
+        for d in [&dead, &dead_old, &live, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("model-00001-of-00002.safetensors"), "partial").unwrap();
+        }
+        let o = OutputDir::create(&dir.path().join("out"), false).unwrap();
+        assert!(!dead.exists() && !dead_old.exists(), "stale temp dirs of dead processes are removed");
+        assert!(live.exists() && other.exists(), "a live process's and another output's are kept");
+        drop(o);
+    }
+
+    #[test]
+    fn output_whose_parent_is_a_file_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        let err = OutputDir::create(&dir.path().join("file/x"), false).unwrap_err().to_string();
+        assert!(err.contains("is not a directory"), "{err}");
     }
 
     #[test]

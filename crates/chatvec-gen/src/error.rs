@@ -38,6 +38,15 @@ pub enum GenError {
     /// A user-supplied option is invalid.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A sequence longer than the model's context (`max_position_embeddings`).
+    #[error(
+        "{tokens} tokens do not fit the model's context of {limit} positions (max_position_embeddings); \
+         shorten the prompt or pass --truncate left"
+    )]
+    ContextFull { tokens: usize, limit: usize },
+    /// The model produced NaN or infinite logits (broken or overflowing weights).
+    #[error("the model's logits are not finite ({count} of {vocab} are NaN or infinite) at generated token {step}: its weights are broken or overflow in this dtype")]
+    NonFiniteLogits { count: usize, vocab: usize, step: usize },
     /// A tensor operation failed.
     #[error("tensor: {0}")]
     Candle(#[from] candle_core::Error),

@@ -36,6 +36,8 @@ pub enum StopReason {
     Length,
     /// The token callback asked to stop.
     Cancelled,
+    /// The model's context (`max_position_embeddings`) is full.
+    Context,
 }
 
 /// What one call to [`generate`] produced.
@@ -85,6 +87,10 @@ where
     if prompt.is_empty() {
         return Err(GenError::InvalidArgument("the prompt has no tokens".into()).into());
     }
+    let limit = model.config().max_position_embeddings;
+    if prompt.len() > limit {
+        return Err(GenError::ContextFull { tokens: prompt.len(), limit }.into());
+    }
     let mut sampler = Sampler::new(config.sampling.clone())?;
     let shared = model.cached_tokens().iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
     model.truncate(shared)?;
@@ -101,7 +107,7 @@ where
         return Ok(output);
     }
     let mut context = prompt.to_vec();
-    let mut logits = logits_vec(model.forward_last(&prompt[shared..])?)?;
+    let mut logits = finite_logits(model.forward_last(&prompt[shared..])?, 0)?;
     let mut first_at = None;
     loop {
         let id = sampler.sample(&mut logits, &context);
@@ -124,11 +130,22 @@ where
             output.stop = StopReason::Length;
             break;
         }
-        logits = logits_vec(model.forward_last(&[id])?)?;
+        if context.len() >= limit {
+            output.stop = StopReason::Context;
+            break;
+        }
+        logits = finite_logits(model.forward_last(&[id])?, output.tokens.len())?;
     }
     Ok(output)
 }
 
-fn logits_vec(t: candle_core::Tensor) -> Result<Vec<f32>, GenError> {
-    Ok(t.to_vec1::<f32>()?)
+/// The logits as a vector; NaN or infinite ones mean broken weights, and sampling from them
+/// would print token 0 as if it were an answer. `step` is the number of tokens generated so far.
+fn finite_logits(t: candle_core::Tensor, step: usize) -> Result<Vec<f32>, GenError> {
+    let logits = t.to_vec1::<f32>()?;
+    let count = logits.iter().filter(|x| !x.is_finite()).count();
+    if count > 0 {
+        return Err(GenError::NonFiniteLogits { count, vocab: logits.len(), step });
+    }
+    Ok(logits)
 }

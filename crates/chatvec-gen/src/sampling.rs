@@ -78,16 +78,30 @@ impl GenerationDefaults {
         }
         let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
-        let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
-        if let Some(b) = v.get("do_sample").and_then(serde_json::Value::as_bool) {
-            d.do_sample = b;
+        let field = |k: &str| v.get(k).filter(|x| !x.is_null());
+        let wrong = |k: &str, what: &str| {
+            GenError::bad_file(
+                &path,
+                format!("`{k}` is {}, expected {what}", field(k).map(|x| x.to_string()).unwrap_or_default()),
+            )
+        };
+        let num = |k: &str| field(k).map(|x| x.as_f64().ok_or_else(|| wrong(k, "a number"))).transpose();
+        if let Some(b) = field("do_sample") {
+            d.do_sample = b.as_bool().ok_or_else(|| wrong("do_sample", "true or false"))?;
         }
-        d.temperature = num("temperature").unwrap_or(d.temperature);
-        d.top_p = num("top_p").unwrap_or(d.top_p);
-        if let Some(k) = v.get("top_k").filter(|k| !k.is_null()) {
-            d.top_k = k.as_u64().map(|k| k as usize).filter(|&k| k > 0);
+        d.temperature = num("temperature")?.unwrap_or(d.temperature);
+        d.top_p = num("top_p")?.unwrap_or(d.top_p);
+        if let Some(k) = field("top_k") {
+            d.top_k = Some(k.as_u64().ok_or_else(|| wrong("top_k", "an integer >= 0"))? as usize).filter(|&k| k > 0);
         }
-        d.repetition_penalty = num("repetition_penalty").unwrap_or(d.repetition_penalty);
+        d.repetition_penalty = num("repetition_penalty")?.unwrap_or(d.repetition_penalty);
+        let as_params = SamplingParams {
+            temperature: d.temperature,
+            top_p: d.top_p,
+            repetition_penalty: d.repetition_penalty,
+            ..SamplingParams::default()
+        };
+        as_params.validate().map_err(|e| GenError::bad_file(&path, e.to_string()))?;
         Ok(d)
     }
 }
@@ -328,6 +342,22 @@ mod tests {
         let d = GenerationDefaults::for_model(dir.path()).unwrap();
         assert!(d.do_sample);
         assert_eq!((d.temperature, d.top_p, d.top_k, d.repetition_penalty), (0.6, 0.9, None, 1.0));
+    }
+
+    #[test]
+    fn bad_generation_config_values_name_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (json, needle) in [
+            (r#"{"temperature": -1}"#, "temperature must be >= 0"),
+            (r#"{"temperature": "hot"}"#, "`temperature` is \"hot\", expected a number"),
+            (r#"{"top_p": 0}"#, "top_p must be in (0, 1]"),
+            (r#"{"top_k": -5}"#, "`top_k` is -5"),
+            (r#"{"do_sample": 1}"#, "`do_sample` is 1"),
+        ] {
+            std::fs::write(dir.path().join("generation_config.json"), json).unwrap();
+            let err = GenerationDefaults::for_model(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("generation_config.json") && err.contains(needle), "{err}");
+        }
     }
 
     #[test]

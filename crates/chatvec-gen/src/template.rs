@@ -39,9 +39,22 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     special_tokens: Vec<(String, String)>,
     source: TemplateSource,
+    tools: Value,
 }
 
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// Steps a render may take: real templates need a few thousand per message; a loop that never
+/// ends stops within a second.
+const TEMPLATE_FUEL: u64 = 10_000_000;
+
+/// Stack of the rendering thread: enough for values nested as deep as the fuel lets a template
+/// build them (reserved, not used, unless a template does so).
+const RENDER_STACK_BYTES: usize = 1 << 30;
+
+/// Largest rendered prompt; a template that keeps emitting text stops here instead of filling
+/// memory.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
 
 impl ChatTemplate {
     /// Finds the template of the model in `dir`: `chat_template.jinja`, then `chat_template` in
@@ -86,9 +99,10 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(&text))
             .map_err(|e| GenError::Template(format!("{}: {}", source_name(&source), one_line(&e))))?;
-        Ok(ChatTemplate { env, special_tokens: tokenizer.special_tokens(), source })
+        Ok(ChatTemplate { env, special_tokens: tokenizer.special_tokens(), source, tools: Value::from(()) })
     }
 
     /// Where the template came from.
@@ -115,20 +129,101 @@ impl ChatTemplate {
         self.render_values(json_to_value(messages), add_generation_prompt)
     }
 
+    /// Like [`render_json`](Self::render_json), with transformers' `tools` (a list of JSON
+    /// function schemas).
+    pub fn render_with_tools(
+        &mut self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.tools = tools.map(json_to_value).unwrap_or(Value::from(()));
+        let out = self.render_values(json_to_value(messages), add_generation_prompt);
+        self.tools = Value::from(());
+        out
+    }
+
+    /// Renders as if the clock read `unix_secs` (UTC) for `strftime_now`, for reproducible prompts.
+    pub fn set_clock(&mut self, unix_secs: i64) {
+        self.env.add_function("strftime_now", move |format: String| Value::from(strftime(&format, unix_secs)));
+    }
+
     fn render_values(&self, messages: Value, add_generation_prompt: bool) -> Result<String> {
         let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| GenError::Template(one_line(&e)))?;
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", messages),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
-            ("tools", Value::from(())),
+            ("tools", self.tools.clone()),
             ("documents", Value::from(())),
         ];
         for (name, token) in &self.special_tokens {
             ctx.push((name.as_str(), Value::from(token.as_str())));
         }
-        tmpl.render(Value::from_pairs(ctx))
-            .map_err(|e| GenError::Template(format!("{}: {}", source_name(&self.source), one_line(&e))))
+        let mut out = CappedText::default();
+        // Values a template builds can nest as deep as its fuel allows, and minijinja walks
+        // (and drops) them recursively: the render runs on a thread whose stack fits that.
+        let rendered = std::thread::scope(|scope| {
+            // The error too is read there: it holds the template's variables (debug info).
+            let render = || {
+                tmpl.render_captured_to(Value::from_pairs(ctx), &mut out)
+                    .map(drop)
+                    .map_err(|e| (e.kind(), one_line(&e)))
+            };
+            let thread = std::thread::Builder::new().stack_size(RENDER_STACK_BYTES).spawn_scoped(scope, render);
+            thread.map_err(|e| e.to_string())?.join().map_err(|_| "the template renderer panicked".to_string())
+        });
+        let rendered = rendered.map_err(|e| GenError::Template(format!("{}: {e}", source_name(&self.source))))?;
+        let why = match rendered {
+            Ok(()) => return String::from_utf8(out.bytes).map_err(|e| GenError::Template(e.to_string())),
+            Err(_) if out.overflowed => format!("the rendered prompt exceeds {} MiB", MAX_RENDERED_BYTES >> 20),
+            Err((ErrorKind::OutOfFuel, _)) => {
+                format!("the template did not finish within {TEMPLATE_FUEL} steps (a loop that never ends?)")
+            }
+            Err((_, message)) => message,
+        };
+        Err(GenError::Template(format!("{}: {why}", source_name(&self.source))))
     }
+}
+
+/// The rendered text, refusing to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct CappedText {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered prompt too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Compiles `data` (as text) as a chat template and renders a short conversation with tools:
+/// the harness of the `chat_template` fuzz target and of its corpus replay test. Errors are
+/// expected; a panic, a hang or unbounded memory is a bug.
+#[doc(hidden)]
+pub fn fuzz_render(data: &[u8]) {
+    let text = String::from_utf8_lossy(data).into_owned();
+    let source = TemplateSource::File("fuzz.jinja".into());
+    let Ok(mut template) = ChatTemplate::compile(text, &TokenizerConfig::default(), source) else { return };
+    let messages = serde_json::json!([
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "안녕 {{ x }}"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call12345", "type": "function",
+            "function": {"name": "f", "arguments": {"a": 1e-07}}}]},
+        {"role": "tool", "tool_call_id": "call12345", "content": "2"},
+    ]);
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    let _ = template.render_with_tools(&messages, Some(&tools), true);
 }
 
 fn source_name(source: &TemplateSource) -> String {
@@ -294,11 +389,23 @@ struct JsonStyle {
 }
 
 fn write_json(out: &mut String, v: &Value, style: &JsonStyle, depth: usize) -> std::result::Result<(), JinjaError> {
+    let too_large = || JinjaError::new(ErrorKind::InvalidOperation, "tojson output exceeds the rendered-size cap");
+    if out.len() > MAX_RENDERED_BYTES {
+        return Err(too_large());
+    }
+    if depth > 512 {
+        return Err(JinjaError::new(ErrorKind::InvalidOperation, "tojson: value nested deeper than 512 levels"));
+    }
     let newline = |out: &mut String, depth: usize| {
         if let Some(n) = style.indent {
+            let pad = n.saturating_mul(depth);
+            if out.len().saturating_add(pad) > MAX_RENDERED_BYTES {
+                return Err(too_large());
+            }
             out.push('\n');
-            out.push_str(&" ".repeat(n * depth));
+            out.push_str(&" ".repeat(pad));
         }
+        Ok(())
     };
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
@@ -323,10 +430,10 @@ fn write_json(out: &mut String, v: &Value, style: &JsonStyle, depth: usize) -> s
                 if i > 0 {
                     out.push_str(&style.item_sep);
                 }
-                newline(out, depth + 1);
+                newline(out, depth + 1)?;
                 write_json(out, item, style, depth + 1)?;
             }
-            newline(out, depth);
+            newline(out, depth)?;
             out.push(']');
         }
         ValueKind::Map => {
@@ -343,12 +450,12 @@ fn write_json(out: &mut String, v: &Value, style: &JsonStyle, depth: usize) -> s
                 if i > 0 {
                     out.push_str(&style.item_sep);
                 }
-                newline(out, depth + 1);
+                newline(out, depth + 1)?;
                 write_json_string(out, &key.to_string());
                 out.push_str(&style.key_sep);
                 write_json(out, &v.get_item(key)?, style, depth + 1)?;
             }
-            newline(out, depth);
+            newline(out, depth)?;
             out.push('}');
         }
         _ => write_json_string(out, &v.to_string()),
@@ -356,13 +463,33 @@ fn write_json(out: &mut String, v: &Value, style: &JsonStyle, depth: usize) -> s
     Ok(())
 }
 
+/// A float as Python's `repr` writes it: the shortest round-trip digits, in fixed notation
+/// for exponents -4..16 and otherwise as `1e-07` / `1.5e+16` (two-digit exponent with sign).
 fn python_float(f: f64) -> String {
     if f.is_nan() {
-        "NaN".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let sci = format!("{f:e}"); // shortest round-trip digits, e.g. "-1.5e-7"
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if (-4..16).contains(&exp) {
+        let point = exp + 1;
+        if point <= 0 {
+            format!("{sign}0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+        } else if point as usize >= digits.len() {
+            format!("{sign}{digits}{}.0", "0".repeat(point as usize - digits.len()))
+        } else {
+            format!("{sign}{}.{}", &digits[..point as usize], &digits[point as usize..])
+        }
     } else {
-        format!("{f:?}")
+        let (first, rest) = digits.split_at(1);
+        let dot = if rest.is_empty() { String::new() } else { format!(".{rest}") };
+        format!("{sign}{first}{dot}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.unsigned_abs())
     }
 }
 
@@ -453,8 +580,37 @@ mod tests {
         let out = t.render(&[Message::new("user", "한\"국\n")], false).unwrap();
         assert_eq!(
             out,
-            "{\"content\": \"한\\\"국\\n\", \"role\": \"user\"}|{\n  \"a\": [\n    1,\n    2.5,\n    null,\n    true\n  ]\n}"
+            "{\"role\": \"user\", \"content\": \"한\\\"국\\n\"}|{\n  \"a\": [\n    1,\n    2.5,\n    null,\n    true\n  ]\n}"
         );
+    }
+
+    #[test]
+    fn tojson_keeps_insertion_order_and_python_float_spelling() {
+        // Python: json.dumps({"z": 1e-07, "a": 1e16, "m": [0.0001, 2.5e-05, -0.0, 123.0, 1.5e+300]})
+        let t = compile("{{ messages[0] | tojson }}");
+        let msgs =
+            serde_json::json!([{"role": "user", "z": 1e-7, "a": 1e16, "m": [0.0001, 2.5e-5, -0.0, 123.0, 1.5e300]}]);
+        assert_eq!(
+            t.render_json(&msgs, false).unwrap(),
+            "{\"role\": \"user\", \"z\": 1e-07, \"a\": 1e+16, \"m\": [0.0001, 2.5e-05, -0.0, 123.0, 1.5e+300]}"
+        );
+    }
+
+    #[test]
+    fn a_template_that_never_ends_stops_with_a_one_line_error_naming_its_file() {
+        let t = compile("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x");
+        let started = std::time::Instant::now();
+        let err = t.render(&[], false).unwrap_err().to_string();
+        assert!(err.contains("t.jinja") && err.contains("did not finish"), "{err}");
+        assert!(!err.contains('\n'));
+        assert!(started.elapsed().as_secs() < 30);
+    }
+
+    #[test]
+    fn a_template_that_emits_without_end_stops_at_the_size_cap() {
+        let t = compile("{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}{% endfor %}");
+        let err = t.render(&[], false).unwrap_err().to_string();
+        assert!(err.contains("t.jinja") && err.contains("exceeds 16 MiB"), "{err}");
     }
 
     #[test]

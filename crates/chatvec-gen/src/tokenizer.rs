@@ -143,20 +143,48 @@ impl ModelTokenizer {
     /// An incremental decoder that yields text as soon as it is complete UTF-8, skipping
     /// special tokens.
     pub fn stream(&self) -> TextStream<'_> {
-        TextStream { inner: self.inner.decode_stream(true) }
+        TextStream {
+            tokenizer: &self.inner,
+            inner: self.inner.decode_stream(true),
+            ids: Vec::new(),
+            text: String::new(),
+        }
     }
 }
 
 /// Incremental detokenisation with the tokenizers crate's `DecodeStream`: it emits a chunk as
 /// soon as the bytes so far decode to whole characters, so Hangul (three bytes, often split
 /// over byte-level tokens) streams syllable by syllable instead of waiting for ASCII.
+///
+/// `DecodeStream` holds back bytes that do not yet form a character and has no way to flush
+/// them, so the stream keeps the ids and the text given out, and [`TextStream::finish`] decodes
+/// the whole answer once to give out what was held back.
 pub struct TextStream<'a> {
+    tokenizer: &'a Tokenizer,
     inner: DecodeStreamImpl<'a>,
+    ids: Vec<u32>,
+    text: String,
 }
 
 impl TextStream<'_> {
     /// Adds one token; returns the text it completes, if any.
     pub fn step(&mut self, id: u32) -> Result<Option<String>> {
-        self.inner.step(id).map_err(|e| GenError::Tokenizer(e.to_string()))
+        self.ids.push(id);
+        let chunk = self.inner.step(id).map_err(|e| GenError::Tokenizer(e.to_string()))?;
+        if let Some(c) = &chunk {
+            self.text.push_str(c);
+        }
+        Ok(chunk)
+    }
+
+    /// Ends the answer: the text still held back (an incomplete UTF-8 character shows as
+    /// U+FFFD, as in transformers' `decode` of the same ids), if any.
+    pub fn finish(&mut self) -> Result<Option<String>> {
+        let all = self.tokenizer.decode(&self.ids, true).map_err(|e| GenError::Tokenizer(e.to_string()))?;
+        let rest = all.strip_prefix(self.text.as_str()).filter(|r| !r.is_empty()).map(str::to_string);
+        if let Some(r) = &rest {
+            self.text.push_str(r);
+        }
+        Ok(rest)
     }
 }

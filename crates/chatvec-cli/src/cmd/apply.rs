@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR", required = true)]
     pub vector: Vec<String>,
     /// Ratio of each vector, in the order given (one ratio for all, or one per vector).
-    #[arg(long, default_values_t = [1.0])]
+    #[arg(long, default_values_t = [1.0], allow_negative_numbers = true)]
     pub ratio: Vec<f64>,
     #[command(flatten)]
     pub select: SelectArgs,

@@ -140,6 +140,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     }
                 };
                 let prompt = session.tokenizer.encode(&prompt_text, false)?;
+                let prompt = session.fit_context(prompt, a.sampling.truncate, a.sampling.max_new_tokens);
                 let config = GenerationConfig {
                     max_new_tokens: a.sampling.max_new_tokens,
                     sampling: a.sampling.params(&session.defaults, a.temperature, seed.wrapping_add(turn))?,

@@ -2,8 +2,8 @@
 //! output options, the progress bar, Ctrl-C, and the summary for people or for programs.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use chatvec_core::{DType, OutputOptions, PlanOptions, ResolvedModel, Selection, Summary};
@@ -100,7 +100,7 @@ impl OutputArgs {
         job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_core::Result<Summary>,
         extra: &str,
     ) -> Result<std::process::ExitCode> {
-        let cancel = interrupt_flag();
+        let cancel = termination_flag();
         let bar = Bar::new(self.quiet || self.json || self.dry_run);
         let summary = job(&bar, &cancel)?;
         report(&summary, self.json, extra)?;
@@ -157,6 +157,35 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
+/// The signal (SIGINT, SIGTERM or SIGHUP) that stopped a weight job; 0 while none came.
+static STOP_SIGNAL: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
+
+/// A flag set by Ctrl-C, SIGTERM or SIGHUP: the core stops between blocks and removes its
+/// temporary output, and the process exits with 128 + the signal's number. A second signal
+/// while the first is handled ends the process at once.
+pub fn termination_flag() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    let which = STOP_SIGNAL.get_or_init(|| Arc::new(AtomicUsize::new(0))).clone();
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone());
+        let _ = signal_hook::flag::register_usize(sig, which.clone(), sig as usize);
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    flag
+}
+
+/// The exit status of a run that was interrupted: 128 + the signal that stopped it (130 for
+/// Ctrl-C, 143 for SIGTERM, 129 for SIGHUP).
+pub fn interrupted_exit_code() -> u8 {
+    let sig = STOP_SIGNAL.get().map(|s| s.load(Ordering::SeqCst)).unwrap_or(0);
+    if sig == 0 {
+        130
+    } else {
+        128 + sig as u8
+    }
+}
+
 /// An indicatif bar by bytes written, with throughput and ETA.
 pub struct Bar(ProgressBar);
 
@@ -187,11 +216,7 @@ impl chatvec_core::Progress for Bar {
 }
 
 fn gb(b: u64) -> String {
-    if b >= 1_000_000_000 {
-        format!("{:.2} GB", b as f64 / 1e9)
-    } else {
-        format!("{:.1} MB", b as f64 / 1e6)
-    }
+    chatvec_core::ops::human_bytes(b)
 }
 
 fn ids(v: &[usize]) -> String {

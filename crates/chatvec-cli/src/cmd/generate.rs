@@ -90,6 +90,19 @@ pub struct SamplingArgs {
     /// Always take the most likely token.
     #[arg(long)]
     pub greedy: bool,
+    /// A prompt longer than the model's context: `error`, or `left` to drop its oldest tokens
+    /// (with a warning).
+    #[arg(long, value_enum, default_value_t = Truncate::Error)]
+    pub truncate: Truncate,
+}
+
+/// What to do with a prompt that does not fit the context.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Truncate {
+    /// Stop with an error.
+    Error,
+    /// Keep the newest tokens, leaving room for the answer.
+    Left,
 }
 
 impl SamplingArgs {
@@ -174,7 +187,31 @@ impl Session {
             }
             Ok(ControlFlow::Continue(()))
         })?;
+        if let Some(rest) = stream.finish()? {
+            if let Some(w) = out {
+                w.write_all(rest.as_bytes())?;
+                w.flush()?;
+            }
+            text.push_str(&rest);
+        }
         Ok((result, text))
+    }
+
+    /// `prompt` cut to the model's context as `--truncate` asks: unchanged when it fits or when
+    /// truncation is off (generation then reports the overflow); with `left`, the newest tokens
+    /// that leave room for `max_new_tokens` (at least half the context), with a warning.
+    pub fn fit_context(&self, prompt: Vec<u32>, truncate: Truncate, max_new_tokens: usize) -> Vec<u32> {
+        let limit = self.model.config().max_position_embeddings;
+        if prompt.len() <= limit || truncate == Truncate::Error {
+            return prompt;
+        }
+        let keep = limit.saturating_sub(max_new_tokens).max(limit / 2).max(1);
+        eprintln!(
+            "warning: the prompt has {} tokens and the context {limit}; dropped its first {} (--truncate left)",
+            prompt.len(),
+            prompt.len() - keep
+        );
+        prompt[prompt.len() - keep..].to_vec()
     }
 
     /// Human description of why generation ended.
@@ -183,6 +220,7 @@ impl Session {
             StopReason::StopToken { id } => self.stops.describe(id),
             StopReason::Length => format!("length limit ({max_new_tokens})"),
             StopReason::Cancelled => "interrupted".to_string(),
+            StopReason::Context => format!("context full ({} positions)", self.model.config().max_position_embeddings),
         }
     }
 
@@ -235,6 +273,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut session = Session::open(&a.model)?;
     let prompt_text = session.template.render_json(&serde_json::Value::Array(messages), true)?;
     let prompt = session.tokenizer.encode(&prompt_text, false)?;
+    let prompt = session.fit_context(prompt, a.sampling.truncate, a.sampling.max_new_tokens);
     let interrupt = super::common::interrupt_flag();
 
     let mut runs = Vec::new();
@@ -291,6 +330,7 @@ fn run_record(session: &Session, sampling: &SamplingParams, out: &GenerationOutp
         }),
         StopReason::Length => json!({"kind": "length"}),
         StopReason::Cancelled => json!({"kind": "cancelled"}),
+        StopReason::Context => json!({"kind": "context"}),
     };
     json!({
         "temperature": sampling.temperature,

@@ -15,8 +15,8 @@ pub struct Args {
     /// The continually pre-trained model to give chat skills.
     #[arg(long, value_name = "MODEL")]
     pub target: String,
-    /// How much of the chat vector to add.
-    #[arg(long, default_value_t = 1.0)]
+    /// How much of the chat vector to add (negative subtracts it).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub ratio: f64,
     /// chat-vector: T + r·(C − B); feature-porter: the vector damped where T moved far from B.
     #[arg(long, value_enum, default_value_t = Method::ChatVector)]

@@ -20,7 +20,7 @@ pub struct Args {
     #[arg(long, value_name = "MODEL")]
     pub target: String,
     /// Ratios to try, comma-separated.
-    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "0.3,0.5,0.7,1.0")]
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "0.3,0.5,0.7,1.0", allow_negative_numbers = true)]
     pub ratios: Vec<f64>,
     #[command(flatten)]
     pub select: SelectArgs,

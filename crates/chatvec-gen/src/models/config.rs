@@ -129,8 +129,11 @@ impl JsonConfig<'_> {
 /// Reads `eos_token_id`-style values: an integer, a list of integers, or null.
 pub(crate) fn token_ids(value: Option<&Value>) -> Vec<u32> {
     match value {
-        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
+        // An id too large for u32 becomes u32::MAX, which `validate` reports as outside the vocabulary.
+        Some(Value::Number(n)) => n.as_u64().map(|n| vec![u32::try_from(n).unwrap_or(u32::MAX)]).unwrap_or_default(),
+        Some(Value::Array(items)) => {
+            items.iter().filter_map(Value::as_u64).map(|n| u32::try_from(n).unwrap_or(u32::MAX)).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -234,4 +237,67 @@ fn rope(cfg: &JsonConfig, default_theta: f64) -> Result<RopeConfig> {
         }
     };
     Ok(RopeConfig { theta, scaling })
+}
+
+/// Largest values accepted from config.json: far above any released model, low enough that
+/// nothing sized by them can overflow or exhaust memory before the weights are checked.
+const MAX_WIDTH: usize = 1 << 20;
+const MAX_VOCAB: usize = 1 << 24;
+const MAX_LAYERS: usize = 1024;
+const MAX_HEADS: usize = 4096;
+const MAX_POSITIONS: usize = 1 << 24;
+
+/// Checks every number of a parsed config against the range a decoder can use, before anything
+/// is allocated from it; the error names the file, the key and the allowed range.
+pub(crate) fn validate(c: &DecoderConfig, path: &Path) -> Result<()> {
+    let out_of_range = |key: &str, value: String, range: String| {
+        Err(GenError::bad_file(path, format!("`{key}` is {value}; allowed: {range}")))
+    };
+    let counts = [
+        ("hidden_size", c.hidden_size, 1, MAX_WIDTH),
+        ("intermediate_size", c.intermediate_size, 1, 4 * MAX_WIDTH),
+        ("vocab_size", c.vocab_size, 1, MAX_VOCAB),
+        ("num_hidden_layers", c.num_layers, 1, MAX_LAYERS),
+        ("num_attention_heads", c.num_heads, 1, MAX_HEADS),
+        ("num_key_value_heads", c.num_kv_heads, 1, c.num_heads),
+        ("head_dim", c.head_dim, 2, MAX_WIDTH / 16),
+        ("max_position_embeddings", c.max_position_embeddings, 1, MAX_POSITIONS),
+        ("sliding_window", c.sliding_window.unwrap_or(1), 1, MAX_POSITIONS),
+    ];
+    for (key, value, lo, hi) in counts {
+        if !(lo..=hi).contains(&value) {
+            return out_of_range(key, value.to_string(), format!("{lo} to {hi}"));
+        }
+    }
+    if !(c.rms_norm_eps.is_finite() && (0.0..1.0).contains(&c.rms_norm_eps)) {
+        return out_of_range("rms_norm_eps", c.rms_norm_eps.to_string(), "0 <= eps < 1".into());
+    }
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(c.rope.theta) {
+        return out_of_range("rope_theta", c.rope.theta.to_string(), "a finite number > 0".into());
+    }
+    let factors = match c.rope.scaling {
+        RopeScaling::Default => vec![],
+        RopeScaling::Linear { factor } => vec![("factor", factor)],
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => vec![
+            ("factor", factor),
+            ("low_freq_factor", low_freq_factor),
+            ("high_freq_factor", high_freq_factor),
+            ("original_max_position_embeddings", original_max_position_embeddings),
+        ],
+    };
+    for (key, value) in factors {
+        if !positive(value) {
+            return out_of_range(&format!("rope_scaling.{key}"), value.to_string(), "a finite number > 0".into());
+        }
+    }
+    let vocab = c.vocab_size;
+    for (key, id) in
+        c.eos_token_ids.iter().map(|&id| ("eos_token_id", id)).chain(c.bos_token_id.map(|id| ("bos_token_id", id)))
+    {
+        if id as usize >= vocab {
+            return out_of_range(key, id.to_string(), format!("a token id below vocab_size {vocab}"));
+        }
+    }
+    Ok(())
 }

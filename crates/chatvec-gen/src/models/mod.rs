@@ -95,6 +95,7 @@ pub fn config_from_json(value: &serde_json::Value, path: &Path) -> Result<(Archi
         Architecture::Qwen2 => qwen2::config(&cfg)?,
         Architecture::Gemma => gemma::config(&cfg)?,
     };
+    config::validate(&decoder, path)?;
     Ok((arch, decoder))
 }
 
@@ -178,6 +179,7 @@ impl Model {
 
     /// Appends `tokens` to the cache and returns float32 logits `(vocab,)` at the last one.
     pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        self.check_tokens(tokens)?;
         let logits = self.decoder.forward_last(tokens)?;
         self.cached.extend_from_slice(tokens);
         Ok(logits)
@@ -186,9 +188,25 @@ impl Model {
     /// Appends `tokens` to the cache and returns float32 logits `(len, vocab)` at every one
     /// (what perplexity needs). Call [`Model::reset`] first to score a fresh sequence.
     pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        self.check_tokens(tokens)?;
         let logits = self.decoder.forward_all(tokens)?;
         self.cached.extend_from_slice(tokens);
         Ok(logits)
+    }
+}
+
+impl Model {
+    /// Refuses ids the embedding has no row for, which would otherwise fail deep inside a
+    /// tensor op with an index error.
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let cfg = self.config();
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(GenError::InvalidArgument(format!(
+                "token id {id} is outside the model's vocabulary (vocab_size {}): the tokenizer and the model disagree",
+                cfg.vocab_size
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -294,6 +312,31 @@ mod tests {
         let mut m = llama(json!({"sliding_window": 4096}));
         m["architectures"] = json!(["MistralForCausalLM"]);
         assert_eq!(parse(m).unwrap().1.sliding_window, Some(4096));
+    }
+
+    #[test]
+    fn every_number_is_checked_before_anything_is_sized_by_it() {
+        let mut mistral = llama(json!({"sliding_window": 0}));
+        mistral["architectures"] = json!(["MistralForCausalLM"]);
+        let cases = [
+            (llama(json!({"num_hidden_layers": 4611686018427387904u64})), "num_hidden_layers"),
+            (llama(json!({"num_hidden_layers": 1000000000000u64})), "num_hidden_layers"),
+            (llama(json!({"vocab_size": 0})), "vocab_size"),
+            (llama(json!({"rope_theta": 0.0})), "rope_theta"),
+            (llama(json!({"rms_norm_eps": -1e-6})), "rms_norm_eps"),
+            (llama(json!({"max_position_embeddings": 0})), "max_position_embeddings"),
+            (llama(json!({"max_position_embeddings": 1u64 << 40})), "max_position_embeddings"),
+            (llama(json!({"eos_token_id": [1, 100]})), "eos_token_id"),
+            (llama(json!({"bos_token_id": 4294967396u64})), "bos_token_id"),
+            (llama(json!({"rope_scaling": {"rope_type": "linear", "factor": -2.0}})), "rope_scaling.factor"),
+            (mistral, "sliding_window"),
+        ];
+        for (config, key) in cases {
+            let err = parse(config).unwrap_err().to_string();
+            assert!(err.starts_with("config.json: `") && err.contains(key) && err.contains("allowed"), "{err}");
+            assert!(!err.contains('\n') && !err.contains("Some("), "{err}");
+        }
+        assert!(parse(llama(json!({"eos_token_id": [1, 99], "bos_token_id": 0}))).is_ok());
     }
 
     #[test]

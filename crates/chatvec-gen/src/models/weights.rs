@@ -76,7 +76,12 @@ fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> std::result::Result<(
     }
 }
 
+/// The weight files of `dir`, each checked by core's [`chatvec_core::resolve_shard`] so that an
+/// index (or a symlink) cannot make generation read a file outside the model directory.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let inside = |named_in: &Path, name: &str| {
+        chatvec_core::resolve_shard(dir, named_in, name).map_err(|e| GenError::NotAModel(e.to_string()))
+    };
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| GenError::io(&index, e))?;
@@ -89,25 +94,23 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
         files.sort_unstable();
         files.dedup();
-        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
-        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
-            return Err(GenError::bad_file(&index, format!("lists {} which does not exist", missing.display())));
+        if files.is_empty() {
+            return Err(GenError::bad_file(&index, "`weight_map` names no weight files"));
         }
-        return Ok(paths);
+        return files.iter().map(|f| inside(&index, f)).collect();
     }
     let single = dir.join("model.safetensors");
     if single.is_file() {
-        return Ok(vec![single]);
+        return Ok(vec![inside(&single, "model.safetensors")?]);
     }
     let entries = std::fs::read_dir(dir).map_err(|e| GenError::io(dir, e))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("consolidated")))
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
+        .filter(|n| n.ends_with(".safetensors") && !n.starts_with("consolidated"))
         .collect();
-    paths.sort();
-    if paths.is_empty() {
+    names.sort();
+    if names.is_empty() {
         return Err(GenError::NotAModel(format!("{}: no *.safetensors weights", dir.display())));
     }
-    Ok(paths)
+    names.iter().map(|n| inside(&dir.join(n), n)).collect()
 }

@@ -1,0 +1,214 @@
+//! `chatvec generate` on hostile and broken inputs (issue 12): configs with absurd numbers,
+//! prompts longer than the context, weights that give NaN, token ids the model lacks, and an
+//! answer that ends inside a UTF-8 character. Each fails with one line, or answers correctly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny");
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
+}
+
+/// The tiny merged Llama-3 of generation_oracle.json (max_position_embeddings 256).
+fn oracle_model(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(fixture("target/config.json"), model.join("config.json")).unwrap();
+    for e in std::fs::read_dir(fixture("tokenizer")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(fixture("expected/merged_ratio_1.0.safetensors"), model.join("model.safetensors")).unwrap();
+    model
+}
+
+fn oracle_messages(dir: &Path) -> PathBuf {
+    let oracle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected/generation_oracle.json")).unwrap()).unwrap();
+    let path = dir.join("messages.json");
+    std::fs::write(&path, oracle["messages"].to_string()).unwrap();
+    path
+}
+
+fn chatvec(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn generate(model: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--greedy"];
+    args.extend(extra);
+    chatvec(&args)
+}
+
+/// Exit 1 (not a panic's 101 or an abort's 134) with one line holding every needle.
+fn fails_with_one_line(o: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "{stderr} lacks {n}");
+    }
+    stderr
+}
+
+fn set_config(model: &Path, key: &str, value: serde_json::Value) {
+    let path = model.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg[key] = value;
+    std::fs::write(&path, cfg.to_string()).unwrap();
+}
+
+fn json_run(o: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rec: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    rec["runs"][0].clone()
+}
+
+#[test]
+fn absurd_config_numbers_fail_with_one_line_naming_file_key_and_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = oracle_model(tmp.path());
+    let cases = [
+        ("num_hidden_layers", serde_json::json!(4611686018427387904u64)),
+        ("num_hidden_layers", serde_json::json!(1000000000000u64)),
+        ("rope_theta", serde_json::json!(-1.0)),
+        ("rms_norm_eps", serde_json::json!(-1e-5)),
+        ("max_position_embeddings", serde_json::json!(0)),
+        ("max_position_embeddings", serde_json::json!(1u64 << 40)),
+        ("eos_token_id", serde_json::json!([2001, 5000])),
+        ("bos_token_id", serde_json::json!(4294967301u64)),
+    ];
+    for (key, value) in cases {
+        let before = std::fs::read(model.join("config.json")).unwrap();
+        set_config(&model, key, value.clone());
+        let o = generate(&model, &["--prompt", "x", "--max-new-tokens", "1"]);
+        let err = fails_with_one_line(&o, &["config.json", key, "allowed"]);
+        assert!(!err.contains("Some("), "{err}");
+        std::fs::write(model.join("config.json"), before).unwrap();
+    }
+}
+
+#[test]
+fn mistral_sliding_window_zero_is_refused_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = oracle_model(tmp.path());
+    set_config(&model, "architectures", serde_json::json!(["MistralForCausalLM"]));
+    set_config(&model, "sliding_window", serde_json::json!(0));
+    let o = generate(&model, &["--prompt", "x", "--max-new-tokens", "1"]);
+    fails_with_one_line(&o, &["config.json", "sliding_window", "allowed: 1 to"]);
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused_or_truncated_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = oracle_model(tmp.path());
+    let long = "가나다라 ".repeat(2_000);
+    let o = generate(&model, &["--prompt", &long, "--max-new-tokens", "4"]);
+    fails_with_one_line(&o, &["do not fit the model's context of 256 positions", "--truncate left"]);
+
+    let o = generate(&model, &["--prompt", &long, "--max-new-tokens", "4", "--truncate", "left", "--json"]);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(stderr.contains("warning: the prompt has") && stderr.contains("the context 256"), "{stderr}");
+    let run = json_run(&o);
+    assert_eq!(run["new_tokens"], 4, "{run}");
+}
+
+#[test]
+fn generation_stops_at_the_context_limit_with_stop_reason_context() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = oracle_model(tmp.path());
+    // The oracle prompt is 127 tokens; 1,000 new tokens would run past 256 positions.
+    let msgs = oracle_messages(tmp.path());
+    let o = generate(&model, &["--messages", msgs.to_str().unwrap(), "--max-new-tokens", "1000", "--json"]);
+    let run = json_run(&o);
+    assert_eq!(run["stop"]["kind"], "context", "{run}");
+    assert_eq!(run["new_tokens"], 256 - 127, "prompt and answer fill the context exactly: {run}");
+    let o = generate(&model, &["--messages", msgs.to_str().unwrap(), "--max-new-tokens", "1000"]);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(stderr.contains("stop context full (256 positions)"), "{stderr}");
+}
+
+/// Rewrites `model/model.safetensors`: `edit` sees each tensor's name, shape and bytes.
+fn rewrite_tensors(model: &Path, mut edit: impl FnMut(&str, &mut Vec<usize>, &mut Vec<u8>)) {
+    let path = model.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    for (n, _, shape, data) in &mut owned {
+        edit(n, shape, data);
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+/// Rewrites the bf16 tensor `name` through `edit` on its values as f32.
+fn edit_tensor(model: &Path, name: &str, edit: impl Fn(&mut [f32], &[usize])) {
+    rewrite_tensors(model, |n, shape, data| {
+        if n == name {
+            let mut vals: Vec<f32> =
+                data.chunks(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect();
+            edit(&mut vals, shape);
+            *data = vals.iter().flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect();
+        }
+    });
+}
+
+#[test]
+fn nan_weights_stop_generation_with_an_error_not_token_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = oracle_model(tmp.path());
+    edit_tensor(&model, "model.norm.weight", |v, _| v.fill(f32::NAN));
+    let o = generate(&model, &["--prompt", "안녕", "--max-new-tokens", "4"]);
+    let err = fails_with_one_line(&o, &["logits are not finite", "2008 of 2008"]);
+    assert!(String::from_utf8_lossy(&o.stdout).trim().is_empty(), "nothing is printed as an answer: {err}");
+}
+
+#[test]
+fn token_ids_beyond_the_model_vocabulary_say_tokenizer_and_model_disagree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = oracle_model(tmp.path());
+    // A model with a smaller vocabulary (1000 rows) than its tokenizer's 2008 ids.
+    rewrite_tensors(&model, |name, shape, data| {
+        if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            data.truncate(1000 * shape[1] * 2);
+            shape[0] = 1000;
+        }
+    });
+    set_config(&model, "vocab_size", serde_json::json!(1000));
+    set_config(&model, "bos_token_id", serde_json::json!(1));
+    set_config(&model, "eos_token_id", serde_json::json!(2));
+    let o = generate(&model, &["--prompt", "안녕", "--max-new-tokens", "1"]);
+    fails_with_one_line(&o, &["token id 2000", "vocab_size 1000", "the tokenizer and the model disagree"]);
+}
+
+#[test]
+fn an_answer_ending_inside_a_character_prints_its_last_bytes_as_transformers_decodes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = oracle_model(tmp.path());
+    let msgs = oracle_messages(tmp.path());
+    // The oracle's first greedy token is 1370 with logit 0.539 (the largest, positive). Make
+    // the byte token 'ì' (0xEC, the first byte of a three-byte Hangul syllable) score twice
+    // that: greedy decoding then answers with a single incomplete character.
+    let tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("tokenizer.json")).unwrap()).unwrap();
+    let byte_token = tok["model"]["vocab"]["ì"].as_u64().unwrap() as usize;
+    edit_tensor(&model, "lm_head.weight", |v, shape| {
+        let h = shape[1];
+        let row: Vec<f32> = v[1370 * h..1371 * h].iter().map(|x| x * 2.0).collect();
+        v[byte_token * h..(byte_token + 1) * h].copy_from_slice(&row);
+    });
+    let o = generate(&model, &["--messages", msgs.to_str().unwrap(), "--max-new-tokens", "1", "--json"]);
+    let run = json_run(&o);
+    assert_eq!(run["token_ids"], serde_json::json!([byte_token]), "{run}");
+    // transformers: tokenizer.decode([168]) == '\ufffd' (PreTrainedTokenizerFast on this tokenizer.json).
+    assert_eq!(run["text"], "\u{FFFD}", "{run}");
+    let o = generate(&model, &["--messages", msgs.to_str().unwrap(), "--max-new-tokens", "1"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "\u{FFFD}\n");
+}

@@ -1,0 +1,201 @@
+//! `chatvec merge` on hostile and broken inputs (issue 12): outputs inside inputs, signals,
+//! stale temporary directories, degenerate merges, and the wording of errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama-tiny").join(name)
+}
+
+fn chatvec(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+fn merge(base: &Path, chat: &Path, target: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["merge", "--quiet", "--base", base.to_str().unwrap(), "--chat", chat.to_str().unwrap()];
+    args.extend(["--target", target.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    args.extend(extra);
+    chatvec(&args)
+}
+
+fn merge_into(target: &Path, out: &Path, extra: &[&str]) -> Output {
+    merge(&fixture("base"), &fixture("chat"), target, out, extra)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit 1 with one line holding every needle.
+fn fails_with_one_line(o: &Output, needles: &[&str]) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{err} lacks {n}");
+    }
+    err
+}
+
+fn copy_model(dir: &Path, from: &str, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(fixture(from)).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::write(to.join(p.file_name().unwrap()), std::fs::read(&p).unwrap()).unwrap();
+    }
+    to
+}
+
+fn listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = walk(dir).into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap_or_default())).collect();
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn an_output_inside_an_input_is_refused_even_before_it_exists() {
+    let work = tempfile::tempdir().unwrap();
+    let t = copy_model(work.path(), "target", "t");
+    std::os::unix::fs::symlink(&t, work.path().join("link")).unwrap();
+    let before = listing(&t);
+    for out in [t.join("merged"), work.path().join("link/merged"), work.path().join("link/new/deeper")] {
+        let o = merge_into(&t, &out, &["--force"]);
+        fails_with_one_line(&o, &["would overwrite the input model", "or lie inside it"]);
+        assert!(before == listing(&t), "{} changed the target", out.display());
+    }
+}
+
+/// A merge big enough to outlast 300 ms in a debug build (tens of MB), as in the Ctrl-C test.
+fn big_inputs(dir: &Path) {
+    use chatvec_core::synth::{write_random_model, LlamaShape};
+    let shape =
+        LlamaShape { hidden: 512, intermediate: 2048, layers: 8, heads: 8, kv_heads: 2, vocab: 8000, tie: false };
+    let base = dir.join("base");
+    std::fs::create_dir(&base).unwrap();
+    write_random_model(&base, &shape, chatvec_core::DType::BF16, 1, 40_000_000).unwrap();
+    for m in ["chat", "target"] {
+        let to = dir.join(m);
+        std::fs::create_dir(&to).unwrap();
+        for e in std::fs::read_dir(&base).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn sigterm_and_sighup_clean_up_and_exit_143_and_129() {
+    let work = tempfile::tempdir().unwrap();
+    big_inputs(work.path());
+    for (signal, code) in [("-TERM", 143), ("-HUP", 129)] {
+        let w = work.path();
+        let child = Command::new(env!("CARGO_BIN_EXE_chatvec"))
+            .args(["merge", "--quiet", "--base"])
+            .args([w.join("base"), "--chat".into(), w.join("chat"), "--target".into(), w.join("target")])
+            .args(["-o".into(), w.join("out")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the temporary output exists, so the signal lands while shards are written.
+        let started = std::time::Instant::now();
+        while !std::fs::read_dir(w).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("chatvec-tmp")) {
+            assert!(started.elapsed().as_secs() < 60, "no temporary output appeared");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{signal}: {err}");
+        assert!(err.contains("interrupted"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(w).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 3, "{signal}: only the three inputs remain: {left:?}");
+    }
+}
+
+#[test]
+fn temp_dirs_left_by_killed_runs_are_removed_by_the_next_run() {
+    let work = tempfile::tempdir().unwrap();
+    // What `kill -9` leaves: a hidden temporary output with a partial shard, whose PID is gone
+    // (PIDs above the kernel's pid_max, at most 2^22, belong to no process).
+    let stale = work.path().join(".out.chatvec-tmp-4999999");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("model-00001-of-00002.safetensors"), vec![0u8; 1000]).unwrap();
+    let o = merge_into(&fixture("target"), &work.path().join("out"), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("out")]);
+}
+
+#[test]
+fn degenerate_merges_are_refused_with_a_reason() {
+    let work = tempfile::tempdir().unwrap();
+    // A target whose weight file holds no tensors.
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::copy(fixture("target/config.json"), empty.join("config.json")).unwrap();
+    let header = b"{}      ";
+    let mut st = (header.len() as u64).to_le_bytes().to_vec();
+    st.extend_from_slice(header);
+    std::fs::write(empty.join("model.safetensors"), st).unwrap();
+    let o = merge_into(&empty, &work.path().join("o1"), &[]);
+    fails_with_one_line(&o, &["hold no tensors"]);
+    // A base whose index has an empty weight_map.
+    let base = copy_model(work.path(), "base", "base");
+    std::fs::write(base.join("model.safetensors.index.json"), r#"{"metadata": {}, "weight_map": {}}"#).unwrap();
+    let o = merge(&base, &fixture("chat"), &fixture("target"), &work.path().join("o2"), &[]);
+    fails_with_one_line(&o, &["model.safetensors.index.json", "weight_map is empty"]);
+    // A selection that leaves nothing to add the vector to.
+    let o =
+        merge_into(&fixture("target"), &work.path().join("o3"), &["--include", "no_such_tensor", "--no-special-rows"]);
+    fails_with_one_line(&o, &["no tensor gets the vector", "only copy the target"]);
+    let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "no output was written: {left:?}");
+}
+
+#[test]
+fn a_negative_ratio_is_accepted() {
+    let work = tempfile::tempdir().unwrap();
+    let o = merge_into(&fixture("target"), &work.path().join("o"), &["--ratio", "-0.5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recipe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("o/chatvec.json")).unwrap()).unwrap();
+    assert_eq!(recipe["ratio"], -0.5);
+}
+
+#[test]
+fn errors_name_the_right_file_once_without_debug_text() {
+    let work = tempfile::tempdir().unwrap();
+    // An OS error is printed once, not "X (os error 21): X (os error 21)".
+    let t = copy_model(work.path(), "target", "t");
+    std::fs::remove_file(t.join("config.json")).unwrap();
+    std::fs::create_dir(t.join("config.json")).unwrap();
+    let o = merge_into(&t, &work.path().join("o"), &[]);
+    let err = fails_with_one_line(&o, &["config.json"]);
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    // An output whose parent is a file says so.
+    std::fs::write(work.path().join("file"), "x").unwrap();
+    let o = merge_into(&fixture("target"), &work.path().join("file/x"), &[]);
+    fails_with_one_line(&o, &["is not a directory"]);
+    // An index naming a file outside the directory is not called missing.
+    let b = copy_model(work.path(), "base", "b");
+    let index = b.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap().replace("model-00001-of-00004", "../b/model-00001-of-00004");
+    std::fs::write(&index, text).unwrap();
+    let o = merge(&b, &fixture("chat"), &fixture("target"), &work.path().join("o"), &[]);
+    let err = fails_with_one_line(&o, &["model.safetensors.index.json", "not a plain relative path"]);
+    assert!(!err.contains("missing"), "{err}");
+}
