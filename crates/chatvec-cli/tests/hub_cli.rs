@@ -144,7 +144,7 @@ fn every_model_command_takes_hub_ids() {
     let env = Env::new();
     let o = env.run(&["inspect", "--base", "org/base", "--chat", "org/chat", "--json", "--quiet"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = env.run(&["generate", "--model", "org/target", "--prompt", "hi", "--max-new-tokens", "2", "--greedy"], &[]);
+    let o = env.run(&["generate", "--model", "org/chat", "--prompt", "hi", "--max-new-tokens", "2", "--greedy"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let vec = env.dir.path().join("vec");
     let o = env.run(&["extract", "--base", "org/base", "--chat", "org/chat", "-o", vec.to_str().unwrap(), "-q"], &[]);

@@ -242,12 +242,13 @@ fn route(st: &mut State, req: &Request, port: u16) -> Reply {
     }
     if let Some(rest) = p.strip_prefix("api/models/") {
         let seg: Vec<&str> = rest.splitn(4, '/').collect();
-        let rev = match seg.as_slice() {
-            [_, _] => "main".to_string(),
-            [_, _, "revision", rev] => decode(rev),
+        let (rev, tree) = match seg.as_slice() {
+            [_, _] => ("main".to_string(), false),
+            [_, _, "revision", rev] => (decode(rev), false),
+            [_, _, "tree", rev] => (decode(rev), true),
             _ => return Reply::error(404, "", "no such route"),
         };
-        return api(st, &format!("{}/{}", seg[0], seg[1]), &rev, req);
+        return api(st, &format!("{}/{}", seg[0], seg[1]), &rev, req, tree);
     }
     let seg: Vec<&str> = p.splitn(5, '/').collect();
     if let [org, name, "resolve", rev, file] = seg.as_slice() {
@@ -274,11 +275,19 @@ fn access<'a>(st: &'a State, repo: &str, rev: &str, req: &Request) -> Result<(&'
     }
 }
 
-fn api(st: &State, repo: &str, rev: &str, req: &Request) -> Reply {
+/// `api/models/{repo}/revision/{rev}` (the model's info) or `.../tree/{rev}` (its files, which
+/// `snapshot_download` lists).
+fn api(st: &State, repo: &str, rev: &str, req: &Request, tree: bool) -> Reply {
     let (r, commit) = match access(st, repo, rev, req) {
         Ok(x) => x,
         Err(e) => return e,
     };
+    if tree {
+        let entries: Vec<_> = r.commits[&commit].iter().map(|(f, b)| tree_entry(f, b)).collect();
+        let mut out = reply(200).header("Content-Type", "application/json");
+        out.body = serde_json::Value::Array(entries).to_string().into_bytes();
+        return out;
+    }
     let siblings: Vec<_> = r.commits[&commit].keys().map(|f| serde_json::json!({ "rfilename": f })).collect();
     let body = serde_json::json!({
         "_id": commit, "id": repo, "modelId": repo, "sha": commit, "private": false,
@@ -288,6 +297,18 @@ fn api(st: &State, repo: &str, rev: &str, req: &Request) -> Reply {
     let mut out = reply(200).header("Content-Type", "application/json");
     out.body = body.to_string().into_bytes();
     out
+}
+
+fn git_etag(bytes: &[u8]) -> String {
+    sha256_hex(&[b"blob ".as_slice(), bytes].concat())[..40].to_string()
+}
+
+fn tree_entry(file: &str, bytes: &[u8]) -> serde_json::Value {
+    let mut e = serde_json::json!({ "type": "file", "path": file, "size": bytes.len(), "oid": git_etag(bytes) });
+    if is_lfs(file) {
+        e["lfs"] = serde_json::json!({ "oid": sha256_hex(bytes), "size": bytes.len(), "pointerSize": 134 });
+    }
+    e
 }
 
 fn resolve(st: &State, repo: &str, rev: &str, file: &str, req: &Request, port: u16) -> Reply {
@@ -307,7 +328,7 @@ fn resolve(st: &State, repo: &str, rev: &str, file: &str, req: &Request, port: u
             .header("X-Linked-Etag", format!("\"{sha}\""))
             .header("X-Linked-Size", bytes.len());
     }
-    let etag = sha256_hex(&[b"blob ".as_slice(), bytes].concat())[..40].to_string();
+    let etag = git_etag(bytes);
     ranged(bytes, req).header("X-Repo-Commit", &commit).header("ETag", format!("\"{etag}\""))
 }
 
