@@ -61,7 +61,12 @@ fn main() -> ExitCode {
             if is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
-            if err.chain().any(|e| matches!(e.downcast_ref(), Some(chatvec_core::Error::Interrupted))) {
+            if err.chain().any(|e| {
+                matches!(
+                    e.downcast_ref(),
+                    Some(chatvec_core::Error::Interrupted | chatvec_core::Error::DownloadInterrupted { .. })
+                )
+            }) {
                 eprintln!("error: {err:#}");
                 return ExitCode::from(130);
             }

@@ -236,15 +236,17 @@ fn ctrl_c_keeps_a_resumable_partial_and_no_half_written_snapshot() {
     let blob = env.cache().join("models--org--target/blobs").join(sha256_hex(&weights));
     let part = PathBuf::from(format!("{}.incomplete", blob.display()));
     env.hub.slow(Some(std::time::Duration::from_millis(20)));
-    let mut child = env.command(env!("CARGO_BIN_EXE_chatvec"), &["download", "org/target", "-q"], &[]).spawn().unwrap();
+    let mut command = env.command(env!("CARGO_BIN_EXE_chatvec"), &["download", "org/target", "-q"], &[]);
+    let child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
     let t0 = std::time::Instant::now();
     while std::fs::metadata(&part).map_or(0, |m| m.len()) == 0 {
         assert!(t0.elapsed().as_secs() < 30, "the download never started");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130));
+    fails_with(&o, &["interrupted; the partial download", ".incomplete is kept, and the next run resumes it"]);
     let have = std::fs::metadata(&part).unwrap().len();
     assert!(have > 0 && (have as usize) < weights.len(), "{have}");
     let snaps = env.cache().join("models--org--target/snapshots");
@@ -255,6 +257,33 @@ fn ctrl_c_keeps_a_resumable_partial_and_no_half_written_snapshot() {
     let snap = env.download("org/target", &[]);
     assert!(env.hub.requests().iter().any(|r| r.range.as_deref() == Some(&format!("bytes={have}-"))));
     assert_eq!(std::fs::read(snap.join("model.safetensors")).unwrap(), weights);
+}
+
+#[test]
+fn bytes_that_miss_the_sha256_are_removed_not_kept() {
+    let env = Env::new();
+    let weights = std::fs::read(fixture("target/model.safetensors")).unwrap();
+    env.hub.corrupt(&weights);
+    let o = env.run(&["download", "org/target"], &[]);
+    fails_with(&o, &["model.safetensors: the downloaded bytes have sha256", &sha256_hex(&weights), "run again"]);
+    let blobs = env.cache().join("models--org--target/blobs");
+    let names: Vec<String> =
+        std::fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.starts_with(&sha256_hex(&weights))), "{names:?}");
+}
+
+#[test]
+fn cache_dir_flag_and_hf_hub_cache_choose_the_cache() {
+    let env = Env::new();
+    let flag = env.dir.path().join("flag-cache");
+    let o = env.run(&["download", "org/target", "-q", "--cache-dir", flag.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .starts_with(&flag.join("models--org--target/snapshots").display().to_string()));
+    let var = env.dir.path().join("var-cache");
+    let snap = env.download("org/target", &[("HF_HUB_CACHE", var.to_str().unwrap())]);
+    assert!(snap.starts_with(var.join("models--org--target/snapshots")), "{}", snap.display());
+    assert!(!env.cache().exists(), "HF_HOME/hub was not used");
 }
 
 #[test]
@@ -416,4 +445,27 @@ for m in ["org/base", "org/chat", "org/target"]:
     let local = env.dir.path().join("local");
     local_merge(&local);
     assert_eq!(weights_of(&out), weights_of(&local));
+}
+
+/// The mock hub's refusals are the ones `huggingface_hub` knows, so chatvec is tested against
+/// what the real Hub sends.
+#[test]
+fn python_reads_the_mock_hubs_refusals_as_the_hubs() {
+    let Some(py) = python_with_hub() else { return };
+    let env = Env::new();
+    env.hub.gate("org/chat", "hf_granted");
+    env.hub.withhold("org/target", "tokenizer.json");
+    let script = r#"
+from huggingface_hub import hf_hub_download, errors
+for repo, rev, f in [("org/chat", "main", "config.json"), ("org/nothing", "main", "config.json"),
+                     ("org/base", "v9", "config.json"), ("org/target", "main", "tokenizer.json")]:
+    try:
+        hf_hub_download(repo, f, revision=rev)
+        print("downloaded")
+    except Exception as e:
+        print(type(e).__name__)
+"#;
+    let out = python(&env, &py, script, &[]);
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(got, ["GatedRepoError", "RepositoryNotFoundError", "RevisionNotFoundError", "RemoteEntryNotFoundError"]);
 }

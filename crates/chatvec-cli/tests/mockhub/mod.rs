@@ -48,6 +48,8 @@ struct State {
     drop: Option<(String, usize, usize)>,
     /// Pause after each 4 KiB of a CDN body.
     slow: Option<Duration>,
+    /// sha256 of a blob whose CDN bytes get one byte flipped.
+    corrupt: Option<String>,
 }
 
 /// The running hub; it serves until the test process ends.
@@ -132,6 +134,11 @@ impl MockHub {
     /// Drops the connection after `after` body bytes of the blob `content`, `times` times.
     pub fn drop_after(&self, content: &[u8], after: usize, times: usize) {
         self.state.lock().unwrap().drop = Some((sha256_hex(content), after, times));
+    }
+
+    /// Serves the blob `content` from the CDN with one byte changed.
+    pub fn corrupt(&self, content: &[u8]) {
+        self.state.lock().unwrap().corrupt = Some(sha256_hex(content));
     }
 
     pub fn slow(&self, pause: Option<Duration>) {
@@ -258,12 +265,13 @@ fn route(st: &mut State, req: &Request, port: u16) -> Reply {
 }
 
 /// The repo's commit for `rev`, or the refusal the Hub would send.
-fn access<'a>(st: &'a State, repo: &str, rev: &str, req: &Request) -> Result<(&'a Repo, String), Reply> {
+/// `files`: whether files are asked for (a gated repo's info is public, its files are not).
+fn access<'a>(st: &'a State, repo: &str, rev: &str, req: &Request, files: bool) -> Result<(&'a Repo, String), Reply> {
     let Some(r) = st.repos.get(repo) else {
         let status = if req.auth.is_some() { 404 } else { 401 };
         return Err(Reply::error(status, "RepoNotFound", "Repository not found"));
     };
-    if let Some(t) = &r.gated_token {
+    if let Some(t) = r.gated_token.as_ref().filter(|_| files) {
         if req.auth.as_deref() != Some(&format!("Bearer {t}")) {
             let status = if req.auth.is_some() { 403 } else { 401 };
             return Err(Reply::error(status, "GatedRepo", "Access to this model is restricted"));
@@ -278,7 +286,7 @@ fn access<'a>(st: &'a State, repo: &str, rev: &str, req: &Request) -> Result<(&'
 /// `api/models/{repo}/revision/{rev}` (the model's info) or `.../tree/{rev}` (its files, which
 /// `snapshot_download` lists).
 fn api(st: &State, repo: &str, rev: &str, req: &Request, tree: bool) -> Reply {
-    let (r, commit) = match access(st, repo, rev, req) {
+    let (r, commit) = match access(st, repo, rev, req, false) {
         Ok(x) => x,
         Err(e) => return e,
     };
@@ -312,7 +320,7 @@ fn tree_entry(file: &str, bytes: &[u8]) -> serde_json::Value {
 }
 
 fn resolve(st: &State, repo: &str, rev: &str, file: &str, req: &Request, port: u16) -> Reply {
-    let (r, commit) = match access(st, repo, rev, req) {
+    let (r, commit) = match access(st, repo, rev, req, true) {
         Ok(x) => x,
         Err(e) => return e,
     };
@@ -335,7 +343,11 @@ fn resolve(st: &State, repo: &str, rev: &str, file: &str, req: &Request, port: u
 fn cdn(st: &mut State, sha: &str, req: &Request) -> Reply {
     let found =
         st.repos.values().flat_map(|r| r.commits.values()).flat_map(|f| f.values()).find(|b| sha256_hex(b) == sha);
-    let Some(bytes) = found.cloned() else { return Reply::error(404, "", "no such blob") };
+    let Some(mut bytes) = found.cloned() else { return Reply::error(404, "", "no such blob") };
+    if st.corrupt.as_deref() == Some(sha) {
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+    }
     let mut out = ranged(&bytes, req).header("ETag", format!("\"{sha}\""));
     out.slow = st.slow;
     if let Some((s, after, times)) = &mut st.drop {

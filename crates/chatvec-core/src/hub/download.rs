@@ -342,7 +342,7 @@ fn copy_body(
     loop {
         if cancel.load(Ordering::SeqCst) {
             out.flush().map_err(|e| Error::io(part, e))?;
-            return Err(Attempt::Fatal(Error::Interrupted));
+            return Err(Attempt::Fatal(Error::DownloadInterrupted { partial: part.to_path_buf() }));
         }
         let n = match body.read(&mut buf) {
             Ok(0) => return Ok(()),
