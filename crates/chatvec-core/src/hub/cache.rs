@@ -41,7 +41,7 @@ impl RepoCache {
         }
         let ref_file = self.dir.join("refs").join(revision);
         if ref_file.is_file() {
-            let text = std::fs::read_to_string(&ref_file).map_err(|e| Error::io(&ref_file, e))?;
+            let text = read_small(&ref_file)?;
             let commit = text.trim();
             if !is_commit_hash(commit) {
                 return Err(Error::format(&ref_file, "does not hold a commit hash (40 hex digits)"));
@@ -139,6 +139,15 @@ impl RepoCache {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         std::fs::write(&path, commit).map_err(|e| Error::io(&path, e))
     }
+}
+
+/// A ref file's text; a ref holds 40 hex digits, so anything past 256 bytes is not read.
+fn read_small(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut text = String::new();
+    file.take(256).read_to_string(&mut text).map_err(|_| Error::format(path, "does not hold a commit hash"))?;
+    Ok(text)
 }
 
 #[cfg(unix)]
