@@ -34,6 +34,8 @@ enum Command {
     Report(cmd::report::Args),
     /// Merge at several ratios and evaluate each, to pick the best setting.
     Sweep(cmd::sweep::Args),
+    /// Fetch a hub model (org/name[@revision]) into the Hugging Face cache ahead of time.
+    Download(cmd::download::Args),
     /// The miniature of the paper's experiment: train base/chat/target, merge, evaluate.
     Lab(cmd::lab::Args),
 }
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Sweep(a) => cmd::sweep::run(a),
+        Command::Download(a) => cmd::download::run(a),
         Command::Lab(a) => cmd::lab::run(a),
     };
     match result {
@@ -59,7 +62,12 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {}", one_line(&err));
-            if err.chain().any(|e| matches!(e.downcast_ref(), Some(chatvec_core::Error::Interrupted))) {
+            if err.chain().any(|e| {
+                matches!(
+                    e.downcast_ref(),
+                    Some(chatvec_core::Error::Interrupted | chatvec_core::Error::DownloadInterrupted { .. })
+                )
+            }) {
                 return ExitCode::from(cmd::common::interrupted_exit_code());
             }
             ExitCode::FAILURE

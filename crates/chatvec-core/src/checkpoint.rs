@@ -322,6 +322,18 @@ fn torch_entries(path: &Path, map: &[u8], file: usize) -> Result<(Vec<TensorEntr
     Ok((entries, warning))
 }
 
+/// The shard files an index names, sorted, each once; a name that is not a plain file name in the
+/// model's folder is refused.
+pub(crate) fn index_files(index_path: &Path) -> Result<Vec<String>> {
+    let mut files: Vec<String> = read_index(index_path)?.into_iter().map(|(_, f)| f).collect();
+    files.sort();
+    files.dedup();
+    if let Some(f) = files.iter().find(|f| f.contains(['/', '\\']) || f.is_empty() || *f == "." || *f == "..") {
+        return Err(Error::format(index_path, format!("names {f}, which is not a file in the model's folder")));
+    }
+    Ok(files)
+}
+
 fn safetensors_entries(path: &Path, map: &[u8], file: usize) -> Result<Vec<TensorEntry>> {
     use safetensors::SafeTensorError as E;
     let (n, meta) = safetensors::SafeTensors::read_metadata(map).map_err(|e| {

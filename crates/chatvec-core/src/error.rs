@@ -32,6 +32,12 @@ pub enum Error {
     /// The run was stopped by the user (Ctrl-C).
     #[error("interrupted; nothing was written")]
     Interrupted,
+    /// A download stopped by the user (Ctrl-C); its partial file stays for the next run.
+    #[error("interrupted; the partial download {} is kept, and the next run resumes it", partial.display())]
+    DownloadInterrupted {
+        /// The `.incomplete` file.
+        partial: PathBuf,
+    },
     /// Anything else, already worded for the user.
     #[error("{0}")]
     Msg(String),

@@ -26,6 +26,6 @@ pub use config::ModelConfig;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use exec::{NoProgress, Progress};
-pub use hub::{resolve_model, ResolvedModel};
+pub use hub::{resolve_model, Hub, HubId, ResolvedModel};
 pub use ops::{ApplyJob, ExtractJob, MergeJob, OutputOptions, Summary};
 pub use plan::{PlanOptions, Selection};

@@ -101,11 +101,11 @@ fn hub_ids_resolve_through_a_cache_of_symlinked_blobs() {
     let cache = tempfile::tempdir().unwrap();
     for (id, fx) in [("meta/base", "base"), ("meta/chat", "chat"), ("ko/target", "target")] {
         let repo = cache.path().join(format!("models--{}", id.replace('/', "--")));
-        let snap = repo.join("snapshots/c0ffee");
+        let snap = repo.join("snapshots/c0ffee0000000000000000000000000000000000");
         std::fs::create_dir_all(&snap).unwrap();
         std::fs::create_dir_all(repo.join("blobs")).unwrap();
         std::fs::create_dir_all(repo.join("refs")).unwrap();
-        std::fs::write(repo.join("refs/main"), "c0ffee").unwrap();
+        std::fs::write(repo.join("refs/main"), "c0ffee0000000000000000000000000000000000").unwrap();
         for e in std::fs::read_dir(fixture(fx)).unwrap() {
             let p = e.unwrap().path();
             let blob = repo.join("blobs").join(format!("blob-{}", p.file_name().unwrap().to_string_lossy()));
@@ -128,7 +128,7 @@ fn hub_ids_resolve_through_a_cache_of_symlinked_blobs() {
     assert!(std::fs::symlink_metadata(out.join("tokenizer.json")).unwrap().file_type().is_file(), "copies, not links");
     let recipe: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("chatvec.json")).unwrap()).unwrap();
-    assert_eq!(recipe["inputs"]["target"]["revision"], "c0ffee");
+    assert_eq!(recipe["inputs"]["target"]["revision"], "c0ffee0000000000000000000000000000000000");
     assert_eq!(recipe["inputs"]["target"]["hub_id"], "ko/target");
 }
 

@@ -29,18 +29,15 @@ pub struct Args {
 
 /// Runs the apply.
 pub fn run(a: Args) -> Result<ExitCode> {
+    let hub = a.hub.quiet(a.out.quiet || a.out.json);
     let ratios: Vec<f64> = match (a.ratio.len(), a.vector.len()) {
         (1, n) => vec![a.ratio[0]; n],
         (r, n) if r == n => a.ratio.clone(),
         (r, n) => bail!("{n} vectors but {r} ratios: give one ratio, or one per vector"),
     };
     ratios.iter().try_for_each(|r| check_ratio(*r))?;
-    let vectors = a.vector.iter().zip(&ratios).map(|(v, r)| Ok((a.hub.resolve(v)?, *r))).collect::<Result<Vec<_>>>()?;
-    let job = ApplyJob {
-        target: a.hub.resolve(&a.target)?,
-        vectors,
-        plan: a.select.plan_options()?,
-        output: a.out.options(),
-    };
+    let vectors = a.vector.iter().zip(&ratios).map(|(v, r)| Ok((hub.resolve(v)?, *r))).collect::<Result<Vec<_>>>()?;
+    let job =
+        ApplyJob { target: hub.resolve(&a.target)?, vectors, plan: a.select.plan_options()?, output: a.out.options() };
     a.out.run_job(|bar, cancel| ops::apply(&job, bar, cancel), &format!(", ratios {ratios:?}"))
 }

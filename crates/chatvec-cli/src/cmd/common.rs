@@ -9,19 +9,58 @@ use anyhow::{bail, Context, Result};
 use chatvec_core::{DType, OutputOptions, PlanOptions, ResolvedModel, Selection, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Where hub ids are looked up.
+/// Where hub ids are looked up, and whether they may be downloaded.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HubArgs {
     /// Hugging Face cache directory for hub ids (default: $HF_HUB_CACHE, $HF_HOME/hub,
     /// ~/.cache/huggingface/hub).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Use only models already in the cache; never touch the network (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// No download progress bar (set from the command's own --quiet).
+    #[arg(skip)]
+    pub quiet: bool,
 }
 
 impl HubArgs {
-    /// Resolves a model argument (directory or `org/name[@revision]`).
+    /// The same settings with the download bar hidden when `quiet`.
+    pub fn quiet(&self, quiet: bool) -> HubArgs {
+        HubArgs { quiet: self.quiet || quiet, ..self.clone() }
+    }
+
+    /// The hub settings: these flags over the HF_* environment variables.
+    pub fn hub(&self) -> chatvec_core::Hub {
+        chatvec_core::Hub::from_env(self.cache_dir.as_deref(), self.offline)
+    }
+
+    /// Resolves a model argument (directory or `org/name[@revision]`), downloading what the cache
+    /// lacks with a progress bar by bytes. Every command resolves its models here.
     pub fn resolve(&self, spec: &str) -> Result<ResolvedModel> {
-        Ok(chatvec_core::resolve_model(spec, self.cache_dir.as_deref())?)
+        let bar = DownloadBar { bar: Bar::new(self.quiet), label: spec.to_string() };
+        Ok(self.hub().resolve(spec, &bar, &interrupt_flag())?)
+    }
+}
+
+/// A [`Bar`] that names the model being downloaded; drawn only once a download begins.
+pub struct DownloadBar {
+    /// The bar.
+    pub bar: Bar,
+    /// What is downloaded (the hub id).
+    pub label: String,
+}
+
+impl chatvec_core::Progress for DownloadBar {
+    fn begin(&self, total: u64) {
+        self.bar.0.set_message(format!("downloading {}", self.label));
+        self.bar.0.set_length(total);
+    }
+    fn advance(&self, bytes: u64) {
+        self.bar.0.inc(bytes);
+    }
+    fn finish(&self) {
+        self.bar.0.finish_and_clear();
     }
 }
 
@@ -149,12 +188,17 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult) as u64)
 }
 
-/// A flag set by Ctrl-C; the core stops between blocks and removes its temporary output.
+/// The flag Ctrl-C sets (one per process, shared by every step of a command); the core stops
+/// between blocks and removes its temporary output, a download keeps its partial file.
 pub fn interrupt_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    let _ = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst));
-    flag
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        let _ = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst));
+        flag
+    })
+    .clone()
 }
 
 /// The signal (SIGINT, SIGTERM or SIGHUP) that stopped a weight job; 0 while none came.
@@ -195,7 +239,7 @@ impl Bar {
         let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
         bar.set_style(
             ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                "{spinner} {msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
             )
             .expect("valid template"),
         );

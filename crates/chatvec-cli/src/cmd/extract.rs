@@ -22,11 +22,12 @@ pub struct Args {
 
 /// Runs the extraction (float32 unless --dtype).
 pub fn run(a: Args) -> Result<ExitCode> {
+    let hub = a.hub.quiet(a.out.quiet || a.out.json);
     let mut plan = a.select.plan_options()?;
     plan.dtype = Some(plan.dtype.unwrap_or(DType::F32));
     let job = ExtractJob {
-        base: a.hub.resolve(&a.pair.base)?,
-        chat: a.hub.resolve(&a.pair.chat)?,
+        base: hub.resolve(&a.pair.base)?,
+        chat: hub.resolve(&a.pair.chat)?,
         plan,
         output: a.out.options(),
     };

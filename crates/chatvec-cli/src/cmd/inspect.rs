@@ -58,18 +58,19 @@ fn open(hub: &HubArgs, spec: &str) -> Result<Checkpoint> {
 
 /// Runs inspect.
 pub fn run(a: Args) -> Result<ExitCode> {
-    let base = || -> Result<Checkpoint> { open(&a.hub, a.base.as_deref().context("--base is required")?) };
+    let hub = a.hub.quiet(a.quiet || a.json);
+    let base = || -> Result<Checkpoint> { open(&hub, a.base.as_deref().context("--base is required")?) };
     let (vector, weights) = match (&a.chat, &a.vector) {
-        (Some(chat), None) => (VectorInput { plus: open(&a.hub, chat)?, minus: Some(base()?) }, WeightsRef::Minus),
+        (Some(chat), None) => (VectorInput { plus: open(&hub, chat)?, minus: Some(base()?) }, WeightsRef::Minus),
         (None, Some(v)) => {
             let weights = if a.base.is_some() { WeightsRef::Model(base()?) } else { WeightsRef::None };
-            (VectorInput { plus: open(&a.hub, v)?, minus: None }, weights)
+            (VectorInput { plus: open(&hub, v)?, minus: None }, weights)
         }
         _ => bail!("give --base and --chat, or --vector (with --base for relative norms)"),
     };
     let compare = match (&a.compare, &a.compare_chat) {
-        (Some(v), _) => Some(VectorInput { plus: open(&a.hub, v)?, minus: None }),
-        (None, Some(c)) => Some(VectorInput { plus: open(&a.hub, c)?, minus: Some(base()?) }),
+        (Some(v), _) => Some(VectorInput { plus: open(&hub, v)?, minus: None }),
+        (None, Some(c)) => Some(VectorInput { plus: open(&hub, c)?, minus: Some(base()?) }),
         (None, None) => None,
     };
     let input = InspectInput { vector, weights, compare };

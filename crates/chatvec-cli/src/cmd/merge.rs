@@ -46,15 +46,16 @@ pub enum Method {
 
 /// Runs the merge.
 pub fn run(a: Args) -> Result<ExitCode> {
+    let hub = a.hub.quiet(a.out.quiet || a.out.json);
     check_ratio(a.ratio)?;
     let mut plan = a.select.plan_options()?;
     if a.method == Method::FeaturePorter {
         plan.porter = Some(ops::porter(a.porter_steepness, a.porter_shift));
     }
     let job = MergeJob {
-        base: a.hub.resolve(&a.pair.base)?,
-        chat: a.hub.resolve(&a.pair.chat)?,
-        target: a.hub.resolve(&a.target)?,
+        base: hub.resolve(&a.pair.base)?,
+        chat: hub.resolve(&a.pair.chat)?,
+        target: hub.resolve(&a.target)?,
         ratio: a.ratio,
         plan,
         output: a.out.options(),

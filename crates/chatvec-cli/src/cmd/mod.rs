@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod chat;
 pub mod common;
+pub mod download;
 pub mod eval;
 pub mod extract;
 pub mod generate;
