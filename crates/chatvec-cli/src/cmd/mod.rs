@@ -4,6 +4,7 @@ pub mod apply;
 pub mod chat;
 pub mod common;
 pub mod eval;
+pub mod export;
 pub mod extract;
 pub mod generate;
 pub mod inspect;
