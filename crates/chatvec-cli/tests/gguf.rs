@@ -1,6 +1,6 @@
 //! `chatvec export gguf` checked by the real consumers: llama.cpp (node-llama-cpp's prebuilt
 //! binaries) loads each fixture architecture's GGUF and, from the prompt chatvec builds, gives the
-//! same greedy tokens as `chatvec generate` (f32, f16; q8_0 and q4_k_m reported), tokenizes the
+//! same greedy tokens as `chatvec generate` (f32, f16; bf16, q8_0 and q4_k_m reported), tokenizes the
 //! prompt text to the same ids, renders the GGUF's chat template to the same text and stops on
 //! chatvec's stop ids; Python transformers reads the f16 file back to the same weights.
 //!
@@ -80,7 +80,7 @@ struct Case {
     spm: bool,
 }
 
-const TYPES: [&str; 4] = ["f32", "f16", "q8_0", "q4_k_m"];
+const TYPES: [&str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_k_m"];
 
 #[test]
 fn llama_cpp_runs_chatvecs_gguf_like_chatvec_generate() {

@@ -51,6 +51,14 @@ impl<'a> TensorEncoder<'a> {
 
     /// Adds the next `bytes` of source data, writing every complete batch.
     pub fn feed(&mut self, bytes: &[u8], out: &mut dyn Write) -> Result<()> {
+        // Slices of a batch keep the f32 copy and the encoded output of a 16 MiB block small.
+        for slice in bytes.chunks(BATCH_BYTES) {
+            self.feed_batch(slice, out)?;
+        }
+        Ok(())
+    }
+
+    fn feed_batch(&mut self, bytes: &[u8], out: &mut dyn Write) -> Result<()> {
         self.fed += bytes.len();
         if self.fed > self.source_bytes() {
             return Err(Error::tensor(&self.t.info.name, "more data than its shape holds (internal error)"));

@@ -136,3 +136,53 @@ fn an_interrupted_or_failed_export_leaves_no_file() {
             .unwrap_err();
     assert!(err.to_string().contains("--force"), "{err}");
 }
+
+#[test]
+fn merge_to_gguf_writes_every_architecture_and_type() {
+    // base = chat: the vector is zero, so the merge is the target exactly and its GGUF must be the
+    // target's export, byte for byte (the name comes from the file stem, as from the directory).
+    use chatvec_core::{hub::resolve_model, MergeJob, OutputOptions, PlanOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let cancel = AtomicBool::new(false);
+    for (name, dir) in models().into_iter().skip(1) {
+        let m = resolve_model(dir.to_str().unwrap(), None).unwrap();
+        let job = MergeJob {
+            base: m.clone(),
+            chat: m.clone(),
+            target: m,
+            ratio: 1.0,
+            plan: PlanOptions::default(),
+            output: OutputOptions {
+                path: tmp.path().join("unused"),
+                force: false,
+                shard_size: u64::MAX,
+                dry_run: false,
+            },
+        };
+        for t in ["f16", "bf16", "q8_0", "q4_k_m"] {
+            let ftype = FileType::parse(t).unwrap();
+            let sub = tmp.path().join(format!("{name}-{t}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let merged = sub.join(format!("{name}.gguf"));
+            chatvec_gguf::sink::merge_to_gguf(&job, &merged, ftype, false, &NoProgress, &cancel).unwrap();
+            let exported = export_to(tmp.path(), &dir, t);
+            assert_eq!(sha256(&merged), sha256(&exported), "{name} {t}");
+        }
+    }
+}
+
+#[test]
+fn an_unsupported_architecture_is_refused_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("gpt2");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(Path::new(DATA).join("qwen2").join(f), model.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(Path::new(DATA).join("qwen2/config.json")).unwrap();
+    std::fs::write(model.join("config.json"), config.replace("Qwen2ForCausalLM", "GPT2LMHeadModel")).unwrap();
+    let out = tmp.path().join("x.gguf");
+    let err = export(&model, &out, FileType::F16, false, &NoProgress, &AtomicBool::new(false)).unwrap_err().to_string();
+    assert!(err.contains("GPT2LMHeadModel") && !err.contains('\n'), "{err}");
+    assert!(!out.exists());
+}
