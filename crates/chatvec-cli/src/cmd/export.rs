@@ -63,6 +63,7 @@ pub fn file_type(name: Option<&str>, model_dir: &Path) -> Result<FileType> {
     if let Some(n) = name {
         return Ok(FileType::parse(n)?);
     }
-    let config = chatvec_core::ModelConfig::load(model_dir)?;
-    Ok(if config.dtype() == Some(chatvec_core::DType::BF16) { FileType::BF16 } else { FileType::F16 })
+    // A missing or broken config is reported by the export itself, naming the file.
+    let dtype = chatvec_core::ModelConfig::load(model_dir).ok().and_then(|c| c.dtype());
+    Ok(if dtype == Some(chatvec_core::DType::BF16) { FileType::BF16 } else { FileType::F16 })
 }
