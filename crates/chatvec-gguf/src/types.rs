@@ -168,7 +168,7 @@ pub struct Role<'a> {
 
 /// llama-quantize's `use_more_bits`: the first and last eighth of the layers and every third between.
 fn use_more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// The element type of a tensor of `shape` with role `role` under `ftype`, following the converter
