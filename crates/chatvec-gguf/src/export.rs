@@ -46,7 +46,8 @@ pub fn plan_export(ckpt: &Checkpoint, ftype: FileType) -> Result<(GgufPlan, Vec<
     let sources = converter_order(ckpt)?;
     let dir = ckpt.dir.canonicalize().unwrap_or_else(|_| ckpt.dir.clone());
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let info = ModelInfo { config: &ckpt.config, dir: &ckpt.dir, name: &name, fallback_template: None };
+    let stop_ids = chatvec_core::modelfiles::eos_ids(&ckpt.dir, &ckpt.config)?;
+    let info = ModelInfo { config: &ckpt.config, dir: &ckpt.dir, name: &name, fallback_template: None, stop_ids };
     Ok((plan(&info, &sources, ftype)?, sources))
 }
 

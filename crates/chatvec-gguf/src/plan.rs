@@ -79,6 +79,9 @@ pub struct ModelInfo<'a> {
     pub name: &'a str,
     /// A chat template for when the tokenizer files have none.
     pub fallback_template: Option<Json>,
+    /// Ids that end an answer in chatvec (generation config and config eos, a merge's chat eos);
+    /// llama.cpp is made to stop on each.
+    pub stop_ids: Vec<u32>,
 }
 
 /// Plans a GGUF file of `sources` (in the order their data will come) for `model` as `ftype`.
@@ -144,5 +147,6 @@ fn metadata(arch: Arch, model: &ModelInfo, ftype: FileType, total_params: u64) -
     let src =
         VocabSource { dir: model.dir, config: &model.config.raw, fallback_template: model.fallback_template.clone() };
     write_vocab(arch, &src, &mut meta)?;
+    crate::vocab::ensure_stop_ids(&mut meta, &model.stop_ids);
     Ok(meta)
 }

@@ -133,7 +133,11 @@ pub fn merge_to_gguf(
         }),
     };
     let name = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let info = ModelInfo { config: &target.config, dir: &target.dir, name: &name, fallback_template };
+    // The stop ids the merged model's generation_config.json gets: the target's and the chat model's.
+    let mut stop_ids = modelfiles::eos_ids(&target.dir, &target.config)?;
+    let in_vocab = |id: &u32| target.config.vocab_size().is_none_or(|v| (*id as usize) < v);
+    stop_ids.extend(merge.chat_eos.iter().filter(|id| in_vocab(id) && !stop_ids.contains(id)).collect::<Vec<_>>());
+    let info = ModelInfo { config: &target.config, dir: &target.dir, name: &name, fallback_template, stop_ids };
     let gguf = plan(&info, &sources, ftype)?;
     let order: Vec<usize> = gguf
         .tensors

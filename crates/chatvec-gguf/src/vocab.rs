@@ -130,6 +130,62 @@ fn write_spm(
     Ok(n)
 }
 
+/// Token texts llama.cpp treats as end-of-generation by themselves (llama-vocab.cpp's list).
+const LLAMA_CPP_EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
+    "[e~[",
+];
+
+/// Makes llama.cpp stop on every id in `stop_ids` (chatvec's stop set): llama.cpp ends generation
+/// on eos, eot, eom and on tokens whose text is in its list; a stop id it would miss becomes
+/// `eot_token_id` (then `eom_token_id`). The converter writes neither, so this changes the bytes
+/// only for a model whose end-of-turn token llama.cpp does not know. Returns the ids it added.
+pub fn ensure_stop_ids(meta: &mut Metadata, stop_ids: &[u32]) -> Vec<u32> {
+    let id_of = |meta: &Metadata, k: &str| match meta.get(k) {
+        Some(Value::U32(id)) => Some(*id),
+        _ => None,
+    };
+    let mut added = vec![];
+    for &id in stop_ids {
+        let text = match meta.get("tokenizer.ggml.tokens") {
+            Some(Value::StrArray(t)) => t.get(id as usize).cloned(),
+            _ => None,
+        };
+        let Some(text) = text else { continue };
+        let keys = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"];
+        let known = keys.iter().any(|k| id_of(meta, k) == Some(id))
+            || LLAMA_CPP_EOG_TEXTS.iter().any(|t| t.as_bytes() == text.as_slice());
+        if known {
+            continue;
+        }
+        if let Some(free) = keys[1..].iter().find(|k| id_of(meta, k).is_none()) {
+            meta.set(free, Value::U32(id));
+            added.push(id);
+        }
+    }
+    added
+}
+
 /// The converter's `does_token_look_special`.
 fn looks_special(t: &str) -> bool {
     matches!(t, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
@@ -438,6 +494,18 @@ mod tests {
     #[test]
     fn chkhsh_hashes_the_python_list_spelling() {
         assert_eq!(chkhsh(&[1, 2, 3]), "a36b1f2c3f84522dd1005145646617d7054c0851e97c72a039c0bdfac9fa07f3");
+    }
+
+    #[test]
+    fn a_stop_token_llama_cpp_would_miss_becomes_eot() {
+        let mut meta = Metadata::default();
+        let tokens = ["a", "</s>", "<|im_end|>", "<|my_turn_end|>"].iter().map(|t| t.as_bytes().to_vec()).collect();
+        meta.set("tokenizer.ggml.tokens", Value::StrArray(tokens));
+        meta.set("tokenizer.ggml.eos_token_id", Value::U32(1));
+        assert_eq!(ensure_stop_ids(&mut meta, &[1, 2]), Vec::<u32>::new());
+        assert!(meta.get("tokenizer.ggml.eot_token_id").is_none());
+        assert_eq!(ensure_stop_ids(&mut meta, &[1, 2, 3]), vec![3]);
+        assert_eq!(meta.get("tokenizer.ggml.eot_token_id"), Some(&Value::U32(3)));
     }
 
     #[test]
