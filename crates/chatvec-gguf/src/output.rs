@@ -29,6 +29,9 @@ impl GgufFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        if !parent.is_dir() {
+            return Err(Error::msg(format!("{}: parent directory does not exist", path.display())));
+        }
         let free = fs4::available_space(&parent).map_err(|e| Error::io(&parent, e))?;
         if free < bytes + (16 << 20) {
             return Err(Error::msg(format!(
