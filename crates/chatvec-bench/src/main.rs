@@ -1,6 +1,10 @@
 //! `chatvec-bench merge`: builds synthetic Llama-3.2-1B-shaped bf16 triples (and a doubled one)
 //! with chatvec's own writer, then measures in the same run the disk floor (read the three
 //! inputs once, write one output of the same size) and `chatvec merge`'s wall time and peak RSS.
+//!
+//! `chatvec-bench export`: the same 1B shape exported to GGUF by `chatvec export gguf` and by
+//! llama.cpp's convert_hf_to_gguf.py, against the disk floor (read the model once, write a file
+//! of the GGUF's size), wall time and peak RSS of each, in one run.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -35,11 +39,34 @@ enum Bench {
         #[arg(long)]
         notebook: bool,
     },
+    /// GGUF export speed and memory against the disk floor and llama.cpp's converter (1B shape).
+    Export {
+        /// Where to put the synthetic model (shared with `merge`; ~3 GB plus the outputs).
+        #[arg(long, default_value = "target/bench-models")]
+        dir: PathBuf,
+        /// GGUF types to time (the converter writes f32, f16, bf16, q8_0).
+        #[arg(long, value_delimiter = ',', default_value = "f16,q8_0")]
+        types: Vec<String>,
+        /// The chatvec binary to time.
+        #[arg(long, default_value = "target/release/chatvec")]
+        chatvec: PathBuf,
+        /// A llama.cpp checkout (clone node-llama-cpp's llama/gitRelease.bundle) for the converter.
+        #[arg(long)]
+        llama_cpp: PathBuf,
+        /// Python with the converter's requirements (torch, transformers, numpy, sentencepiece);
+        /// default $CHATVEC_PYTHON, else python3.
+        #[arg(long)]
+        python: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
     match Bench::parse() {
         Bench::Merge { dir, scales, chatvec, clean, notebook } => bench_merge(&dir, &scales, &chatvec, clean, notebook),
+        Bench::Export { dir, types, chatvec, llama_cpp, python } => {
+            let python = python.or_else(|| std::env::var_os("CHATVEC_PYTHON").map(PathBuf::from));
+            bench_export(&dir, &types, &chatvec, &llama_cpp, &python.unwrap_or_else(|| "python3".into()))
+        }
     }
 }
 
@@ -197,6 +224,96 @@ fn bench_merge(dir: &Path, scales: &[usize], chatvec: &Path, clean: bool, notebo
     }
     if clean {
         std::fs::remove_dir_all(dir)?;
+    }
+    Ok(())
+}
+
+/// The synthetic 1B model with the tiny Llama-3 tokenizer's files (the vocabulary is padded to
+/// 128256 by both exporters), so the converter can run on it.
+fn export_model(dir: &Path) -> Result<PathBuf> {
+    let model = dir.join("x1/target");
+    if !model.join("config.json").is_file() {
+        eprintln!("writing synthetic {}...", model.display());
+        std::fs::create_dir_all(&model)?;
+        write_random_model(&model, &LlamaShape::llama32_1b(), DType::BF16, 100, 5_000_000_000)?;
+    }
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        std::fs::copy(Path::new("fixtures/llama-tiny/tokenizer").join(f), model.join(f)).context(f)?;
+    }
+    Ok(model)
+}
+
+/// The floor for an export: the model's weights read once and `out_bytes` written, synced.
+fn export_floor(model: &Path, out: &Path, out_bytes: u64) -> Result<f64> {
+    let start = Instant::now();
+    read_model(model, None)?;
+    let mut f = File::create(out)?;
+    let buf = vec![0u8; 16 << 20];
+    let mut left = out_bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn bench_export(dir: &Path, types: &[String], chatvec: &Path, llama_cpp: &Path, python: &Path) -> Result<()> {
+    if !chatvec.is_file() {
+        bail!("{}: build it first with `cargo build --release -p chatvec`", chatvec.display());
+    }
+    let model = export_model(dir)?;
+    let model_bytes = dir_bytes(&model);
+    let mut rows = vec![];
+    for t in types {
+        let out = dir.join(format!("export-{t}.gguf"));
+        let _ = std::fs::remove_file(&out);
+        drop_caches();
+        let run = |cmd: &mut Command| -> Result<(f64, u64, u64)> {
+            let (wall, rss) = timed(cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()))?;
+            let s = Instant::now();
+            let dropped = drop_caches();
+            let bytes = std::fs::metadata(&out)?.len();
+            std::fs::remove_file(&out)?;
+            Ok((wall + if dropped { s.elapsed().as_secs_f64() } else { 0.0 }, rss, bytes))
+        };
+        let ours = run(Command::new(chatvec)
+            .args(["export", "gguf", "-q", "--type", t, "--model"])
+            .arg(&model)
+            .arg("-o")
+            .arg(&out))?;
+        drop_caches();
+        let floor = export_floor(&model, &out, ours.2)?;
+        std::fs::remove_file(&out)?;
+        drop_caches();
+        let theirs = run(Command::new(python)
+            .arg("scripts/gguf/convert_oracle.py")
+            .arg(llama_cpp)
+            .arg(&model)
+            .args(["--outtype", t, "--outfile"])
+            .arg(&out)
+            .env("CHATVEC_GGUF_PRE", "gpt-2"))?;
+        rows.push((t.clone(), ours, floor, theirs));
+    }
+    println!(
+        "1B shape (Llama-3.2-1B, bf16, {:.2} GB of weights), page cache dropped before each run:",
+        model_bytes as f64 / 1e9
+    );
+    println!("| type | GGUF size | disk floor | chatvec export | / floor | chatvec peak RSS | convert_hf_to_gguf.py | / floor | converter peak RSS |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mib = |b: u64| b as f64 / 1048576.0;
+    for (t, ours, floor, theirs) in rows {
+        println!(
+            "| {t} | {:.2} GB | {floor:.1} s | {:.1} s | {:.2}× | {:.0} MiB | {:.1} s | {:.2}× | {:.0} MiB |",
+            ours.2 as f64 / 1e9,
+            ours.0,
+            ours.0 / floor,
+            mib(ours.1),
+            theirs.0,
+            theirs.0 / floor,
+            mib(theirs.1)
+        );
     }
     Ok(())
 }

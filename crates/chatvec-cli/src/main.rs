@@ -22,6 +22,8 @@ enum Command {
     Extract(cmd::extract::Args),
     /// Add one or more extracted vectors to a target model.
     Apply(cmd::apply::Args),
+    /// Write a model in another format (GGUF for llama.cpp and ollama).
+    Export(cmd::export::Args),
     /// Generate an answer with the model's chat template and sampling.
     Generate(cmd::generate::Args),
     /// Chat with a model in the terminal (or over piped stdin).
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => cmd::merge::run(a),
         Command::Extract(a) => cmd::extract::run(a),
         Command::Apply(a) => cmd::apply::run(a),
+        Command::Export(a) => cmd::export::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),

@@ -1,5 +1,6 @@
 //! Runs a [`Plan`]: streams every output tensor block by block through the merge kernels into a
-//! [`ShardWriter`], in parallel within a block, releasing input pages as it goes, so memory stays
+//! [`TensorSink`] (the safetensors `ShardWriter`, or a GGUF writer), in parallel within a block,
+//! releasing input pages as it goes, so memory stays
 //! at a few blocks whatever the model's size.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +11,7 @@ use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::dtype::{decode, encode};
 use crate::kernel::{chat_vector, feature_porter, PorterParams, PorterRange};
 use crate::plan::{entry, Action, Plan, PlannedTensor, Src, Term};
-use crate::writer::ShardWriter;
+use crate::writer::TensorSink;
 use crate::{DType, Error, Result};
 
 /// Output bytes per block handed to the writer.
@@ -46,7 +47,7 @@ pub struct Stats {
 pub fn run(
     models: &[Checkpoint],
     plan: &Plan,
-    writer: &mut ShardWriter,
+    writer: &mut dyn TensorSink,
     order: &[usize],
     progress: &dyn Progress,
     cancel: &AtomicBool,
@@ -72,7 +73,7 @@ fn check(cancel: &AtomicBool) -> Result<()> {
 fn copy_tensor(
     models: &[Checkpoint],
     src: &Src,
-    writer: &mut ShardWriter,
+    writer: &mut dyn TensorSink,
     progress: &dyn Progress,
     cancel: &AtomicBool,
     stats: &Stats,
@@ -131,7 +132,7 @@ struct TermInputs<'a> {
 fn combine_tensor(
     models: &[Checkpoint],
     t: &PlannedTensor,
-    writer: &mut ShardWriter,
+    writer: &mut dyn TensorSink,
     progress: &dyn Progress,
     cancel: &AtomicBool,
     stats: &Stats,

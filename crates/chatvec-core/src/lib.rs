@@ -27,5 +27,6 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use exec::{NoProgress, Progress};
 pub use hub::{resolve_model, Hub, HubId, ResolvedModel};
-pub use ops::{ApplyJob, ExtractJob, MergeJob, OutputOptions, Summary};
+pub use ops::{prepare_merge, ApplyJob, ExtractJob, MergeJob, OutputOptions, PreparedMerge, Summary};
 pub use plan::{PlanOptions, Selection};
+pub use writer::TensorSink;

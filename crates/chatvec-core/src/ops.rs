@@ -13,7 +13,7 @@ use crate::exec::{self, Progress, Stats, BLOCK_BYTES, TASK_ELEMS};
 use crate::kernel::PorterParams;
 use crate::modelfiles::{self, ChatTemplate};
 use crate::plan::{self, Kind, Plan, PlanOptions, VectorRef};
-use crate::writer::{plan_shards, write_index, write_json, OutputDir, ShardWriter, TensorSpec};
+use crate::writer::{plan_shards, write_index, write_json, OutputDir, ShardWriter, TensorSink, TensorSpec};
 use crate::{Checkpoint, Error, ResolvedModel, Result};
 
 /// Where and how to write the output.
@@ -212,17 +212,56 @@ pub fn target_warnings(base: &Checkpoint, target: &Checkpoint) -> Vec<String> {
     w
 }
 
-/// Runs `merge`.
-pub fn merge(job: &MergeJob, progress: &dyn Progress, cancel: &AtomicBool) -> Result<Summary> {
-    let started = Instant::now();
+/// A merge opened, checked and planned: ready to stream into any [`TensorSink`] (the GGUF
+/// export writes a merge this way, without a safetensors directory in between).
+pub struct PreparedMerge {
+    models: Vec<Checkpoint>,
+    /// What happens to each tensor.
+    pub plan: Plan,
+    /// The chat model's template, carried over when the target has none.
+    pub chat_template: Option<ChatTemplate>,
+    /// The chat model's stop ids.
+    pub chat_eos: Vec<u32>,
+}
+
+/// Opens the three models of `job`, runs the pre-flight checks and plans the merge.
+pub fn prepare_merge(job: &MergeJob) -> Result<PreparedMerge> {
     let models = vec![open(&job.target)?, open(&job.chat)?, open(&job.base)?];
     check_base_chat(&models[2], &models[1])?;
     let vectors = [VectorRef { ratio: job.ratio, plus: 1, minus: Some(2), special_rows: vec![] }];
     let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
     plan.warnings.extend(target_warnings(&models[2], &models[0]));
     refuse_empty_vector(&plan, "base, chat and target")?;
-    let template = modelfiles::chat_template(&job.chat.path)?;
+    let chat_template = modelfiles::chat_template(&job.chat.path)?;
     let chat_eos = modelfiles::eos_ids(&job.chat.path, &models[1].config)?;
+    Ok(PreparedMerge { models, plan, chat_template, chat_eos })
+}
+
+impl PreparedMerge {
+    /// The target model (its config and tokenizer describe the merged model).
+    pub fn target(&self) -> &Checkpoint {
+        &self.models[0]
+    }
+
+    /// Streams the planned tensors at `order` (indices into `plan.tensors`) into `sink`;
+    /// returns the bytes read.
+    pub fn stream(
+        &self,
+        order: &[usize],
+        sink: &mut dyn TensorSink,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<u64> {
+        let stats = Stats::default();
+        exec::run(&self.models, &self.plan, sink, order, progress, cancel, &stats)?;
+        Ok(stats.bytes_read.load(Ordering::Relaxed))
+    }
+}
+
+/// Runs `merge`.
+pub fn merge(job: &MergeJob, progress: &dyn Progress, cancel: &AtomicBool) -> Result<Summary> {
+    let started = Instant::now();
+    let PreparedMerge { models, plan, chat_template, chat_eos } = prepare_merge(job)?;
     let recipe = json!({
         "ratio": job.ratio,
         "inputs": {
@@ -231,7 +270,7 @@ pub fn merge(job: &MergeJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
             "target": input_record(&job.target, &models[0]),
         },
     });
-    let carry = Carry { template, template_from: "chat model", eos: chat_eos };
+    let carry = Carry { template: chat_template, template_from: "chat model", eos: chat_eos };
     write_model(&models, &plan, &job.plan, &job.output, "merge", recipe, Some(carry), progress, cancel, started)
 }
 

@@ -213,6 +213,25 @@ enum Msg {
     Data(Vec<u8>),
 }
 
+/// Where a run's output tensor data goes: the safetensors [`ShardWriter`], or another format's
+/// writer (GGUF). Blocks arrive in the order the run was given, each belonging to one tensor, in
+/// the tensor's planned dtype; a tensor's blocks together are exactly its bytes.
+pub trait TensorSink {
+    /// A buffer of `len` bytes for the next block (reused from written blocks where possible).
+    fn buffer(&self, len: usize) -> Vec<u8>;
+    /// Takes the next block; fails with the sink's error if it stopped.
+    fn push(&mut self, block: Vec<u8>) -> Result<()>;
+}
+
+impl TensorSink for ShardWriter {
+    fn buffer(&self, len: usize) -> Vec<u8> {
+        ShardWriter::buffer(self, len)
+    }
+    fn push(&mut self, block: Vec<u8>) -> Result<()> {
+        ShardWriter::push(self, block)
+    }
+}
+
 /// Streams tensor data into the shards of a layout on a background thread, so computing the next
 /// block overlaps writing the last. Blocks must arrive in layout order; each block belongs to one
 /// tensor.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use chatvec_core::{ops, MergeJob};
 
-use super::common::{check_ratio, HubArgs, OutputArgs, PairArgs, SelectArgs};
+use super::common::{check_ratio, interrupt_flag, Bar, HubArgs, OutputArgs, PairArgs, SelectArgs};
 
 /// Merge arguments.
 #[derive(clap::Args, Debug)]
@@ -31,6 +31,10 @@ pub struct Args {
     pub select: SelectArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+    /// Write the merged model as one GGUF file of this type (f32, f16, bf16, q8_0, q4_k_m, ...)
+    /// at OUTPUT instead of a safetensors directory; an OUTPUT ending in .gguf implies it.
+    #[arg(long, value_name = "TYPE")]
+    pub gguf: Option<String>,
     #[command(flatten)]
     pub hub: HubArgs,
 }
@@ -60,5 +64,29 @@ pub fn run(a: Args) -> Result<ExitCode> {
         plan,
         output: a.out.options(),
     };
+    let to_gguf = a.gguf.is_some() || a.out.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if to_gguf && !a.out.dry_run {
+        return merge_to_gguf(&job, a.gguf.as_deref(), &a.out);
+    }
     a.out.run_job(|bar, cancel| ops::merge(&job, bar, cancel), &format!(", ratio {}", a.ratio))
+}
+
+/// `merge --gguf`: the merged tensors go straight into one GGUF file.
+fn merge_to_gguf(job: &MergeJob, ftype: Option<&str>, out: &OutputArgs) -> Result<ExitCode> {
+    let ftype = super::export::file_type(ftype, &job.target.path)?;
+    let cancel = interrupt_flag();
+    let bar = Bar::new(out.quiet || out.json);
+    let s = chatvec_gguf::sink::merge_to_gguf(job, &out.output, ftype, out.force, &bar, &cancel)?;
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!(
+        "wrote {} ({} tensors, {:.1} MB; read {:.1} MB), ratio {}",
+        out.output.display(),
+        s.tensors,
+        s.bytes as f64 / 1e6,
+        s.bytes_read as f64 / 1e6,
+        job.ratio
+    );
+    Ok(ExitCode::SUCCESS)
 }

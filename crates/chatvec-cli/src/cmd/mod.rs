@@ -5,6 +5,7 @@ pub mod chat;
 pub mod common;
 pub mod download;
 pub mod eval;
+pub mod export;
 pub mod extract;
 pub mod generate;
 pub mod inspect;

@@ -1,0 +1,70 @@
+//! The output file: written under a hidden name beside the final path and renamed into place only
+//! when complete; removed if dropped before that (an error, Ctrl-C).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use chatvec_core::{Error, Result};
+
+/// A GGUF file being written.
+pub struct GgufFile {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    out: Option<BufWriter<File>>,
+}
+
+impl GgufFile {
+    /// Starts writing `path` (refused if it exists, unless `force`); checks that `bytes` fit on the disk.
+    pub fn create(path: &Path, force: bool, bytes: u64) -> Result<Self> {
+        if path.exists() && !force {
+            return Err(Error::msg(format!("{}: already exists (use --force to replace it)", path.display())));
+        }
+        if path.is_dir() {
+            return Err(Error::msg(format!("{}: is a directory; give a file name such as model.gguf", path.display())));
+        }
+        let name =
+            path.file_name().ok_or_else(|| Error::msg(format!("{}: not a usable output path", path.display())))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return Err(Error::msg(format!("{}: parent directory does not exist", path.display())));
+        }
+        let free = fs4::available_space(&parent).map_err(|e| Error::io(&parent, e))?;
+        if free < bytes + (16 << 20) {
+            return Err(Error::msg(format!(
+                "{}: not enough free disk space: the GGUF needs {:.2} GB, {:.2} GB are free",
+                parent.display(),
+                bytes as f64 / 1e9,
+                free as f64 / 1e9
+            )));
+        }
+        let tmp_path = parent.join(format!(".{}.chatvec-tmp-{}", name.to_string_lossy(), std::process::id()));
+        let file = File::create(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
+        Ok(GgufFile { final_path: path.to_path_buf(), tmp_path, out: Some(BufWriter::with_capacity(8 << 20, file)) })
+    }
+
+    /// The writer.
+    pub fn writer(&mut self) -> &mut dyn Write {
+        self.out.as_mut().expect("open until commit")
+    }
+
+    /// Flushes, syncs and renames the file into place.
+    pub fn commit(mut self) -> Result<()> {
+        let out = self.out.take().expect("open until commit");
+        let file = out.into_inner().map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.tmp_path, e))?;
+        std::fs::rename(&self.tmp_path, &self.final_path).map_err(|e| Error::io(&self.final_path, e))
+    }
+}
+
+impl Drop for GgufFile {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            self.out = None;
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
