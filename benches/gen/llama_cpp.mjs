@@ -23,7 +23,7 @@ const { getLlama } = await import(require.resolve("node-llama-cpp"));
 const t0 = performance.now();
 const llama = await getLlama({ gpu: false, build: "never", maxThreads: threads });
 const model = await llama.loadModel({ modelPath, gpuLayers: 0 });
-const context = await model.createContext({ contextSize: 512, batchSize: 512, threads: { ideal: threads, min: threads } });
+const context = await model.createContext({ contextSize: 512, batchSize: 512, threads });
 const loadS = (performance.now() - t0) / 1000;
 
 // The bench_gen prompt: BOS, then ids spread over the vocabulary.
