@@ -1,24 +1,17 @@
 #!/usr/bin/env bash
-# CPU generation speed, chatvec vs Python transformers, on a synthetic 1B-shaped Llama in f32.
-# Needs python3 with torch and transformers for the comparison column.
+# CPU generation, side by side in one interleaved run (medians of 3): chatvec at f32, bf16, q8_0
+# and q4_k; llama.cpp (node-llama-cpp 3.21.1's prebuilt binaries) on GGUFs made by llama.cpp's own
+# convert_hf_to_gguf.py (f16, bf16, q8_0; the converter writes no k-quants and node-llama-cpp ships
+# no llama-quantize); transformers in bf16. Synthetic Llama-3.2-1B shape with Llama-3's tokenizer.
 #
-#   bash benches/gen/run.sh [--prompt 128] [--new 32] [--layers 16]
+#   bash benches/gen/run.sh                      # the README table (1B shape, 2 threads)
+#   bash benches/gen/run.sh --shape 8b --chatvec q8_0 --llama-cpp '' --no-transformers --rounds 1
+#
+# Needs: CHATVEC_PYTHON (default python3) with torch, transformers, tiktoken, numpy, sentencepiece;
+# node, and node-llama-cpp in CHATVEC_NODE_LLAMA_DIR (default .tools/node). Models, GGUFs and the
+# llama.cpp checkout go to target/bench-gen (about 12 GB for the 1B shape, 16 GB more for 8B).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-
 cargo build --release -q -p chatvec-gen --example bench_gen
-ours=$(./target/release/examples/bench_gen "$@" | tail -n 1)
-theirs=$(python3 benches/gen/bench_transformers.py "$@" | tail -n 1)
-
-python3 - "$ours" "$theirs" <<'EOF'
-import json, sys
-c, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"synthetic Llama, {c['params'] / 1e9:.2f}B parameters, f32, CPU, {c['threads']} threads; "
-      f"prompt {c['prompt_tokens']} tokens, {c['new_tokens']} new tokens "
-      f"(torch {t['versions']['torch']}, transformers {t['versions']['transformers']})")
-print()
-print("| | chatvec (candle) | transformers (torch) | ratio |")
-print("|---|---:|---:|---:|")
-for key, label in [("prefill_tokens_per_s", "prefill tokens/s"), ("decode_tokens_per_s", "decode tokens/s")]:
-    print(f"| {label} | {c[key]:.1f} | {t[key]:.1f} | {c[key] / t[key]:.2f}x |")
-EOF
+cargo build --release -q -p chatvec-bench
+exec "${CHATVEC_PYTHON:-python3}" benches/gen/compare.py "$@"

@@ -58,6 +58,15 @@ enum Bench {
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// Writes one synthetic bf16 Llama with random weights (input of benches/gen/run.sh).
+    Synth {
+        /// Output directory (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// 1b: Llama-3.2-1B (tied embeddings, 1.24 B parameters); 8b: Llama-3-8B (8.03 B).
+        #[arg(long, default_value = "1b")]
+        shape: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -66,6 +75,23 @@ fn main() -> Result<()> {
         Bench::Export { dir, types, chatvec, llama_cpp, python } => {
             let python = python.or_else(|| std::env::var_os("CHATVEC_PYTHON").map(PathBuf::from));
             bench_export(&dir, &types, &chatvec, &llama_cpp, &python.unwrap_or_else(|| "python3".into()))
+        }
+        Bench::Synth { out, shape } => {
+            let shape = match shape.as_str() {
+                "1b" => LlamaShape { tie: true, ..LlamaShape::llama32_1b() },
+                "8b" => LlamaShape {
+                    hidden: 4096,
+                    intermediate: 14336,
+                    layers: 32,
+                    heads: 32,
+                    kv_heads: 8,
+                    vocab: 128256,
+                    tie: false,
+                },
+                other => bail!("--shape {other}: expected 1b or 8b"),
+            };
+            std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
+            Ok(write_random_model(&out, &shape, DType::BF16, 0, 5_000_000_000)?)
         }
     }
 }

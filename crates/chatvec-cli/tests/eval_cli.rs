@@ -124,6 +124,8 @@ fn eval_ppl_matches_the_oracle_end_to_end() {
         "256",
         "--max-tokens",
         "200",
+        "--quantize",
+        "none",
         "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -80,6 +80,8 @@ fn greedy_json_matches_the_transformers_oracle() {
         "--messages",
         msgs.to_str().unwrap(),
         "--greedy",
+        "--quantize",
+        "none",
         "--max-new-tokens",
         "24",
         "--json",
@@ -110,6 +112,8 @@ fn text_streams_to_stdout_and_statistics_to_stderr() {
         "--prompt",
         user,
         "--greedy",
+        "--quantize",
+        "none",
         "--max-new-tokens",
         "24",
     ]);
@@ -148,6 +152,8 @@ fn a_stop_token_ends_the_answer_and_is_reported() {
         "--messages",
         msgs.to_str().unwrap(),
         "--greedy",
+        "--quantize",
+        "none",
         "--stop",
         &third,
     ];
@@ -201,7 +207,7 @@ fn chat_over_piped_stdin_keeps_history() {
     let tmp = tempfile::tempdir().unwrap();
     let model = oracle_model(tmp.path());
     let m = model.to_str().unwrap();
-    let common = ["--model", m, "--greedy", "--max-new-tokens", "8"];
+    let common = ["--model", m, "--greedy", "--quantize", "none", "--max-new-tokens", "8"];
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatvec"))
         .args([&["chat", "--system", "친절하게 답해"][..], &common[..]].concat())
         .stdin(Stdio::piped())
@@ -271,6 +277,8 @@ fn merged_model_carries_the_template_and_generates() {
         "--messages",
         msgs.to_str().unwrap(),
         "--greedy",
+        "--quantize",
+        "none",
         "--max-new-tokens",
         "24",
         "--json",
@@ -318,6 +326,8 @@ fn missing_template_says_how_to_get_one() {
         "--chat-template",
         tmpl.to_str().unwrap(),
         "--greedy",
+        "--quantize",
+        "none",
         "--max-new-tokens",
         "2",
         "--json",

@@ -5,22 +5,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use chatvec_gen::template::TemplateSource;
-use chatvec_gen::{ChatTemplate, Model, ModelTokenizer, StopSet, TokenizerConfig};
+use chatvec_gen::{ChatTemplate, Model, ModelOptions, ModelTokenizer, StopSet, TokenizerConfig};
 
 /// How to load models.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Where to compute.
-    pub device: Device,
-    /// Compute dtype; perplexity is meant to be float32.
-    pub dtype: DType,
+    /// Where to compute, in which dtype, with weights in which format.
+    pub model: ModelOptions,
     /// A Jinja file to use as every model's chat template.
     pub chat_template: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
+    /// Dense float32 on CPU: the precision the perplexity oracle uses.
     fn default() -> Self {
-        LoadOptions { device: Device::Cpu, dtype: DType::F32, chat_template: None }
+        LoadOptions { model: ModelOptions::dense(&Device::Cpu, DType::F32), chat_template: None }
     }
 }
 
@@ -48,8 +47,7 @@ impl EvalModel {
         let tokenizer = ModelTokenizer::load(dir)?;
         let stops = StopSet::for_model(dir, &tokenizer, &[])?;
         let (template, template_from) = find_template(dir, tokenizer.config(), opts, template_fallback)?;
-        let model =
-            Model::load(dir, &opts.device, opts.dtype).with_context(|| format!("{}: loading", dir.display()))?;
+        let model = Model::load_with(dir, &opts.model).with_context(|| format!("{}: loading", dir.display()))?;
         Ok(EvalModel { dir: dir.to_path_buf(), model, tokenizer, template, template_from, stops })
     }
 

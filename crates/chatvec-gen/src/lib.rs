@@ -8,16 +8,18 @@
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod memory;
 pub mod models;
 pub mod sampling;
 pub mod stops;
 pub mod template;
 pub mod tokenizer;
 
-pub use device::{parse_device, parse_dtype, resolve_dtype};
+pub use candle_core::{DType, Device};
+pub use device::{parse_device, parse_dtype, resolve_dtype, WeightFormat};
 pub use error::{GenError, Result};
 pub use generate::{generate, GenerationConfig, GenerationOutput, StopReason};
-pub use models::{Architecture, Model};
+pub use models::{Architecture, Model, ModelOptions};
 pub use sampling::{GenerationDefaults, Sampler, SamplingParams};
 pub use stops::StopSet;
 pub use template::{ChatTemplate, Message};

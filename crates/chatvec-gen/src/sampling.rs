@@ -169,10 +169,10 @@ pub fn probabilities(logits: &[f32], temperature: f64, top_k: Option<usize>, top
     let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / temperature).collect();
     let mut keep = vec![true; scaled.len()];
     if let Some(k) = top_k.filter(|&k| k > 0 && k < scaled.len()) {
-        // Ties with the k-th value are kept, as `scores < topk(scores, k)[-1]` does.
-        let mut sorted = scaled.clone();
-        sorted.sort_by(|a, b| b.total_cmp(a));
-        let kth = sorted[k - 1];
+        // Ties with the k-th value are kept, as `scores < topk(scores, k)[-1]` does. A
+        // selection, not a sort: O(vocab) for a 128k vocabulary.
+        let mut values = scaled.clone();
+        let (_, &mut kth, _) = values.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
         for (i, &s) in scaled.iter().enumerate() {
             keep[i] = s >= kth;
         }
@@ -190,17 +190,39 @@ pub fn probabilities(logits: &[f32], temperature: f64, top_k: Option<usize>, top
         // mass strictly before it (in descending order) is below top_p. This is transformers'
         // "drop where ascending cumsum <= 1 - top_p", and always keeps the top token.
         let mut order: Vec<usize> = (0..probs.len()).filter(|&i| keep[i]).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        let mut before = 0.0;
-        for &i in &order {
-            if before >= top_p {
-                keep[i] = false;
-            }
-            before += probs[i];
+        let head = nucleus_len(&mut order, &probs, top_p);
+        for &i in &order[head..] {
+            keep[i] = false;
         }
         probs = softmax(&keep);
     }
     probs
+}
+
+/// Reorders `order` so that it starts with the nucleus, most likely first (ties by lower id),
+/// and returns the nucleus's length: tokens are kept while the mass before them is below
+/// `top_p`. Sorts only a head of growing size (64, 128, ...) found by selection, so a 128k
+/// vocabulary costs O(vocab) rather than a full sort.
+fn nucleus_len(order: &mut [usize], probs: &[f64], top_p: f64) -> usize {
+    let by_prob = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b));
+    let mut head = 64.min(order.len());
+    loop {
+        if head < order.len() {
+            order.select_nth_unstable_by(head - 1, by_prob);
+        }
+        order[..head].sort_unstable_by(by_prob);
+        let mut before = 0.0;
+        for (n, &i) in order[..head].iter().enumerate() {
+            if before >= top_p {
+                return n;
+            }
+            before += probs[i];
+        }
+        if head == order.len() {
+            return head;
+        }
+        head = (head * 2).min(order.len());
+    }
 }
 
 /// Picks tokens according to [`SamplingParams`].

@@ -64,6 +64,34 @@ impl chatvec_core::Progress for DownloadBar {
     }
 }
 
+/// How a loaded model holds its weights (generate, chat, eval, report, sweep).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct QuantizeArgs {
+    /// Linear weights in memory: q8_0, q4_k, q4_0, bf16, f16, or none (dense in the compute
+    /// dtype: f32 on CPU, exact but 4 bytes a weight). Default: q8_0 on CPU (an 8B model in
+    /// about 9 GB), none on CUDA (bf16).
+    #[arg(long, value_name = "FORMAT")]
+    pub quantize: Option<String>,
+    /// Load even when the memory estimate exceeds the memory available.
+    #[arg(long)]
+    pub no_memory_check: bool,
+}
+
+impl QuantizeArgs {
+    /// Model options for `device` computing in `dtype`.
+    pub fn model_options(
+        &self,
+        device: &chatvec_gen::Device,
+        dtype: chatvec_gen::DType,
+    ) -> Result<chatvec_gen::ModelOptions> {
+        let weights = match &self.quantize {
+            Some(spec) => chatvec_gen::WeightFormat::parse(spec)?,
+            None => chatvec_gen::WeightFormat::default_for(device),
+        };
+        Ok(chatvec_gen::ModelOptions { device: device.clone(), dtype, weights, check_memory: !self.no_memory_check })
+    }
+}
+
 /// The two models whose difference is the chat vector.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PairArgs {

@@ -10,7 +10,7 @@ use chatvec_eval::chat_eval::{bundled_prompts, load_prompts, run_chat_eval, Chat
 use chatvec_eval::perplexity::{perplexity, Perplexity, Window};
 use chatvec_eval::session::{EvalModel, LoadOptions};
 
-use super::common::{interrupt_flag, HubArgs};
+use super::common::{interrupt_flag, HubArgs, QuantizeArgs};
 
 /// Eval arguments.
 #[derive(clap::Args, Debug)]
@@ -40,14 +40,17 @@ pub struct DeviceArgs {
     /// A Jinja chat template for models without one (or to override theirs).
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
+    #[command(flatten)]
+    pub quantize: QuantizeArgs,
 }
 
 impl DeviceArgs {
     /// Load options from the flags.
     pub fn options(&self) -> Result<LoadOptions> {
+        let device = chatvec_gen::parse_device(&self.device)?;
+        let dtype = chatvec_gen::parse_dtype(&self.dtype)?;
         Ok(LoadOptions {
-            device: chatvec_gen::parse_device(&self.device)?,
-            dtype: chatvec_gen::parse_dtype(&self.dtype)?,
+            model: self.quantize.model_options(&device, dtype)?,
             chat_template: self.chat_template.clone(),
         })
     }

@@ -10,14 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use chatvec_gen::models::read_config;
+use chatvec_gen::models::{is_gguf, read_config};
 use chatvec_gen::{
     generate, parse_device, parse_dtype, resolve_dtype, ChatTemplate, GenerationConfig, GenerationDefaults,
     GenerationOutput, Model, ModelTokenizer, SamplingParams, StopReason, StopSet,
 };
 use serde_json::json;
 
-use super::common::HubArgs;
+use super::common::{HubArgs, QuantizeArgs};
 
 /// Generate arguments.
 #[derive(clap::Args, Debug)]
@@ -44,12 +44,39 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The model path (a directory or a GGUF file) and the directory its tokenizer, chat template
+/// and generation config are read from; the config is checked first so mistakes fail fast.
+fn model_and_tokenizer_dir(args: &ModelArgs) -> Result<(PathBuf, PathBuf)> {
+    let path = Path::new(&args.model);
+    if !is_gguf(path) {
+        let dir = args.hub.resolve(&args.model)?.path;
+        read_config(&dir)?;
+        return Ok((dir.clone(), dir));
+    }
+    let dir = match &args.tokenizer {
+        Some(d) => d.clone(),
+        None => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    if !dir.join("tokenizer.json").is_file() {
+        bail!(
+            "{}: chatvec reads a GGUF's tokenizer from Hugging Face files; pass --tokenizer DIR \
+             (a directory with tokenizer.json and tokenizer_config.json)",
+            path.display()
+        );
+    }
+    Ok((path.to_path_buf(), dir))
+}
+
 /// Which model to load, where, and how its prompts are built and ended.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
-    /// Model directory or hub id (org/name[@revision]).
+    /// Model directory, hub id (org/name[@revision]), or a llama.cpp GGUF file (llama, qwen2).
     #[arg(long, value_name = "MODEL")]
     pub model: String,
+    /// For a GGUF model: the directory with its Hugging Face tokenizer files (tokenizer.json,
+    /// tokenizer_config.json); default: the GGUF's directory.
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer: Option<PathBuf>,
     /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -63,6 +90,8 @@ pub struct ModelArgs {
     /// Another token that ends the answer, as written in the vocabulary (repeatable).
     #[arg(long = "stop", value_name = "TOKEN")]
     pub stop: Vec<String>,
+    #[command(flatten)]
+    pub quantize: QuantizeArgs,
     #[command(flatten)]
     pub hub: HubArgs,
 }
@@ -147,8 +176,7 @@ impl Session {
     /// Resolves and loads the model; cheap checks (config, tokenizer, template) come before the
     /// weights so mistakes fail fast.
     pub fn open(args: &ModelArgs) -> Result<Self> {
-        let dir = args.hub.resolve(&args.model)?.path;
-        read_config(&dir)?;
+        let (model_path, dir) = model_and_tokenizer_dir(args)?;
         let tokenizer = ModelTokenizer::load(&dir)?;
         let template = ChatTemplate::for_model(&dir, tokenizer.config(), args.chat_template.as_deref())?;
         let stops = StopSet::for_model(&dir, &tokenizer, &args.stop)?;
@@ -159,7 +187,7 @@ impl Session {
         if let Some(note) = note {
             eprintln!("note: {note}");
         }
-        let model = Model::load(&dir, &device, dtype)?;
+        let model = Model::load_with(&model_path, &args.quantize.model_options(&device, dtype)?)?;
         Ok(Session { dir, model, tokenizer, template, stops, defaults, device_name: args.device.clone() })
     }
 

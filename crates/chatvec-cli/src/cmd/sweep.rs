@@ -8,7 +8,7 @@ use chatvec_eval::perplexity::BUNDLED_TEXT;
 use chatvec_eval::plots::Size;
 use chatvec_eval::sweep::{plot, run_sweep, to_csv, to_text, SweepEval, SweepMerge};
 
-use super::common::{interrupt_flag, HubArgs, PairArgs, SelectArgs};
+use super::common::{interrupt_flag, HubArgs, PairArgs, QuantizeArgs, SelectArgs};
 use super::eval::{read_text, ChatGenArgs, DeviceArgs, WindowArgs};
 
 /// Sweep arguments.
@@ -55,6 +55,8 @@ pub struct Args {
     /// A Jinja chat template for the evaluations (default: the chat model's).
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
+    #[command(flatten)]
+    pub quantize: QuantizeArgs,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -88,6 +90,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             device: a.device.clone(),
             dtype: a.compute_dtype.clone(),
             chat_template: a.chat_template.clone(),
+            quantize: a.quantize.clone(),
         }
         .options()?,
     };

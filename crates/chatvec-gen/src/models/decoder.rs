@@ -6,31 +6,16 @@
 //! and copy K/V for grouped-query attention on every step. One implementation parameterised by
 //! [`DecoderConfig`] keeps the four architectures in step.
 
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::{Activation, DecoderConfig};
+use super::linear::{make_weight, stack_quantized, Linear, LinearWeight};
 use super::rope::Rope;
 use super::weights::WeightSource;
 use crate::error::Result;
-
-/// `y = x W^T (+ b)`.
-#[derive(Debug, Clone)]
-struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, s, k) = x.dims3()?;
-        let y = x.reshape((b * s, k))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(bias) => y.broadcast_add(bias)?,
-            None => y,
-        };
-        Ok(y.reshape((b, s, ()))?)
-    }
-}
 
 #[derive(Debug, Clone)]
 struct RmsNorm {
@@ -73,15 +58,42 @@ struct Layer {
     mlp: Mlp,
 }
 
+/// Token embeddings: in the compute dtype when weights are dense, else as stored (bf16, or a
+/// ggml format from a GGUF); rows are widened on lookup.
+#[derive(Debug, Clone)]
+enum Embeddings {
+    Dense(Tensor),
+    Compact(Arc<QTensor>),
+}
+
+impl Embeddings {
+    fn lookup(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        let rows = match self {
+            Embeddings::Dense(t) => t.index_select(ids, 0)?,
+            Embeddings::Compact(q) => q.embedding(ids)?,
+        };
+        Ok(rows.to_dtype(dtype)?)
+    }
+
+    /// The same matrix as an output projection (tied embeddings).
+    fn as_weight(&self) -> LinearWeight {
+        match self {
+            Embeddings::Dense(t) => LinearWeight::Dense(t.clone()),
+            Embeddings::Compact(q) => LinearWeight::Compact(q.clone()),
+        }
+    }
+}
+
 /// A loaded decoder with its KV cache.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     cfg: DecoderConfig,
-    embed: Tensor,
+    embed: Embeddings,
     embed_scale: Option<f64>,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
+    format: Option<GgmlDType>,
     rope: Rope,
     dtype: DType,
     device: Device,
@@ -93,6 +105,8 @@ struct Loader<'a> {
     src: &'a dyn WeightSource,
     dtype: DType,
     device: &'a Device,
+    /// The format of linear weights (None: dense in `dtype`).
+    format: Option<GgmlDType>,
 }
 
 impl Loader<'_> {
@@ -102,22 +116,66 @@ impl Loader<'_> {
     }
 
     fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.get(&format!("{prefix}.weight"), &[out, inp])?,
-            bias: if bias { Some(self.get(&format!("{prefix}.bias"), &[out])?) } else { None },
-        })
+        self.stacked(&[(prefix, out)], inp, bias)
     }
 
-    /// Several projections of the same input concatenated along the output dimension.
+    /// Several projections of the same input concatenated along the output dimension, in their
+    /// stored dtype, then converted once.
     fn stacked(&self, parts: &[(&str, usize)], inp: usize, bias: bool) -> Result<Linear> {
-        let mut ws = Vec::with_capacity(parts.len());
         let mut bs = Vec::with_capacity(parts.len());
-        for (prefix, out) in parts {
-            let l = self.linear(prefix, *out, inp, bias)?;
-            ws.push(l.weight);
-            bs.extend(l.bias);
+        if bias {
+            for (prefix, out) in parts {
+                bs.push(self.get(&format!("{prefix}.bias"), &[*out])?);
+            }
         }
-        Ok(Linear { weight: Tensor::cat(&ws, 0)?, bias: if bias { Some(Tensor::cat(&bs, 0)?) } else { None } })
+        let bias = if bias { Some(Tensor::cat(&bs, 0)?) } else { None };
+        let mut quantized = Vec::with_capacity(parts.len());
+        for (prefix, out) in parts {
+            quantized.extend(self.src.qtensor(&format!("{prefix}.weight"), &[*out, inp])?);
+        }
+        if quantized.len() == parts.len() {
+            return Ok(Linear { weight: stack_quantized(quantized, self.device)?, bias });
+        }
+        let mut ws = Vec::with_capacity(parts.len());
+        for (prefix, out) in parts {
+            ws.push(self.src.tensor(&format!("{prefix}.weight"), &[*out, inp])?);
+        }
+        let w = if ws.len() == 1 { ws.pop().expect("one part") } else { Tensor::cat(&ws, 0)? };
+        Ok(Linear { weight: make_weight(w, self.format, self.dtype, self.device)?, bias })
+    }
+
+    /// The token embeddings: converted to the compute dtype for dense weights, else kept as
+    /// stored, quantized ones included (a row gather needs no fast format).
+    fn embeddings(&self, vocab: usize, hidden: usize) -> Result<Embeddings> {
+        let name = "model.embed_tokens.weight";
+        if let Some(q) = self.src.qtensor(name, &[vocab, hidden])? {
+            return match stack_quantized(vec![q], self.device)? {
+                LinearWeight::Compact(q) => Ok(Embeddings::Compact(q)),
+                LinearWeight::Dense(t) => Ok(Embeddings::Dense(t)),
+            };
+        }
+        let t = self.src.tensor(name, &[vocab, hidden])?.to_device(self.device)?;
+        Ok(Embeddings::Dense(if self.format.is_some() { t } else { t.to_dtype(self.dtype)? }))
+    }
+
+    /// The output projection (`tied`: the embedding matrix). Quantized formats use q6_k (q4
+    /// formats) or q8_0 for it, as llama.cpp does for `output.weight`; a GGUF's is used as stored.
+    fn lm_head(&self, embed: &Embeddings, tied: bool, cfg: &DecoderConfig) -> Result<Linear> {
+        let shape = [cfg.vocab_size, cfg.hidden_size];
+        let w = match (tied, embed) {
+            (false, _) => match self.src.qtensor("lm_head.weight", &shape)? {
+                Some(q) => return Ok(Linear { weight: stack_quantized(vec![q], self.device)?, bias: None }),
+                None => self.src.tensor("lm_head.weight", &shape)?,
+            },
+            (true, Embeddings::Dense(t)) => t.clone(),
+            (true, Embeddings::Compact(_)) => return Ok(Linear { weight: embed.as_weight(), bias: None }),
+        };
+        let format = self.format.map(|f| match f {
+            GgmlDType::Q4K | GgmlDType::Q4_0 | GgmlDType::Q5K => GgmlDType::Q6K,
+            GgmlDType::BF16 | GgmlDType::F16 | GgmlDType::F32 => f,
+            _ => GgmlDType::Q8_0,
+        });
+        Ok(Linear { weight: make_weight(w, format, self.dtype, self.device)?, bias: None })
     }
 
     fn norm(&self, name: &str, cfg: &DecoderConfig) -> Result<RmsNorm> {
@@ -129,12 +187,19 @@ impl Loader<'_> {
 }
 
 impl Decoder {
-    /// Builds the decoder from named tensors (`model.layers.N.self_attn.q_proj.weight`, ...).
-    pub fn load(cfg: &DecoderConfig, src: &dyn WeightSource, device: &Device, dtype: DType) -> Result<Self> {
-        let ld = Loader { src, dtype, device };
+    /// Builds the decoder from named tensors (`model.layers.N.self_attn.q_proj.weight`, ...),
+    /// computing in `dtype`, with linear weights dense (`format` None) or in a ggml format.
+    pub fn load(
+        cfg: &DecoderConfig,
+        src: &dyn WeightSource,
+        device: &Device,
+        dtype: DType,
+        format: Option<GgmlDType>,
+    ) -> Result<Self> {
+        let ld = Loader { src, dtype, device, format };
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
-        let embed = ld.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed = ld.embeddings(cfg.vocab_size, h)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
@@ -177,11 +242,7 @@ impl Decoder {
         }
         let norm = ld.norm("model.norm.weight", cfg)?;
         // A checkpoint without lm_head.weight is tied in practice even if its config forgot to say so.
-        let lm_head = if cfg.tie_word_embeddings || !src.contains("lm_head.weight") {
-            embed.clone()
-        } else {
-            ld.get("lm_head.weight", &[cfg.vocab_size, h])?
-        };
+        let lm_head = ld.lm_head(&embed, cfg.tie_word_embeddings || !src.contains("lm_head.weight"), cfg)?;
         let embed_scale = if cfg.scale_embeddings {
             // transformers rounds the normaliser to the compute dtype before multiplying.
             let s =
@@ -198,6 +259,7 @@ impl Decoder {
             layers,
             norm,
             lm_head,
+            format,
             dtype,
             device: device.clone(),
             position: 0,
@@ -212,6 +274,11 @@ impl Decoder {
     /// Compute dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The ggml format of the linear weights (None: dense in the compute dtype).
+    pub fn weight_format(&self) -> Option<GgmlDType> {
+        self.format
     }
 
     /// Device the weights live on.
@@ -254,7 +321,7 @@ impl Decoder {
     fn hidden(&mut self, tokens: &[u32]) -> Result<Tensor> {
         let s = tokens.len();
         let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?;
+        let mut x = self.embed.lookup(&ids, self.dtype)?.unsqueeze(0)?;
         if let Some(scale) = self.embed_scale {
             x = (x * scale)?;
         }
@@ -279,7 +346,7 @@ impl Decoder {
             return Err(crate::GenError::InvalidArgument("forward needs at least one token".into()));
         }
         let h = self.hidden(tokens)?.narrow(1, s - 1, 1)?.squeeze(0)?;
-        let logits = h.matmul(&self.lm_head.t()?)?;
+        let logits = self.lm_head.forward(&h)?;
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
@@ -289,7 +356,7 @@ impl Decoder {
             return Err(crate::GenError::InvalidArgument("forward needs at least one token".into()));
         }
         let h = self.hidden(tokens)?.squeeze(0)?;
-        Ok(h.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+        Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
     }
 }
 

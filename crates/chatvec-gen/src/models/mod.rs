@@ -6,6 +6,8 @@
 mod config;
 mod decoder;
 mod gemma;
+mod gguf;
+mod linear;
 mod llama;
 mod mistral;
 mod qwen2;
@@ -19,11 +21,33 @@ use candle_core::{DType, Device, Tensor};
 
 pub use config::{Activation, DecoderConfig, RopeConfig, RopeScaling};
 pub use decoder::Decoder;
+pub use gguf::{is_gguf, GgufWeights};
 pub use rope::Rope;
 pub use weights::{SafetensorsWeights, WeightSource};
 
+use crate::device::WeightFormat;
 use crate::error::{GenError, Result};
 use config::JsonConfig;
+
+/// How to load a model: where, computing in which dtype, with linear weights in which format.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Where the weights live and the model computes.
+    pub device: Device,
+    /// Compute dtype (activations, KV cache, dense weights).
+    pub dtype: DType,
+    /// How linear weights are held.
+    pub weights: WeightFormat,
+    /// Refuse before loading when the model would not fit in available memory.
+    pub check_memory: bool,
+}
+
+impl ModelOptions {
+    /// Dense weights in `dtype` on `device` (the exact path), without the memory check.
+    pub fn dense(device: &Device, dtype: DType) -> Self {
+        ModelOptions { device: device.clone(), dtype, weights: WeightFormat::Dense, check_memory: false }
+    }
+}
 
 /// Architectures chatvec can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,12 +134,43 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads `dir` (config.json + safetensors) onto `device`, computing in `dtype`.
+    /// Loads `dir` (config.json + safetensors) onto `device`, computing in `dtype`, with dense
+    /// weights.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(dir, &ModelOptions::dense(device, dtype))
+    }
+
+    /// Loads `dir` as `opts` say; with `check_memory`, a model that would not fit in available
+    /// memory is refused before any weight is read.
+    pub fn load_with(dir: &Path, opts: &ModelOptions) -> Result<Self> {
+        if is_gguf(dir) {
+            return Self::load_gguf(dir, opts);
+        }
         let (arch, cfg) = read_config(dir)?;
+        if opts.check_memory {
+            if let Some(available) = crate::memory::available_bytes() {
+                let stored = stored_bytes_per_weight(cfg.stored_dtype.as_deref());
+                crate::memory::check_fits(&cfg, opts.weights, opts.dtype, stored, available)?;
+            }
+        }
         let weights = SafetensorsWeights::open(dir)?;
-        let decoder = Decoder::load(&cfg, &weights, device, dtype)?;
+        let decoder = Decoder::load(&cfg, &weights, &opts.device, opts.dtype, opts.weights.ggml())?;
         Ok(Model { arch, dir: Some(dir.to_path_buf()), decoder, cached: Vec::new() })
+    }
+
+    /// Loads a GGUF file: hyperparameters from its metadata, weights in their stored formats
+    /// (`opts.weights` does not apply).
+    fn load_gguf(path: &Path, opts: &ModelOptions) -> Result<Self> {
+        let weights = GgufWeights::open(path)?;
+        let (arch, cfg) = config_from_json(&weights.config_json()?, path)?;
+        if opts.check_memory {
+            if let Some(available) = crate::memory::available_bytes() {
+                let file = std::fs::metadata(path).map_err(|e| GenError::io(path, e))?.len() as f64;
+                crate::memory::check_file_fits(path, file, &cfg, opts.dtype, available)?;
+            }
+        }
+        let decoder = Decoder::load(&cfg, &weights, &opts.device, opts.dtype, None)?;
+        Ok(Model { arch, dir: Some(path.to_path_buf()), decoder, cached: Vec::new() })
     }
 
     /// Builds a model from a config and any weight source (in-memory tensors for benchmarks).
@@ -126,7 +181,18 @@ impl Model {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        Ok(Model { arch, dir: None, decoder: Decoder::load(cfg, weights, device, dtype)?, cached: Vec::new() })
+        Self::from_weights_as(arch, cfg, weights, &ModelOptions::dense(device, dtype))
+    }
+
+    /// Builds a model from a config and any weight source, as `opts` say (no memory check).
+    pub fn from_weights_as(
+        arch: Architecture,
+        cfg: &DecoderConfig,
+        weights: &dyn WeightSource,
+        opts: &ModelOptions,
+    ) -> Result<Self> {
+        let decoder = Decoder::load(cfg, weights, &opts.device, opts.dtype, opts.weights.ggml())?;
+        Ok(Model { arch, dir: None, decoder, cached: Vec::new() })
     }
 
     /// The architecture read from config.json.
@@ -147,6 +213,11 @@ impl Model {
     /// Compute dtype.
     pub fn dtype(&self) -> DType {
         self.decoder.dtype()
+    }
+
+    /// How the linear weights are held.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.decoder.weight_format().map_or(WeightFormat::Dense, WeightFormat::Ggml)
     }
 
     /// Device holding the weights.
@@ -207,6 +278,14 @@ impl Model {
             )));
         }
         Ok(())
+    }
+}
+
+/// Bytes per weight of a checkpoint stored as `torch_dtype` (bf16 when unknown).
+fn stored_bytes_per_weight(torch_dtype: Option<&str>) -> f64 {
+    match torch_dtype {
+        Some("float32") => 4.0,
+        _ => 2.0,
     }
 }
 

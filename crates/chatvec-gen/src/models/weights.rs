@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::QTensor;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{Device, Tensor};
 
@@ -15,6 +16,10 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     /// The tensor in its stored dtype, checked against `shape`.
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// The tensor in its stored ggml format, for sources that hold one (GGUF); None otherwise.
+    fn qtensor(&self, _name: &str, _shape: &[usize]) -> Result<Option<QTensor>> {
+        Ok(None)
+    }
 }
 
 /// The `*.safetensors` files of a model directory, memory-mapped.

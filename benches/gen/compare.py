@@ -1,0 +1,162 @@
+"""CPU generation side by side, in one interleaved run: chatvec at several weight formats,
+llama.cpp (node-llama-cpp's prebuilt binaries) on GGUFs of the same weights made by llama.cpp's own
+convert_hf_to_gguf.py, and transformers in bf16. Synthetic Llama with random weights and Llama-3's
+real tokenizer; the same 128 prompt ids, greedy, the same thread count. Each engine runs in its own
+process per round (peak RSS from wait4); medians over the rounds. Driven by benches/gen/run.sh.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BENCH_GEN = ROOT / "target/release/examples/bench_gen"
+CHATVEC_BENCH = ROOT / "target/release/chatvec-bench"
+PY = os.environ.get("CHATVEC_PYTHON", sys.executable)
+NODE_DIR = pathlib.Path(os.environ.get("CHATVEC_NODE_LLAMA_DIR", ROOT / ".tools/node"))
+BUNDLE = NODE_DIR / "node_modules/node-llama-cpp/llama/gitRelease.bundle"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def measure(cmd, env):
+    """Runs cmd in a child, returns (record, wall s, peak RSS bytes of that child)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    # Read output on threads so the child never blocks on a full pipe while we wait4 it.
+    chunks = {"out": "", "err": ""}
+
+    def drain(stream, key):
+        chunks[key] = stream.read()
+
+    threads = [threading.Thread(target=drain, args=(proc.stdout, "out")),
+               threading.Thread(target=drain, args=(proc.stderr, "err"))]
+    for t in threads:
+        t.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    for t in threads:
+        t.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{chunks['err'][-2000:]}")
+    return json.loads(chunks["out"].strip().splitlines()[-1]), wall, usage.ru_maxrss * 1024
+
+
+def prepare(work, shape, llama_formats):
+    model = work / f"synth-{shape}"
+    if not (model / "config.json").is_file():
+        log(f"writing synthetic {shape} model to {model}")
+        subprocess.run([CHATVEC_BENCH, "synth", "--shape", shape, "--out", model], check=True)
+        tok = work / "llama3-tokenizer"
+        if not (tok / "tokenizer.json").is_file():
+            subprocess.run([PY, ROOT / "benches/gen/make_llama3_tokenizer.py", tok], check=True)
+        for f in tok.iterdir():
+            shutil.copy(f, model / f.name)
+    ggufs = {}
+    if llama_formats:
+        llama_src = work / "llama.cpp"
+        if not (llama_src / "convert_hf_to_gguf.py").is_file():
+            subprocess.run(["git", "clone", "-q", BUNDLE, llama_src], check=True)
+        for fmt in llama_formats:
+            out = work / f"synth-{shape}-{fmt}.gguf"
+            if not out.is_file():
+                log(f"converting to {out.name} with llama.cpp's convert_hf_to_gguf.py")
+                env = dict(os.environ, PYTHONPATH=str(llama_src / "gguf-py"))
+                subprocess.run([PY, llama_src / "convert_hf_to_gguf.py", model, "--outtype", fmt, "--outfile", out],
+                               check=True, env=env, stdout=subprocess.DEVNULL)
+            ggufs[fmt] = out
+    return model, ggufs
+
+
+def engines(a, model, ggufs):
+    common = ["--prompt", str(a.prompt), "--new", str(a.new)]
+    out = [(f"chatvec {f}", f, [BENCH_GEN, "--model", model, "--quantize", "none" if f == "f32" else f, *common])
+           for f in a.chatvec]
+    node = ["node", ROOT / "benches/gen/llama_cpp.mjs", "--threads", str(a.threads), *common]
+    out += [(f"llama.cpp {f}", f, [*node, "--model", g]) for f, g in ggufs.items()]
+    if a.transformers:
+        out.append(("transformers bf16", "bf16", [PY, ROOT / "benches/gen/bench_transformers.py", "--model", model,
+                                                  "--dtype", "bf16", *common]))
+    return out
+
+
+def weight_bytes_per_token(model, fmt):
+    """Bytes of weights read per decoded token: every linear weight and the output projection."""
+    cfg = json.loads((model / "config.json").read_text())
+    h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    hd = cfg.get("head_dim", h // cfg["num_attention_heads"])
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    linear = layers * (h * (q + 2 * kv) + q * h + 3 * h * i)
+    head = cfg["vocab_size"] * h
+    bpw = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32, "q4_k": 144 / 256, "q4_0": 18 / 32, "q6_k": 210 / 256}
+    head_fmt = {"q4_k": "q6_k", "q4_0": "q6_k"}.get(fmt, fmt)
+    return linear * bpw[fmt] + head * bpw[head_fmt]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default=str(ROOT / "target/bench-gen"))
+    ap.add_argument("--shape", default="1b", choices=["1b", "8b"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--chatvec", default="f32,bf16,q8_0,q4_k", type=lambda s: [x for x in s.split(",") if x])
+    ap.add_argument("--llama-cpp", default="f16,bf16,q8_0", type=lambda s: [x for x in s.split(",") if x])
+    ap.add_argument("--no-transformers", dest="transformers", action="store_false")
+    a = ap.parse_args()
+    work = pathlib.Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model, ggufs = prepare(work, a.shape, a.llama_cpp)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
+               CHATVEC_NODE_LLAMA_DIR=str(NODE_DIR))
+    bandwidth = measure([BENCH_GEN, "--bandwidth"], env)[0]["read_gb_per_s"]
+    runs = engines(a, model, ggufs)
+    results = {name: [] for name, _, _ in runs}
+    for r in range(a.rounds):
+        for name, _, cmd in runs:
+            rec, wall, rss = measure(list(map(str, cmd)), env)
+            rec.update(wall_s=wall, peak_rss=rss)
+            results[name].append(rec)
+            log(f"round {r + 1} {name}: decode {rec['decode_tokens_per_s']:.2f} tok/s, prefill "
+                f"{rec['prefill_tokens_per_s']:.1f} tok/s, peak RSS {rss / 2**30:.2f} GiB")
+    report(a, model, bandwidth, runs, results)
+
+
+def report(a, model, bandwidth, runs, results):
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in ("decode_tokens_per_s", "prefill_tokens_per_s",
+                                                                 "peak_rss", "load_s")}
+           for n, rs in results.items()}
+    cfg = json.loads((model / "config.json").read_text())
+    ref = next((rs[0]["tokens"] for n, rs in results.items() if n == "chatvec f32"), None)
+    print(f"synthetic Llama ({a.shape} shape: hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, vocab "
+          f"{cfg['vocab_size']}, random weights, Llama-3 tokenizer), {a.threads} threads, prompt {a.prompt} tokens, "
+          f"{a.new} new, greedy; medians of {a.rounds} interleaved rounds; read bandwidth {bandwidth:.1f} GB/s")
+    print()
+    print("| engine | decode tok/s | bandwidth ceiling | of ceiling | vs llama.cpp | prefill tok/s | peak RSS GiB "
+          "| load s | greedy = chatvec f32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, fmt, _ in runs:
+        m = med[name]
+        ceiling = bandwidth * 1e9 / weight_bytes_per_token(model, fmt)
+        peer = med.get(f"llama.cpp {fmt}")
+        ratio = f"{m['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x" if peer and "chatvec" in name else ""
+        toks = results[name][0].get("tokens")
+        agree = "" if ref is None or toks is None else f"{sum(1 for x, y in zip(toks, ref) if x == y)}/{len(ref)}"
+        print(f"| {name} | {m['decode_tokens_per_s']:.2f} | {ceiling:.1f} | {m['decode_tokens_per_s'] / ceiling:.0%} "
+              f"| {ratio} | {m['prefill_tokens_per_s']:.1f} | {m['peak_rss'] / 2**30:.2f} | {m['load_s']:.1f} "
+              f"| {agree} |")
+
+
+if __name__ == "__main__":
+    main()

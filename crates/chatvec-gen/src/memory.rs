@@ -1,0 +1,174 @@
+//! Whether a model fits in memory at the chosen weight format, checked before loading so that a
+//! model too big for the machine is refused in one line instead of being killed by the kernel.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::DType;
+
+use crate::device::WeightFormat;
+use crate::error::{GenError, Result};
+use crate::models::DecoderConfig;
+
+/// KV-cache positions the estimate allows for.
+const CONTEXT_ALLOWANCE: usize = 2048;
+/// Activations, logits, the tokenizer, the allocator's slack.
+const OVERHEAD_BYTES: f64 = 400e6;
+
+/// Bytes a loaded model takes: linear weights in `format`, embeddings as stored (in `dtype` when
+/// dense), the output projection, a KV cache of 2048 positions, and a fixed overhead.
+pub fn model_bytes(cfg: &DecoderConfig, format: WeightFormat, dtype: DType, stored_bytes: f64) -> f64 {
+    let (h, hd) = (cfg.hidden_size as f64, cfg.head_dim as f64);
+    let (q, kv) = (cfg.num_heads as f64 * hd, cfg.num_kv_heads as f64 * hd);
+    let per_layer = h * (q + 2.0 * kv) + q * h + 3.0 * h * cfg.intermediate_size as f64;
+    let linear = per_layer * cfg.num_layers as f64;
+    let embed = cfg.vocab_size as f64 * h;
+    let weights = match format {
+        WeightFormat::Dense => {
+            let head = if cfg.tie_word_embeddings { 0.0 } else { embed };
+            (linear + embed + head) * dtype.size_in_bytes() as f64
+        }
+        WeightFormat::Ggml(d) => {
+            linear * format.bytes_per_weight(dtype) + embed * stored_bytes + embed * head_bytes_per_weight(d)
+        }
+    };
+    weights + kv_cache_bytes(cfg, dtype) + OVERHEAD_BYTES
+}
+
+/// Bytes per weight of the output projection for a linear-weight format (see the decoder's
+/// `lm_head`: q6_k for q4 formats, q8_0 for q8_0, as stored for bf16/f16).
+fn head_bytes_per_weight(d: GgmlDType) -> f64 {
+    let head = match d {
+        GgmlDType::Q4K | GgmlDType::Q4_0 | GgmlDType::Q5K => GgmlDType::Q6K,
+        GgmlDType::BF16 | GgmlDType::F16 | GgmlDType::F32 => d,
+        _ => GgmlDType::Q8_0,
+    };
+    head.type_size() as f64 / head.block_size() as f64
+}
+
+/// Memory this process may still use: `MemAvailable`, lowered by a cgroup limit when one is set.
+pub fn available_bytes() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let available = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())?
+        * 1024.0;
+    Some(cgroup_headroom().map_or(available, |c| c.min(available)))
+}
+
+/// `limit - usage` of this process's cgroup (v2, else v1), when a limit is set.
+fn cgroup_headroom() -> Option<f64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<f64>().ok());
+    let (limit, usage) = match read("/sys/fs/cgroup/memory.max") {
+        Some(limit) => (limit, read("/sys/fs/cgroup/memory.current")?),
+        None => {
+            (read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?, read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?)
+        }
+    };
+    // v1 reports "no limit" as a huge number.
+    (limit < 1e18).then(|| (limit - usage).max(0.0))
+}
+
+/// Refuses, in one line naming the formats that would fit, a model that needs more than
+/// `available` bytes at `format`.
+pub fn check_fits(
+    cfg: &DecoderConfig,
+    format: WeightFormat,
+    dtype: DType,
+    stored_bytes: f64,
+    available: f64,
+) -> Result<()> {
+    let need = model_bytes(cfg, format, dtype, stored_bytes);
+    if need <= available {
+        return Ok(());
+    }
+    let fitting: Vec<String> = [GgmlDType::BF16, GgmlDType::Q8_0, GgmlDType::Q4K]
+        .into_iter()
+        .map(WeightFormat::Ggml)
+        .filter(|&f| f != format)
+        .map(|f| (f, model_bytes(cfg, f, dtype, stored_bytes)))
+        .filter(|&(_, bytes)| bytes <= available)
+        .map(|(f, bytes)| format!("{} ({})", f.describe(dtype), gb(bytes)))
+        .collect();
+    let advice = if fitting.is_empty() {
+        "no supported format fits; free memory or use a machine with more".to_string()
+    } else {
+        format!("use --quantize {}", fitting.join(" or "))
+    };
+    Err(GenError::InvalidArgument(format!(
+        "the model needs {} at {}, {} available: {advice} (--no-memory-check skips this check)",
+        gb(need),
+        format.describe(dtype),
+        gb(available)
+    )))
+}
+
+/// Refuses a GGUF of `file_bytes` (its weights, loaded as stored) that would not fit.
+pub fn check_file_fits(
+    path: &std::path::Path,
+    file_bytes: f64,
+    cfg: &DecoderConfig,
+    dtype: DType,
+    available: f64,
+) -> Result<()> {
+    let need = file_bytes + kv_cache_bytes(cfg, dtype) + OVERHEAD_BYTES;
+    if need <= available {
+        return Ok(());
+    }
+    Err(GenError::InvalidArgument(format!(
+        "{}: the model needs {}, {} available: use a smaller quantization of it (--no-memory-check skips this check)",
+        path.display(),
+        gb(need),
+        gb(available)
+    )))
+}
+
+fn kv_cache_bytes(cfg: &DecoderConfig, dtype: DType) -> f64 {
+    let kv = (cfg.num_kv_heads * cfg.head_dim) as f64;
+    cfg.num_layers as f64 * 2.0 * kv * CONTEXT_ALLOWANCE as f64 * dtype.size_in_bytes() as f64
+}
+
+fn gb(bytes: f64) -> String {
+    format!("{:.1} GB", bytes / 1e9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::config_from_json;
+
+    /// Llama-3-8B's config.json (the fields the decoder reads).
+    fn llama3_8b() -> DecoderConfig {
+        let json = serde_json::json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "vocab_size": 128256, "rms_norm_eps": 1e-5, "max_position_embeddings": 8192,
+            "rope_theta": 500000.0, "torch_dtype": "bfloat16"
+        });
+        config_from_json(&json, std::path::Path::new("config.json")).unwrap().1
+    }
+
+    #[test]
+    fn an_8b_model_takes_what_llama_cpp_files_take() {
+        // llama.cpp's Llama-3-8B GGUFs: bf16 16.1 GB, q8_0 8.5 GB (here the embeddings stay
+        // bf16: +0.5 GB); plus 0.9 GB of f32 KV cache and overhead.
+        let cfg = llama3_8b();
+        let gb = |f: &str| model_bytes(&cfg, WeightFormat::parse(f).unwrap(), DType::F32, 2.0) / 1e9;
+        assert!((16.5..17.5).contains(&gb("bf16")), "{}", gb("bf16"));
+        assert!((9.5..10.5).contains(&gb("q8_0")), "{}", gb("q8_0"));
+        assert!((6.0..7.5).contains(&gb("q4_k")), "{}", gb("q4_k"));
+        assert!((33.0..34.5).contains(&gb("none")), "{}", gb("none"));
+    }
+
+    #[test]
+    fn a_model_too_big_is_refused_naming_the_formats_that_fit() {
+        let cfg = llama3_8b();
+        let bf16 = WeightFormat::parse("bf16").unwrap();
+        let err = check_fits(&cfg, bf16, DType::F32, 2.0, 12e9).unwrap_err().to_string();
+        assert!(err.contains("at bf16, 12.0 GB available"), "{err}");
+        assert!(err.contains("--quantize q8_0 (") && err.contains(" GB) or q4_k (6."), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = check_fits(&cfg, bf16, DType::F32, 2.0, 1e9).unwrap_err().to_string();
+        assert!(err.contains("no supported format fits"), "{err}");
+        check_fits(&cfg, WeightFormat::parse("q8_0").unwrap(), DType::F32, 2.0, 12e9).unwrap();
+    }
+}

@@ -1,0 +1,168 @@
+//! Linear layers whose weights stay small: dense in the compute dtype, or held compactly in a
+//! ggml block format (q8_0, q4_k, q4_0, q6_k, bf16, f16) and multiplied by candle's quantized
+//! kernels, which quantize the activations to q8 and use SIMD dot products.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// A weight matrix `(out, in)`.
+#[derive(Debug, Clone)]
+pub(crate) enum LinearWeight {
+    /// Dense in the compute dtype: `x W^T` by candle's matmul (f32 on CPU is the exact path the
+    /// transformers parity tests use; bf16 on CUDA).
+    Dense(Tensor),
+    /// Held in a ggml block format.
+    Compact(Arc<QTensor>),
+}
+
+/// `y = x W^T (+ b)` over the last dimension of `x`.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    pub(crate) weight: LinearWeight,
+    pub(crate) bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let k = dims.pop().unwrap_or(1);
+        let rows = x.reshape(((), k))?;
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => rows.matmul(&w.t()?)?,
+            LinearWeight::Compact(q) if q.device().is_cpu() => rows
+                .to_dtype(DType::F32)?
+                .contiguous()?
+                .apply_op1_no_bwd(&CompactMatMul(q.clone()))?
+                .to_dtype(x.dtype())?,
+            LinearWeight::Compact(q) => rows.contiguous()?.apply_op1_no_bwd(q.as_ref())?,
+        };
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        dims.push(y.dim(1)?);
+        Ok(y.reshape(dims)?)
+    }
+}
+
+/// Builds the weight of a linear layer from a `(out, in)` tensor in any dtype: dense in `dtype`,
+/// or converted to `format` (falling back to q8_0, then dense, when `in` is not a multiple of
+/// the format's block size, as llama.cpp does for odd shapes).
+pub(crate) fn make_weight(w: Tensor, format: Option<GgmlDType>, dtype: DType, device: &Device) -> Result<LinearWeight> {
+    let Some(format) = format else {
+        return Ok(LinearWeight::Dense(w.to_device(device)?.to_dtype(dtype)?));
+    };
+    let (_, k) = w.dims2()?;
+    let format = [format, GgmlDType::Q8_0].into_iter().find(|f| k % f.block_size() == 0);
+    match format {
+        Some(f) => Ok(LinearWeight::Compact(Arc::new(quantize(&w, f, device)?))),
+        None => Ok(LinearWeight::Dense(w.to_device(device)?.to_dtype(dtype)?)),
+    }
+}
+
+/// Several quantized matrices with the same input stacked along the output dimension: their
+/// bytes concatenated when they share a format, else re-quantized to the widest of them.
+pub(crate) fn stack_quantized(parts: Vec<QTensor>, device: &Device) -> Result<LinearWeight> {
+    let widest = parts
+        .iter()
+        .map(|q| q.dtype())
+        .max_by(|a, b| (a.type_size() * b.block_size()).cmp(&(b.type_size() * a.block_size())))
+        .expect("at least one part");
+    let k = parts[0].shape().dims2()?.1;
+    if parts.iter().all(|q| q.dtype() == widest) {
+        let n: usize = parts.iter().map(|q| q.shape().dims()[0]).sum();
+        let mut bytes = Vec::new();
+        for q in &parts {
+            bytes.extend_from_slice(&q.data()?);
+        }
+        let storage = QStorage::from_data(Cow::Owned(bytes), device, widest)?;
+        return Ok(LinearWeight::Compact(Arc::new(QTensor::new(storage, (n, k))?)));
+    }
+    let dense = parts.iter().map(|q| q.dequantize(&Device::Cpu)).collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(LinearWeight::Compact(Arc::new(quantize(&Tensor::cat(&dense, 0)?, widest, device)?)))
+}
+
+/// Quantizes a 2-d CPU tensor, rows in parallel; only one block of rows is widened to f32 at a
+/// time per thread (never the whole tensor).
+pub(crate) fn quantize(w: &Tensor, format: GgmlDType, device: &Device) -> Result<QTensor> {
+    let (n, k) = w.dims2()?;
+    let rows_per_chunk = (1 << 20) / k.max(1) + 1;
+    let chunks: Vec<(usize, usize)> =
+        (0..n).step_by(rows_per_chunk).map(|start| (start, rows_per_chunk.min(n - start))).collect();
+    let parts = chunks
+        .par_iter()
+        .map(|&(start, len)| -> candle_core::Result<Vec<u8>> {
+            let q = QTensor::quantize(&w.narrow(0, start, len)?, format)?;
+            Ok(q.data()?.into_owned())
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let bytes: Vec<u8> = parts.concat();
+    let storage = QStorage::from_data(Cow::Owned(bytes), device, format)?;
+    Ok(QTensor::new(storage, (n, k))?)
+}
+
+/// `x W^T` on CPU straight from the compact blocks with `k_quants::matmul`.
+///
+/// Not `QMatMul`: on AVX512-VNNI machines its forward repacks q8_0/q4_k weights into tiles on
+/// first use and keeps both copies, doubling the memory the weights take (an 8B model at q8_0
+/// would need 17 GB instead of 8.5).
+struct CompactMatMul(Arc<QTensor>);
+
+impl CustomOp1 for CompactMatMul {
+    fn name(&self) -> &'static str {
+        "compact-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = self.0.shape().dims2()?;
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("compact matmul needs a contiguous input")
+        };
+        let lhs = &storage.as_slice::<f32>()?[start..end];
+        let m = lhs.len() / k;
+        let mut dst = vec![0f32; m * n];
+        let data = self.0.data()?;
+        let mkn = (m, k, n);
+        match self.0.dtype() {
+            GgmlDType::Q8_0 => matmul_blocks::<BlockQ8_0>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q4K => matmul_blocks::<BlockQ4K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q4_0 => matmul_blocks::<BlockQ4_0>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q5K => matmul_blocks::<BlockQ5K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::Q6K => matmul_blocks::<BlockQ6K>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::BF16 => matmul_blocks::<bf16>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::F16 => matmul_blocks::<f16>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::F32 => matmul_blocks::<f32>(mkn, lhs, &data, &mut dst)?,
+            // Formats chatvec does not produce (from a GGUF): candle's own path.
+            _ => {
+                let x = Tensor::from_slice(lhs, (m, k), &Device::Cpu)?;
+                let y = x.apply_op1_no_bwd(self.0.as_ref())?;
+                dst = y.flatten_all()?.to_vec1::<f32>()?;
+            }
+        }
+        Ok((CpuStorage::F32(dst), Shape::from((m, n))))
+    }
+}
+
+fn matmul_blocks<T: GgmlType>(
+    mkn: (usize, usize, usize),
+    lhs: &[f32],
+    data: &[u8],
+    dst: &mut [f32],
+) -> candle_core::Result<()> {
+    let size = std::mem::size_of::<T>();
+    if data.len() % size != 0 || (data.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+        candle_core::bail!("compact weight storage is not a whole number of aligned blocks")
+    }
+    // SAFETY: the bytes are the QTensor's own storage of `T` blocks (its dtype says so), checked
+    // above for size and alignment, and borrowed for the duration of the call.
+    let blocks = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, data.len() / size) };
+    k_quants::matmul(mkn, lhs, blocks, dst)
+}

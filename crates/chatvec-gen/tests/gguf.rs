@@ -1,0 +1,96 @@
+//! GGUF files made by llama.cpp's own convert_hf_to_gguf.py give the same logits as the
+//! safetensors they were converted from: names mapped back, llama q/k rows un-permuted, Qwen2
+//! biases and tied embeddings, q8_0 blocks read as llama.cpp wrote them.
+//!
+//! Needs Python (`CHATVEC_PYTHON`) with numpy, torch, sentencepiece, and the llama.cpp source
+//! that node-llama-cpp ships (`CHATVEC_NODE_LLAMA_DIR`, default `<repo>/.tools/node`). Without
+//! them the test is skipped, except under `CI`, where it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use chatvec_gen::{Model, ModelOptions, WeightFormat};
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// A llama.cpp checkout cloned from node-llama-cpp's bundle into `dir`, or None (skip) when the
+/// tools are missing outside CI.
+fn llama_cpp(dir: &Path) -> Option<PathBuf> {
+    let node = std::env::var("CHATVEC_NODE_LLAMA_DIR").unwrap_or_else(|_| format!("{ROOT}/.tools/node"));
+    let bundle = Path::new(&node).join("node_modules/node-llama-cpp/llama/gitRelease.bundle");
+    if !bundle.is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI: {} is missing", bundle.display());
+        eprintln!("skipped: {} is missing", bundle.display());
+        return None;
+    }
+    let out = dir.join("llama.cpp");
+    let ok = Command::new("git").args(["clone", "-q"]).arg(&bundle).arg(&out).status().expect("git runs").success();
+    assert!(ok, "git clone of {} failed", bundle.display());
+    Some(out)
+}
+
+/// Converts `model` to GGUF at each outtype; None (skip) when Python lacks what the converter needs.
+fn convert(llama: &Path, model: &Path, work: &Path, outtypes: &[&str]) -> Option<Vec<PathBuf>> {
+    let python = std::env::var("CHATVEC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = Command::new(&python).args(["-c", "import numpy, torch, sentencepiece"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(std::env::var_os("CI").is_none(), "CI: {python} lacks numpy, torch or sentencepiece");
+        eprintln!("skipped: {python} lacks numpy, torch or sentencepiece");
+        return None;
+    }
+    let out = Command::new(&python)
+        .arg(format!("{ROOT}/crates/chatvec-gen/tests/data/make_gguf.py"))
+        .args([llama, model, work])
+        .args(outtypes)
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "make_gguf.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    Some(outtypes.iter().map(|t| work.join(format!("model-{t}.gguf"))).collect())
+}
+
+fn load(path: &Path, weights: &str) -> Model {
+    let opts = ModelOptions { weights: WeightFormat::parse(weights).unwrap(), ..ModelOptions::dense(&Device::Cpu, DType::F32) };
+    Model::load_with(path, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// Logits at every position of a 12-token sequence.
+fn logits(m: &mut Model) -> Tensor {
+    let ids: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % 90).collect();
+    m.reset();
+    m.forward_all(&ids).unwrap()
+}
+
+#[test]
+fn gguf_from_llama_cpp_matches_its_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(llama) = llama_cpp(tmp.path()) else { return };
+    let data = |name: &str| PathBuf::from(format!("{ROOT}/crates/chatvec-gen/tests/data/{name}"));
+    // Mistral's fixture has 4 query and 2 key/value heads: the converter writes it as `llama`
+    // with permuted q/k rows (the sliding window is dropped on both sides: 12 tokens > window 5
+    // would differ otherwise, so the reference is the same model without it).
+    for (name, dir) in [("qwen2", data("qwen2")), ("mistral", data("mistral")), ("lab chat", PathBuf::from(format!("{ROOT}/models/lab/chat")))] {
+        let work = tmp.path().join(name.replace(' ', "-"));
+        let Some(ggufs) = convert(&llama, &dir, &work, &["f32"]) else { return };
+        let mut reference = load(&work.join("hf"), "none");
+        let mut from_gguf = load(&ggufs[0], "none");
+        let diff = max_abs_diff(&logits(&mut reference), &logits(&mut from_gguf));
+        assert!(diff < 1e-4, "{name}: f32 GGUF logits differ from the safetensors' by {diff}");
+    }
+    // q8_0 blocks as llama.cpp's converter rounds them, against chatvec's own q8_0 of the same
+    // weights: the same format, so nearly the same logits (rounding ties may differ).
+    let work = tmp.path().join("lab-q8");
+    let Some(ggufs) = convert(&llama, Path::new(&format!("{ROOT}/models/lab/chat")), &work, &["q8_0"]) else {
+        return;
+    };
+    let mut ours = load(&work.join("hf"), "q8_0");
+    let mut theirs = load(&ggufs[0], "none");
+    let (a, b) = (logits(&mut ours), logits(&mut theirs));
+    let diff = max_abs_diff(&a, &b);
+    let scale = a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 0.02 * scale, "q8_0 GGUF logits differ from chatvec's q8_0 by {diff} (max logit {scale})");
+}
