@@ -145,7 +145,7 @@ impl ModelTokenizer {
     pub fn stream(&self) -> TextStream<'_> {
         TextStream {
             tokenizer: &self.inner,
-            inner: self.inner.decode_stream(true),
+            inner: Some(self.inner.decode_stream(true)),
             ids: Vec::new(),
             text: String::new(),
         }
@@ -159,9 +159,14 @@ impl ModelTokenizer {
 /// `DecodeStream` holds back bytes that do not yet form a character and has no way to flush
 /// them, so the stream keeps the ids and the text given out, and [`TextStream::finish`] decodes
 /// the whole answer once to give out what was held back.
+///
+/// With byte-fallback tokenizers (SentencePiece: Mistral, Gemma) a stray continuation byte turns
+/// text already given out into U+FFFD, and `DecodeStream` fails ("Invalid prefix"). The stream
+/// then decodes the whole answer at each step instead and gives out what extends the text so far.
 pub struct TextStream<'a> {
     tokenizer: &'a Tokenizer,
-    inner: DecodeStreamImpl<'a>,
+    /// `None` once `DecodeStream` failed: whole-answer decoding from then on.
+    inner: Option<DecodeStreamImpl<'a>>,
     ids: Vec<u32>,
     text: String,
 }
@@ -170,18 +175,45 @@ impl TextStream<'_> {
     /// Adds one token; returns the text it completes, if any.
     pub fn step(&mut self, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let chunk = self.inner.step(id).map_err(|e| GenError::Tokenizer(e.to_string()))?;
+        let chunk = match self.inner.as_mut().map(|s| s.step(id)) {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(_)) | None => {
+                self.inner = None;
+                self.whole_answer_step()?
+            }
+        };
         if let Some(c) = &chunk {
             self.text.push_str(c);
         }
         Ok(chunk)
     }
 
+    /// The new text when the whole answer is decoded, once it ends in a whole character.
+    fn whole_answer_step(&self) -> Result<Option<String>> {
+        let all = self.decode_all()?;
+        if all.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        Ok(self.beyond_given(&all))
+    }
+
+    fn decode_all(&self) -> Result<String> {
+        self.tokenizer.decode(&self.ids, true).map_err(|e| GenError::Tokenizer(e.to_string()))
+    }
+
+    /// The characters of `all` past as many as were given out. Given-out text can't be taken
+    /// back: when a later byte turns an earlier character into U+FFFD, the stream keeps the
+    /// character it printed and the count stays aligned.
+    fn beyond_given(&self, all: &str) -> Option<String> {
+        let rest: String = all.chars().skip(self.text.chars().count()).collect();
+        (!rest.is_empty()).then_some(rest)
+    }
+
     /// Ends the answer: the text still held back (an incomplete UTF-8 character shows as
     /// U+FFFD, as in transformers' `decode` of the same ids), if any.
     pub fn finish(&mut self) -> Result<Option<String>> {
-        let all = self.tokenizer.decode(&self.ids, true).map_err(|e| GenError::Tokenizer(e.to_string()))?;
-        let rest = all.strip_prefix(self.text.as_str()).filter(|r| !r.is_empty()).map(str::to_string);
+        let all = self.decode_all()?;
+        let rest = self.beyond_given(&all);
         if let Some(r) = &rest {
             self.text.push_str(r);
         }

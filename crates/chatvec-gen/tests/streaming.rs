@@ -98,3 +98,28 @@ fn bad_model_dirs_give_one_line_errors() {
         assert!(!e.contains('\n'), "{e}");
     }
 }
+
+/// Byte-fallback tokenizers (Mistral, Gemma) turn a stray continuation byte and the bytes before
+/// it into U+FFFD when the whole answer is decoded, which the tokenizers crate's stream decoder
+/// reports as an error ("Invalid prefix"). Random and badly merged models generate such ids. The
+/// stream goes on, and the answer has as many characters as transformers' decode of the same
+/// ids, with the same text after the bad bytes (expected strings from transformers 5.24).
+#[test]
+fn stray_bytes_in_byte_fallback_tokenizers_do_not_stop_the_stream() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../chatvec-gguf/tests/data");
+    for (model, ids, transformers) in [
+        ("mistral", [127u32, 193, 122, 400], "\u{fffd}\u{fffd}\u{fffd} vi"),
+        ("gemma", [227, 244, 145, 458], "\u{fffd}\u{fffd}\u{fffd} forest"),
+    ] {
+        let tok = ModelTokenizer::load(&data.join(model)).unwrap();
+        let mut stream = tok.stream();
+        let mut text = String::new();
+        for id in ids {
+            text.extend(stream.step(id).unwrap());
+        }
+        text.extend(stream.finish().unwrap());
+        assert_eq!(text.chars().count(), transformers.chars().count(), "{model}: {text:?}");
+        let tail: String = transformers.chars().skip(1).collect();
+        assert!(text.ends_with(&tail), "{model}: {text:?} vs {transformers:?}");
+    }
+}
