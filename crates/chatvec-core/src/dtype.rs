@@ -85,9 +85,38 @@ impl std::fmt::Display for DType {
     }
 }
 
+/// Runs `$generic($args)` compiled for AVX-512 (8 f64 lanes) when the CPU has it, else for the
+/// baseline target (2 lanes): the same source, so the same results. `std` caches the CPU check.
+/// Hand-written because the portable-SIMD and multiversioning crates need nightly or pull in
+/// macros for what is one `#[target_feature]` wrapper here.
+macro_rules! dispatch_simd {
+    ($avx512:ident, $generic:ident, $ret:ty, ($($arg:ident: $ty:ty),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+            fn $avx512($($arg: $ty),*) -> $ret {
+                $generic($($arg),*)
+            }
+            if std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+            {
+                // SAFETY: the CPU has every feature the function is compiled for.
+                return unsafe { $avx512($($arg),*) };
+            }
+        }
+        $generic($($arg),*)
+    }};
+}
+
 /// Decodes little-endian `bytes` of type `dtype` into `out` (which must hold exactly the elements).
 /// Every conversion is exact and branch-free, so the loops vectorize.
 pub fn decode(dtype: DType, bytes: &[u8], out: &mut [f64]) {
+    dispatch_simd!(decode_avx512, decode_lanes, (), (dtype: DType, bytes: &[u8], out: &mut [f64]))
+}
+
+#[inline(always)]
+fn decode_lanes(dtype: DType, bytes: &[u8], out: &mut [f64]) {
     debug_assert_eq!(bytes.len(), out.len() * dtype.size());
     match dtype {
         DType::BF16 => {
@@ -219,6 +248,11 @@ fn round_to_16(x: f64, f: &Fields16) -> u16 {
 /// Encodes `vals` as little-endian `dtype`, each rounded once, into `out`; returns how many of
 /// the written values are NaN or infinite (counted in the same pass, so checking costs nothing).
 pub fn encode(dtype: DType, vals: &[f64], out: &mut [u8]) -> usize {
+    dispatch_simd!(encode_avx512, encode_lanes, usize, (dtype: DType, vals: &[f64], out: &mut [u8]))
+}
+
+#[inline(always)]
+fn encode_lanes(dtype: DType, vals: &[f64], out: &mut [u8]) -> usize {
     debug_assert_eq!(out.len(), vals.len() * dtype.size());
     let mut nonfinite = 0;
     match dtype {
@@ -401,10 +435,29 @@ mod tests {
     #[test]
     fn branch_free_rounding_equals_the_round_to_odd_reference_on_random_bit_patterns() {
         let mut g = Bits(0x2545_F491_4F6C_DD1D);
-        for _ in 0..2_000_000 {
-            let x = f64::from_bits(g.f64_bits());
-            assert_eq!(round_bf16(x), bf16_reference(x), "bf16 of {x:e} ({:#018x})", x.to_bits());
-            assert_eq!(round_f16(x), f16_reference(x), "f16 of {x:e} ({:#018x})", x.to_bits());
+        let vals: Vec<f64> = (0..2_000_000).map(|_| f64::from_bits(g.f64_bits())).collect();
+        for dtype in [DType::BF16, DType::F16] {
+            // Through `encode` (the SIMD build this CPU picks) and the baseline build.
+            let (mut simd, mut base) = (vec![0u8; vals.len() * 2], vec![0u8; vals.len() * 2]);
+            let nonfinite = encode(dtype, &vals, &mut simd);
+            assert_eq!(encode_lanes(dtype, &vals, &mut base), nonfinite);
+            let mut counted = 0;
+            for (i, x) in vals.iter().enumerate() {
+                let want = if dtype == DType::BF16 { bf16_reference(*x) } else { f16_reference(*x) };
+                let got = u16::from_le_bytes([simd[2 * i], simd[2 * i + 1]]);
+                assert_eq!(got, want, "{dtype} of {x:e} ({:#018x})", x.to_bits());
+                assert_eq!(u16::from_le_bytes([base[2 * i], base[2 * i + 1]]), want, "{dtype} of {x:e}");
+                counted += (got & want_inf(dtype) == want_inf(dtype)) as usize;
+            }
+            assert_eq!(nonfinite, counted, "{dtype}");
+        }
+    }
+
+    fn want_inf(dtype: DType) -> u16 {
+        if dtype == DType::BF16 {
+            0x7f80
+        } else {
+            0x7c00
         }
     }
 
@@ -432,9 +485,19 @@ mod tests {
 
     #[test]
     fn decoding_equals_half_for_every_16_bit_pattern() {
-        for bits in 0..=u16::MAX {
-            assert_eq!(bf16_to_f64(bits).to_bits(), bf16::from_bits(bits).to_f64().to_bits(), "bf16 {bits:#06x}");
-            assert_eq!(f16_to_f64(bits).to_bits(), f16::from_bits(bits).to_f64().to_bits(), "f16 {bits:#06x}");
+        let bytes: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
+        for dtype in [DType::BF16, DType::F16] {
+            let (mut simd, mut base) = (vec![0f64; 65536], vec![0f64; 65536]);
+            decode(dtype, &bytes, &mut simd);
+            decode_lanes(dtype, &bytes, &mut base);
+            for bits in 0..=u16::MAX {
+                let want = match dtype {
+                    DType::BF16 => bf16::from_bits(bits).to_f64(),
+                    _ => f16::from_bits(bits).to_f64(),
+                };
+                assert_eq!(simd[bits as usize].to_bits(), want.to_bits(), "{dtype} {bits:#06x}");
+                assert_eq!(base[bits as usize].to_bits(), want.to_bits(), "{dtype} {bits:#06x}");
+            }
         }
     }
 
