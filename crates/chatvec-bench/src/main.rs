@@ -38,7 +38,8 @@ struct MergeBench {
     /// Another chatvec binary (e.g. built before a change), timed the same way.
     #[arg(long)]
     baseline: Option<PathBuf>,
-    /// Also time mergekit: its `mergekit-yaml` (a `linear` recipe T:1, C:1, B:−1, normalize: false).
+    /// Also time mergekit: its `mergekit-yaml` (a `linear` recipe T:1, C:1, B:−1, normalize: false,
+    /// bf16; no tokenizer copied, as the synthetic models have none).
     #[arg(long, value_name = "MERGEKIT_YAML")]
     mergekit: Option<PathBuf>,
     /// Also time the notebook approach (benches/merge/notebook.py) with this Python (torch and
@@ -317,7 +318,7 @@ impl MergeBench {
             let recipe = t.mergekit_recipe()?;
             let row = cold_and_warm(t, &out, warm, &|| {
                 let mut c = Command::new(mk);
-                c.arg(&recipe).arg(&out).args(["--quiet", "--no-cuda"]);
+                c.arg(&recipe).arg(&out).args(["--quiet", "--no-cuda", "--no-copy-tokenizer"]);
                 Ok(c)
             })?;
             rows.push(Row { name: "mergekit 0.1.5 linear".into(), ..row });

@@ -441,7 +441,7 @@ fn write_model(
         for nf in nonfinite.iter().filter(|nf| nf.output == k) {
             summary.warnings.push(format!("tensor {}: written with {}", nf.tensor, nf.describe(inputs.roles)));
         }
-        finish_output(models, &shards, opts, dir, summary, out.recipe, carry.as_ref(), command)?;
+        finish_output(models, &shards, opts, dir, summary, out.recipe, carry.as_ref())?;
         summary.seconds = started.elapsed().as_secs_f64();
     }
     Ok(summaries)
@@ -524,7 +524,6 @@ fn finish_output(
     summary: &mut Summary,
     recipe: Value,
     carry: Option<&Carry>,
-    command: &str,
 ) -> Result<()> {
     write_index(dir.path(), shards, "model")?;
     // Config, tokenizer and the rest come from the first model (the target; the chat model for extract).
@@ -545,7 +544,7 @@ fn finish_output(
     if let Value::Object(r) = &mut recipe {
         r.insert("tool".into(), json!("chatvec"));
         r.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-        r.insert("command".into(), json!(command));
+        r.insert("command".into(), json!(summary.command));
         r.insert("method".into(), json!(summary.method));
         if let Some(p) = opts.porter {
             r.insert("porter".into(), json!(p));
