@@ -1,7 +1,9 @@
-//! `chatvec-bench merge`: builds synthetic Llama-3.2-1B-shaped bf16 triples (and a doubled one)
-//! with chatvec's own writer, then measures in the same run the disk floor (read the three
-//! inputs once, write one output of the same size) and `chatvec merge`'s wall time and peak RSS.
-//!
+//! `chatvec-bench merge`: builds synthetic Llama-3.2-1B-shaped bf16 triples with chatvec's own
+//! writer, then measures in one run, with the page cache dropped (cold) and with the inputs in it
+//! (warm): the disk floor (read the three inputs once, write one output of the same size), the
+//! write-only floor, `chatvec merge`, and optionally mergekit and the notebook approach, each with
+//! its peak RSS; then a merge at several ratios in one pass against as many separate merges, and
+//! `extract` and `inspect`. Every measurement includes a final `sync`.//!
 //! `chatvec-bench export`: the same 1B shape exported to GGUF by `chatvec export gguf` and by
 //! llama.cpp's convert_hf_to_gguf.py, against the disk floor (read the model once, write a file
 //! of the GGUF's size), wall time and peak RSS of each, in one run.
@@ -9,7 +11,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -20,25 +22,8 @@ use clap::Parser;
 /// Benchmarks for chatvec.
 #[derive(Parser)]
 enum Bench {
-    /// Merge speed and memory against the disk floor, at 1× and 2× the Llama-3.2-1B shape.
-    Merge {
-        /// Where to put the synthetic models (needs ~45 GB for both scales).
-        #[arg(long, default_value = "target/bench-models")]
-        dir: PathBuf,
-        /// Layer multipliers of the 1B shape to run (1 = 16 layers, 2 = 32 layers).
-        #[arg(long, value_delimiter = ',', default_value = "1,2")]
-        scales: Vec<usize>,
-        /// The chatvec binary to time.
-        #[arg(long, default_value = "target/release/chatvec")]
-        chatvec: PathBuf,
-        /// Delete the synthetic models afterwards.
-        #[arg(long)]
-        clean: bool,
-        /// Also time the notebook approach (benches/merge/notebook.py; needs python3 with torch
-        /// and transformers, and about 3× a model's size in RAM).
-        #[arg(long)]
-        notebook: bool,
-    },
+    /// Merge speed and memory against the disk floors and the peers, cold and warm.
+    Merge(MergeBench),
     /// GGUF export speed and memory against the disk floor and llama.cpp's converter (1B shape).
     Export {
         /// Where to put the synthetic model (shared with `merge`; ~3 GB plus the outputs).
@@ -69,9 +54,46 @@ enum Bench {
     },
 }
 
+/// What `chatvec-bench merge` runs.
+#[derive(clap::Args)]
+struct MergeBench {
+    /// Where to put the synthetic models (3 models + outputs: ~21 GB at scale 1).
+    #[arg(long, default_value = "target/bench-models")]
+    dir: PathBuf,
+    /// Layer multipliers of the 1B shape to run (1 = 16 layers, 4 = 64 layers).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    scales: Vec<usize>,
+    /// The chatvec binary to time.
+    #[arg(long, default_value = "target/release/chatvec")]
+    chatvec: PathBuf,
+    /// Another chatvec binary (e.g. built before a change), timed the same way.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Also time mergekit: its `mergekit-yaml` (a `linear` recipe T:1, C:1, B:−1, normalize: false,
+    /// bf16; no tokenizer copied, as the synthetic models have none).
+    #[arg(long, value_name = "MERGEKIT_YAML")]
+    mergekit: Option<PathBuf>,
+    /// Also time the notebook approach (benches/merge/notebook.py) with this Python (torch and
+    /// transformers; about 3× a model's size in RAM).
+    #[arg(long, value_name = "PYTHON")]
+    notebook: Option<PathBuf>,
+    /// Ratios of the one-pass merge, timed against as many separate merges (warm only).
+    #[arg(long, value_delimiter = ',', default_value = "0.3,0.5,0.7,1.0")]
+    ratios: Vec<f64>,
+    /// Cold cache only (for inputs larger than the RAM, which cannot be warm).
+    #[arg(long)]
+    cold_only: bool,
+    /// Delete the synthetic models afterwards.
+    #[arg(long)]
+    clean: bool,
+    /// Write the synthetic models and stop.
+    #[arg(long)]
+    prepare_only: bool,
+}
+
 fn main() -> Result<()> {
     match Bench::parse() {
-        Bench::Merge { dir, scales, chatvec, clean, notebook } => bench_merge(&dir, &scales, &chatvec, clean, notebook),
+        Bench::Merge(b) => b.run(),
         Bench::Export { dir, types, chatvec, llama_cpp, python } => {
             let python = python.or_else(|| std::env::var_os("CHATVEC_PYTHON").map(PathBuf::from));
             bench_export(&dir, &types, &chatvec, &llama_cpp, &python.unwrap_or_else(|| "python3".into()))
@@ -107,14 +129,16 @@ fn drop_caches() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
-/// Runs `cmd`, returning (wall seconds, peak RSS bytes) from wait4's rusage.
+/// Runs `cmd`, returning (wall seconds including a final sync, peak RSS bytes) from wait4's rusage.
 fn timed(cmd: &mut Command) -> Result<(f64, u64)> {
     let start = Instant::now();
-    let child = cmd.spawn().context("spawn")?;
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("spawn {cmd:?}"))?;
     let mut status = 0;
     // SAFETY: rusage is plain old data, filled by wait4 for the child we just spawned.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    // SAFETY: sync() has no preconditions.
+    unsafe { libc::sync() };
     let wall = start.elapsed().as_secs_f64();
     if pid < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("{cmd:?} failed (status {status})");
@@ -169,89 +193,277 @@ fn read_model(model: &Path, sink: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn bench_merge(dir: &Path, scales: &[usize], chatvec: &Path, clean: bool, notebook: bool) -> Result<()> {
-    if !chatvec.is_file() {
-        bail!("{}: build it first with `cargo build --release -p chatvec`", chatvec.display());
+/// The write-only floor: `bytes` from memory into one file with 16 MiB writes, then synced.
+fn write_floor(bytes: u64, out: &Path) -> Result<f64> {
+    let buf: Vec<u8> = (0..16usize << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let start = Instant::now();
+    let mut f = File::create(out)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
     }
-    let mut rows = vec![];
-    for &scale in scales {
+    f.sync_all()?;
+    let t = start.elapsed().as_secs_f64();
+    std::fs::remove_file(out)?;
+    Ok(t)
+}
+
+/// Page-cache state before a measurement.
+#[derive(Clone, Copy, PartialEq)]
+enum Cache {
+    /// Dropped: every input is read from disk.
+    Cold,
+    /// The three inputs read beforehand.
+    Warm,
+}
+
+/// One line of the table: wall seconds (cold, warm) and peak RSS.
+struct Row {
+    name: String,
+    cold: Option<f64>,
+    warm: Option<f64>,
+    rss: Option<u64>,
+}
+
+/// The three synthetic models of one scale and where outputs go.
+struct Triple {
+    root: PathBuf,
+    target: PathBuf,
+    base: PathBuf,
+    chat: PathBuf,
+}
+
+impl Triple {
+    fn prepare(dir: &Path, scale: usize) -> Result<Self> {
         let mut shape = LlamaShape::llama32_1b();
         shape.layers *= scale;
         let root = dir.join(format!("x{scale}"));
-        let models = [root.join("target"), root.join("base"), root.join("chat")];
-        for (i, m) in models.iter().enumerate() {
+        let t = Triple { target: root.join("target"), base: root.join("base"), chat: root.join("chat"), root };
+        for (i, m) in [&t.target, &t.base, &t.chat].into_iter().enumerate() {
             if !m.join("config.json").is_file() {
                 eprintln!("writing synthetic {} ({} layers)...", m.display(), shape.layers);
                 std::fs::create_dir_all(m)?;
                 write_random_model(m, &shape, DType::BF16, 100 * scale as u64 + i as u64, 5_000_000_000)?;
             }
         }
-        let model_bytes = dir_bytes(&models[0]);
-        let floor_dir = root.join("floor");
-        let cache_dropped = drop_caches();
-        let floor = disk_floor(&models, &floor_dir)?;
-        std::fs::remove_dir_all(&floor_dir)?;
-        let out = root.join("merged");
-        let _ = std::fs::remove_dir_all(&out);
-        drop_caches();
-        let (wall, rss) = timed(
-            Command::new(chatvec)
-                .args(["merge", "--quiet", "--target"])
-                .arg(&models[0])
-                .arg("--base")
-                .arg(&models[1])
-                .arg("--chat")
-                .arg(&models[2])
-                .arg("-o")
-                .arg(&out)
-                .stderr(std::process::Stdio::null()),
-        )?;
-        // Count the merge's final sync like the floor's: data on disk, not only in the page cache.
-        let s = Instant::now();
-        drop_caches();
-        let wall = wall + s.elapsed().as_secs_f64();
-        std::fs::remove_dir_all(&out)?;
-        let nb = if notebook {
-            let nb_out = root.join("notebook");
-            drop_caches();
-            let r = timed(
-                Command::new("python3")
-                    .arg("benches/merge/notebook.py")
-                    .arg(&models[1])
-                    .arg(&models[2])
-                    .arg(&models[0])
-                    .arg(&nb_out)
-                    .stderr(std::process::Stdio::null()),
-            )?;
-            let _ = std::fs::remove_dir_all(&nb_out);
-            Some(r)
-        } else {
-            None
-        };
-        rows.push((scale, shape.layers, model_bytes, floor, wall, rss, cache_dropped, nb));
+        Ok(t)
     }
-    println!(
-        "| shape | model size | disk floor | chatvec merge | merge / floor | peak RSS | throughput (4 × size / wall) | notebook wall | notebook RSS |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (scale, layers, bytes, floor, wall, rss, dropped, nb) in &rows {
-        let (nb_wall, nb_rss) = match nb {
-            Some((w, r)) => (format!("{w:.1} s"), format!("{:.1} GiB", *r as f64 / (1u64 << 30) as f64)),
-            None => ("-".into(), "-".into()),
-        };
-        println!(
-            "| 1B ×{scale} ({layers} layers){} | {:.2} GB | {floor:.1} s | {wall:.1} s | {:.2}× | {:.0} MiB | {:.2} GB/s | {nb_wall} | {nb_rss} |",
-            if *dropped { "" } else { " (page cache warm)" },
-            *bytes as f64 / 1e9,
-            wall / floor,
-            *rss as f64 / 1048576.0,
-            4.0 * *bytes as f64 / 1e9 / wall,
+
+    fn models(&self) -> [PathBuf; 3] {
+        [self.target.clone(), self.base.clone(), self.chat.clone()]
+    }
+
+    /// Brings the page cache to `cache`.
+    fn set_cache(&self, cache: Cache) -> Result<()> {
+        match cache {
+            Cache::Cold => {
+                if !drop_caches() {
+                    bail!("cannot drop the page cache (needs root): cold figures would be warm");
+                }
+            }
+            Cache::Warm => {
+                for m in self.models() {
+                    read_model(&m, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `chatvec merge` arguments for these models.
+    fn merge_args(&self, bin: &Path, out: &Path, ratios: &str) -> Command {
+        let mut c = Command::new(bin);
+        c.args(["merge", "--quiet", "--force", "--ratio", ratios, "--target"])
+            .arg(&self.target)
+            .arg("--base")
+            .arg(&self.base)
+            .arg("--chat")
+            .arg(&self.chat)
+            .arg("-o")
+            .arg(out);
+        c
+    }
+
+    fn mergekit_recipe(&self) -> Result<PathBuf> {
+        let path = self.root.join("mergekit-linear.yml");
+        let model = |p: &Path, w: i32| format!("  - model: {}\n    parameters:\n      weight: {w}\n", p.display());
+        let yaml = format!(
+            "merge_method: linear\nparameters:\n  normalize: false\ndtype: bfloat16\nmodels:\n{}{}{}",
+            model(&self.target, 1),
+            model(&self.chat, 1),
+            model(&self.base, -1)
         );
+        std::fs::write(&path, yaml)?;
+        Ok(path)
     }
-    if clean {
-        std::fs::remove_dir_all(dir)?;
+}
+
+/// Times `make()`'s command cold and warm (or cold only), removing `out` after each.
+fn cold_and_warm(t: &Triple, out: &Path, warm: bool, make: &dyn Fn() -> Result<Command>) -> Result<Row> {
+    let mut row = Row { name: String::new(), cold: None, warm: None, rss: None };
+    let caches: &[Cache] = if warm { &[Cache::Cold, Cache::Warm] } else { &[Cache::Cold] };
+    for &cache in caches {
+        t.set_cache(cache)?;
+        let (wall, rss) = timed(&mut make()?)?;
+        let _ = std::fs::remove_dir_all(out);
+        if cache == Cache::Cold {
+            row.cold = Some(wall);
+        } else {
+            row.warm = Some(wall);
+        }
+        row.rss = Some(row.rss.unwrap_or(0).max(rss));
     }
-    Ok(())
+    Ok(row)
+}
+
+impl MergeBench {
+    fn run(&self) -> Result<()> {
+        for bin in std::iter::once(&self.chatvec).chain(&self.baseline) {
+            if !bin.is_file() {
+                bail!("{}: build it first with `cargo build --release -p chatvec`", bin.display());
+            }
+        }
+        for &scale in &self.scales {
+            let t = Triple::prepare(&self.dir, scale)?;
+            if self.prepare_only {
+                continue;
+            }
+            let rows = self.measure(&t)?;
+            let layers = LlamaShape::llama32_1b().layers * scale;
+            print_table(
+                &format!("1B ×{scale} ({layers} layers), {:.2} GB per model", dir_bytes(&t.target) as f64 / 1e9),
+                &rows,
+            );
+        }
+        if self.clean {
+            std::fs::remove_dir_all(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn measure(&self, t: &Triple) -> Result<Vec<Row>> {
+        let warm = !self.cold_only;
+        let out = t.root.join("out");
+        let mut rows = vec![];
+        let floor_out = t.root.join("floor");
+        t.set_cache(Cache::Cold)?;
+        let floor = disk_floor(&t.models(), &floor_out)?;
+        std::fs::remove_dir_all(&floor_out)?;
+        let write = write_floor(dir_bytes(&t.target), &t.root.join("write-floor.bin"))?;
+        rows.push(Row {
+            name: "disk floor: read 3 inputs + write 1 output (cold) / write only (warm)".into(),
+            cold: Some(floor),
+            warm: Some(write),
+            rss: None,
+        });
+        let one = |bin: &Path, name: &str| -> Result<Row> {
+            let row = cold_and_warm(t, &out, warm, &|| Ok(t.merge_args(bin, &out, "1")))?;
+            Ok(Row { name: name.into(), ..row })
+        };
+        rows.push(one(&self.chatvec, "chatvec merge")?);
+        if let Some(b) = &self.baseline {
+            rows.push(one(b, "chatvec merge, baseline binary")?);
+        }
+        if let Some(mk) = &self.mergekit {
+            let recipe = t.mergekit_recipe()?;
+            let row = cold_and_warm(t, &out, warm, &|| {
+                let mut c = Command::new(mk);
+                c.arg(&recipe).arg(&out).args(["--quiet", "--no-cuda", "--no-copy-tokenizer"]);
+                Ok(c)
+            })?;
+            rows.push(Row { name: "mergekit 0.1.5 linear".into(), ..row });
+        }
+        if let Some(py) = &self.notebook {
+            let row = cold_and_warm(t, &out, warm, &|| {
+                let mut c = Command::new(py);
+                c.arg("benches/merge/notebook.py").arg(&t.base).arg(&t.chat).arg(&t.target).arg(&out);
+                Ok(c)
+            })?;
+            rows.push(Row { name: "notebook approach (transformers)".into(), ..row });
+        }
+        if warm {
+            rows.extend(self.ratio_rows(t)?);
+            rows.extend(self.extract_inspect_rows(t)?);
+        }
+        Ok(rows)
+    }
+
+    /// One pass at every ratio against one merge per ratio, warm.
+    fn ratio_rows(&self, t: &Triple) -> Result<Vec<Row>> {
+        let n = self.ratios.len();
+        let list = self.ratios.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",");
+        let template = t.root.join("sweep-{ratio}");
+        let outs: Vec<PathBuf> = self.ratios.iter().map(|r| t.root.join(format!("sweep-{r}"))).collect();
+        t.set_cache(Cache::Warm)?;
+        let (one_pass, rss) = timed(&mut t.merge_args(&self.chatvec, &template, &list))?;
+        outs.iter().for_each(|o| _ = std::fs::remove_dir_all(o));
+        let mut separate = 0.0;
+        for (r, o) in self.ratios.iter().zip(&outs) {
+            t.set_cache(Cache::Warm)?;
+            separate += timed(&mut t.merge_args(&self.chatvec, o, &r.to_string()))?.0;
+            std::fs::remove_dir_all(o)?;
+        }
+        Ok(vec![
+            Row {
+                name: format!("chatvec merge --ratio {list} (one pass, {n} outputs)"),
+                cold: None,
+                warm: Some(one_pass),
+                rss: Some(rss),
+            },
+            Row { name: format!("{n} separate chatvec merges"), cold: None, warm: Some(separate), rss: None },
+        ])
+    }
+
+    /// `extract` (to bf16, like the merge's output) and `inspect`, warm, for each binary.
+    fn extract_inspect_rows(&self, t: &Triple) -> Result<Vec<Row>> {
+        let mut rows = vec![];
+        let out = t.root.join("vector");
+        for (bin, label) in
+            std::iter::once((&self.chatvec, "")).chain(self.baseline.iter().map(|b| (b, ", baseline binary")))
+        {
+            t.set_cache(Cache::Warm)?;
+            let mut c = Command::new(bin);
+            c.args(["extract", "--quiet", "--force", "--dtype", "bf16", "--base"])
+                .arg(&t.base)
+                .arg("--chat")
+                .arg(&t.chat)
+                .arg("-o")
+                .arg(&out);
+            let (wall, rss) = timed(&mut c)?;
+            std::fs::remove_dir_all(&out)?;
+            rows.push(Row { name: format!("chatvec extract{label}"), cold: None, warm: Some(wall), rss: Some(rss) });
+            t.set_cache(Cache::Warm)?;
+            let mut c = Command::new(bin);
+            c.args(["inspect", "--quiet", "--base"]).arg(&t.base).arg("--chat").arg(&t.chat);
+            let (wall, rss) = timed(&mut c)?;
+            rows.push(Row { name: format!("chatvec inspect{label}"), cold: None, warm: Some(wall), rss: Some(rss) });
+        }
+        Ok(rows)
+    }
+}
+
+fn print_table(title: &str, rows: &[Row]) {
+    let floor = &rows[0];
+    let ratio = |v: Option<f64>, base: Option<f64>| match (v, base) {
+        (Some(v), Some(b)) => format!("{v:.1} ({:.2}×)", v / b),
+        (Some(v), None) => format!("{v:.1}"),
+        _ => "-".into(),
+    };
+    println!("| {title} | cold cache, s (× floor) | warm cache, s (× write only) | peak RSS |");
+    println!("|---|---|---|---|");
+    println!("| {} | {:.1} | {:.1} | |", floor.name, floor.cold.unwrap_or(f64::NAN), floor.warm.unwrap_or(f64::NAN));
+    for r in &rows[1..] {
+        let rss = r.rss.map_or(String::new(), |b| {
+            if b >= 1 << 30 {
+                format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+            } else {
+                format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
+            }
+        });
+        println!("| {} | {} | {} | {rss} |", r.name, ratio(r.cold, floor.cold), ratio(r.warm, floor.warm));
+    }
 }
 
 /// The synthetic 1B model with the tiny Llama-3 tokenizer's files (the vocabulary is padded to

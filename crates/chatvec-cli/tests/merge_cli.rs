@@ -407,3 +407,79 @@ fn output_that_is_an_input_is_refused_even_with_force() {
     assert!(err.contains("would overwrite the input model"), "{err}");
     assert!(before == snapshot(&t), "the target must be untouched");
 }
+
+/// Sets the first element of bf16 tensor `name` of a (copied, sharded) model to NaN, in place.
+fn poison_with_nan(model: &Path, name: &str) {
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let file = model.join(index["weight_map"][name].as_str().unwrap());
+    let mut bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = 8 + n + header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[start..start + 2].copy_from_slice(&0x7fc0u16.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+}
+
+#[test]
+fn nan_in_the_chat_model_is_refused_in_one_line_and_written_with_allow_nonfinite() {
+    let dir = tempfile::tempdir().unwrap();
+    let chat = copy_model(dir.path(), "chat", "chat");
+    let tensor = "model.layers.1.self_attn.v_proj.weight";
+    poison_with_nan(&chat, tensor);
+    merge_fails(
+        &fixture("base"),
+        &chat,
+        &fixture("target"),
+        &[tensor, "1 NaN/Inf values from the chat model", "--allow-nonfinite"],
+    );
+    let out = dir.path().join("out");
+    let o = chatvec(&[
+        "merge",
+        "--base",
+        fixture("base").to_str().unwrap(),
+        "--chat",
+        chat.to_str().unwrap(),
+        "--target",
+        fixture("target").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--allow-nonfinite",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("warning: tensor {tensor}: written with 1 NaN/Inf values from the chat model")),
+        "{err}"
+    );
+}
+
+/// The safetensors files of a model directory, by name.
+fn weight_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    snapshot(dir)
+        .into_iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "safetensors"))
+        .map(|(p, b)| (PathBuf::from(p.file_name().unwrap()), b))
+        .collect()
+}
+
+#[test]
+fn several_ratios_write_one_model_per_ratio_equal_to_separate_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = merge_fixture(&fixture("target"), &dir.path().join("m"), &["--ratio", "1.0,0.5,-0.25", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = merge_fixture(&fixture("target"), &dir.path().join("t-{ratio}-x"), &["--ratio", "0.5,0.7", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (ratio, dirs) in
+        [("1", vec!["m-r1"]), ("0.5", vec!["m-r0.5", "t-0.5-x"]), ("-0.25", vec!["m-r-0.25"]), ("0.7", vec!["t-0.7-x"])]
+    {
+        let single = dir.path().join(format!("single{ratio}"));
+        let o = merge_fixture(&fixture("target"), &single, &["--ratio", ratio, "--quiet"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        for d in dirs {
+            assert_eq!(weight_files(&dir.path().join(d)), weight_files(&single), "{d} vs ratio {ratio} alone");
+        }
+    }
+    let twice = merge_fixture(&fixture("target"), &dir.path().join("dup"), &["--ratio", "0.5,0.5"]);
+    assert!(stderr(&twice).contains("two ratios would write the same output"), "{}", stderr(&twice));
+}

@@ -1,23 +1,31 @@
-//! Runs a [`Plan`]: streams every output tensor block by block through the merge kernels into a
-//! [`TensorSink`] (the safetensors `ShardWriter`, or a GGUF writer), in parallel within a block,
-//! releasing input pages as it goes, so memory stays
-//! at a few blocks whatever the model's size.
+//! Runs a [`Plan`]: streams every output tensor block by block through the merge kernels into one
+//! [`TensorSink`] per output (safetensors shards, or a GGUF file), in parallel within a block, releasing input pages as it goes, so
+//! memory stays at a few blocks whatever the model's size. Several outputs (a merge at several
+//! ratios) are written from the same input blocks, so each input is read once.
+//!
+//! Inside a task the elements go through the kernel in lanes of [`LANES`]: decode each input into
+//! f64, apply [`chat_vector`] element-wise, round once into the output dtype. Every step is a
+//! branch-free loop over a short slice that stays in L1, so the compiler vectorizes it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
 use crate::checkpoint::{Checkpoint, TensorEntry};
-use crate::dtype::{decode, encode};
+use crate::dtype::{count_nonfinite, count_nonfinite_bytes, decode, encode};
 use crate::kernel::{chat_vector, feature_porter, PorterParams, PorterRange};
-use crate::plan::{entry, Action, Plan, PlannedTensor, Src, Term};
+use crate::plan::{entry, Action, Override, Plan, PlannedTensor, Src, Term};
 use crate::writer::TensorSink;
 use crate::{DType, Error, Result};
 
 /// Output bytes per block handed to the writer.
 pub const BLOCK_BYTES: usize = 16 << 20;
-/// Elements per parallel task within a block (small enough that its f64 scratch stays in cache).
-pub const TASK_ELEMS: usize = 1 << 12;
+/// Elements per parallel task within a block.
+pub const TASK_ELEMS: usize = 1 << 14;
+/// Elements the kernel handles at a time: its f64 scratch (a few slices of this length) stays in
+/// L1 cache.
+pub const LANES: usize = 512;
 
 /// Progress of a run, reported in output bytes.
 pub trait Progress: Sync {
@@ -41,60 +49,208 @@ pub struct Stats {
     /// Elements whose value changed when rounded to the output dtype (extract reports these: an
     /// f32 vector that is inexact cannot reproduce `merge` bit for bit).
     pub inexact: AtomicU64,
+    /// Tensors written with NaN or infinite values (only when they are allowed).
+    pub nonfinite: Mutex<Vec<NonFinite>>,
 }
 
-/// Streams `plan` into `writer`; `cancel` stops it between blocks with [`Error::Interrupted`].
-pub fn run(
-    models: &[Checkpoint],
-    plan: &Plan,
-    writer: &mut dyn TensorSink,
-    order: &[usize],
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-    stats: &Stats,
-) -> Result<()> {
-    for &i in order {
-        let t = &plan.tensors[i];
-        match &t.action {
-            Action::Copy(src) => copy_tensor(models, src, writer, progress, cancel, stats)?,
-            Action::Combine { .. } => combine_tensor(models, t, writer, progress, cancel, stats)?,
+/// NaN or infinite values in one output tensor, and where they came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NonFinite {
+    /// The tensor.
+    pub tensor: String,
+    /// The output (index into the run's outputs).
+    pub output: usize,
+    /// How many of its values are NaN or infinite.
+    pub count: u64,
+    /// The inputs (model indices) that hold NaN or infinite values in the elements concerned.
+    pub inputs: Vec<usize>,
+    /// Whether the merge itself made some: finite inputs whose result overflows the dtype.
+    pub created: bool,
+}
+
+impl NonFinite {
+    /// One line for the user, with `roles[i]` naming model `i` ("target", "chat", ...).
+    pub fn describe(&self, roles: &[&str]) -> String {
+        let mut from: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|&m| format!("from the {} model", roles.get(m).copied().unwrap_or("input")))
+            .collect();
+        if self.created {
+            from.push("created by the merge (a finite result overflows the output dtype)".into());
         }
+        format!("{} NaN/Inf values {}", self.count, from.join(" and "))
     }
-    Ok(())
 }
 
-fn check(cancel: &AtomicBool) -> Result<()> {
-    if cancel.load(Ordering::Relaxed) {
-        return Err(Error::Interrupted);
-    }
-    Ok(())
+/// Where one output's bytes go, and the ratio of each vector: `ratios[i]` scales the vector of
+/// term `i` of every combined tensor (terms are listed in the order of the vectors).
+pub struct Output<'w> {
+    /// The shards being written.
+    pub writer: &'w mut dyn TensorSink,
+    /// One ratio per vector.
+    pub ratios: Vec<f64>,
 }
 
-fn copy_tensor(
-    models: &[Checkpoint],
-    src: &Src,
-    writer: &mut dyn TensorSink,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-    stats: &Stats,
-) -> Result<()> {
-    let ckpt = &models[src.model];
-    let e = entry(models, src);
-    let mut off = 0;
-    ckpt.prefetch(e, 0..BLOCK_BYTES);
-    while off < e.byte_len() {
-        check(cancel)?;
-        let end = (off + BLOCK_BYTES).min(e.byte_len());
-        ckpt.prefetch(e, end..end + BLOCK_BYTES);
-        let mut block = writer.buffer(end - off);
-        block.copy_from_slice(ckpt.bytes(e, off..end));
-        ckpt.release(e, off..end);
-        writer.push(block)?;
-        stats.bytes_read.fetch_add((end - off) as u64, Ordering::Relaxed);
-        progress.advance((end - off) as u64);
-        off = end;
+/// Everything a run reads and reports to, besides the outputs.
+pub struct Run<'a> {
+    /// The input models, as the plan indexes them.
+    pub models: &'a [Checkpoint],
+    /// A name per model for messages ("target", "chat", "base").
+    pub roles: &'a [&'a str],
+    /// The plan.
+    pub plan: &'a Plan,
+    /// Plan indices in write order.
+    pub order: &'a [usize],
+    /// Write NaN/Inf (recorded in `stats`) instead of stopping with an error.
+    pub allow_nonfinite: bool,
+    /// Progress sink.
+    pub progress: &'a dyn Progress,
+    /// Stops the run between blocks with [`Error::Interrupted`].
+    pub cancel: &'a AtomicBool,
+    /// Counters.
+    pub stats: &'a Stats,
+}
+
+impl Run<'_> {
+    /// Streams the plan into `outputs`.
+    pub fn run(&self, outputs: &mut [Output]) -> Result<()> {
+        for &i in self.order {
+            let t = &self.plan.tensors[i];
+            let tally = Tally::new(outputs.len());
+            match &t.action {
+                Action::Copy(src) => self.copy_tensor(src, outputs, &tally)?,
+                Action::Combine { .. } => self.combine_tensor(t, outputs, &tally)?,
+            }
+            self.check_nonfinite(t, outputs, tally)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn check(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        Ok(())
+    }
+
+    /// Refuses (or records, when allowed) the non-finite values counted in tensor `t`.
+    fn check_nonfinite(&self, t: &PlannedTensor, outputs: &[Output], tally: Tally) -> Result<()> {
+        let bits = tally.inputs.load(Ordering::Relaxed);
+        let inputs: Vec<usize> = (0..self.models.len()).filter(|m| bits & (1u64 << *m) != 0).collect();
+        let created = bits & CREATED != 0;
+        for (k, count) in tally.outputs.iter().enumerate() {
+            let count = count.load(Ordering::Relaxed);
+            if count == 0 {
+                continue;
+            }
+            let nf = NonFinite { tensor: t.name.clone(), output: k, count, inputs: inputs.clone(), created };
+            if !self.allow_nonfinite {
+                let at = if outputs.len() > 1 { format!(" (ratio {})", outputs[k].ratios[0]) } else { String::new() };
+                return Err(Error::tensor(
+                    &t.name,
+                    format!(
+                        "{}{at}; refusing to write them (pass --allow-nonfinite to write them anyway)",
+                        nf.describe(self.roles)
+                    ),
+                ));
+            }
+            self.stats.nonfinite.lock().expect("no panics while held").push(nf);
+        }
+        Ok(())
+    }
+
+    fn copy_tensor(&self, src: &Src, outputs: &mut [Output], tally: &Tally) -> Result<()> {
+        let ckpt = &self.models[src.model];
+        let e = entry(self.models, src);
+        let mut off = 0;
+        ckpt.prefetch(e, 0..BLOCK_BYTES);
+        while off < e.byte_len() {
+            self.check()?;
+            let end = (off + BLOCK_BYTES).min(e.byte_len());
+            ckpt.prefetch(e, end..end + BLOCK_BYTES);
+            let bytes = ckpt.bytes(e, off..end);
+            if let Some(d) = e.dtype {
+                let n = count_nonfinite_bytes(d, bytes) as u64;
+                if n > 0 {
+                    tally.inputs.fetch_or(1 << src.model, Ordering::Relaxed);
+                    tally.outputs.iter().for_each(|c| _ = c.fetch_add(n, Ordering::Relaxed));
+                }
+            }
+            for o in outputs.iter_mut() {
+                let mut block = o.writer.buffer(end - off);
+                block.copy_from_slice(bytes);
+                o.writer.push(block)?;
+            }
+            ckpt.release(e, off..end);
+            self.stats.bytes_read.fetch_add((end - off) as u64, Ordering::Relaxed);
+            self.progress.advance((end - off) as u64);
+            off = end;
+        }
+        Ok(())
+    }
+
+    fn combine_tensor(&self, t: &PlannedTensor, outputs: &mut [Output], tally: &Tally) -> Result<()> {
+        let Action::Combine { target, terms, rows, porter, overrides } = &t.action else {
+            unreachable!("combine_tensor is only called for Combine")
+        };
+        let models = self.models;
+        let cols: usize = t.shape.iter().skip(1).product();
+        let numel: usize = t.shape.iter().product();
+        let terms: Vec<TermInputs> = terms.iter().map(|term| TermInputs::new(models, term)).collect();
+        let mut c = Combine {
+            out: t.dtype.expect("combined tensors are float"),
+            cols,
+            covered: (*rows * cols).min(numel),
+            target: target.as_ref().map(|s| Input::new(models, s)),
+            terms,
+            overrides: overrides.iter().map(|o| (o, Input::new(models, &o.src))).collect(),
+            porter: None,
+            ratios: outputs.iter().map(|o| o.ratios.clone()).collect(),
+        };
+        if let Some(p) = porter {
+            self.check()?;
+            c.porter = Some((*p, porter_range(&c.target, &c.terms, c.covered)?));
+        }
+        let block_elems = (BLOCK_BYTES / c.out.size()).max(1);
+        c.inputs().for_each(|i| i.prefetch(0..block_elems.min(numel)));
+        let mut start = 0;
+        while start < numel {
+            self.check()?;
+            let end = (start + block_elems).min(numel);
+            // Keep the disk busy with the next block while this one is computed.
+            c.inputs().for_each(|i| i.prefetch(end..(end + block_elems).min(numel)));
+            let mut blocks: Vec<Vec<u8>> =
+                outputs.iter().map(|o| o.writer.buffer((end - start) * c.out.size())).collect();
+            c.block(start, &mut blocks, tally, self.stats);
+            let read = c.release(start, end);
+            self.stats.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
+            for (o, block) in outputs.iter_mut().zip(blocks) {
+                let len = block.len() as u64;
+                o.writer.push(block)?;
+                self.progress.advance(len);
+            }
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// Bit of [`Tally::inputs`] for values the merge itself made non-finite.
+const CREATED: u64 = 1 << 63;
+
+/// Non-finite values counted while one tensor is written.
+struct Tally {
+    /// Per output.
+    outputs: Vec<AtomicU64>,
+    /// Bit `m`: model `m` had some in the elements concerned; [`CREATED`]: finite inputs overflowed.
+    inputs: AtomicU64,
+}
+
+impl Tally {
+    fn new(outputs: usize) -> Self {
+        Tally { outputs: (0..outputs).map(|_| AtomicU64::new(0)).collect(), inputs: AtomicU64::new(0) }
+    }
 }
 
 /// A source tensor ready to read: its checkpoint, entry and dtype.
@@ -102,20 +258,27 @@ struct Input<'a> {
     ckpt: &'a Checkpoint,
     entry: &'a TensorEntry,
     dtype: DType,
+    model: usize,
 }
 
 impl<'a> Input<'a> {
     fn new(models: &'a [Checkpoint], src: &Src) -> Self {
         let entry = entry(models, src);
-        Input { ckpt: &models[src.model], entry, dtype: entry.dtype.expect("plan only combines floats") }
+        Input {
+            ckpt: &models[src.model],
+            entry,
+            dtype: entry.dtype.expect("plan only combines floats"),
+            model: src.model,
+        }
     }
     fn read(&self, range: std::ops::Range<usize>, out: &mut [f64]) {
         let s = self.dtype.size();
         decode(self.dtype, self.ckpt.bytes(self.entry, range.start * s..range.end * s), out);
     }
-    fn release(&self, range: std::ops::Range<usize>) {
+    fn release(&self, range: std::ops::Range<usize>) -> usize {
         let s = self.dtype.size();
         self.ckpt.release(self.entry, range.start * s..range.end * s);
+        range.len() * s
     }
     fn prefetch(&self, range: std::ops::Range<usize>) {
         let s = self.dtype.size();
@@ -124,155 +287,216 @@ impl<'a> Input<'a> {
 }
 
 struct TermInputs<'a> {
-    ratio: f64,
     plus: Input<'a>,
     minus: Option<Input<'a>>,
 }
 
-fn combine_tensor(
-    models: &[Checkpoint],
-    t: &PlannedTensor,
-    writer: &mut dyn TensorSink,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-    stats: &Stats,
-) -> Result<()> {
-    let Action::Combine { target, terms, rows, porter, overrides } = &t.action else {
-        unreachable!("combine_tensor is only called for Combine")
-    };
-    let out = t.dtype.expect("combined tensors are float");
-    let numel: usize = t.shape.iter().product();
-    let cols: usize = t.shape.iter().skip(1).product();
-    let covered = (*rows * cols).min(numel);
-    let target = target.as_ref().map(|s| Input::new(models, s));
-    let terms: Vec<TermInputs> = terms
-        .iter()
-        .map(|Term { ratio, plus, minus }| TermInputs {
-            ratio: *ratio,
-            plus: Input::new(models, plus),
-            minus: minus.as_ref().map(|m| Input::new(models, m)),
-        })
-        .collect();
-    let overrides: Vec<(usize, Input, usize)> =
-        overrides.iter().map(|o| (o.row, Input::new(models, &o.src), o.src_row)).collect();
-    let porter = match porter {
-        Some(p) => Some((*p, porter_range(&target, &terms, covered, cancel)?)),
-        None => None,
-    };
-    let block_elems = (BLOCK_BYTES / out.size()).max(1);
-    let all_inputs = || target.iter().chain(terms.iter().flat_map(|t| std::iter::once(&t.plus).chain(&t.minus)));
-    all_inputs().for_each(|i| i.prefetch(0..block_elems.min(numel)));
-    let mut start = 0;
-    while start < numel {
-        check(cancel)?;
-        let end = (start + block_elems).min(numel);
-        // Keep the disk busy with the next block while this one is computed.
-        all_inputs().for_each(|i| i.prefetch(end..(end + block_elems).min(numel)));
-        let mut block = writer.buffer((end - start) * out.size());
-        block.par_chunks_mut(TASK_ELEMS * out.size()).enumerate().for_each_init(
-            || (vec![0f64; TASK_ELEMS], vec![0f64; TASK_ELEMS], vec![0f64; TASK_ELEMS]),
-            |(acc, p, m), (k, chunk)| {
+impl<'a> TermInputs<'a> {
+    fn new(models: &'a [Checkpoint], term: &Term) -> Self {
+        TermInputs { plus: Input::new(models, &term.plus), minus: term.minus.as_ref().map(|m| Input::new(models, m)) }
+    }
+}
+
+/// One combined tensor being computed: its inputs and the ratios of every output.
+struct Combine<'a> {
+    out: DType,
+    cols: usize,
+    /// Elements the terms apply to (the leading rows); the rest are the target's.
+    covered: usize,
+    target: Option<Input<'a>>,
+    terms: Vec<TermInputs<'a>>,
+    overrides: Vec<(&'a Override, Input<'a>)>,
+    porter: Option<(PorterParams, PorterRange)>,
+    /// Per output, one ratio per term.
+    ratios: Vec<Vec<f64>>,
+}
+
+/// A task's f64 scratch, [`LANES`] long each.
+struct Scratch {
+    target: Vec<f64>,
+    plus: Vec<f64>,
+    minus: Vec<f64>,
+    /// One accumulator per output.
+    acc: Vec<Vec<f64>>,
+}
+
+impl Scratch {
+    fn new(outputs: usize) -> Self {
+        let lanes = || vec![0f64; LANES];
+        Scratch { target: lanes(), plus: lanes(), minus: lanes(), acc: (0..outputs).map(|_| lanes()).collect() }
+    }
+}
+
+impl<'a> Combine<'a> {
+    fn inputs(&self) -> impl Iterator<Item = &Input<'a>> + '_ {
+        self.target.iter().chain(self.terms.iter().flat_map(|t| std::iter::once(&t.plus).chain(&t.minus)))
+    }
+
+    /// Computes elements `start..` into one block per output, in parallel tasks.
+    fn block(&self, start: usize, blocks: &mut [Vec<u8>], tally: &Tally, stats: &Stats) {
+        let task_bytes = TASK_ELEMS * self.out.size();
+        let ntasks = blocks[0].len().div_ceil(task_bytes);
+        let mut tasks: Vec<Vec<&mut [u8]>> = (0..ntasks).map(|_| Vec::with_capacity(blocks.len())).collect();
+        for b in blocks.iter_mut() {
+            for (k, chunk) in b.chunks_mut(task_bytes).enumerate() {
+                tasks[k].push(chunk);
+            }
+        }
+        tasks.into_par_iter().enumerate().for_each_init(
+            || Scratch::new(self.ratios.len()),
+            |scratch, (k, mut chunks)| {
                 let s = start + k * TASK_ELEMS;
-                let e = s + chunk.len() / out.size();
-                let n = e - s;
-                let acc = &mut acc[..n];
-                match &target {
-                    Some(ti) => ti.read(s..e, acc),
-                    None => acc.fill(0.0),
-                }
-                let ce = e.min(covered);
-                if s < ce {
-                    let nc = ce - s;
-                    for (ti, term) in terms.iter().enumerate() {
-                        term.plus.read(s..ce, &mut p[..nc]);
-                        match &term.minus {
-                            Some(mi) => mi.read(s..ce, &mut m[..nc]),
-                            None => m[..nc].fill(0.0),
-                        }
-                        match (&porter, ti) {
-                            (Some((params, range)), 0) => {
-                                porter_block(&mut acc[..nc], &p[..nc], &m[..nc], term.ratio, params, range)
-                            }
-                            _ => {
-                                for i in 0..nc {
-                                    acc[i] = chat_vector(acc[i], p[i], m[i], term.ratio);
-                                }
-                            }
-                        }
-                    }
-                }
-                for (row, src, src_row) in &overrides {
-                    let (rs, re) = (row * cols, (row + 1) * cols);
-                    let (a, b) = (rs.max(s), re.min(e));
-                    if a < b {
-                        let from = src_row * cols + (a - rs);
-                        src.read(from..from + (b - a), &mut acc[a - s..b - s]);
-                    }
-                }
-                encode(out, acc, chunk);
-                if target.is_none() && out != DType::F64 {
-                    let mut back = [0f64; 1];
-                    let w = out.size();
-                    let inexact = acc
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, v)| {
-                            decode(out, &chunk[i * w..(i + 1) * w], &mut back);
-                            back[0] != **v
-                        })
-                        .count();
-                    stats.inexact.fetch_add(inexact as u64, Ordering::Relaxed);
+                let mut lane = s;
+                let end = s + chunks[0].len() / self.out.size();
+                while lane < end {
+                    let e = (lane + LANES).min(end);
+                    self.lanes(lane..e, s, scratch, &mut chunks, tally, stats);
+                    lane = e;
                 }
             },
         );
-        let mut read = 0;
-        for inp in target.iter() {
-            inp.release(start..end);
-            read += (end - start) * inp.dtype.size();
+    }
+
+    /// The kernel over elements `r` (at most [`LANES`]); `chunks` start at element `base`.
+    fn lanes(
+        &self,
+        r: std::ops::Range<usize>,
+        base: usize,
+        sc: &mut Scratch,
+        chunks: &mut [&mut [u8]],
+        tally: &Tally,
+        stats: &Stats,
+    ) {
+        let (s, e, n) = (r.start, r.end, r.len());
+        let target = &mut sc.target[..n];
+        match &self.target {
+            Some(ti) => ti.read(s..e, target),
+            None => target.fill(0.0),
         }
-        for (row, src, src_row) in &overrides {
-            if (row * cols) < end && (row + 1) * cols > start {
-                src.release(src_row * cols..(src_row + 1) * cols);
-                read += cols * src.dtype.size();
-            }
-        }
-        if start < covered {
-            let ce = end.min(covered);
-            for term in &terms {
-                for inp in std::iter::once(&term.plus).chain(&term.minus) {
-                    inp.release(start..ce);
-                    read += (ce - start) * inp.dtype.size();
+        sc.acc.iter_mut().for_each(|a| a[..n].copy_from_slice(target));
+        let ce = e.min(self.covered);
+        if s < ce {
+            let nc = ce - s;
+            for (ti, term) in self.terms.iter().enumerate() {
+                let (p, m) = (&mut sc.plus[..nc], &mut sc.minus[..nc]);
+                term.plus.read(s..ce, p);
+                match &term.minus {
+                    Some(mi) => mi.read(s..ce, m),
+                    None => m.fill(0.0),
+                }
+                for (acc, ratios) in sc.acc.iter_mut().zip(&self.ratios) {
+                    let acc = &mut acc[..nc];
+                    match (&self.porter, ti) {
+                        (Some((params, range)), 0) => porter_lanes(acc, p, m, ratios[ti], params, range),
+                        _ => chat_vector_lanes(acc, p, m, ratios[ti]),
+                    }
                 }
             }
         }
-        stats.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
-        let len = block.len() as u64;
-        writer.push(block)?;
-        progress.advance(len);
-        start = end;
+        for (o, src) in &self.overrides {
+            let (rs, re) = (o.row * self.cols, (o.row + 1) * self.cols);
+            let (a, b) = (rs.max(s), re.min(e));
+            if a < b {
+                let from = o.src_row * self.cols + (a - rs);
+                src.read(from..from + (b - a), &mut sc.plus[..b - a]);
+                sc.acc.iter_mut().for_each(|acc| acc[a - s..b - s].copy_from_slice(&sc.plus[..b - a]));
+            }
+        }
+        let w = self.out.size();
+        let bytes = (s - base) * w..(e - base) * w;
+        for (k, (acc, chunk)) in sc.acc.iter().zip(chunks.iter_mut()).enumerate() {
+            let nonfinite = encode(self.out, &acc[..n], &mut chunk[bytes.clone()]);
+            if nonfinite > 0 {
+                tally.outputs[k].fetch_add(nonfinite as u64, Ordering::Relaxed);
+                tally.inputs.fetch_or(self.nonfinite_sources(s..e, &mut sc.plus), Ordering::Relaxed);
+            }
+        }
+        if self.target.is_none() && self.out != DType::F64 {
+            let back = &mut sc.minus[..n];
+            decode(self.out, &chunks[0][bytes], back);
+            let inexact = back.iter().zip(&sc.acc[0][..n]).filter(|(b, a)| b != a).count();
+            stats.inexact.fetch_add(inexact as u64, Ordering::Relaxed);
+        }
     }
-    Ok(())
+
+    /// Which inputs hold NaN/Inf in elements `r` (bit per model), or [`CREATED`] when none does:
+    /// only called for the rare lanes whose output has some, so it may read them again.
+    fn nonfinite_sources(&self, r: std::ops::Range<usize>, buf: &mut [f64]) -> u64 {
+        let mut bits = 0;
+        let mut scan = |input: &Input, range: std::ops::Range<usize>| {
+            if !range.is_empty() {
+                let buf = &mut buf[..range.len()];
+                input.read(range, buf);
+                if count_nonfinite(buf) > 0 {
+                    bits |= 1 << input.model;
+                }
+            }
+        };
+        if let Some(t) = &self.target {
+            scan(t, r.clone());
+        }
+        let ce = r.end.min(self.covered).max(r.start);
+        for term in &self.terms {
+            scan(&term.plus, r.start..ce);
+            if let Some(m) = &term.minus {
+                scan(m, r.start..ce);
+            }
+        }
+        for (o, src) in &self.overrides {
+            let (rs, re) = (o.row * self.cols, (o.row + 1) * self.cols);
+            let (a, b) = (rs.max(r.start), re.min(r.end));
+            if a < b {
+                let from = o.src_row * self.cols + (a - rs);
+                scan(src, from..from + (b - a));
+            }
+        }
+        if bits == 0 {
+            CREATED
+        } else {
+            bits
+        }
+    }
+
+    /// Drops the input pages of elements `start..end`; returns the bytes they held.
+    fn release(&self, start: usize, end: usize) -> usize {
+        let mut read = self.target.iter().map(|t| t.release(start..end)).sum();
+        for (o, src) in &self.overrides {
+            if (o.row * self.cols) < end && (o.row + 1) * self.cols > start {
+                read += src.release(o.src_row * self.cols..(o.src_row + 1) * self.cols);
+            }
+        }
+        if start < self.covered {
+            let ce = end.min(self.covered);
+            for term in &self.terms {
+                read += term.plus.release(start..ce);
+                read += term.minus.as_ref().map_or(0, |m| m.release(start..ce));
+            }
+        }
+        read
+    }
 }
 
-fn porter_block(acc: &mut [f64], chat: &[f64], base: &[f64], ratio: f64, params: &PorterParams, range: &PorterRange) {
+/// [`chat_vector`] over lanes: `acc` holds the target (or the sum so far).
+#[inline]
+fn chat_vector_lanes(acc: &mut [f64], chat: &[f64], base: &[f64], ratio: f64) {
+    for ((a, c), b) in acc.iter_mut().zip(chat).zip(base) {
+        *a = chat_vector(*a, *c, *b, ratio);
+    }
+}
+
+fn porter_lanes(acc: &mut [f64], chat: &[f64], base: &[f64], ratio: f64, params: &PorterParams, range: &PorterRange) {
     // `acc` still holds the target here: the porter term is always the first.
-    for i in 0..chat.len() {
-        let w = range.weight(acc[i], base[i], params);
-        acc[i] = feature_porter(acc[i], chat[i], base[i], ratio, w);
+    for ((a, c), b) in acc.iter_mut().zip(chat).zip(base) {
+        let w = range.weight(*a, *b, params);
+        *a = feature_porter(*a, *c, *b, ratio, w);
     }
 }
 
 /// The min and max of `|T − B|` over the covered elements (first pass of feature-porter).
-fn porter_range(
-    target: &Option<Input>,
-    terms: &[TermInputs],
-    covered: usize,
-    cancel: &AtomicBool,
-) -> Result<PorterRange> {
+fn porter_range(target: &Option<Input>, terms: &[TermInputs], covered: usize) -> Result<PorterRange> {
     let (Some(t), Some(b)) = (target, terms.first().and_then(|x| x.minus.as_ref())) else {
         return Err(Error::msg("feature-porter needs a target and a base model"));
     };
-    check(cancel)?;
     let (min, max) = (0..covered.div_ceil(TASK_ELEMS))
         .into_par_iter()
         .map_init(

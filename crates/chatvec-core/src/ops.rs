@@ -9,11 +9,11 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::exec::{self, Progress, Stats, BLOCK_BYTES, TASK_ELEMS};
+use crate::exec::{self, Progress, Stats, BLOCK_BYTES, LANES};
 use crate::kernel::PorterParams;
 use crate::modelfiles::{self, ChatTemplate};
 use crate::plan::{self, Kind, Plan, PlanOptions, VectorRef};
-use crate::writer::{plan_shards, write_index, write_json, OutputDir, ShardWriter, TensorSink, TensorSpec};
+use crate::writer::{plan_shards, write_index, write_json, OutputDir, Shard, ShardWriter, TensorSink, TensorSpec};
 use crate::{Checkpoint, Error, ResolvedModel, Result};
 
 /// Where and how to write the output.
@@ -222,19 +222,30 @@ pub struct PreparedMerge {
     pub chat_template: Option<ChatTemplate>,
     /// The chat model's stop ids.
     pub chat_eos: Vec<u32>,
+    /// The ratio of the vector.
+    pub ratio: f64,
+    /// Write NaN/Inf values instead of refusing them.
+    pub allow_nonfinite: bool,
 }
 
 /// Opens the three models of `job`, runs the pre-flight checks and plans the merge.
 pub fn prepare_merge(job: &MergeJob) -> Result<PreparedMerge> {
     let models = vec![open(&job.target)?, open(&job.chat)?, open(&job.base)?];
     check_base_chat(&models[2], &models[1])?;
-    let vectors = [VectorRef { ratio: job.ratio, plus: 1, minus: Some(2), special_rows: vec![] }];
+    let vectors = [VectorRef { plus: 1, minus: Some(2), special_rows: vec![] }];
     let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
     plan.warnings.extend(target_warnings(&models[2], &models[0]));
     refuse_empty_vector(&plan, "base, chat and target")?;
     let chat_template = modelfiles::chat_template(&job.chat.path)?;
     let chat_eos = modelfiles::eos_ids(&job.chat.path, &models[1].config)?;
-    Ok(PreparedMerge { models, plan, chat_template, chat_eos })
+    Ok(PreparedMerge {
+        models,
+        plan,
+        chat_template,
+        chat_eos,
+        ratio: job.ratio,
+        allow_nonfinite: job.plan.allow_nonfinite,
+    })
 }
 
 impl PreparedMerge {
@@ -253,25 +264,64 @@ impl PreparedMerge {
         cancel: &AtomicBool,
     ) -> Result<u64> {
         let stats = Stats::default();
-        exec::run(&self.models, &self.plan, sink, order, progress, cancel, &stats)?;
+        let run = exec::Run {
+            models: &self.models,
+            roles: &["target", "chat", "base"],
+            plan: &self.plan,
+            order,
+            allow_nonfinite: self.allow_nonfinite,
+            progress,
+            cancel,
+            stats: &stats,
+        };
+        run.run(&mut [exec::Output { writer: sink, ratios: vec![self.ratio] }])?;
         Ok(stats.bytes_read.load(Ordering::Relaxed))
     }
 }
 
 /// Runs `merge`.
 pub fn merge(job: &MergeJob, progress: &dyn Progress, cancel: &AtomicBool) -> Result<Summary> {
+    let mut summaries = merge_ratios(job, &[(job.ratio, job.output.clone())], progress, cancel)?;
+    Ok(summaries.remove(0))
+}
+
+/// Runs `merge` at several ratios in one pass: each block of the inputs is read once and written
+/// to every output, ratio `outputs[i].0` into `outputs[i].1` (`job.ratio` and `job.output` are
+/// not used). Returns a summary per output.
+pub fn merge_ratios(
+    job: &MergeJob,
+    outputs: &[(f64, OutputOptions)],
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Vec<Summary>> {
     let started = Instant::now();
-    let PreparedMerge { models, plan, chat_template, chat_eos } = prepare_merge(job)?;
-    let recipe = json!({
-        "ratio": job.ratio,
-        "inputs": {
-            "base": input_record(&job.base, &models[2]),
-            "chat": input_record(&job.chat, &models[1]),
-            "target": input_record(&job.target, &models[0]),
-        },
-    });
+    if outputs.is_empty() {
+        return Err(Error::msg("merge needs at least one ratio"));
+    }
+    for (i, (_, a)) in outputs.iter().enumerate() {
+        if outputs[..i].iter().any(|(_, b)| b.path == a.path) {
+            return Err(Error::msg(format!("{}: two ratios would write the same output", a.path.display())));
+        }
+    }
+    let PreparedMerge { models, plan, chat_template, chat_eos, .. } = prepare_merge(job)?;
+    let outs = outputs
+        .iter()
+        .map(|(ratio, output)| JobOutput {
+            options: output.clone(),
+            ratios: vec![*ratio],
+            recipe: json!({
+                "ratio": ratio,
+                "inputs": {
+                    "base": input_record(&job.base, &models[2]),
+                    "chat": input_record(&job.chat, &models[1]),
+                    "target": input_record(&job.target, &models[0]),
+                },
+            }),
+        })
+        .collect();
     let carry = Carry { template: chat_template, template_from: "chat model", eos: chat_eos };
-    write_model(&models, &plan, &job.plan, &job.output, "merge", recipe, Some(carry), progress, cancel, started)
+    let job_models = JobModels { models: &models, roles: &["target", "chat", "base"] };
+    write_model(&job_models, &plan, &job.plan, outs, "merge", Some(carry), progress, cancel, started)
 }
 
 /// Runs `apply`.
@@ -283,7 +333,7 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
     let mut models = vec![open(&job.target)?];
     let mut vectors = vec![];
     let mut manifests = vec![];
-    for (v, ratio) in &job.vectors {
+    for (v, _) in &job.vectors {
         let manifest_path = v.path.join("chatvec.json");
         let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
         let manifest: Value =
@@ -293,7 +343,7 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
         }
         let special_rows =
             manifest.get("special_rows").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
-        vectors.push(VectorRef { ratio: *ratio, plus: models.len(), minus: None, special_rows });
+        vectors.push(VectorRef { plus: models.len(), minus: None, special_rows });
         models.push(open(v)?);
         manifests.push(manifest);
     }
@@ -314,7 +364,13 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
         "inputs": {"target": input_record(&job.target, &models[0])},
     });
     let carry = Carry { template, template_from: "vector manifest", eos };
-    write_model(&models, &plan, &job.plan, &job.output, "apply", recipe, Some(carry), progress, cancel, started)
+    let roles: Vec<String> =
+        std::iter::once("target".to_string()).chain((1..models.len()).map(|i| format!("vector {i}"))).collect();
+    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    let out = JobOutput { options: job.output.clone(), ratios: job.vectors.iter().map(|(_, r)| *r).collect(), recipe };
+    let job_models = JobModels { models: &models, roles: &roles };
+    let mut s = write_model(&job_models, &plan, &job.plan, vec![out], "apply", Some(carry), progress, cancel, started)?;
+    Ok(s.remove(0))
 }
 
 /// Runs `extract`.
@@ -335,7 +391,10 @@ pub fn extract(job: &ExtractJob, progress: &dyn Progress, cancel: &AtomicBool) -
         "chat_template": template,
         "chat_eos_token_ids": modelfiles::eos_ids(&job.chat.path, &models[0].config)?,
     });
-    write_model(&models, &plan, &job.plan, &job.output, "extract", recipe, None, progress, cancel, started)
+    let out = JobOutput { options: job.output.clone(), ratios: vec![1.0], recipe };
+    let job_models = JobModels { models: &models, roles: &["chat", "base"] };
+    let mut s = write_model(&job_models, &plan, &job.plan, vec![out], "extract", None, progress, cancel, started)?;
+    Ok(s.remove(0))
 }
 
 /// A merge in which no tensor gets the vector would write a copy of the target and call it
@@ -369,19 +428,116 @@ struct Carry {
     eos: Vec<u32>,
 }
 
+/// The inputs of a job and their names for messages.
+struct JobModels<'a> {
+    models: &'a [Checkpoint],
+    roles: &'a [&'a str],
+}
+
+/// One output directory of a job: where, the ratio of each vector, and its `chatvec.json` so far.
+struct JobOutput {
+    options: OutputOptions,
+    ratios: Vec<f64>,
+    recipe: Value,
+}
+
+/// An output being written: its directory and its shard writer.
+struct Writing {
+    dir: OutputDir,
+    writer: ShardWriter,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn write_model(
-    models: &[Checkpoint],
+    inputs: &JobModels,
     plan: &Plan,
     opts: &PlanOptions,
-    out: &OutputOptions,
+    outs: Vec<JobOutput>,
     command: &str,
-    recipe: Value,
     carry: Option<Carry>,
     progress: &dyn Progress,
     cancel: &AtomicBool,
     started: Instant,
-) -> Result<Summary> {
+) -> Result<Vec<Summary>> {
+    let models = inputs.models;
+    let shards = shard_layout(models, plan, outs[0].options.shard_size);
+    let bytes_out: u64 = shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes as u64).sum();
+    let mut summaries: Vec<Summary> = outs
+        .iter()
+        .map(|o| planned_summary(models, plan, opts, &o.options, command, shards.len(), bytes_out))
+        .collect();
+    if outs[0].options.dry_run {
+        summaries.iter_mut().for_each(|s| s.seconds = started.elapsed().as_secs_f64());
+        return Ok(summaries);
+    }
+    let mut writing = vec![];
+    for o in &outs {
+        refuse_input_as_output(models, &o.options.path)?;
+        let dir = OutputDir::create(&o.options.path, o.options.force)?;
+        let need = bytes_out * writing.iter().filter(|w: &&Writing| same_disk(w.dir.path(), dir.path())).count() as u64;
+        check_free_space(dir.path(), bytes_out + need)?;
+        let writer = ShardWriter::start(dir.path(), shards.clone());
+        writing.push(Writing { dir, writer });
+    }
+    progress.begin(bytes_out * outs.len() as u64);
+    let stats = Stats::default();
+    let streamed = {
+        let mut outputs: Vec<exec::Output> = writing
+            .iter_mut()
+            .zip(&outs)
+            .map(|(w, o)| exec::Output { writer: &mut w.writer, ratios: o.ratios.clone() })
+            .collect();
+        let order = write_order(plan, &shards);
+        let run = exec::Run {
+            models,
+            roles: inputs.roles,
+            plan,
+            order: &order,
+            allow_nonfinite: opts.allow_nonfinite,
+            progress,
+            cancel,
+            stats: &stats,
+        };
+        run.run(&mut outputs)
+    };
+    let mut dirs = vec![];
+    let mut finished = Ok(());
+    for w in writing {
+        match w.writer.finish() {
+            Ok(bytes) => dirs.push((w.dir, bytes)),
+            Err(e) => finished = Err(e),
+        }
+    }
+    streamed?;
+    finished?;
+    progress.finish();
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Interrupted);
+    }
+    let nonfinite = stats.nonfinite.lock().expect("no panics while held").clone();
+    for (k, ((dir, bytes), (summary, out))) in dirs.into_iter().zip(summaries.iter_mut().zip(outs)).enumerate() {
+        summary.bytes_written = bytes;
+        summary.bytes_read = stats.bytes_read.load(Ordering::Relaxed);
+        summary.inexact_elements = stats.inexact.load(Ordering::Relaxed);
+        for nf in nonfinite.iter().filter(|nf| nf.output == k) {
+            summary.warnings.push(format!("tensor {}: written with {}", nf.tensor, nf.describe(inputs.roles)));
+        }
+        finish_output(models, &shards, opts, dir, summary, out.recipe, carry.as_ref())?;
+        summary.seconds = started.elapsed().as_secs_f64();
+    }
+    Ok(summaries)
+}
+
+/// Whether two directories are on one file system (their outputs share its free space).
+fn same_disk(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => true,
+    }
+}
+
+fn shard_layout(models: &[Checkpoint], plan: &Plan, shard_size: u64) -> Vec<Shard> {
     let specs: Vec<TensorSpec> = plan
         .tensors
         .iter()
@@ -392,10 +548,27 @@ fn write_model(
             bytes: t.bytes(models),
         })
         .collect();
-    let shards = plan_shards(specs, out.shard_size.max(1), "model");
-    let bytes_out: u64 = shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes as u64).sum();
+    plan_shards(specs, shard_size.max(1), "model")
+}
+
+/// Plan indices in the order the shards store them.
+fn write_order(plan: &Plan, shards: &[Shard]) -> Vec<usize> {
+    let pos: std::collections::HashMap<&str, usize> =
+        plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    shards.iter().flat_map(|s| s.tensors.iter().map(|t| pos[t.name.as_str()])).collect()
+}
+
+fn planned_summary(
+    models: &[Checkpoint],
+    plan: &Plan,
+    opts: &PlanOptions,
+    out: &OutputOptions,
+    command: &str,
+    shards: usize,
+    bytes_out: u64,
+) -> Summary {
     let threads = rayon::current_num_threads() as u64;
-    let mut summary = Summary {
+    Summary {
         command: command.into(),
         output: out.path.clone(),
         dry_run: out.dry_run,
@@ -411,42 +584,29 @@ fn write_model(
         warnings: plan.warnings.iter().cloned().chain(models.iter().flat_map(Checkpoint::warnings)).collect(),
         eos_token_ids: vec![],
         chat_template_from: None,
-        shards: shards.len(),
+        shards,
         bytes_read: plan_read_bytes(models, plan),
         bytes_written: bytes_out,
         // Blocks: two queued to the writer, one being written, one being filled, one recycled;
         // input pages of one block per source; per-thread f64 scratch.
-        peak_memory_estimate: 5 * BLOCK_BYTES as u64 + 3 * 2 * BLOCK_BYTES as u64 + threads * 3 * 8 * TASK_ELEMS as u64,
+        peak_memory_estimate: 5 * BLOCK_BYTES as u64 + 3 * 2 * BLOCK_BYTES as u64 + threads * 4 * 8 * LANES as u64,
         inexact_elements: 0,
         seconds: 0.0,
-    };
-    if out.dry_run {
-        summary.seconds = started.elapsed().as_secs_f64();
-        return Ok(summary);
     }
-    refuse_input_as_output(models, &out.path)?;
-    let dir = OutputDir::create(&out.path, out.force)?;
-    check_free_space(dir.path(), bytes_out)?;
-    progress.begin(bytes_out);
-    let mut order = vec![];
-    let pos: std::collections::HashMap<&str, usize> =
-        plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-    for s in &shards {
-        order.extend(s.tensors.iter().map(|t| pos[t.name.as_str()]));
-    }
-    let stats = Stats::default();
-    let mut writer = ShardWriter::start(dir.path(), shards.clone());
-    let streamed = exec::run(models, plan, &mut writer, &order, progress, cancel, &stats);
-    let finished = writer.finish();
-    streamed?;
-    summary.bytes_written = finished?;
-    progress.finish();
-    if cancel.load(Ordering::Relaxed) {
-        return Err(Error::Interrupted);
-    }
-    write_index(dir.path(), &shards, "model")?;
-    summary.bytes_read = stats.bytes_read.load(Ordering::Relaxed);
-    summary.inexact_elements = stats.inexact.load(Ordering::Relaxed);
+}
+
+/// Completes a written output: index, support files, template, generation config, recipe; then
+/// moves it into place.
+fn finish_output(
+    models: &[Checkpoint],
+    shards: &[Shard],
+    opts: &PlanOptions,
+    dir: OutputDir,
+    summary: &mut Summary,
+    recipe: Value,
+    carry: Option<&Carry>,
+) -> Result<()> {
+    write_index(dir.path(), shards, "model")?;
     // Config, tokenizer and the rest come from the first model (the target; the chat model for extract).
     modelfiles::copy_support_files(&models[0].dir, dir.path())?;
     if let Some(d) = opts.dtype {
@@ -465,7 +625,7 @@ fn write_model(
     if let Value::Object(r) = &mut recipe {
         r.insert("tool".into(), json!("chatvec"));
         r.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-        r.insert("command".into(), json!(command));
+        r.insert("command".into(), json!(summary.command));
         r.insert("method".into(), json!(summary.method));
         if let Some(p) = opts.porter {
             r.insert("porter".into(), json!(p));
@@ -483,9 +643,7 @@ fn write_model(
         r.insert("inexact_elements".into(), json!(summary.inexact_elements));
     }
     write_json(&dir.path().join("chatvec.json"), &recipe)?;
-    dir.commit()?;
-    summary.seconds = started.elapsed().as_secs_f64();
-    Ok(summary)
+    dir.commit()
 }
 
 /// `--force` must never replace (or write into) a model being read, directly or through a

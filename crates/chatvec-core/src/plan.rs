@@ -40,11 +40,10 @@ pub struct Src {
 }
 
 /// One vector term `ratio·(plus − minus)`; without `minus` the term is `ratio·plus` (an extracted
-/// vector).
+/// vector). The ratio belongs to the output (one pass can write several ratios): term `i` of a
+/// tensor is vector `i` of the plan, whose ratio each output gives.
 #[derive(Debug, Clone)]
 pub struct Term {
-    /// The ratio.
-    pub ratio: f64,
     /// The chat model (or the stored vector).
     pub plus: Src,
     /// The base model.
@@ -206,6 +205,8 @@ pub struct PlanOptions {
     pub special_rows: bool,
     /// A base row counts as untrained when its L2 norm is below this share of the median row norm.
     pub untrained_threshold: f64,
+    /// Write NaN and infinite values (with a warning) instead of refusing the tensor that has them.
+    pub allow_nonfinite: bool,
 }
 
 impl Default for PlanOptions {
@@ -216,15 +217,15 @@ impl Default for PlanOptions {
             porter: None,
             special_rows: true,
             untrained_threshold: 1e-3,
+            allow_nonfinite: false,
         }
     }
 }
 
-/// A vector for a plan: `ratio·(models[plus] − models[minus])`, or `ratio·models[plus]`.
+/// A vector for a plan: `models[plus] − models[minus]`, or `models[plus]` (its ratio is the
+/// output's).
 #[derive(Debug, Clone)]
 pub struct VectorRef {
-    /// The ratio.
-    pub ratio: f64,
     /// Index of the chat model or stored vector.
     pub plus: usize,
     /// Index of the base model, for a vector computed on the fly.
@@ -351,7 +352,6 @@ pub fn plan_merge(
                 terms: terms
                     .iter()
                     .map(|(v, p, m)| Term {
-                        ratio: v.ratio,
                         plus: Src { model: v.plus, name: p.name.clone() },
                         minus: m.map(|m| Src { model: v.minus.expect("minus model"), name: m.name.clone() }),
                     })
@@ -466,7 +466,7 @@ pub fn plan_extract(
             plan.not_selected.push(c.name.clone());
             if opts.special_rows && is_vocab_tensor(&c.name) {
                 // Keep the chat model's special-token rows so `apply` can restore them as `merge` does.
-                let v = [VectorRef { ratio: 1.0, plus: 0, minus: Some(1), special_rows: vec![] }];
+                let v = [VectorRef { plus: 0, minus: Some(1), special_rows: vec![] }];
                 let rows = special_rows(models, &v, &c.name, opts.untrained_threshold, row_norms)?;
                 if !rows.is_empty() {
                     plan.special_rows.push((c.name.clone(), rows.iter().map(|o| o.row).collect()));
@@ -498,7 +498,6 @@ pub fn plan_extract(
             action: Action::Combine {
                 target: None,
                 terms: vec![Term {
-                    ratio: 1.0,
                     plus: Src { model: 0, name: c.name.clone() },
                     minus: Some(Src { model: 1, name: b.name.clone() }),
                 }],

@@ -51,6 +51,33 @@ fn merge_ratio_half_is_bit_identical_to_correctly_rounded_fixture() {
 }
 
 #[test]
+fn several_ratios_in_one_pass_equal_the_correctly_rounded_fixtures() {
+    let dir = tempfile::tempdir().unwrap();
+    let outputs: Vec<(f64, chatvec_core::OutputOptions)> =
+        [1.0, 0.5].iter().map(|&r| (r, out_opts(&dir.path().join(format!("r{r}"))))).collect();
+    let job = MergeJob {
+        base: model(&fixture("base")),
+        chat: model(&fixture("chat")),
+        target: model(&fixture("target")),
+        ratio: 0.0,
+        plan: opts(),
+        output: out_opts(&dir.path().join("unused")),
+    };
+    let s = ops::merge_ratios(&job, &outputs, &NoProgress, &no_cancel()).unwrap();
+    assert_same_tensors(&outputs[0].1.path, "merged_ratio_1.0.safetensors");
+    assert_same_tensors(&outputs[1].1.path, "merged_ratio_0.5.safetensors");
+    assert_eq!(s.len(), 2);
+    assert!(!dir.path().join("unused").exists());
+    let recipe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(outputs[1].1.path.join("chatvec.json")).unwrap()).unwrap();
+    assert_eq!(recipe["ratio"], 0.5);
+    // The inputs were read once for both outputs.
+    assert_eq!(s[0].bytes_read, s[1].bytes_read);
+    let single = merge_to(&dir.path().join("single"), "target", 1.0, opts());
+    assert_eq!(s[0].bytes_read, single.bytes_read);
+}
+
+#[test]
 fn grown_vocab_rows_keep_target_values() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("merged");

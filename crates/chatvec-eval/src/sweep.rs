@@ -1,7 +1,8 @@
 //! Merge at several ratios, evaluate each, and pick the best setting by a stated rule.
 //!
-//! Each merged model is written by core's streaming merge into a temporary directory, evaluated,
-//! and deleted before the next, so the disk holds one merged model at a time.
+//! Every ratio's merged model is written by core's streaming merge in one pass over the inputs
+//! (each block of base, chat and target is read once), into a temporary directory; each is then
+//! evaluated and deleted. The disk holds all the ratios' models until their evaluation.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -226,22 +227,30 @@ pub fn run_sweep(
     // The target usually has no chat template: it borrows the chat model's, as its merges will.
     let (ppl, chat) = evaluate(&job.target.path, Some(&job.chat.path), e, cancel)?;
     rows.push(SweepRow { ratio: None, perplexity: Some(ppl), chat });
-    for &ratio in &job.ratios {
-        log(&format!("merging at ratio {ratio}"));
-        let out = tmp.path().join(format!("ratio-{ratio}"));
-        let merge = MergeJob {
-            base: job.base.clone(),
-            chat: job.chat.clone(),
-            target: job.target.clone(),
-            ratio,
-            plan: job.plan.clone(),
-            output: OutputOptions { path: out.clone(), force: true, shard_size: 5_000_000_000, dry_run: false },
-        };
-        ops::merge(&merge, &NoProgress, cancel)?;
+    log(&format!("merging at ratios {:?} in one pass", job.ratios));
+    let outputs: Vec<(f64, OutputOptions)> = job
+        .ratios
+        .iter()
+        .enumerate()
+        .map(|(i, &ratio)| {
+            let path = tmp.path().join(format!("ratio-{i}-{ratio}"));
+            (ratio, OutputOptions { path, force: true, shard_size: 5_000_000_000, dry_run: false })
+        })
+        .collect();
+    let merge = MergeJob {
+        base: job.base.clone(),
+        chat: job.chat.clone(),
+        target: job.target.clone(),
+        ratio: job.ratios[0],
+        plan: job.plan.clone(),
+        output: outputs[0].1.clone(),
+    };
+    ops::merge_ratios(&merge, &outputs, &NoProgress, cancel)?;
+    for (ratio, out) in &outputs {
         log(&format!("evaluating ratio {ratio}"));
-        let (ppl, chat) = evaluate(&out, Some(&job.chat.path), e, cancel)?;
-        rows.push(SweepRow { ratio: Some(ratio), perplexity: Some(ppl), chat });
-        std::fs::remove_dir_all(&out).ok();
+        let (ppl, chat) = evaluate(&out.path, Some(&job.chat.path), e, cancel)?;
+        rows.push(SweepRow { ratio: Some(*ratio), perplexity: Some(ppl), chat });
+        std::fs::remove_dir_all(&out.path).ok();
     }
     let best = pick_best(&rows);
     Ok(SweepResult { rows, best, rule: RULE.into() })

@@ -122,6 +122,10 @@ pub struct SelectArgs {
     /// A base row is untrained when its norm is below this share of the median row norm.
     #[arg(long, default_value_t = 1e-3, value_name = "SHARE")]
     pub untrained_threshold: f64,
+    /// Write NaN and infinite values (with a warning) instead of refusing the tensor that has
+    /// them (from an input, or from a result that overflows the output dtype).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 impl SelectArgs {
@@ -133,6 +137,7 @@ impl SelectArgs {
             porter: None,
             special_rows: !self.no_special_rows,
             untrained_threshold: self.untrained_threshold,
+            allow_nonfinite: self.allow_nonfinite,
         })
     }
 }
@@ -167,10 +172,22 @@ impl OutputArgs {
         job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_core::Result<Summary>,
         extra: &str,
     ) -> Result<std::process::ExitCode> {
+        self.run_jobs(|bar, cancel| job(bar, cancel).map(|s| vec![s]), &[extra.to_string()])
+    }
+
+    /// As [`run_job`](Self::run_job) for a job with several outputs; `extras[i]` annotates the
+    /// summary of output `i`.
+    pub fn run_jobs(
+        &self,
+        job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_core::Result<Vec<Summary>>,
+        extras: &[String],
+    ) -> Result<std::process::ExitCode> {
         let cancel = termination_flag();
         let bar = Bar::new(self.quiet || self.json || self.dry_run);
-        let summary = job(&bar, &cancel)?;
-        report(&summary, self.json, extra)?;
+        let summaries = job(&bar, &cancel)?;
+        for (summary, extra) in summaries.iter().zip(extras) {
+            report(summary, self.json, extra)?;
+        }
         Ok(std::process::ExitCode::SUCCESS)
     }
 

@@ -1,9 +1,10 @@
-//! `chatvec merge`: TARGET + RATIO·(CHAT − BASE) in one streaming pass.
+//! `chatvec merge`: TARGET + RATIO·(CHAT − BASE) in one streaming pass, for one ratio or several.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
-use chatvec_core::{ops, MergeJob};
+use anyhow::{bail, Result};
+use chatvec_core::{ops, MergeJob, OutputOptions};
 
 use super::common::{check_ratio, interrupt_flag, Bar, HubArgs, OutputArgs, PairArgs, SelectArgs};
 
@@ -15,9 +16,11 @@ pub struct Args {
     /// The continually pre-trained model to give chat skills.
     #[arg(long, value_name = "MODEL")]
     pub target: String,
-    /// How much of the chat vector to add (negative subtracts it).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub ratio: f64,
+    /// How much of the chat vector to add. Several, comma-separated (0.3,0.5,1.0), write one
+    /// model per ratio in one pass over the inputs: to OUTPUT-r0.3, OUTPUT-r0.5, ..., or where
+    /// `{ratio}` stands in OUTPUT.
+    #[arg(long, default_value = "1.0", value_delimiter = ',', num_args = 1.., allow_negative_numbers = true)]
+    pub ratio: Vec<f64>,
     /// chat-vector: T + r·(C − B); feature-porter: the vector damped where T moved far from B.
     #[arg(long, value_enum, default_value_t = Method::ChatVector)]
     pub method: Method,
@@ -51,7 +54,7 @@ pub enum Method {
 /// Runs the merge.
 pub fn run(a: Args) -> Result<ExitCode> {
     let hub = a.hub.quiet(a.out.quiet || a.out.json);
-    check_ratio(a.ratio)?;
+    a.ratio.iter().try_for_each(|r| check_ratio(*r))?;
     let mut plan = a.select.plan_options()?;
     if a.method == Method::FeaturePorter {
         plan.porter = Some(ops::porter(a.porter_steepness, a.porter_shift));
@@ -60,15 +63,38 @@ pub fn run(a: Args) -> Result<ExitCode> {
         base: hub.resolve(&a.pair.base)?,
         chat: hub.resolve(&a.pair.chat)?,
         target: hub.resolve(&a.target)?,
-        ratio: a.ratio,
+        ratio: a.ratio[0],
         plan,
         output: a.out.options(),
     };
     let to_gguf = a.gguf.is_some() || a.out.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if to_gguf && a.ratio.len() > 1 {
+        bail!("--gguf writes one ratio; give a single --ratio");
+    }
     if to_gguf && !a.out.dry_run {
         return merge_to_gguf(&job, a.gguf.as_deref(), &a.out);
     }
-    a.out.run_job(|bar, cancel| ops::merge(&job, bar, cancel), &format!(", ratio {}", a.ratio))
+    if let [ratio] = a.ratio[..] {
+        return a.out.run_job(|bar, cancel| ops::merge(&job, bar, cancel), &format!(", ratio {ratio}"));
+    }
+    let outputs = a
+        .ratio
+        .iter()
+        .map(|&r| Ok((r, OutputOptions { path: ratio_output(&a.out.output, r)?, ..a.out.options() })))
+        .collect::<Result<Vec<_>>>()?;
+    let extras: Vec<String> = a.ratio.iter().map(|r| format!(", ratio {r}")).collect();
+    a.out.run_jobs(|bar, cancel| ops::merge_ratios(&job, &outputs, bar, cancel), &extras)
+}
+
+/// The output directory of `ratio` in a several-ratio merge: `{ratio}` in `out` replaced by it, or
+/// `-r<ratio>` appended to the directory name.
+pub fn ratio_output(out: &Path, ratio: f64) -> Result<PathBuf> {
+    let text = out.to_string_lossy();
+    if text.contains("{ratio}") {
+        return Ok(PathBuf::from(text.replace("{ratio}", &ratio.to_string())));
+    }
+    let Some(name) = out.file_name() else { bail!("{}: not a usable output path", out.display()) };
+    Ok(out.with_file_name(format!("{}-r{ratio}", name.to_string_lossy())))
 }
 
 /// `merge --gguf`: the merged tensors go straight into one GGUF file.
