@@ -100,8 +100,8 @@ fn llama_cpp_runs_chatvecs_gguf_like_chatvec_generate() {
             "--greedy",
             "--max-new-tokens",
             "12",
-            "--dtype",
-            "f32",
+            "--quantize",
+            "none",
             "--json",
         ]))
         .unwrap();

@@ -128,6 +128,11 @@ impl CustomOp1 for CompactMatMul {
         };
         let lhs = &storage.as_slice::<f32>()?[start..end];
         let m = lhs.len() / k;
+        // Quantizing a NaN/Inf activation to 8 bits gives finite garbage, which would hide a
+        // broken model from the non-finite logits check: NaN in gives NaN out, as in a dense matmul.
+        if lhs.iter().any(|v| !v.is_finite()) {
+            return Ok((CpuStorage::F32(vec![f32::NAN; m * n]), Shape::from((m, n))));
+        }
         let mut dst = vec![0f32; m * n];
         let data = self.0.data()?;
         let mkn = (m, k, n);
