@@ -50,7 +50,10 @@ fn convert(llama: &Path, model: &Path, work: &Path, outtypes: &[&str]) -> Option
 }
 
 fn load(path: &Path, weights: &str) -> Model {
-    let opts = ModelOptions { weights: WeightFormat::parse(weights).unwrap(), ..ModelOptions::dense(&Device::Cpu, DType::F32) };
+    let opts = ModelOptions {
+        weights: WeightFormat::parse(weights).unwrap(),
+        ..ModelOptions::dense(&Device::Cpu, DType::F32)
+    };
     Model::load_with(path, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -73,7 +76,11 @@ fn gguf_from_llama_cpp_matches_its_safetensors() {
     // Mistral's fixture has 4 query and 2 key/value heads: the converter writes it as `llama`
     // with permuted q/k rows (the sliding window is dropped on both sides: 12 tokens > window 5
     // would differ otherwise, so the reference is the same model without it).
-    for (name, dir) in [("qwen2", data("qwen2")), ("mistral", data("mistral")), ("lab chat", PathBuf::from(format!("{ROOT}/models/lab/chat")))] {
+    for (name, dir) in [
+        ("qwen2", data("qwen2")),
+        ("mistral", data("mistral")),
+        ("lab chat", PathBuf::from(format!("{ROOT}/models/lab/chat"))),
+    ] {
         let work = tmp.path().join(name.replace(' ', "-"));
         let Some(ggufs) = convert(&llama, &dir, &work, &["f32"]) else { return };
         let mut reference = load(&work.join("hf"), "none");
