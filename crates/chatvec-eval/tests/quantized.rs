@@ -37,24 +37,6 @@ fn mean_nll(m: &mut EvalModel, ids: &[u32]) -> f64 {
     perplexity(&mut m.model, ids, Window::new(256, 128).unwrap(), &AtomicBool::new(false)).unwrap().mean_nll
 }
 
-/// Greedy continuation of `prompt` for `n` tokens.
-fn greedy(m: &mut EvalModel, prompt: &[u32], n: usize) -> Vec<u32> {
-    m.model.reset();
-    let mut out = Vec::with_capacity(n);
-    let mut logits = m.model.forward_last(prompt).unwrap();
-    for _ in 0..n {
-        let next = argmax(&logits.to_vec1::<f32>().unwrap());
-        out.push(next);
-        logits = m.model.forward_last(&[next]).unwrap();
-    }
-    out
-}
-
-/// Leading tokens two continuations share.
-fn agreement(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 /// Relative perplexity change allowed per format: q8_0 and the half formats must be within
 /// 0.5 % of f32 (llama.cpp reports about 0.1 % for q8_0 on 7B models), q4 formats within 5 %.
 const FORMATS: [(&str, f64); 5] = [("q8_0", 0.005), ("bf16", 0.005), ("f16", 0.005), ("q4_k", 0.05), ("q4_0", 0.05)];
@@ -78,24 +60,35 @@ fn quantized_perplexity_stays_close_to_f32() {
     }
 }
 
+/// Share of positions whose most likely next token is the same as f32's, over a text the models
+/// read teacher-forced (a free-running greedy comparison diverges at the first near-tie and then
+/// compares unrelated texts; at the lab models' perplexity of ~110 near-ties are common).
+fn top1_agreement(b: &mut EvalModel, ids: &[u32], want: &[u32]) -> f64 {
+    b.model.reset();
+    let logits = b.model.forward_all(ids).unwrap().to_vec2::<f32>().unwrap();
+    let same = logits.iter().zip(want).filter(|(row, &w)| argmax(row) == w).count();
+    same as f64 / want.len() as f64
+}
+
 #[test]
-fn quantized_greedy_continuations_follow_f32() {
-    // (format, tokens out of 32 that must agree before the first divergence, for each prompt).
-    let needed = [("q8_0", 32), ("bf16", 32), ("f16", 32), ("q4_k", 8), ("q4_0", 8)];
+fn quantized_models_pick_the_same_next_token_as_f32() {
+    // Measured: q8_0 97.7-99.6 %, bf16/f16 98.8-100 %, q4_0 76-97 % (76 % on the random-weight
+    // fixture, whose logits are nearly flat). q4_k needs widths that are multiples of 256, which
+    // these models lack, so it runs as its q8_0 fallback here.
+    let needed = [("q8_0", 0.95), ("bf16", 0.97), ("f16", 0.97), ("q4_k", 0.95), ("q4_0", 0.70)];
     for rel in ["models/lab/target", "models/lab/chat", "fixtures/llama-tiny/target"] {
         let dir = model_dir(rel);
         let mut exact = load(&dir, "none");
-        let ids = korean_ids(&exact, 400);
-        let prompts = [&ids[..24], &ids[40..90]];
-        let want: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&mut exact, p, 32)).collect();
+        let ids = korean_ids(&exact, 600);
+        let ids = &ids[..ids.len().min(256)];
+        exact.model.reset();
+        let want: Vec<u32> =
+            exact.model.forward_all(ids).unwrap().to_vec2::<f32>().unwrap().iter().map(|r| argmax(r)).collect();
         for (format, at_least) in needed {
             let mut m = load(&dir, format);
-            for (prompt, want) in prompts.iter().zip(&want) {
-                let got = greedy(&mut m, prompt, 32);
-                let same = agreement(&got, want);
-                eprintln!("{rel} {format}: {same}/32 tokens agree with f32");
-                assert!(same >= at_least, "{rel} {format}: only {same} of 32 greedy tokens agree with f32");
-            }
+            let rate = top1_agreement(&mut m, ids, &want);
+            eprintln!("{rel} {format}: next token = f32's at {:.1} % of {} positions", rate * 100.0, want.len());
+            assert!(rate >= at_least, "{rel} {format}: next token agrees with f32 at only {:.1} %", rate * 100.0);
         }
     }
 }

@@ -61,7 +61,7 @@ pub(crate) fn make_weight(w: Tensor, format: Option<GgmlDType>, dtype: DType, de
         return Ok(LinearWeight::Dense(w.to_device(device)?.to_dtype(dtype)?));
     };
     let (_, k) = w.dims2()?;
-    let format = [format, GgmlDType::Q8_0].into_iter().find(|f| k % f.block_size() == 0);
+    let format = [format, GgmlDType::Q8_0].into_iter().find(|f| k.is_multiple_of(f.block_size()));
     match format {
         Some(f) => Ok(LinearWeight::Compact(Arc::new(quantize(&w, f, device)?))),
         None => Ok(LinearWeight::Dense(w.to_device(device)?.to_dtype(dtype)?)),
@@ -163,7 +163,7 @@ fn matmul_blocks<T: GgmlType>(
     dst: &mut [f32],
 ) -> candle_core::Result<()> {
     let size = std::mem::size_of::<T>();
-    if data.len() % size != 0 || (data.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+    if !data.len().is_multiple_of(size) || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         candle_core::bail!("compact weight storage is not a whole number of aligned blocks")
     }
     // SAFETY: the bytes are the QTensor's own storage of `T` blocks (its dtype says so), checked
