@@ -56,7 +56,30 @@ impl WeightSource for SafetensorsWeights {
         }
         let t = self.files.load(name, &Device::Cpu).map_err(|e| err(format!("{name}: {e}")))?;
         check_shape(name, &t, shape).map_err(err)?;
+        if let Ok(view) = self.files.get(name) {
+            release_pages(view.data());
+        }
         Ok(t)
+    }
+}
+
+/// Unmaps the file pages behind `bytes` once the tensor has been copied out of them. Otherwise
+/// every page read at load stays counted in the process's memory: an 8B model converted to q8_0
+/// at load peaked at 15.5 GB (the 16 GB bf16 file's pages plus the 8.5 GB of q8_0 weights).
+/// candle's `MmapedSafetensors` keeps its maps private, hence the raw `madvise` on the slice.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+        let (first, last) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
+        // Whole pages inside the slice only, so no other tensor's bytes are touched.
+        let (start, end) = (first.div_ceil(page) * page, last / page * page);
+        if end > start {
+            // SAFETY: the range lies inside a read-only shared file mapping that stays mapped;
+            // MADV_DONTNEED only drops the pages, and a later access re-reads the same file bytes.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
     }
 }
 
