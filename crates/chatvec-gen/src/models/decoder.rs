@@ -12,7 +12,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::{Activation, DecoderConfig};
-use super::linear::{make_weight, stack_quantized, Linear, LinearWeight};
+use super::linear::{make_weight, quantize, stack_quantized, Linear, LinearWeight};
 use super::rope::Rope;
 use super::weights::WeightSource;
 use crate::error::Result;
@@ -144,8 +144,8 @@ impl Loader<'_> {
         Ok(Linear { weight: make_weight(w, self.format, self.dtype, self.device)?, bias })
     }
 
-    /// The token embeddings: converted to the compute dtype for dense weights, else kept as
-    /// stored, quantized ones included (a row gather needs no fast format).
+    /// The token embeddings: converted to the compute dtype for dense weights, to q8_0 when the
+    /// other weights are converted, and kept as stored when they come quantized (a GGUF).
     fn embeddings(&self, vocab: usize, hidden: usize) -> Result<Embeddings> {
         let name = "model.embed_tokens.weight";
         if let Some(q) = self.src.qtensor(name, &[vocab, hidden])? {
@@ -154,7 +154,15 @@ impl Loader<'_> {
                 LinearWeight::Dense(t) => Ok(Embeddings::Dense(t)),
             };
         }
-        let t = self.src.tensor(name, &[vocab, hidden])?.to_device(self.device)?;
+        let t = self.src.tensor(name, &[vocab, hidden])?;
+        // Converted weights: the table in q8_0 too (as llama.cpp's q8_0 files store token_embd),
+        // half the memory of bf16 (0.5 GB less for Llama-3-8B's 128k rows).
+        let eight_bit_or_less =
+            self.format.is_some_and(|f| !matches!(f, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16));
+        if eight_bit_or_less && hidden % GgmlDType::Q8_0.block_size() == 0 {
+            return Ok(Embeddings::Compact(Arc::new(quantize(&t, GgmlDType::Q8_0, self.device)?)));
+        }
+        let t = t.to_device(self.device)?;
         Ok(Embeddings::Dense(if self.format.is_some() { t } else { t.to_dtype(self.dtype)? }))
     }
 
