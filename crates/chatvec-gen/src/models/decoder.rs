@@ -159,7 +159,7 @@ impl Loader<'_> {
         // half the memory of bf16 (0.5 GB less for Llama-3-8B's 128k rows).
         let eight_bit_or_less =
             self.format.is_some_and(|f| !matches!(f, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16));
-        if eight_bit_or_less && hidden % GgmlDType::Q8_0.block_size() == 0 {
+        if eight_bit_or_less && hidden.is_multiple_of(GgmlDType::Q8_0.block_size()) {
             return Ok(Embeddings::Compact(Arc::new(quantize(&t, GgmlDType::Q8_0, self.device)?)));
         }
         let t = t.to_device(self.device)?;
