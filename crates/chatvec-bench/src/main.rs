@@ -197,14 +197,7 @@ fn read_model(model: &Path, sink: Option<&Path>) -> Result<()> {
 fn write_floor(bytes: u64, out: &Path) -> Result<f64> {
     let buf: Vec<u8> = (0..16usize << 20).map(|i| (i * 31 % 251) as u8).collect();
     let start = Instant::now();
-    let mut f = File::create(out)?;
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.sync_all()?;
+    write_synced(out, bytes, &buf)?;
     let t = start.elapsed().as_secs_f64();
     std::fs::remove_file(out)?;
     Ok(t)
@@ -485,16 +478,21 @@ fn export_model(dir: &Path) -> Result<PathBuf> {
 fn export_floor(model: &Path, out: &Path, out_bytes: u64) -> Result<f64> {
     let start = Instant::now();
     read_model(model, None)?;
+    write_synced(out, out_bytes, &vec![0u8; 16 << 20])?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Writes `bytes` bytes into a new file `out` in `buf`-sized writes, then syncs it.
+fn write_synced(out: &Path, bytes: u64, buf: &[u8]) -> Result<()> {
     let mut f = File::create(out)?;
-    let buf = vec![0u8; 16 << 20];
-    let mut left = out_bytes;
+    let mut left = bytes;
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
         f.write_all(&buf[..n])?;
         left -= n as u64;
     }
     f.sync_all()?;
-    Ok(start.elapsed().as_secs_f64())
+    Ok(())
 }
 
 fn bench_export(dir: &Path, types: &[String], chatvec: &Path, llama_cpp: &Path, python: &Path) -> Result<()> {

@@ -5,11 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny");
+mod oracle;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
-}
+use oracle::{fixture, oracle_model};
 
 fn oracle() -> serde_json::Value {
     let text = std::fs::read_to_string(fixture("expected/generation_oracle.json")).unwrap();
@@ -18,20 +16,6 @@ fn oracle() -> serde_json::Value {
 
 fn ids(v: &serde_json::Value) -> Vec<u64> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
-}
-
-/// The oracle's model: target's config.json (eos 2001 only), the tokenizer files with the chat
-/// template, and the ratio-1.0 merge as model.safetensors.
-fn oracle_model(dir: &Path) -> PathBuf {
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    std::fs::copy(fixture("target/config.json"), model.join("config.json")).unwrap();
-    for e in std::fs::read_dir(fixture("tokenizer")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(fixture("expected/merged_ratio_1.0.safetensors"), model.join("model.safetensors")).unwrap();
-    model
 }
 
 fn messages_file(dir: &Path, messages: &serde_json::Value) -> PathBuf {

@@ -5,24 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny");
+mod oracle;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
-}
-
-/// The tiny merged Llama-3 of generation_oracle.json (max_position_embeddings 256).
-fn oracle_model(dir: &Path) -> PathBuf {
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    std::fs::copy(fixture("target/config.json"), model.join("config.json")).unwrap();
-    for e in std::fs::read_dir(fixture("tokenizer")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, model.join(p.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(fixture("expected/merged_ratio_1.0.safetensors"), model.join("model.safetensors")).unwrap();
-    model
-}
+use oracle::{fixture, oracle_model};
 
 fn oracle_messages(dir: &Path) -> PathBuf {
     let oracle: serde_json::Value =
