@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{GenError, Result};
-use crate::models::config_token_ids;
 use crate::tokenizer::ModelTokenizer;
 
 /// End-of-turn tokens of common chat formats; included whenever the vocabulary has them, so a
@@ -54,10 +53,8 @@ impl StopSet {
     pub fn for_model(dir: &Path, tokenizer: &ModelTokenizer, extra: &[String]) -> Result<Self> {
         let mut set = StopSet::new();
         let label = |id: u32| tokenizer.id_to_token(id).unwrap_or_default();
-        for file in ["generation_config.json", "config.json"] {
-            for id in config_token_ids(&dir.join(file), "eos_token_id")? {
-                set.insert(id, label(id));
-            }
+        for id in declared_eos_ids(dir)? {
+            set.insert(id, label(id));
         }
         if let Some(eos) = tokenizer.config().token("eos_token") {
             if let Some(id) = tokenizer.token_to_id(&eos) {
@@ -77,4 +74,16 @@ impl StopSet {
         }
         Ok(set)
     }
+}
+
+/// The eos ids `dir` declares (`generation_config.json`, then `config.json`), read by
+/// chatvec-core as `merge` reads them; none for a directory without config (a GGUF's).
+fn declared_eos_ids(dir: &Path) -> Result<Vec<u32>> {
+    let config = match dir.join("config.json").is_file() {
+        true => chatvec_core::ModelConfig::load(dir),
+        false => Ok(chatvec_core::ModelConfig::default()),
+    };
+    config
+        .and_then(|config| chatvec_core::modelfiles::eos_ids(dir, &config))
+        .map_err(|e| GenError::NotAModel(e.to_string()))
 }

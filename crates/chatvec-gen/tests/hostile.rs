@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use chatvec_gen::models::SafetensorsWeights;
+use chatvec_gen::models::CheckpointWeights;
 use chatvec_gen::ModelTokenizer;
 use common::*;
 
@@ -26,18 +26,18 @@ fn weight_index_naming_files_outside_the_model_is_refused() {
         ("nope.safetensors", "which is missing"),
     ] {
         with_index(model.path(), name);
-        let err = SafetensorsWeights::open(model.path()).err().expect("refused").to_string();
+        let err = CheckpointWeights::open(model.path()).err().expect("refused").to_string();
         assert!(err.contains("model.safetensors.index.json") && err.contains(name) && err.contains(why), "{err}");
     }
     // A symlink inside the directory that leads out of it.
     std::os::unix::fs::symlink(outside.path().join("shard.safetensors"), model.path().join("link.safetensors"))
         .unwrap();
     with_index(model.path(), "link.safetensors");
-    let err = SafetensorsWeights::open(model.path()).err().expect("refused").to_string();
+    let err = CheckpointWeights::open(model.path()).err().expect("refused").to_string();
     assert!(err.contains("outside the model directory"), "{err}");
     // The same index naming files that are inside opens.
     with_index(model.path(), "model.safetensors");
-    assert!(SafetensorsWeights::open(model.path()).is_ok());
+    assert!(CheckpointWeights::open(model.path()).is_ok());
 }
 
 #[test]

@@ -12,7 +12,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::{Activation, DecoderConfig};
-use super::linear::{make_weight, quantize, stack_quantized, Linear, LinearWeight};
+use super::linear::{convert, fitting_format, stack_quantized, Linear, LinearWeight};
 use super::rope::Rope;
 use super::weights::WeightSource;
 use crate::error::Result;
@@ -136,12 +136,23 @@ impl Loader<'_> {
         if quantized.len() == parts.len() {
             return Ok(Linear { weight: stack_quantized(quantized, self.device)?, bias });
         }
-        let mut ws = Vec::with_capacity(parts.len());
-        for (prefix, out) in parts {
-            ws.push(self.src.tensor(&format!("{prefix}.weight"), &[*out, inp])?);
-        }
-        let w = if ws.len() == 1 { ws.pop().expect("one part") } else { Tensor::cat(&ws, 0)? };
-        Ok(Linear { weight: make_weight(w, self.format, self.dtype, self.device)?, bias })
+        let weight = match self.format.and_then(|f| fitting_format(f, inp)) {
+            Some(f) => {
+                let names: Vec<String> = parts.iter().map(|(prefix, _)| format!("{prefix}.weight")).collect();
+                let parts: Vec<(&str, usize)> =
+                    names.iter().map(String::as_str).zip(parts.iter().map(|p| p.1)).collect();
+                LinearWeight::Compact(Arc::new(convert(self.src, &parts, inp, f, self.device)?))
+            }
+            None => {
+                let mut ws = Vec::with_capacity(parts.len());
+                for (prefix, out) in parts {
+                    ws.push(self.src.tensor(&format!("{prefix}.weight"), &[*out, inp])?);
+                }
+                let w = if ws.len() == 1 { ws.pop().expect("one part") } else { Tensor::cat(&ws, 0)? };
+                LinearWeight::Dense(w.to_device(self.device)?.to_dtype(self.dtype)?)
+            }
+        };
+        Ok(Linear { weight, bias })
     }
 
     /// The token embeddings: converted to the compute dtype for dense weights, to q8_0 when the
@@ -154,15 +165,15 @@ impl Loader<'_> {
                 LinearWeight::Dense(t) => Ok(Embeddings::Dense(t)),
             };
         }
-        let t = self.src.tensor(name, &[vocab, hidden])?;
         // Converted weights: the table in q8_0 too (as llama.cpp's q8_0 files store token_embd),
         // half the memory of bf16 (0.5 GB less for Llama-3-8B's 128k rows).
         let eight_bit_or_less =
             self.format.is_some_and(|f| !matches!(f, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16));
         if eight_bit_or_less && hidden.is_multiple_of(GgmlDType::Q8_0.block_size()) {
-            return Ok(Embeddings::Compact(Arc::new(quantize(&t, GgmlDType::Q8_0, self.device)?)));
+            let q = convert(self.src, &[(name, vocab)], hidden, GgmlDType::Q8_0, self.device)?;
+            return Ok(Embeddings::Compact(Arc::new(q)));
         }
-        let t = t.to_device(self.device)?;
+        let t = self.src.tensor(name, &[vocab, hidden])?.to_device(self.device)?;
         Ok(Embeddings::Dense(if self.format.is_some() { t } else { t.to_dtype(self.dtype)? }))
     }
 
@@ -170,20 +181,29 @@ impl Loader<'_> {
     /// formats) or q8_0 for it, as llama.cpp does for `output.weight`; a GGUF's is used as stored.
     fn lm_head(&self, embed: &Embeddings, tied: bool, cfg: &DecoderConfig) -> Result<Linear> {
         let shape = [cfg.vocab_size, cfg.hidden_size];
-        let w = match (tied, embed) {
-            (false, _) => match self.src.qtensor("lm_head.weight", &shape)? {
-                Some(q) => return Ok(Linear { weight: stack_quantized(vec![q], self.device)?, bias: None }),
-                None => self.src.tensor("lm_head.weight", &shape)?,
-            },
-            (true, Embeddings::Dense(t)) => t.clone(),
+        let name = match (tied, embed) {
             (true, Embeddings::Compact(_)) => return Ok(Linear { weight: embed.as_weight(), bias: None }),
+            (true, Embeddings::Dense(_)) => "model.embed_tokens.weight",
+            (false, _) => "lm_head.weight",
         };
+        if let Some(q) = self.src.qtensor(name, &shape)? {
+            return Ok(Linear { weight: stack_quantized(vec![q], self.device)?, bias: None });
+        }
         let format = self.format.map(|f| match f {
             GgmlDType::Q4K | GgmlDType::Q4_0 | GgmlDType::Q5K => GgmlDType::Q6K,
             GgmlDType::BF16 | GgmlDType::F16 | GgmlDType::F32 => f,
             _ => GgmlDType::Q8_0,
         });
-        Ok(Linear { weight: make_weight(w, format, self.dtype, self.device)?, bias: None })
+        let weight = match (format.and_then(|f| fitting_format(f, cfg.hidden_size)), embed) {
+            (Some(f), _) => {
+                LinearWeight::Compact(Arc::new(convert(self.src, &[(name, shape[0])], shape[1], f, self.device)?))
+            }
+            (None, Embeddings::Dense(t)) if tied => LinearWeight::Dense(t.to_dtype(self.dtype)?),
+            (None, _) => {
+                LinearWeight::Dense(self.src.tensor(name, &shape)?.to_device(self.device)?.to_dtype(self.dtype)?)
+            }
+        };
+        Ok(Linear { weight, bias: None })
     }
 
     fn norm(&self, name: &str, cfg: &DecoderConfig) -> Result<RmsNorm> {

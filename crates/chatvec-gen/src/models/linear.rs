@@ -3,6 +3,7 @@
 //! kernels, which quantize the activations to q8 and use SIMD dot products.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType};
@@ -11,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::weights::WeightSource;
 use crate::error::Result;
 
 /// A weight matrix `(out, in)`.
@@ -53,19 +55,64 @@ impl Linear {
     }
 }
 
-/// Builds the weight of a linear layer from a `(out, in)` tensor in any dtype: dense in `dtype`,
-/// or converted to `format` (falling back to q8_0, then dense, when `in` is not a multiple of
-/// the format's block size, as llama.cpp does for odd shapes).
-pub(crate) fn make_weight(w: Tensor, format: Option<GgmlDType>, dtype: DType, device: &Device) -> Result<LinearWeight> {
-    let Some(format) = format else {
-        return Ok(LinearWeight::Dense(w.to_device(device)?.to_dtype(dtype)?));
+/// The format a `(out, in)` matrix is held in when `format` is asked for: `format` itself, else
+/// q8_0 when `in` is not a multiple of its block size, else None (dense), as llama.cpp falls back
+/// for odd shapes.
+pub(crate) fn fitting_format(format: GgmlDType, k: usize) -> Option<GgmlDType> {
+    [format, GgmlDType::Q8_0].into_iter().find(|f| k.is_multiple_of(f.block_size()))
+}
+
+/// Converts the `(rows, k)` matrices `parts` of `src`, stacked along the output dimension, to
+/// `format` (which must divide `k`). Each thread reads one slice of about a million weights at a
+/// time, widens it to f32 and writes its blocks straight into the result: the matrix is never
+/// held whole in its stored dtype or in f32, and the blocks are never copied.
+pub(crate) fn convert(
+    src: &dyn WeightSource,
+    parts: &[(&str, usize)],
+    k: usize,
+    format: GgmlDType,
+    device: &Device,
+) -> Result<QTensor> {
+    let q = match format {
+        GgmlDType::Q8_0 => convert_as::<BlockQ8_0>(src, parts, k)?,
+        GgmlDType::Q4K => convert_as::<BlockQ4K>(src, parts, k)?,
+        GgmlDType::Q4_0 => convert_as::<BlockQ4_0>(src, parts, k)?,
+        GgmlDType::Q5K => convert_as::<BlockQ5K>(src, parts, k)?,
+        GgmlDType::Q6K => convert_as::<BlockQ6K>(src, parts, k)?,
+        GgmlDType::BF16 => convert_as::<bf16>(src, parts, k)?,
+        GgmlDType::F16 => convert_as::<f16>(src, parts, k)?,
+        GgmlDType::F32 => convert_as::<f32>(src, parts, k)?,
+        other => return Err(crate::GenError::InvalidArgument(format!("cannot convert weights to {other:?}"))),
     };
-    let (_, k) = w.dims2()?;
-    let format = [format, GgmlDType::Q8_0].into_iter().find(|f| k.is_multiple_of(f.block_size()));
-    match format {
-        Some(f) => Ok(LinearWeight::Compact(Arc::new(quantize(&w, f, device)?))),
-        None => Ok(LinearWeight::Dense(w.to_device(device)?.to_dtype(dtype)?)),
+    if device.is_cpu() {
+        return Ok(q);
     }
+    let storage = QStorage::from_data(q.data()?, device, format)?;
+    Ok(QTensor::new(storage, q.shape().clone())?)
+}
+
+fn convert_as<T: GgmlType + Send + Sync + 'static>(
+    src: &dyn WeightSource,
+    parts: &[(&str, usize)],
+    k: usize,
+) -> Result<QTensor> {
+    let per_row = k / T::BLCK_SIZE;
+    let n: usize = parts.iter().map(|p| p.1).sum();
+    let mut blocks = vec![T::zeros(); n * per_row];
+    let rows_per_chunk = (1 << 20) / k.max(1) + 1;
+    let mut rest = blocks.as_mut_slice();
+    for &(name, rows) in parts {
+        let (part, tail) = rest.split_at_mut(rows * per_row);
+        rest = tail;
+        part.par_chunks_mut(rows_per_chunk * per_row).enumerate().try_for_each(|(i, out)| -> Result<()> {
+            let start = i * rows_per_chunk;
+            let slice = src.rows(name, &[rows, k], start..start + out.len() / per_row)?;
+            let xs = slice.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            T::from_float(&xs, out);
+            Ok(())
+        })?;
+    }
+    Ok(QTensor::new(QStorage::Cpu(Box::new(blocks)), (n, k))?)
 }
 
 /// Several quantized matrices with the same input stacked along the output dimension: their
@@ -78,6 +125,9 @@ pub(crate) fn stack_quantized(parts: Vec<QTensor>, device: &Device) -> Result<Li
         .expect("at least one part");
     let k = parts[0].shape().dims2()?.1;
     if parts.iter().all(|q| q.dtype() == widest) {
+        if parts.len() == 1 && device.is_cpu() {
+            return Ok(LinearWeight::Compact(Arc::new(parts.into_iter().next().expect("one part"))));
+        }
         let n: usize = parts.iter().map(|q| q.shape().dims()[0]).sum();
         let mut bytes = Vec::new();
         for q in &parts {
@@ -87,26 +137,9 @@ pub(crate) fn stack_quantized(parts: Vec<QTensor>, device: &Device) -> Result<Li
         return Ok(LinearWeight::Compact(Arc::new(QTensor::new(storage, (n, k))?)));
     }
     let dense = parts.iter().map(|q| q.dequantize(&Device::Cpu)).collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(LinearWeight::Compact(Arc::new(quantize(&Tensor::cat(&dense, 0)?, widest, device)?)))
-}
-
-/// Quantizes a 2-d CPU tensor, rows in parallel; only one block of rows is widened to f32 at a
-/// time per thread (never the whole tensor).
-pub(crate) fn quantize(w: &Tensor, format: GgmlDType, device: &Device) -> Result<QTensor> {
-    let (n, k) = w.dims2()?;
-    let rows_per_chunk = (1 << 20) / k.max(1) + 1;
-    let chunks: Vec<(usize, usize)> =
-        (0..n).step_by(rows_per_chunk).map(|start| (start, rows_per_chunk.min(n - start))).collect();
-    let parts = chunks
-        .par_iter()
-        .map(|&(start, len)| -> candle_core::Result<Vec<u8>> {
-            let q = QTensor::quantize(&w.narrow(0, start, len)?, format)?;
-            Ok(q.data()?.into_owned())
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let bytes: Vec<u8> = parts.concat();
-    let storage = QStorage::from_data(Cow::Owned(bytes), device, format)?;
-    Ok(QTensor::new(storage, (n, k))?)
+    let stacked: HashMap<String, Tensor> = [("stacked".to_string(), Tensor::cat(&dense, 0)?)].into();
+    let n = stacked["stacked"].dim(0)?;
+    Ok(LinearWeight::Compact(Arc::new(convert(&stacked, &[("stacked", n)], k, widest, device)?)))
 }
 
 /// `x W^T` on CPU straight from the compact blocks with `k_quants::matmul`.

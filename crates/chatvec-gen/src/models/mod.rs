@@ -23,7 +23,7 @@ pub use config::{Activation, DecoderConfig, RopeConfig, RopeScaling};
 pub use decoder::Decoder;
 pub use gguf::{is_gguf, GgufWeights};
 pub use rope::Rope;
-pub use weights::{SafetensorsWeights, WeightSource};
+pub use weights::{CheckpointWeights, WeightSource};
 
 use crate::device::WeightFormat;
 use crate::error::{GenError, Result};
@@ -104,9 +104,8 @@ pub fn read_config(dir: &Path) -> Result<(Architecture, DecoderConfig)> {
     if !path.is_file() {
         return Err(GenError::NotAModel(format!("{}: no config.json (not a model directory)", dir.display())));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
-    config_from_json(&value, &path)
+    let config = chatvec_core::ModelConfig::load(dir).map_err(|e| GenError::NotAModel(e.to_string()))?;
+    config_from_json(&config.raw, &path)
 }
 
 /// Interprets a parsed config.json (`path` is only used in errors).
@@ -134,7 +133,7 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads `dir` (config.json + safetensors) onto `device`, computing in `dtype`, with dense
+    /// Loads `dir` (config.json + safetensors or PyTorch `.bin` weights) onto `device`, computing in `dtype`, with dense
     /// weights.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         Self::load_with(dir, &ModelOptions::dense(device, dtype))
@@ -153,7 +152,7 @@ impl Model {
                 crate::memory::check_fits(&cfg, opts.weights, opts.dtype, stored, available)?;
             }
         }
-        let weights = SafetensorsWeights::open(dir)?;
+        let weights = CheckpointWeights::open(dir)?;
         let decoder = Decoder::load(&cfg, &weights, &opts.device, opts.dtype, opts.weights.ggml())?;
         Ok(Model { arch, dir: Some(dir.to_path_buf()), decoder, cached: Vec::new() })
     }
@@ -287,17 +286,6 @@ fn stored_bytes_per_weight(torch_dtype: Option<&str>) -> f64 {
         Some("float32") => 4.0,
         _ => 2.0,
     }
-}
-
-/// Reads a token-id field (`eos_token_id`: int, list or null) from a JSON file; a missing file
-/// gives no ids.
-pub fn config_token_ids(path: &Path, key: &str) -> Result<Vec<u32>> {
-    if !path.is_file() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| GenError::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| GenError::bad_file(path, e.to_string()))?;
-    Ok(config::token_ids(value.get(key)))
 }
 
 #[cfg(test)]

@@ -1,85 +1,96 @@
-//! Where decoder weights come from: safetensors files of a model directory, or tensors built
-//! in memory (benchmarks, tests).
+//! Where decoder weights come from: a model directory opened by chatvec-core (safetensors or
+//! PyTorch `.bin`, the same files, index checks and path rules as `merge`), or tensors built in
+//! memory (benchmarks, tests).
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
 
 use candle_core::quantized::QTensor;
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use chatvec_core::{Checkpoint, TensorEntry};
 
 use crate::error::{GenError, Result};
 
 /// A named-tensor store.
-pub trait WeightSource {
+pub trait WeightSource: Sync {
     /// Whether a tensor of that name exists.
     fn contains(&self, name: &str) -> bool;
     /// The tensor in its stored dtype, checked against `shape`.
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// Rows `rows` (along the first dimension) of the tensor, in its stored dtype; `shape` is the
+    /// whole tensor's. Sources that can read part of a tensor override this, so that converting
+    /// a large matrix never holds all of it in its stored dtype.
+    fn rows(&self, name: &str, shape: &[usize], rows: Range<usize>) -> Result<Tensor> {
+        Ok(self.tensor(name, shape)?.narrow(0, rows.start, rows.len())?)
+    }
     /// The tensor in its stored ggml format, for sources that hold one (GGUF); None otherwise.
     fn qtensor(&self, _name: &str, _shape: &[usize]) -> Result<Option<QTensor>> {
         Ok(None)
     }
 }
 
-/// The `*.safetensors` files of a model directory, memory-mapped.
-pub struct SafetensorsWeights {
-    dir: PathBuf,
-    files: MmapedSafetensors,
-    names: HashSet<String>,
+/// A model directory's weights, memory-mapped by [`chatvec_core::Checkpoint`].
+pub struct CheckpointWeights {
+    ckpt: Checkpoint,
 }
 
-impl SafetensorsWeights {
-    /// Maps the model's safetensors: the shards named by `model.safetensors.index.json`, else
-    /// `model.safetensors`, else every `*.safetensors` except Mistral's `consolidated*` copies
-    /// (those use another naming scheme).
+impl CheckpointWeights {
+    /// Opens the weight files of `dir` (`model.safetensors[.index.json]` or
+    /// `pytorch_model.bin[.index.json]`); every file an index names must lie inside `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let paths = weight_files(dir)?;
-        // SAFETY: the files are mapped read-only; like every safetensors reader we rely on them
-        // not being truncated while the model is loaded (weights are copied out at load time).
-        let files = unsafe { MmapedSafetensors::multi(&paths) }
-            .map_err(|e| GenError::Weights { dir: dir.to_path_buf(), message: e.to_string() })?;
-        let names = files.tensors().into_iter().map(|(n, _)| n).collect();
-        Ok(SafetensorsWeights { dir: dir.to_path_buf(), files, names })
-    }
-}
-
-impl WeightSource for SafetensorsWeights {
-    fn contains(&self, name: &str) -> bool {
-        self.names.contains(name)
+        let ckpt = Checkpoint::open(dir).map_err(|e| GenError::NotAModel(e.to_string()))?;
+        Ok(CheckpointWeights { ckpt })
     }
 
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let err = |message: String| GenError::Weights { dir: self.dir.clone(), message };
-        if !self.contains(name) {
-            return Err(err(format!("missing tensor {name}")));
+    fn entry(&self, name: &str, shape: &[usize]) -> Result<&TensorEntry> {
+        let err = |message: String| GenError::Weights { dir: self.ckpt.dir.clone(), message };
+        let t = self.ckpt.get(name).ok_or_else(|| err(format!("missing tensor {name}")))?;
+        if t.shape != shape {
+            return Err(err(format!("{name} has shape {:?}, config.json implies {:?}", t.shape, shape)));
         }
-        let t = self.files.load(name, &Device::Cpu).map_err(|e| err(format!("{name}: {e}")))?;
-        check_shape(name, &t, shape).map_err(err)?;
-        if let Ok(view) = self.files.get(name) {
-            release_pages(view.data());
+        if t.dtype.is_none() {
+            return Err(err(format!("{name} is stored as {}, not as a float type", t.dtype_name)));
         }
         Ok(t)
     }
 }
 
-/// Unmaps the file pages behind `bytes` once the tensor has been copied out of them. Otherwise
-/// every page read at load stays counted in the process's memory: an 8B model converted to q8_0
-/// at load peaked at 15.5 GB (the 16 GB bf16 file's pages plus the 8.5 GB of q8_0 weights).
-/// candle's `MmapedSafetensors` keeps its maps private, hence the raw `madvise` on the slice.
-fn release_pages(bytes: &[u8]) {
-    #[cfg(unix)]
-    {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
-        let (first, last) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
-        // Whole pages inside the slice only, so no other tensor's bytes are touched.
-        let (start, end) = (first.div_ceil(page) * page, last / page * page);
-        if end > start {
-            // SAFETY: the range lies inside a read-only shared file mapping that stays mapped;
-            // MADV_DONTNEED only drops the pages, and a later access re-reads the same file bytes.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+impl WeightSource for CheckpointWeights {
+    fn contains(&self, name: &str) -> bool {
+        self.ckpt.get(name).is_some()
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let rows = shape.first().copied().unwrap_or(1);
+        let t = self.rows(name, shape, 0..rows)?;
+        Ok(if shape.is_empty() { t.reshape(())? } else { t })
+    }
+
+    fn rows(&self, name: &str, shape: &[usize], rows: Range<usize>) -> Result<Tensor> {
+        let t = self.entry(name, shape)?;
+        let row_bytes = t.byte_len() / shape.first().copied().unwrap_or(1).max(1);
+        let bytes = rows.start * row_bytes..rows.end * row_bytes;
+        let dtype = candle_dtype(t.dtype.expect("checked by entry"));
+        let mut dims = shape.to_vec();
+        match dims.first_mut() {
+            Some(first) => *first = rows.len(),
+            None => dims.push(1),
         }
+        let out = Tensor::from_raw_buffer(self.ckpt.bytes(t, bytes.clone()), dtype, &dims, &Device::Cpu)?;
+        // The bytes are copied: drop the file pages from this process's memory, or every page read
+        // at load stays counted in it (an 8B model converted to q8_0 peaked at 15.5 GB).
+        self.ckpt.release(t, bytes);
+        Ok(out)
+    }
+}
+
+fn candle_dtype(d: chatvec_core::DType) -> DType {
+    match d {
+        chatvec_core::DType::BF16 => DType::BF16,
+        chatvec_core::DType::F16 => DType::F16,
+        chatvec_core::DType::F32 => DType::F32,
+        chatvec_core::DType::F64 => DType::F64,
     }
 }
 
@@ -91,54 +102,13 @@ impl WeightSource for HashMap<String, Tensor> {
 
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get(name).ok_or_else(|| GenError::InvalidArgument(format!("missing tensor {name}")))?;
-        check_shape(name, t, shape).map_err(GenError::InvalidArgument)?;
+        if t.dims() != shape {
+            return Err(GenError::InvalidArgument(format!(
+                "{name} has shape {:?}, config.json implies {:?}",
+                t.dims(),
+                shape
+            )));
+        }
         Ok(t.clone())
     }
-}
-
-fn check_shape(name: &str, t: &Tensor, shape: &[usize]) -> std::result::Result<(), String> {
-    if t.dims() == shape {
-        Ok(())
-    } else {
-        Err(format!("{name} has shape {:?}, config.json implies {:?}", t.dims(), shape))
-    }
-}
-
-/// The weight files of `dir`, each checked by core's [`chatvec_core::resolve_shard`] so that an
-/// index (or a symlink) cannot make generation read a file outside the model directory.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let inside = |named_in: &Path, name: &str| {
-        chatvec_core::resolve_shard(dir, named_in, name).map_err(|e| GenError::NotAModel(e.to_string()))
-    };
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| GenError::io(&index, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| GenError::bad_file(&index, e.to_string()))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| GenError::bad_file(&index, "no `weight_map` object"))?;
-        let mut files: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
-        files.sort_unstable();
-        files.dedup();
-        if files.is_empty() {
-            return Err(GenError::bad_file(&index, "`weight_map` names no weight files"));
-        }
-        return files.iter().map(|f| inside(&index, f)).collect();
-    }
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![inside(&single, "model.safetensors")?]);
-    }
-    let entries = std::fs::read_dir(dir).map_err(|e| GenError::io(dir, e))?;
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
-        .filter(|n| n.ends_with(".safetensors") && !n.starts_with("consolidated"))
-        .collect();
-    names.sort();
-    if names.is_empty() {
-        return Err(GenError::NotAModel(format!("{}: no *.safetensors weights", dir.display())));
-    }
-    names.iter().map(|n| inside(&dir.join(n), n)).collect()
 }
