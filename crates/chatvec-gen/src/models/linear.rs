@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::kernels::{self, Q8Block};
 use super::weights::WeightSource;
 use crate::error::Result;
 
@@ -170,12 +171,13 @@ impl CustomOp1 for CompactMatMul {
         let data = self.0.data()?;
         let mkn = (m, k, n);
         match self.0.dtype() {
+            GgmlDType::Q8_0 if m <= 4 => kernels::matmul_q8_0(m, k, lhs, typed::<Q8Block>(&data)?, &mut dst),
             GgmlDType::Q8_0 => matmul_blocks::<BlockQ8_0>(mkn, lhs, &data, &mut dst)?,
+            GgmlDType::BF16 => kernels::matmul_bf16(m, k, lhs, typed::<bf16>(&data)?, &mut dst)?,
             GgmlDType::Q4K => matmul_blocks::<BlockQ4K>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::Q4_0 => matmul_blocks::<BlockQ4_0>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::Q5K => matmul_blocks::<BlockQ5K>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::Q6K => matmul_blocks::<BlockQ6K>(mkn, lhs, &data, &mut dst)?,
-            GgmlDType::BF16 => matmul_blocks::<bf16>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::F16 => matmul_blocks::<f16>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::F32 => matmul_blocks::<f32>(mkn, lhs, &data, &mut dst)?,
             // Formats chatvec does not produce (from a GGUF): candle's own path.
@@ -195,12 +197,16 @@ fn matmul_blocks<T: GgmlType>(
     data: &[u8],
     dst: &mut [f32],
 ) -> candle_core::Result<()> {
+    k_quants::matmul(mkn, lhs, typed::<T>(data)?, dst)
+}
+
+/// The QTensor's bytes as its blocks. Only called with the block type its dtype names.
+fn typed<T>(data: &[u8]) -> candle_core::Result<&[T]> {
     let size = std::mem::size_of::<T>();
     if !data.len().is_multiple_of(size) || !(data.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         candle_core::bail!("compact weight storage is not a whole number of aligned blocks")
     }
     // SAFETY: the bytes are the QTensor's own storage of `T` blocks (its dtype says so), checked
     // above for size and alignment, and borrowed for the duration of the call.
-    let blocks = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, data.len() / size) };
-    k_quants::matmul(mkn, lhs, blocks, dst)
+    Ok(unsafe { std::slice::from_raw_parts(data.as_ptr() as *const T, data.len() / size) })
 }

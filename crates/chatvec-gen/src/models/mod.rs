@@ -7,6 +7,7 @@ mod config;
 mod decoder;
 mod gemma;
 mod gguf;
+mod kernels;
 mod linear;
 mod llama;
 mod mistral;
