@@ -16,7 +16,6 @@ pub mod hub;
 pub mod kernel;
 pub mod modelfiles;
 pub mod ops;
-pub mod pickle;
 pub mod plan;
 pub mod synth;
 pub mod writer;
