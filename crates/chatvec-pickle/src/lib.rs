@@ -12,9 +12,10 @@
 //! # Why this is hand-written
 //!
 //! No Rust crate reads these files safely on untrusted input:
-//! - candle-core's `pickle` module panics on short tuples (it indexes the arguments of a rebuild
-//!   call without checking their count) and silently drops storages of types it does not know,
-//!   so a tensor simply goes missing;
+//! - candle-core's `pickle` module panics on short tuples (it calls `Vec::remove` on a rebuild
+//!   call's arguments without checking their count), and silently skips every tensor it cannot
+//!   rebuild (an untyped storage's `_rebuild_tensor_v3`, for one), so a tensor simply goes
+//!   missing;
 //! - `serde-pickle` has no persistent ids, which is how torch refers to every storage;
 //! - `repugnant-pickle` is unmaintained.
 //!
