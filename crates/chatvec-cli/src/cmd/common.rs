@@ -386,3 +386,17 @@ pub fn check_ratio(r: f64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Warns on stderr when `--base` and `--chat` look swapped (see [`chatvec_core::swapped`]).
+pub fn warn_if_swapped(base: &ResolvedModel, chat: &ResolvedModel) {
+    if let Some(w) = chatvec_core::swapped::swapped_pair_warning(&base.path, &chat.path) {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// Tells people what to do with the model just written (not with --json or --dry-run).
+pub fn print_next_step(out: &OutputArgs, model: &std::path::Path) {
+    if !out.json && !out.dry_run {
+        eprintln!("next: chatvec generate --model {} --prompt \"...\"", model.display());
+    }
+}

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use chatvec_core::{ops, DType, ExtractJob};
 
-use super::common::{HubArgs, OutputArgs, PairArgs, SelectArgs};
+use super::common::{warn_if_swapped, HubArgs, OutputArgs, PairArgs, SelectArgs};
 
 /// Extract arguments.
 #[derive(clap::Args, Debug)]
@@ -31,5 +31,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
         plan,
         output: a.out.options(),
     };
+    warn_if_swapped(&job.base, &job.chat);
     a.out.run_job(|bar, cancel| ops::extract(&job, bar, cancel), "")
 }
