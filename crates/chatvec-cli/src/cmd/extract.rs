@@ -7,8 +7,9 @@ use chatvec_core::{ops, DType, ExtractJob};
 
 use super::common::{warn_if_swapped, HubArgs, OutputArgs, PairArgs, SelectArgs};
 
-/// Extract arguments.
+/// Extract arguments. The shared `--dtype` help speaks of a target; extract has none.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("dtype", |a| a.help("Vector dtype: bf16, f16, f32 (default: f32)")))]
 pub struct Args {
     #[command(flatten)]
     pub pair: PairArgs,
