@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod modelfiles;
 pub mod ops;
 pub mod plan;
+pub mod reader;
 pub mod swapped;
 pub mod synth;
 pub mod writer;
