@@ -6,7 +6,7 @@ Run once from the repository root with real torch (CPU build is enough) and safe
     pip install torch safetensors
     python3 scripts/make_torch_fixtures.py
 
-Everything lands in crates/chatvec-core/tests/data/torch/. Each `X.bin` that the reader must
+Everything lands in crates/chatvec-pickle/tests/data/. Each `X.bin` that the reader must
 accept has a twin `X.safetensors` holding the same tensors (cloned, contiguous), so the Rust test
 can compare the bytes it finds through its offsets with the expected values exactly. The files are
 checked into git; torch.save embeds a random serialization id, so rerunning changes their bytes
@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "crates", "chatvec-core", "tests", "data", "torch")
+OUT = os.path.join(ROOT, "crates", "chatvec-pickle", "tests", "data")
 LLAMA = os.path.join(ROOT, "fixtures", "llama-tiny", "target")
 
 

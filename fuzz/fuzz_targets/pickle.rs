@@ -4,4 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| chatvec_core::fuzzing::torch_zip(data));
+fuzz_target!(|data: &[u8]| chatvec_pickle::fuzzing::torch_zip(data));

@@ -2,16 +2,14 @@
 //! size, the perplexity oracle end to end, and one-line errors on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny");
+mod common;
 
+use common::chatvec;
+
+/// A fixture model's path as an argument.
 fn fixture(name: &str) -> String {
-    Path::new(FIXTURES).join(name).display().to_string()
-}
-
-fn chatvec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).output().unwrap()
+    common::fixture(name).display().to_string()
 }
 
 fn ok(args: &[&str]) -> String {
@@ -44,15 +42,6 @@ fn svg_size(path: &Path) -> String {
     let s = std::fs::read_to_string(path).unwrap();
     assert!(s.trim_end().ends_with("</svg>"), "{} is not a complete SVG", path.display());
     s.lines().next().unwrap().to_string()
-}
-
-#[test]
-fn every_subcommand_parses_its_flags() {
-    for cmd in [&["inspect"][..], &["eval", "ppl"], &["eval", "chat"], &["report"], &["sweep"]] {
-        let mut args = cmd.to_vec();
-        args.push("--help");
-        ok(&args);
-    }
 }
 
 #[test]
@@ -136,6 +125,11 @@ fn eval_ppl_matches_the_oracle_end_to_end() {
     assert!(human.starts_with("perplexity "), "{human}");
 
     fails(&["eval", "ppl", "--model", &fixture("target"), "--text", "/no/such.txt"], &["/no/such.txt"]);
+    // A window longer than the model's 256 positions is refused, naming both numbers.
+    fails(
+        &["eval", "ppl", "--model", &fixture("target"), "--text", file.to_str().unwrap(), "--context", "1024"],
+        &["--context 1024 is beyond the model's 256 positions", "--context 256 or less"],
+    );
     fails(
         &[
             "eval",

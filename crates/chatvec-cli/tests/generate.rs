@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-mod oracle;
+mod common;
 
-use oracle::{fixture, oracle_model};
+use common::{chatvec, fails_with_one_line, fixture, oracle_model};
 
 fn oracle() -> serde_json::Value {
     let text = std::fs::read_to_string(fixture("expected/generation_oracle.json")).unwrap();
@@ -24,10 +24,6 @@ fn messages_file(dir: &Path, messages: &serde_json::Value) -> PathBuf {
     path
 }
 
-fn chatvec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).stdin(Stdio::null()).output().unwrap()
-}
-
 fn ok(o: &Output) -> (String, String) {
     let stdout = String::from_utf8(o.stdout.clone()).unwrap();
     let stderr = String::from_utf8(o.stderr.clone()).unwrap();
@@ -38,17 +34,6 @@ fn ok(o: &Output) -> (String, String) {
 fn json_of(o: &Output) -> serde_json::Value {
     let (stdout, _) = ok(o);
     serde_json::from_str(&stdout).unwrap()
-}
-
-fn fails_with_one_line(o: &Output, needles: &[&str]) -> String {
-    let stderr = String::from_utf8(o.stderr.clone()).unwrap();
-    assert!(!o.status.success(), "expected failure, stderr: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "{stderr} lacks {n}");
-    }
-    stderr
 }
 
 #[test]

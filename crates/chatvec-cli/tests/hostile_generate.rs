@@ -3,11 +3,11 @@
 //! answer that ends inside a UTF-8 character. Each fails with one line, or answers correctly.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-mod oracle;
+mod common;
 
-use oracle::{fixture, oracle_model};
+use common::{chatvec, fails_with_one_line, fixture, oracle_model};
 
 fn oracle_messages(dir: &Path) -> PathBuf {
     let oracle: serde_json::Value =
@@ -17,25 +17,10 @@ fn oracle_messages(dir: &Path) -> PathBuf {
     path
 }
 
-fn chatvec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).stdin(Stdio::null()).output().unwrap()
-}
-
 fn generate(model: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--greedy"];
     args.extend(extra);
     chatvec(&args)
-}
-
-/// Exit 1 (not a panic's 101 or an abort's 134) with one line holding every needle.
-fn fails_with_one_line(o: &Output, needles: &[&str]) -> String {
-    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "{stderr} lacks {n}");
-    }
-    stderr
 }
 
 fn set_config(model: &Path, key: &str, value: serde_json::Value) {

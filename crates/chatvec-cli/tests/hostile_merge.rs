@@ -4,13 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama-tiny").join(name)
-}
+mod common;
 
-fn chatvec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).stdin(Stdio::null()).output().unwrap()
-}
+use common::{chatvec, copy_model, fails_with_one_line, fixture, stderr, wait_for_temporary_output};
 
 fn merge(base: &Path, chat: &Path, target: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["merge", "--quiet", "--base", base.to_str().unwrap(), "--chat", chat.to_str().unwrap()];
@@ -21,31 +17,6 @@ fn merge(base: &Path, chat: &Path, target: &Path, out: &Path, extra: &[&str]) ->
 
 fn merge_into(target: &Path, out: &Path, extra: &[&str]) -> Output {
     merge(&fixture("base"), &fixture("chat"), target, out, extra)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Exit 1 with one line holding every needle.
-fn fails_with_one_line(o: &Output, needles: &[&str]) -> String {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    for n in needles {
-        assert!(err.contains(n), "{err} lacks {n}");
-    }
-    err
-}
-
-fn copy_model(dir: &Path, from: &str, name: &str) -> PathBuf {
-    let to = dir.join(name);
-    std::fs::create_dir_all(&to).unwrap();
-    for e in std::fs::read_dir(fixture(from)).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::write(to.join(p.file_name().unwrap()), std::fs::read(&p).unwrap()).unwrap();
-    }
-    to
 }
 
 fn listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -103,19 +74,14 @@ fn sigterm_and_sighup_clean_up_and_exit_143_and_129() {
     big_inputs(work.path());
     for (signal, code) in [("-TERM", 143), ("-HUP", 129)] {
         let w = work.path();
-        let child = Command::new(env!("CARGO_BIN_EXE_chatvec"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatvec"))
             .args(["merge", "--quiet", "--base"])
             .args([w.join("base"), "--chat".into(), w.join("chat"), "--target".into(), w.join("target")])
             .args(["-o".into(), w.join("out")])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Wait until the temporary output exists, so the signal lands while shards are written.
-        let started = std::time::Instant::now();
-        while !std::fs::read_dir(w).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("chatvec-tmp")) {
-            assert!(started.elapsed().as_secs() < 60, "no temporary output appeared");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_for_temporary_output(&mut child, w);
         Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
         let o = child.wait_with_output().unwrap();
         let err = stderr(&o);

@@ -5,13 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama-tiny").join(name)
-}
+mod common;
 
-fn chatvec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).output().unwrap()
-}
+use common::{chatvec, copy_dir_files, copy_model, fixture, stderr, wait_for_temporary_output};
 
 /// `chatvec merge` of the fixture base and chat into `target`, written to `out`, with `extra` flags.
 fn merge_fixture(target: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -20,30 +16,6 @@ fn merge_fixture(target: &Path, out: &Path, extra: &[&str]) -> Output {
     args.extend(["--target", target.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     args.extend(extra);
     chatvec(&args)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Copies a fixture model into `dir/name` (writable) and returns its path.
-fn copy_model(dir: &Path, from: &str, name: &str) -> PathBuf {
-    let to = dir.join(name);
-    std::fs::create_dir_all(&to).unwrap();
-    for e in std::fs::read_dir(fixture(from)).unwrap() {
-        let p = e.unwrap().path();
-        let dst = to.join(p.file_name().unwrap());
-        std::fs::write(&dst, std::fs::read(&p).unwrap()).unwrap();
-    }
-    to
-}
-
-fn copy_dir_files(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
-    }
 }
 
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -101,6 +73,76 @@ fn merge_prints_summary_and_json() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
     assert!(before == snapshot(&out));
+}
+
+/// `text` with the run's output path and its timing line masked, so what stays is the summary's
+/// wording and numbers.
+fn masked(text: &str, out: &Path) -> String {
+    let lines = text.lines().map(|l| {
+        if l.ends_with("read+written") {
+            "  [seconds] s, [rate] GB/s read+written".to_string()
+        } else {
+            l.replace(out.to_str().unwrap(), "[OUT]")
+        }
+    });
+    lines.collect::<Vec<_>>().join("\n")
+}
+
+/// The fixture merge into `out` on two threads (the memory estimate counts per-thread buffers).
+fn merge_on_two_threads(out: &Path, extra: &str) -> Output {
+    let (base, chat, target) = (fixture("base"), fixture("chat"), fixture("target"));
+    Command::new(env!("CARGO_BIN_EXE_chatvec"))
+        .env("RAYON_NUM_THREADS", "2")
+        .args(["merge", "--base"])
+        .args([&base, Path::new("--chat"), &chat, Path::new("--target"), &target, Path::new("-o"), out])
+        .arg(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn merge_summary_for_people_and_for_programs_matches_its_snapshot() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("merged");
+    let o = merge_on_two_threads(&out, "--quiet");
+    assert!(o.status.success(), "{}", stderr(&o));
+    insta::assert_snapshot!("merge_summary", masked(&stderr(&o), &out));
+
+    let out = work.path().join("merged-json");
+    let o = merge_on_two_threads(&out, "--json");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(summary["seconds"].as_f64().unwrap() > 0.0, "{summary}");
+    summary["seconds"] = "[seconds]".into();
+    insta::assert_snapshot!("merge_summary_json", masked(&serde_json::to_string_pretty(&summary).unwrap(), &out));
+}
+
+#[test]
+fn swapped_base_and_chat_are_warned_and_a_merge_names_the_next_step() {
+    let work = tempfile::tempdir().unwrap();
+    let (base, chat, target) = (fixture("base"), fixture("chat"), fixture("target"));
+    let (base, chat, target) = (base.to_str().unwrap(), chat.to_str().unwrap(), target.to_str().unwrap());
+    // The chat model given as the base: it has the chat template and the extra stop id.
+    let swapped = work.path().join("swapped");
+    let o = chatvec(&["merge", "--base", chat, "--chat", base, "--target", target, "-o", swapped.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&format!("warning: --base {chat} has a chat template and --chat {base} has none")), "{err}");
+    assert!(err.contains("are --base and --chat swapped?"), "{err}");
+
+    let out = work.path().join("merged");
+    let o = merge_fixture(&fixture("target"), &out, &[]);
+    let err = stderr(&o);
+    assert!(o.status.success() && !err.contains("swapped"), "{err}");
+    assert!(
+        err.trim_end().ends_with(&format!("next: chatvec generate --model {} --prompt \"...\"", out.display())),
+        "{err}"
+    );
+    // Not for programs, nor when nothing was written.
+    for flag in ["--json", "--dry-run"] {
+        let o = merge_fixture(&fixture("target"), &work.path().join(flag), &[flag]);
+        assert!(o.status.success() && !stderr(&o).contains("next:"), "{flag}: {}", stderr(&o));
+    }
 }
 
 #[test]
@@ -372,7 +414,7 @@ fn ctrl_c_stops_the_merge_and_leaves_nothing() {
     }
     let out = work.path().join("out");
     let t0 = std::time::Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_chatvec"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatvec"))
         .args(["merge", "--quiet", "--base"])
         .arg(work.path().join("base"))
         .arg("--chat")
@@ -384,12 +426,12 @@ fn ctrl_c_stops_the_merge_and_leaves_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_for_temporary_output(&mut child, work.path());
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let o = child.wait_with_output().unwrap();
     eprintln!("merge ended after {:?}", t0.elapsed());
     let err = stderr(&o);
-    assert!(!o.status.success(), "the merge (tens of MB, debug build) should outlast 300 ms: {err}");
+    assert!(!o.status.success(), "the merge was interrupted while writing: {err}");
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

@@ -293,9 +293,20 @@ fn read_index(path: &Path) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// The pickle reader's error as the core's, with the same one-line message: about the file, or
+/// about one tensor.
+fn torch_error(e: chatvec_pickle::Error) -> Error {
+    match e {
+        chatvec_pickle::Error::File { path, reason } => Error::format(path, reason.to_string()),
+        chatvec_pickle::Error::Tensor { name, path, reason } => {
+            Error::tensor(name, format!("{reason} in {}", path.display()))
+        }
+    }
+}
+
 /// The tensors of a PyTorch zip checkpoint, and a warning naming keys whose values are not tensors.
 fn torch_entries(path: &Path, map: &[u8], file: usize) -> Result<(Vec<TensorEntry>, Option<String>)> {
-    let contents = crate::pickle::read_torch_zip_contents(path, map)?;
+    let contents = chatvec_pickle::read_torch_zip_contents(path, map).map_err(torch_error)?;
     let keys = &contents.skipped_keys;
     let warning = (!keys.is_empty()).then(|| {
         let shown = keys.iter().take(10).map(String::as_str).collect::<Vec<_>>().join(", ");

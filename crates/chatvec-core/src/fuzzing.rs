@@ -35,15 +35,6 @@ pub fn checkpoint_dir(data: &[u8]) {
     }
 }
 
-/// Lists the tensors of `data` as a `pytorch_model.bin`; each must lie inside the file.
-pub fn torch_zip(data: &[u8]) {
-    if let Ok(tensors) = crate::pickle::read_torch_zip(Path::new("fuzz.bin"), data) {
-        for t in tensors {
-            assert!(t.data_start.checked_add(t.data_len).is_some_and(|end| end <= data.len()), "{t:?}");
-        }
-    }
-}
-
 /// A private temporary directory (std only: the core has no tempfile dependency outside tests).
 fn tempfile_dir() -> std::io::Result<TempDir> {
     use std::sync::atomic::{AtomicU64, Ordering};

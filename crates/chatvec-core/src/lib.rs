@@ -16,8 +16,9 @@ pub mod hub;
 pub mod kernel;
 pub mod modelfiles;
 pub mod ops;
-pub mod pickle;
 pub mod plan;
+pub mod reader;
+pub mod swapped;
 pub mod synth;
 pub mod writer;
 

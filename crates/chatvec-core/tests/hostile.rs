@@ -78,7 +78,8 @@ fn hub_snapshot_links_into_its_own_blobs_are_allowed_and_others_not() {
 /// state dict just before the pickle's STOP.
 fn torch_bin_with_a_system_call(dir: &Path) -> PathBuf {
     use std::io::{Read, Write};
-    let src = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/torch/mixed.bin")).unwrap();
+    let src =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../chatvec-pickle/tests/data/mixed.bin")).unwrap();
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(src)).unwrap();
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);

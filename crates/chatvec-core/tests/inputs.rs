@@ -189,7 +189,7 @@ fn mixed_input_dtypes_are_read_exactly() {
 #[test]
 fn legacy_pytorch_bin_target_merges_like_safetensors() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/torch/llama-sharded");
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../chatvec-pickle/tests/data/llama-sharded");
     let target = dir.path().join("t");
     copy_dir(&bin, &target);
     for f in ["tokenizer.json", "tokenizer_config.json"] {

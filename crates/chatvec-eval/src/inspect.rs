@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use chatvec_core::dtype::decode;
-use chatvec_core::{Checkpoint, DType, Progress, TensorEntry};
+use chatvec_core::reader::TensorReader;
+use chatvec_core::{Checkpoint, Progress};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -242,12 +242,8 @@ impl InspectReport {
     }
 }
 
-/// One tensor source: a float tensor of a checkpoint.
-struct Source<'a> {
-    ck: &'a Checkpoint,
-    e: &'a TensorEntry,
-    dtype: DType,
-}
+/// One tensor source: a float tensor of a checkpoint, of the expected shape.
+struct Source<'a>(TensorReader<'a>);
 
 impl<'a> Source<'a> {
     fn find(ck: &'a Checkpoint, name: &str, shape: &[usize]) -> std::result::Result<Source<'a>, String> {
@@ -255,19 +251,18 @@ impl<'a> Source<'a> {
         if e.shape != shape {
             return Err(format!("shape {:?} in {} vs {:?}", e.shape, ck.dir.display(), shape));
         }
-        let dtype = e.dtype.ok_or_else(|| format!("{} is not a float tensor in {}", e.dtype_name, ck.dir.display()))?;
-        Ok(Source { ck, e, dtype })
+        let reader = TensorReader::new(ck, e)
+            .ok_or_else(|| format!("{} is not a float tensor in {}", e.dtype_name, ck.dir.display()))?;
+        Ok(Source(reader))
     }
 
     /// Decodes elements `start..start + out.len()` into `out`, then drops their pages.
     fn load(&self, start: usize, out: &mut [f64]) {
-        let sz = self.dtype.size();
-        let range = start * sz..(start + out.len()) * sz;
-        let bytes = self.ck.bytes(self.e, range.clone());
-        out.par_chunks_mut(TASK_ELEMS)
-            .zip(bytes.par_chunks(TASK_ELEMS * sz))
-            .for_each(|(o, b)| decode(self.dtype, b, o));
-        self.ck.release(self.e, range);
+        out.par_chunks_mut(TASK_ELEMS).enumerate().for_each(|(i, o)| {
+            let first = start + i * TASK_ELEMS;
+            self.0.read(first..first + o.len(), o);
+        });
+        self.0.release(start..start + out.len());
     }
 }
 
@@ -355,7 +350,7 @@ pub fn inspect(input: &InspectInput, progress: &dyn Progress, cancel: &AtomicBoo
                 &c_buf[..len]
             });
             sums = sums.add(block_sums(d, w, c));
-            progress.advance((len * diff.plus.dtype.size() * (1 + diff.minus.is_some() as usize)) as u64);
+            progress.advance((len * diff.plus.0.dtype.size() * (1 + diff.minus.is_some() as usize)) as u64);
             start += len;
         }
         sums.has_w = has_w;

@@ -4,6 +4,7 @@
 //! target-language text; [`chat_eval`] runs a Korean prompt set and computes the [`metrics`];
 //! [`plots`] draws the heatmap and sweep plot; [`report`] writes one self-contained HTML file;
 //! [`sweep`] merges at several ratios and picks the best by a stated rule.
+#![deny(missing_docs)]
 
 pub mod chat_eval;
 pub mod inspect;

@@ -1,6 +1,7 @@
 //! Text metrics of one answer: Korean ratio, 3-gram repetition, chat-header leaks.
 //!
-//! They are defined on the answer text alone, so any tokenizer gives the same numbers.
+//! They are defined on the answer text alone, so any tokenizer gives the same numbers. This is
+//! the one home of these measures in the workspace (the lab's evaluation uses them too).
 
 use std::sync::OnceLock;
 
@@ -23,15 +24,22 @@ pub fn strip_code(text: &str) -> String {
     inline.replace_all(&fenced.replace_all(text, " "), " ").into_owned()
 }
 
-/// Hangul share of the letters (Unicode alphabetic characters) outside code; `None` when there
-/// are no letters.
-pub fn korean_ratio(text: &str) -> Option<f64> {
+/// The Hangul letters and all letters (Unicode alphabetic characters) of `text` outside code:
+/// the counts behind [`korean_ratio`], to pool over many answers.
+pub fn hangul_letters(text: &str) -> (usize, usize) {
     let prose = strip_code(text);
     let (mut hangul, mut letters) = (0usize, 0usize);
     for c in prose.chars().filter(|c| c.is_alphabetic()) {
         letters += 1;
         hangul += is_hangul(c) as usize;
     }
+    (hangul, letters)
+}
+
+/// Hangul share of the letters (Unicode alphabetic characters) outside code; `None` when there
+/// are no letters.
+pub fn korean_ratio(text: &str) -> Option<f64> {
+    let (hangul, letters) = hangul_letters(text);
     (letters > 0).then(|| hangul as f64 / letters as f64)
 }
 
@@ -106,6 +114,8 @@ mod tests {
         assert_eq!(korean_ratio("ㅋㅋ ok"), Some(0.5));
         // An unclosed fence runs to the end.
         assert_eq!(korean_ratio("코드:\n```rust\nfn main() {"), Some(1.0));
+        // The counts pool over answers: 2 of 2 letters, then 0 of 3.
+        assert_eq!((hangul_letters("가나 `x`"), hangul_letters("abc")), ((2, 2), (0, 3)));
     }
 
     #[test]

@@ -86,7 +86,8 @@ pub fn windows(n: usize, w: Window) -> Vec<(usize, usize, usize)> {
     out
 }
 
-/// Scores `ids` with `model`; `cancel` stops between windows.
+/// Scores `ids` with `model`; `cancel` stops between windows. A window longer than the model's
+/// positions (`max_position_embeddings`) is refused: the model was never trained that far.
 pub fn perplexity(model: &mut Model, ids: &[u32], w: Window, cancel: &AtomicBool) -> Result<Perplexity> {
     if ids.len() < 2 {
         bail!("the text has {} token(s); perplexity needs at least 2", ids.len());
@@ -96,6 +97,14 @@ pub fn perplexity(model: &mut Model, ids: &[u32], w: Window, cancel: &AtomicBool
         bail!("token id {bad} is outside the model's vocabulary ({vocab}): tokenizer and model do not match");
     }
     let plan = windows(ids.len(), w);
+    let positions = model.config().max_position_embeddings;
+    if let Some(&(begin, end, _)) = plan.iter().find(|(begin, end, _)| end - begin > positions) {
+        bail!(
+            "a window of {} tokens is beyond the model's {positions} positions (max_position_embeddings); \
+             use a context of {positions} or less",
+            end - begin
+        );
+    }
     let (mut total, mut scored) = (0.0f64, 0usize);
     for &(begin, end, first) in &plan {
         if cancel.load(Ordering::Relaxed) {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use chatvec_core::{ops, ApplyJob};
 
-use super::common::{check_ratio, HubArgs, OutputArgs, SelectArgs};
+use super::common::{check_ratio, print_next_step, HubArgs, OutputArgs, SelectArgs};
 
 /// Apply arguments.
 #[derive(clap::Args, Debug)]
@@ -39,5 +39,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let vectors = a.vector.iter().zip(&ratios).map(|(v, r)| Ok((hub.resolve(v)?, *r))).collect::<Result<Vec<_>>>()?;
     let job =
         ApplyJob { target: hub.resolve(&a.target)?, vectors, plan: a.select.plan_options()?, output: a.out.options() };
-    a.out.run_job(|bar, cancel| ops::apply(&job, bar, cancel), &format!(", ratios {ratios:?}"))
+    let code = a.out.run_job(|bar, cancel| ops::apply(&job, bar, cancel), &format!(", ratios {ratios:?}"))?;
+    print_next_step(&a.out, &a.out.output);
+    Ok(code)
 }

@@ -67,19 +67,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut session = Session::open(&a.model)?;
     let interactive = std::io::stdin().is_terminal();
 
-    // Ctrl-C stops the answer being written; at the prompt it leaves.
+    // Ctrl-C stops the answer being written (through the interrupt flag, cleared after each
+    // answer); at the prompt it leaves.
     let generating = Arc::new(AtomicBool::new(false));
-    let interrupt = Arc::new(AtomicBool::new(false));
+    let interrupt = super::common::interrupt_flag();
     {
-        let (generating, interrupt) = (generating.clone(), interrupt.clone());
-        let _ = ctrlc::set_handler(move || {
-            if generating.load(Ordering::SeqCst) {
-                interrupt.store(true, Ordering::SeqCst);
-            } else {
+        let generating = generating.clone();
+        super::common::on_ctrl_c(move || {
+            if !generating.load(Ordering::SeqCst) {
                 eprintln!();
                 std::process::exit(130);
             }
-        });
+        })?;
     }
 
     if interactive {

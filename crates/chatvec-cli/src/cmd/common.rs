@@ -182,7 +182,7 @@ impl OutputArgs {
         job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_core::Result<Vec<Summary>>,
         extras: &[String],
     ) -> Result<std::process::ExitCode> {
-        let cancel = termination_flag();
+        let cancel = interrupt_flag();
         let bar = Bar::new(self.quiet || self.json || self.dry_run);
         let summaries = job(&bar, &cancel)?;
         for (summary, extra) in summaries.iter().zip(extras) {
@@ -233,35 +233,38 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult) as u64)
 }
 
-/// The flag Ctrl-C sets (one per process, shared by every step of a command); the core stops
-/// between blocks and removes its temporary output, a download keeps its partial file.
+/// The signal (SIGINT, SIGTERM or SIGHUP) that stopped the run; 0 while none came.
+static STOP_SIGNAL: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
+
+/// The flag Ctrl-C, SIGTERM and SIGHUP set, one per process and shared by every step of a
+/// command: the core stops between blocks and removes its temporary output, a download keeps its
+/// partial file, generation ends its answer; the process then exits with 128 + the signal's
+/// number. A second signal while the first is handled ends the process at once.
 pub fn interrupt_flag() -> Arc<AtomicBool> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     FLAG.get_or_init(|| {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let flag = Arc::new(AtomicBool::new(false));
-        let f = flag.clone();
-        let _ = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst));
+        let which = STOP_SIGNAL.get_or_init(|| Arc::new(AtomicUsize::new(0))).clone();
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            // Registered first, so it sees the flag as the previous signal left it.
+            let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone());
+            let _ = signal_hook::flag::register_usize(sig, which.clone(), sig as usize);
+            let _ = signal_hook::flag::register(sig, flag.clone());
+        }
         flag
     })
     .clone()
 }
 
-/// The signal (SIGINT, SIGTERM or SIGHUP) that stopped a weight job; 0 while none came.
-static STOP_SIGNAL: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
-
-/// A flag set by Ctrl-C, SIGTERM or SIGHUP: the core stops between blocks and removes its
-/// temporary output, and the process exits with 128 + the signal's number. A second signal
-/// while the first is handled ends the process at once.
-pub fn termination_flag() -> Arc<AtomicBool> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let flag = Arc::new(AtomicBool::new(false));
-    let which = STOP_SIGNAL.get_or_init(|| Arc::new(AtomicUsize::new(0))).clone();
-    for sig in [SIGINT, SIGTERM, SIGHUP] {
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone());
-        let _ = signal_hook::flag::register_usize(sig, which.clone(), sig as usize);
-        let _ = signal_hook::flag::register(sig, flag.clone());
-    }
-    flag
+/// Runs `on_interrupt` on a thread of its own at each Ctrl-C (instead of the default, which ends
+/// the process): for `chat`, where Ctrl-C ends the answer being written, or the chat at the
+/// prompt.
+pub fn on_ctrl_c(mut on_interrupt: impl FnMut() + Send + 'static) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT])
+        .context("cannot install the Ctrl-C handler")?;
+    std::thread::spawn(move || signals.forever().for_each(|_| on_interrupt()));
+    Ok(())
 }
 
 /// The exit status of a run that was interrupted: 128 + the signal that stopped it (130 for
@@ -382,4 +385,18 @@ pub fn check_ratio(r: f64) -> Result<()> {
         bail!("ratio {r} is not a finite number");
     }
     Ok(())
+}
+
+/// Warns on stderr when `--base` and `--chat` look swapped (see [`chatvec_core::swapped`]).
+pub fn warn_if_swapped(base: &ResolvedModel, chat: &ResolvedModel) {
+    if let Some(w) = chatvec_core::swapped::swapped_pair_warning(&base.path, &chat.path) {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// Tells people what to do with the model just written (not with --json or --dry-run).
+pub fn print_next_step(out: &OutputArgs, model: &std::path::Path) {
+    if !out.json && !out.dry_run {
+        eprintln!("next: chatvec generate --model {} --prompt \"...\"", model.display());
+    }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use chatvec_eval::chat_eval::{bundled_prompts, load_prompts, run_chat_eval, ChatEval, ChatOptions, Prompt};
 use chatvec_eval::perplexity::{perplexity, Perplexity, Window};
 use chatvec_eval::session::{EvalModel, LoadOptions};
@@ -76,12 +76,25 @@ pub struct PplArgs {
     pub hub: HubArgs,
 }
 
+/// The window when neither --context nor the model's positions say less.
+const DEFAULT_CONTEXT: usize = 1024;
+
+/// The fewest positions (`max_position_embeddings`) among `models`: the longest window all of
+/// them can score. A config without the key does not limit it.
+pub fn max_positions(models: &[&Path]) -> Result<usize> {
+    models.iter().try_fold(usize::MAX, |least, dir| {
+        let config = chatvec_core::ModelConfig::load(dir)?;
+        Ok(least.min(config.max_position_embeddings().unwrap_or(usize::MAX)))
+    })
+}
+
 /// Sliding-window settings.
 #[derive(clap::Args, Debug, Clone)]
 pub struct WindowArgs {
-    /// Most tokens per forward pass.
-    #[arg(long, default_value_t = 1024)]
-    pub context: usize,
+    /// Most tokens per forward pass (default: 1024, or the model's max_position_embeddings when
+    /// it has fewer positions; more than it has is refused).
+    #[arg(long)]
+    pub context: Option<usize>,
     /// Tokens between window starts (default: half the context); each window scores only the
     /// tokens after the previous window's end (HF's perplexity guide).
     #[arg(long)]
@@ -117,8 +130,18 @@ pub struct ChatArgs {
 
 impl WindowArgs {
     /// The window from the flags.
-    pub fn window(&self) -> Result<Window> {
-        Window::new(self.context, self.stride.unwrap_or((self.context / 2).max(1)))
+    /// The window for models of `positions` positions (`max_position_embeddings`): a window
+    /// longer than that would run the model past the positions it was trained on.
+    pub fn window(&self, positions: usize) -> Result<Window> {
+        let context = match self.context {
+            Some(c) if c > positions => bail!(
+                "--context {c} is beyond the model's {positions} positions (max_position_embeddings); \
+                 give --context {positions} or less"
+            ),
+            Some(c) => c,
+            None => DEFAULT_CONTEXT.min(positions),
+        };
+        Window::new(context, self.stride.unwrap_or((context / 2).max(1)))
     }
 }
 
@@ -178,7 +201,7 @@ pub fn read_text(path: &Path) -> Result<String> {
 
 /// Tokenizes `text` for `m` and scores it.
 pub fn score_text(m: &mut EvalModel, text: &str, w: &WindowArgs, cancel: &AtomicBool) -> Result<Perplexity> {
-    let window = w.window()?;
+    let window = w.window(m.model.config().max_position_embeddings)?;
     let mut ids = m.encode_text(text)?;
     if let Some(n) = w.max_tokens {
         ids.truncate(n);

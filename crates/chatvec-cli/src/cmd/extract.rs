@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use anyhow::Result;
 use chatvec_core::{ops, DType, ExtractJob};
 
-use super::common::{HubArgs, OutputArgs, PairArgs, SelectArgs};
+use super::common::{warn_if_swapped, HubArgs, OutputArgs, PairArgs, SelectArgs};
 
-/// Extract arguments.
+/// Extract arguments. The shared `--dtype` help speaks of a target; extract has none.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("dtype", |a| a.help("Vector dtype: bf16, f16, f32 (default: f32)")))]
 pub struct Args {
     #[command(flatten)]
     pub pair: PairArgs,
@@ -31,5 +32,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
         plan,
         output: a.out.options(),
     };
+    warn_if_swapped(&job.base, &job.chat);
     a.out.run_job(|bar, cancel| ops::extract(&job, bar, cancel), "")
 }

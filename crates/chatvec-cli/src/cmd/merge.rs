@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use chatvec_core::{ops, MergeJob, OutputOptions};
 
-use super::common::{check_ratio, interrupt_flag, Bar, HubArgs, OutputArgs, PairArgs, SelectArgs};
+use super::common::{
+    check_ratio, interrupt_flag, print_next_step, warn_if_swapped, Bar, HubArgs, OutputArgs, PairArgs, SelectArgs,
+};
 
 /// Merge arguments.
 #[derive(clap::Args, Debug)]
@@ -67,6 +69,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         plan,
         output: a.out.options(),
     };
+    warn_if_swapped(&job.base, &job.chat);
     let to_gguf = a.gguf.is_some() || a.out.output.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     if to_gguf && a.ratio.len() > 1 {
         bail!("--gguf writes one ratio; give a single --ratio");
@@ -75,7 +78,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return merge_to_gguf(&job, a.gguf.as_deref(), &a.out);
     }
     if let [ratio] = a.ratio[..] {
-        return a.out.run_job(|bar, cancel| ops::merge(&job, bar, cancel), &format!(", ratio {ratio}"));
+        let code = a.out.run_job(|bar, cancel| ops::merge(&job, bar, cancel), &format!(", ratio {ratio}"))?;
+        print_next_step(&a.out, &a.out.output);
+        return Ok(code);
     }
     let outputs = a
         .ratio
@@ -83,7 +88,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .map(|&r| Ok((r, OutputOptions { path: ratio_output(&a.out.output, r)?, ..a.out.options() })))
         .collect::<Result<Vec<_>>>()?;
     let extras: Vec<String> = a.ratio.iter().map(|r| format!(", ratio {r}")).collect();
-    a.out.run_jobs(|bar, cancel| ops::merge_ratios(&job, &outputs, bar, cancel), &extras)
+    let code = a.out.run_jobs(|bar, cancel| ops::merge_ratios(&job, &outputs, bar, cancel), &extras)?;
+    print_next_step(&a.out, &outputs[0].1.path);
+    Ok(code)
 }
 
 /// The output directory of `ratio` in a several-ratio merge: `{ratio}` in `out` replaced by it, or

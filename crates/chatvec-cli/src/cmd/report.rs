@@ -1,7 +1,7 @@
 //! `chatvec report`: evaluate the target, the merge (and the chat and base models when given)
 //! and write one self-contained `report.html` with `report.json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -9,7 +9,7 @@ use chatvec_eval::perplexity::BUNDLED_TEXT;
 use chatvec_eval::report::{build_report, ReportJob};
 
 use super::common::{interrupt_flag, HubArgs};
-use super::eval::{progress_line, read_text, ChatGenArgs, DeviceArgs, WindowArgs};
+use super::eval::{max_positions, progress_line, read_text, ChatGenArgs, DeviceArgs, WindowArgs};
 
 /// Report arguments.
 #[derive(clap::Args, Debug)]
@@ -65,13 +65,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
         None => (BUNDLED_TEXT.to_string(), "bundled: opening of the Korean Constitution".to_string()),
     };
     let prompts = if a.no_chat { vec![] } else { a.gen.prompts(a.prompts.as_deref())? };
+    let (target, merged) = (resolve(&a.target)?, resolve(&a.merged)?);
+    let (chat, base) = (a.chat.as_deref().map(resolve).transpose()?, a.base.as_deref().map(resolve).transpose()?);
+    let models: Vec<&Path> = [Some(&target), Some(&merged), chat.as_ref(), base.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+        .collect();
+    let window = a.window.window(max_positions(&models)?)?;
     let job = ReportJob {
-        target: resolve(&a.target)?,
-        merged: resolve(&a.merged)?,
-        chat: a.chat.as_deref().map(resolve).transpose()?,
-        base: a.base.as_deref().map(resolve).transpose()?,
+        target,
+        merged,
+        chat,
+        base,
         text: (&text, text_name),
-        window: a.window.window()?,
+        window,
         max_tokens: a.window.max_tokens,
         prompts: &prompts,
         chat_options: a.gen.options(),

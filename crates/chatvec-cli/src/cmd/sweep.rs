@@ -8,8 +8,8 @@ use chatvec_eval::perplexity::BUNDLED_TEXT;
 use chatvec_eval::plots::Size;
 use chatvec_eval::sweep::{plot, run_sweep, to_csv, to_text, SweepEval, SweepMerge};
 
-use super::common::{interrupt_flag, HubArgs, PairArgs, QuantizeArgs, SelectArgs};
-use super::eval::{read_text, ChatGenArgs, DeviceArgs, WindowArgs};
+use super::common::{interrupt_flag, warn_if_swapped, HubArgs, PairArgs, QuantizeArgs, SelectArgs};
+use super::eval::{max_positions, read_text, ChatGenArgs, DeviceArgs, WindowArgs};
 
 /// Sweep arguments.
 #[derive(clap::Args, Debug)]
@@ -80,9 +80,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         plan: a.select.plan_options()?,
         work_dir: a.work_dir.clone().unwrap_or_else(|| a.output.clone()),
     };
+    warn_if_swapped(&job.base, &job.chat);
     let eval = SweepEval {
         text: &text,
-        window: a.window.window()?,
+        window: a.window.window(max_positions(&[&job.target.path])?)?,
         max_tokens: a.window.max_tokens,
         prompts: &prompts,
         chat: a.gen.options(),

@@ -40,7 +40,7 @@ fn memo_reuse_bomb_is_refused_with_peak_rss_under_1_gb() {
     let file = memo_reuse_bomb(20_000, 700_000);
     eprintln!("data.pkl bomb: {:.1} MB", file.len() as f64 / 1e6);
     let t0 = std::time::Instant::now();
-    let err = chatvec_core::pickle::read_torch_zip(std::path::Path::new("bomb.bin"), &file).unwrap_err().to_string();
+    let err = chatvec_pickle::read_torch_zip(std::path::Path::new("bomb.bin"), &file).unwrap_err().to_string();
     let peak = peak_rss_bytes();
     eprintln!("refused after {:.2} s, peak RSS {:.0} MB: {err}", t0.elapsed().as_secs_f64(), peak as f64 / 1e6);
     assert!(err.contains("bomb.bin") && err.contains("too much memory"), "{err}");
