@@ -56,7 +56,13 @@ fn quantized_perplexity_stays_close_to_f32() {
         let change = (nll - base).exp() - 1.0;
         eprintln!("{format}: perplexity {:.4} vs f32 {:.4} ({:+.3} %)", nll.exp(), base.exp(), change * 100.0);
         assert!(change.abs() < tolerance, "{format}: perplexity changed by {:.3} %", change * 100.0);
-        assert!(change != 0.0, "{format}: identical to f32, so the weights were not converted");
+        if format == "bf16" {
+            // These weights are stored in bf16: bf16 holds them exactly and its kernel keeps the
+            // activations in f32, so it must give the f32 path's numbers. Every other format rounds.
+            assert_eq!(nll, base, "bf16 of bf16-stored weights differs from f32");
+        } else {
+            assert!(change != 0.0, "{format}: identical to f32, so the weights were not converted");
+        }
     }
 }
 

@@ -198,3 +198,17 @@ fn forward_all_gives_the_oracle_perplexity() {
     let expected = o["merged_mean_nll"].as_f64().unwrap();
     assert!((mean - expected).abs() < 1e-4, "{mean} vs {expected}");
 }
+
+/// The target fixture as transformers saved it with `safe_serialization=False` (two
+/// `pytorch_model-*.bin` shards and their index, the pickle crate's test data): it loads through
+/// the same reader as `merge` and gives the same logits as its safetensors copy.
+#[test]
+fn pytorch_bin_checkpoints_give_the_same_logits_as_safetensors() {
+    let bin = common::fixtures().join("../../crates/chatvec-pickle/tests/data/llama-sharded");
+    let prompt = [2000u32, 17, 301, 999, 5];
+    let mut from_bin = load(&bin);
+    let mut from_safetensors = load(&common::fixtures().join("target"));
+    let a = from_bin.forward_all(&prompt).unwrap().to_vec2::<f32>().unwrap();
+    let b = from_safetensors.forward_all(&prompt).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(a, b);
+}

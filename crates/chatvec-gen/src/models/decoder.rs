@@ -29,7 +29,7 @@ impl RmsNorm {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Attention {
     /// q, k and v projections stacked into one matrix: one pass over the input per layer.
     qkv: Linear,
@@ -38,7 +38,7 @@ struct Attention {
     num_kv_heads: usize,
     head_dim: usize,
     sliding_window: Option<usize>,
-    kv: Option<(Tensor, Tensor)>,
+    kv: KvCache,
 }
 
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ struct Mlp {
     activation: Activation,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Layer {
     input_norm: RmsNorm,
     attn: Attention,
@@ -85,7 +85,7 @@ impl Embeddings {
 }
 
 /// A loaded decoder with its KV cache.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Decoder {
     cfg: DecoderConfig,
     embed: Embeddings,
@@ -246,7 +246,7 @@ impl Decoder {
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: hd,
                 sliding_window: cfg.sliding_window,
-                kv: None,
+                kv: KvCache::default(),
             };
             let mlp = Mlp {
                 gate_up: ld.stacked(
@@ -322,7 +322,7 @@ impl Decoder {
     /// Empties the KV cache.
     pub fn reset(&mut self) {
         for layer in &mut self.layers {
-            layer.attn.kv = None;
+            layer.attn.kv = KvCache::default();
         }
         self.position = 0;
     }
@@ -337,9 +337,7 @@ impl Decoder {
             return Ok(());
         }
         for layer in &mut self.layers {
-            if let Some((k, v)) = layer.attn.kv.take() {
-                layer.attn.kv = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));
-            }
+            layer.attn.kv.len = len;
         }
         self.position = len;
         Ok(())
@@ -399,11 +397,7 @@ impl Attention {
         let q = candle_nn::rotary_emb::rope(&split(0, nh)?, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&split(nh, nkv)?, cos, sin)?;
         let v = split(nh + nkv, nkv)?;
-        let (k, v) = match &self.kv {
-            Some((ck, cv)) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
-            None => (k, v),
-        };
-        self.kv = Some((k.clone(), v.clone()));
+        let (k, v) = self.kv.append(&k, &v)?;
         let total = start + s;
 
         // With one query and a window shorter than the cache, attending to the window's keys
@@ -446,6 +440,44 @@ impl Attention {
             }
         }
         Ok(Tensor::from_vec(m, (rep * s, t), device)?)
+    }
+}
+
+/// The keys and values `(b, kv heads, positions, head_dim)` of the cached positions, in buffers
+/// with room to spare: a decode step writes one position instead of copying the whole cache
+/// (what `Tensor::cat` did, a cost that grew with the context).
+#[derive(Debug, Default)]
+struct KvCache {
+    buffers: Option<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Appends `k`, `v` (`s` new positions) and returns views of every cached position.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let need = self.len + k.dim(2)?;
+        let capacity = self.buffers.as_ref().map_or(Ok(0), |(k, _)| k.dim(2))?;
+        if need > capacity {
+            self.grow(k, need.max(2 * capacity).max(64))?;
+        }
+        let (kb, vb) = self.buffers.as_ref().expect("allocated above");
+        kb.slice_set(&k.contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = need;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
+    }
+
+    /// New buffers of `capacity` positions holding the cached ones.
+    fn grow(&mut self, like: &Tensor, capacity: usize) -> Result<()> {
+        let (b, h, _, d) = like.dims4()?;
+        let fresh = || Tensor::zeros((b, h, capacity, d), like.dtype(), like.device());
+        let (k, v) = (fresh()?, fresh()?);
+        if let Some((ok, ov)) = &self.buffers {
+            k.slice_set(&ok.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            v.slice_set(&ov.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+        }
+        self.buffers = Some((k, v));
+        Ok(())
     }
 }
 

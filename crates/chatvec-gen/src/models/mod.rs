@@ -124,7 +124,7 @@ pub fn config_from_json(value: &serde_json::Value, path: &Path) -> Result<(Archi
 }
 
 /// A causal LM with its KV cache: feed tokens, read logits.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Model {
     arch: Architecture,
     dir: Option<PathBuf>,
