@@ -287,13 +287,13 @@ impl<'a> Input<'a> {
 }
 
 struct TermInputs<'a> {
-    plus: Input<'a>,
-    minus: Option<Input<'a>>,
+    chat: Input<'a>,
+    base: Option<Input<'a>>,
 }
 
 impl<'a> TermInputs<'a> {
     fn new(models: &'a [Checkpoint], term: &Term) -> Self {
-        TermInputs { plus: Input::new(models, &term.plus), minus: term.minus.as_ref().map(|m| Input::new(models, m)) }
+        TermInputs { chat: Input::new(models, &term.chat), base: term.base.as_ref().map(|m| Input::new(models, m)) }
     }
 }
 
@@ -314,8 +314,8 @@ struct Combine<'a> {
 /// A task's f64 scratch, [`LANES`] long each.
 struct Scratch {
     target: Vec<f64>,
-    plus: Vec<f64>,
-    minus: Vec<f64>,
+    chat: Vec<f64>,
+    base: Vec<f64>,
     /// One accumulator per output.
     acc: Vec<Vec<f64>>,
 }
@@ -323,13 +323,13 @@ struct Scratch {
 impl Scratch {
     fn new(outputs: usize) -> Self {
         let lanes = || vec![0f64; LANES];
-        Scratch { target: lanes(), plus: lanes(), minus: lanes(), acc: (0..outputs).map(|_| lanes()).collect() }
+        Scratch { target: lanes(), chat: lanes(), base: lanes(), acc: (0..outputs).map(|_| lanes()).collect() }
     }
 }
 
 impl<'a> Combine<'a> {
     fn inputs(&self) -> impl Iterator<Item = &Input<'a>> + '_ {
-        self.target.iter().chain(self.terms.iter().flat_map(|t| std::iter::once(&t.plus).chain(&t.minus)))
+        self.target.iter().chain(self.terms.iter().flat_map(|t| std::iter::once(&t.chat).chain(&t.base)))
     }
 
     /// Computes elements `start..` into one block per output, in parallel tasks.
@@ -378,9 +378,9 @@ impl<'a> Combine<'a> {
         if s < ce {
             let nc = ce - s;
             for (ti, term) in self.terms.iter().enumerate() {
-                let (p, m) = (&mut sc.plus[..nc], &mut sc.minus[..nc]);
-                term.plus.read(s..ce, p);
-                match &term.minus {
+                let (p, m) = (&mut sc.chat[..nc], &mut sc.base[..nc]);
+                term.chat.read(s..ce, p);
+                match &term.base {
                     Some(mi) => mi.read(s..ce, m),
                     None => m.fill(0.0),
                 }
@@ -398,8 +398,8 @@ impl<'a> Combine<'a> {
             let (a, b) = (rs.max(s), re.min(e));
             if a < b {
                 let from = o.src_row * self.cols + (a - rs);
-                src.read(from..from + (b - a), &mut sc.plus[..b - a]);
-                sc.acc.iter_mut().for_each(|acc| acc[a - s..b - s].copy_from_slice(&sc.plus[..b - a]));
+                src.read(from..from + (b - a), &mut sc.chat[..b - a]);
+                sc.acc.iter_mut().for_each(|acc| acc[a - s..b - s].copy_from_slice(&sc.chat[..b - a]));
             }
         }
         let w = self.out.size();
@@ -408,11 +408,11 @@ impl<'a> Combine<'a> {
             let nonfinite = encode(self.out, &acc[..n], &mut chunk[bytes.clone()]);
             if nonfinite > 0 {
                 tally.outputs[k].fetch_add(nonfinite as u64, Ordering::Relaxed);
-                tally.inputs.fetch_or(self.nonfinite_sources(s..e, &mut sc.plus), Ordering::Relaxed);
+                tally.inputs.fetch_or(self.nonfinite_sources(s..e, &mut sc.chat), Ordering::Relaxed);
             }
         }
         if self.target.is_none() && self.out != DType::F64 {
-            let back = &mut sc.minus[..n];
+            let back = &mut sc.base[..n];
             decode(self.out, &chunks[0][bytes], back);
             let inexact = back.iter().zip(&sc.acc[0][..n]).filter(|(b, a)| b != a).count();
             stats.inexact.fetch_add(inexact as u64, Ordering::Relaxed);
@@ -437,8 +437,8 @@ impl<'a> Combine<'a> {
         }
         let ce = r.end.min(self.covered).max(r.start);
         for term in &self.terms {
-            scan(&term.plus, r.start..ce);
-            if let Some(m) = &term.minus {
+            scan(&term.chat, r.start..ce);
+            if let Some(m) = &term.base {
                 scan(m, r.start..ce);
             }
         }
@@ -468,8 +468,8 @@ impl<'a> Combine<'a> {
         if start < self.covered {
             let ce = end.min(self.covered);
             for term in &self.terms {
-                read += term.plus.release(start..ce);
-                read += term.minus.as_ref().map_or(0, |m| m.release(start..ce));
+                read += term.chat.release(start..ce);
+                read += term.base.as_ref().map_or(0, |m| m.release(start..ce));
             }
         }
         read
@@ -494,7 +494,7 @@ fn porter_lanes(acc: &mut [f64], chat: &[f64], base: &[f64], ratio: f64, params:
 
 /// The min and max of `|T − B|` over the covered elements (first pass of feature-porter).
 fn porter_range(target: &Option<Input>, terms: &[TermInputs], covered: usize) -> Result<PorterRange> {
-    let (Some(t), Some(b)) = (target, terms.first().and_then(|x| x.minus.as_ref())) else {
+    let (Some(t), Some(b)) = (target, terms.first().and_then(|x| x.base.as_ref())) else {
         return Err(Error::msg("feature-porter needs a target and a base model"));
     };
     let (min, max) = (0..covered.div_ceil(TASK_ELEMS))

@@ -123,6 +123,49 @@ fn open(m: &ResolvedModel) -> Result<Checkpoint> {
     Checkpoint::open(&m.path)
 }
 
+/// The inputs of a merge, by role. The plan and the run read them as one list, in the order
+/// [`into_list`](Self::into_list) gives; [`MERGE`] says where each role sits in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MergeRoles<T> {
+    /// The continually pre-trained model that gets the vector.
+    target: T,
+    /// The instruction-tuned model.
+    chat: T,
+    /// The model the chat model was fine-tuned from.
+    base: T,
+}
+
+impl<T> MergeRoles<T> {
+    fn into_list(self) -> Vec<T> {
+        vec![self.target, self.chat, self.base]
+    }
+}
+
+/// Where each role of a merge sits in its model list.
+const MERGE: MergeRoles<usize> = MergeRoles { target: plan::TARGET, chat: 1, base: 2 };
+/// The roles' names, for messages.
+const MERGE_NAMES: MergeRoles<&str> = MergeRoles { target: "target", chat: "chat", base: "base" };
+
+/// The inputs of an extract, by role, as [`MergeRoles`] for a merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ExtractRoles<T> {
+    /// The instruction-tuned model.
+    chat: T,
+    /// The model it was fine-tuned from.
+    base: T,
+}
+
+impl<T> ExtractRoles<T> {
+    fn into_list(self) -> Vec<T> {
+        vec![self.chat, self.base]
+    }
+}
+
+/// Where each role of an extract sits in its model list.
+const EXTRACT: ExtractRoles<usize> = ExtractRoles { chat: 0, base: 1 };
+/// The roles' names, for messages.
+const EXTRACT_NAMES: ExtractRoles<&str> = ExtractRoles { chat: "chat", base: "base" };
+
 /// Config keys in which a chat model must agree with its base: a mismatch means it was not
 /// fine-tuned from that base (the classic: Mistral-7B-v0.1 with Instruct-v0.2, whose
 /// rope_theta and sliding_window differ).
@@ -230,14 +273,16 @@ pub struct PreparedMerge {
 
 /// Opens the three models of `job`, runs the pre-flight checks and plans the merge.
 pub fn prepare_merge(job: &MergeJob) -> Result<PreparedMerge> {
-    let models = vec![open(&job.target)?, open(&job.chat)?, open(&job.base)?];
-    check_base_chat(&models[2], &models[1])?;
-    let vectors = [VectorRef { plus: 1, minus: Some(2), special_rows: vec![] }];
+    let inputs = MergeRoles { target: open(&job.target)?, chat: open(&job.chat)?, base: open(&job.base)? };
+    check_base_chat(&inputs.base, &inputs.chat)?;
+    let warnings = target_warnings(&inputs.base, &inputs.target);
+    let models = inputs.into_list();
+    let vectors = [VectorRef { chat: MERGE.chat, base: Some(MERGE.base), special_rows: vec![] }];
     let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
-    plan.warnings.extend(target_warnings(&models[2], &models[0]));
+    plan.warnings.extend(warnings);
     refuse_empty_vector(&plan, "base, chat and target")?;
     let chat_template = modelfiles::chat_template(&job.chat.path)?;
-    let chat_eos = modelfiles::eos_ids(&job.chat.path, &models[1].config)?;
+    let chat_eos = modelfiles::eos_ids(&job.chat.path, &models[MERGE.chat].config)?;
     Ok(PreparedMerge {
         models,
         plan,
@@ -251,7 +296,7 @@ pub fn prepare_merge(job: &MergeJob) -> Result<PreparedMerge> {
 impl PreparedMerge {
     /// The target model (its config and tokenizer describe the merged model).
     pub fn target(&self) -> &Checkpoint {
-        &self.models[0]
+        &self.models[MERGE.target]
     }
 
     /// Streams the planned tensors at `order` (indices into `plan.tensors`) into `sink`;
@@ -266,7 +311,7 @@ impl PreparedMerge {
         let stats = Stats::default();
         let run = exec::Run {
             models: &self.models,
-            roles: &["target", "chat", "base"],
+            roles: &MERGE_NAMES.into_list(),
             plan: &self.plan,
             order,
             allow_nonfinite: self.allow_nonfinite,
@@ -312,15 +357,15 @@ pub fn merge_ratios(
             recipe: json!({
                 "ratio": ratio,
                 "inputs": {
-                    "base": input_record(&job.base, &models[2]),
-                    "chat": input_record(&job.chat, &models[1]),
-                    "target": input_record(&job.target, &models[0]),
+                    "base": input_record(&job.base, &models[MERGE.base]),
+                    "chat": input_record(&job.chat, &models[MERGE.chat]),
+                    "target": input_record(&job.target, &models[MERGE.target]),
                 },
             }),
         })
         .collect();
     let carry = Carry { template: chat_template, template_from: "chat model", eos: chat_eos };
-    let job_models = JobModels { models: &models, roles: &["target", "chat", "base"] };
+    let job_models = JobModels { models: &models, roles: &MERGE_NAMES.into_list() };
     write_model(&job_models, &plan, &job.plan, outs, "merge", Some(carry), progress, cancel, started)
 }
 
@@ -330,38 +375,34 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
     if job.vectors.is_empty() {
         return Err(Error::msg("apply needs at least one --vector"));
     }
+    // The target first (every merge plan reads it as model `plan::TARGET`), then the vectors.
     let mut models = vec![open(&job.target)?];
     let mut vectors = vec![];
     let mut manifests = vec![];
     for (v, _) in &job.vectors {
-        let manifest_path = v.path.join("chatvec.json");
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
-        let manifest: Value =
-            serde_json::from_str(&text).map_err(|e| Error::format(&manifest_path, format!("not valid JSON: {e}")))?;
-        if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
-            return Err(Error::format(&manifest_path, "not a chat vector written by `chatvec extract`"));
-        }
+        let manifest = read_vector_manifest(&v.path)?;
         let special_rows =
             manifest.get("special_rows").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
-        vectors.push(VectorRef { plus: models.len(), minus: None, special_rows });
+        vectors.push(VectorRef { chat: models.len(), base: None, special_rows });
         models.push(open(v)?);
         manifests.push(manifest);
     }
     let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
     refuse_empty_vector(&plan, "the target and its vectors")?;
+    let target = &models[plan::TARGET];
     let first = &manifests[0];
     let template = first.get("chat_template").cloned().and_then(|t| serde_json::from_value(t).ok());
     let eos = crate::config::ids_of(first.get("chat_eos_token_ids"));
     for (m, (v, _)) in manifests.iter().zip(&job.vectors) {
         if let Some(arch) = m.pointer("/architecture").and_then(Value::as_str) {
-            if Some(arch) != models[0].config.architecture() {
+            if Some(arch) != target.config.architecture() {
                 plan.warnings.push(format!("vector {} was extracted from {arch} models", v.spec));
             }
         }
     }
     let recipe = json!({
-        "vectors": job.vectors.iter().zip(&models[1..]).map(|((v, r), m)| json!({"ratio": r, "vector": input_record(v, m)})).collect::<Vec<_>>(),
-        "inputs": {"target": input_record(&job.target, &models[0])},
+        "vectors": job.vectors.iter().zip(vectors.iter().map(|v| &models[v.chat])).map(|((v, r), m)| json!({"ratio": r, "vector": input_record(v, m)})).collect::<Vec<_>>(),
+        "inputs": {"target": input_record(&job.target, target)},
     });
     let carry = Carry { template, template_from: "vector manifest", eos };
     let roles: Vec<String> =
@@ -373,26 +414,40 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
     Ok(s.remove(0))
 }
 
+/// The `chatvec.json` of a stored vector, refused unless `chatvec extract` wrote it.
+fn read_vector_manifest(dir: &std::path::Path) -> Result<Value> {
+    let path = dir.join("chatvec.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let manifest: Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
+        return Err(Error::format(&path, "not a chat vector written by `chatvec extract`"));
+    }
+    Ok(manifest)
+}
+
 /// Runs `extract`.
 pub fn extract(job: &ExtractJob, progress: &dyn Progress, cancel: &AtomicBool) -> Result<Summary> {
     let started = Instant::now();
-    let models = vec![open(&job.chat)?, open(&job.base)?];
-    check_base_chat(&models[1], &models[0])?;
-    let plan = plan::plan_extract(&models, &job.plan, &mut exec::row_norms)?;
+    let inputs = ExtractRoles { chat: open(&job.chat)?, base: open(&job.base)? };
+    check_base_chat(&inputs.base, &inputs.chat)?;
+    let models = inputs.into_list();
+    let (chat, base) = (&models[EXTRACT.chat], &models[EXTRACT.base]);
+    let vector = VectorRef { chat: EXTRACT.chat, base: Some(EXTRACT.base), special_rows: vec![] };
+    let plan = plan::plan_extract(&models, &vector, &job.plan, &mut exec::row_norms)?;
     let template = modelfiles::chat_template(&job.chat.path)?;
     let recipe = json!({
         "kind": "chat_vector",
-        "architecture": models[0].config.architecture(),
+        "architecture": chat.config.architecture(),
         "inputs": {
-            "base": input_record(&job.base, &models[1]),
-            "chat": input_record(&job.chat, &models[0]),
+            "base": input_record(&job.base, base),
+            "chat": input_record(&job.chat, chat),
         },
         "tensors": plan.tensors.iter().map(|t| &t.name).collect::<Vec<_>>(),
         "chat_template": template,
-        "chat_eos_token_ids": modelfiles::eos_ids(&job.chat.path, &models[0].config)?,
+        "chat_eos_token_ids": modelfiles::eos_ids(&job.chat.path, &chat.config)?,
     });
     let out = JobOutput { options: job.output.clone(), ratios: vec![1.0], recipe };
-    let job_models = JobModels { models: &models, roles: &["chat", "base"] };
+    let job_models = JobModels { models: &models, roles: &EXTRACT_NAMES.into_list() };
     let mut s = write_model(&job_models, &plan, &job.plan, vec![out], "extract", None, progress, cancel, started)?;
     Ok(s.remove(0))
 }
@@ -690,7 +745,7 @@ fn plan_read_bytes(models: &[Checkpoint], plan: &Plan) -> u64 {
         .map(|t| match &t.action {
             Action::Copy(s) => entry(models, s).byte_len() as u64,
             Action::Combine { target, terms, .. } => {
-                let srcs = target.iter().chain(terms.iter().flat_map(|x| std::iter::once(&x.plus).chain(&x.minus)));
+                let srcs = target.iter().chain(terms.iter().flat_map(|x| std::iter::once(&x.chat).chain(&x.base)));
                 srcs.map(|s| entry(models, s).byte_len() as u64).sum()
             }
         })

@@ -39,15 +39,16 @@ pub struct Src {
     pub name: String,
 }
 
-/// One vector term `ratio·(plus − minus)`; without `minus` the term is `ratio·plus` (an extracted
-/// vector). The ratio belongs to the output (one pass can write several ratios): term `i` of a
-/// tensor is vector `i` of the plan, whose ratio each output gives.
+/// One vector term `ratio·(chat − base)`; without `base` the term is `ratio·chat`, where `chat`
+/// is a stored vector (`chatvec extract`'s output, the difference already taken). The ratio
+/// belongs to the output (one pass can write several ratios): term `i` of a tensor is vector `i`
+/// of the plan, whose ratio each output gives.
 #[derive(Debug, Clone)]
 pub struct Term {
     /// The chat model (or the stored vector).
-    pub plus: Src,
+    pub chat: Src,
     /// The base model.
-    pub minus: Option<Src>,
+    pub base: Option<Src>,
 }
 
 /// Output row `row` is row `src_row` of tensor `src` (special-token rows from the chat model).
@@ -79,7 +80,7 @@ pub enum Action {
         terms: Vec<Term>,
         /// Number of leading rows the terms apply to.
         rows: usize,
-        /// Feature-porter weighting of the first term (whose `minus` is the base).
+        /// Feature-porter weighting of the first term (which has a base).
         porter: Option<PorterParams>,
         /// Rows replaced by rows of another tensor.
         overrides: Vec<Override>,
@@ -222,20 +223,23 @@ impl Default for PlanOptions {
     }
 }
 
-/// A vector for a plan: `models[plus] − models[minus]`, or `models[plus]` (its ratio is the
-/// output's).
+/// A vector for a plan: `models[chat] − models[base]`, or `models[chat]` alone when it is a stored
+/// vector (its ratio is the output's).
 #[derive(Debug, Clone)]
 pub struct VectorRef {
     /// Index of the chat model or stored vector.
-    pub plus: usize,
+    pub chat: usize,
     /// Index of the base model, for a vector computed on the fly.
-    pub minus: Option<usize>,
+    pub base: Option<usize>,
     /// For a stored vector: the special-token rows it carries (tensor → token ids, from its
     /// manifest), stored as `chatvec.special_rows.<tensor>`.
     pub special_rows: Vec<(String, Vec<usize>)>,
 }
 
-/// Plans `target + Σ vectors` over `models` (target at index 0), in the target's tensor order.
+/// Where a merge plan finds its target in the model list.
+pub const TARGET: usize = 0;
+
+/// Plans `target + Σ vectors` over `models` (the target at [`TARGET`]), in the target's tensor order.
 /// `row_norms` reads a tensor's row norms (only called for special-row detection).
 pub fn plan_merge(
     models: &[Checkpoint],
@@ -243,7 +247,7 @@ pub fn plan_merge(
     opts: &PlanOptions,
     row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
 ) -> Result<Plan> {
-    let target = &models[0];
+    let target = &models[TARGET];
     let mut plan = Plan::default();
     for t in target.tensors() {
         let out_dtype = t.dtype.map(|d| opts.dtype.unwrap_or(d));
@@ -253,10 +257,10 @@ pub fn plan_merge(
             dtype_name: out_dtype.map(|d| d.safetensors_name().to_string()).unwrap_or(t.dtype_name.clone()),
             dtype: out_dtype,
             action: if out_dtype == t.dtype {
-                Action::Copy(Src { model: 0, name: t.name.clone() })
+                Action::Copy(Src { model: TARGET, name: t.name.clone() })
             } else {
                 Action::Combine {
-                    target: Some(Src { model: 0, name: t.name.clone() }),
+                    target: Some(Src { model: TARGET, name: t.name.clone() }),
                     terms: vec![],
                     rows: 0,
                     porter: None,
@@ -269,9 +273,9 @@ pub fn plan_merge(
         let mut terms = Vec::new();
         let mut absent = false;
         for v in vectors {
-            let plus = models[v.plus].get_or_tied(&t.name);
-            let minus = v.minus.map(|m| models[m].get_or_tied(&t.name));
-            match (plus, minus) {
+            let chat = models[v.chat].get_or_tied(&t.name);
+            let base = v.base.map(|m| models[m].get_or_tied(&t.name));
+            match (chat, base) {
                 (Some(p), None) => terms.push((v, p, None)),
                 (Some(p), Some(Some(m))) => terms.push((v, p, Some(m))),
                 _ => absent = true,
@@ -300,7 +304,7 @@ pub fn plan_merge(
                 if e.dtype.is_none() {
                     return Err(Error::tensor(
                         &t.name,
-                        format!("is {} in {}, which is not a float type", e.dtype_name, models[v.plus].dir.display()),
+                        format!("is {} in {}, which is not a float type", e.dtype_name, models[v.chat].dir.display()),
                     ));
                 }
             }
@@ -348,12 +352,12 @@ pub fn plan_merge(
             dtype_name: out_dtype.expect("float").safetensors_name().to_string(),
             dtype: out_dtype,
             action: Action::Combine {
-                target: Some(Src { model: 0, name: t.name.clone() }),
+                target: Some(Src { model: TARGET, name: t.name.clone() }),
                 terms: terms
                     .iter()
                     .map(|(v, p, m)| Term {
-                        plus: Src { model: v.plus, name: p.name.clone() },
-                        minus: m.map(|m| Src { model: v.minus.expect("minus model"), name: m.name.clone() }),
+                        chat: Src { model: v.chat, name: p.name.clone() },
+                        base: m.map(|m| Src { model: v.base.expect("base model"), name: m.name.clone() }),
                     })
                     .collect(),
                 rows,
@@ -365,7 +369,7 @@ pub fn plan_merge(
     }
     // Tensors the vectors carry that the target does not.
     for v in vectors {
-        for e in models[v.plus].tensors() {
+        for e in models[v.chat].tensors() {
             if target.get(&e.name).is_none() && !plan.missing_from_target.contains(&e.name) {
                 plan.missing_from_target.push(e.name.clone());
             }
@@ -377,7 +381,7 @@ pub fn plan_merge(
 /// The target tensor `t` with some rows replaced.
 fn overrides_action(t: &TensorEntry, overrides: Vec<Override>) -> Action {
     Action::Combine {
-        target: Some(Src { model: 0, name: t.name.clone() }),
+        target: Some(Src { model: TARGET, name: t.name.clone() }),
         terms: vec![],
         rows: 0,
         porter: None,
@@ -395,11 +399,11 @@ fn special_rows(
     threshold: f64,
     row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
 ) -> Result<Vec<Override>> {
-    let Some(v) = vectors.iter().find(|v| v.minus.is_some()) else {
+    let Some(v) = vectors.iter().find(|v| v.base.is_some()) else {
         return Ok(vec![]);
     };
-    let base = &models[v.minus.expect("found above")];
-    let chat = &models[v.plus];
+    let base = &models[v.base.expect("found above")];
+    let chat = &models[v.chat];
     let (Some(b), Some(c)) = (base.get_or_tied(name), chat.get_or_tied(name)) else {
         return Ok(vec![]);
     };
@@ -411,7 +415,7 @@ fn special_rows(
     let cut = threshold * median;
     Ok((0..bn.len())
         .filter(|&r| bn[r] <= cut && cn[r] > cut)
-        .map(|r| Override { row: r, src: Src { model: v.plus, name: c.name.clone() }, src_row: r })
+        .map(|r| Override { row: r, src: Src { model: v.chat, name: c.name.clone() }, src_row: r })
         .collect())
 }
 
@@ -419,10 +423,10 @@ fn special_rows(
 /// embeddings were left out), checked against the target's shape.
 fn stored_special_rows(models: &[Checkpoint], vectors: &[VectorRef], t: &TensorEntry) -> Vec<Override> {
     let mut out = vec![];
-    for v in vectors.iter().filter(|v| v.minus.is_none()) {
+    for v in vectors.iter().filter(|v| v.base.is_none()) {
         let Some((_, ids)) = v.special_rows.iter().find(|(n, _)| *n == t.name) else { continue };
         let name = format!("{SPECIAL_ROWS_PREFIX}{}", t.name);
-        let Some(e) = models[v.plus].get(&name) else { continue };
+        let Some(e) = models[v.chat].get(&name) else { continue };
         let fits = e.shape.len() == 2
             && e.shape[0] == ids.len()
             && e.shape[1..] == t.shape[1..]
@@ -430,7 +434,7 @@ fn stored_special_rows(models: &[Checkpoint], vectors: &[VectorRef], t: &TensorE
         if fits {
             out.extend(ids.iter().enumerate().map(|(j, &r)| Override {
                 row: r,
-                src: Src { model: v.plus, name: name.clone() },
+                src: Src { model: v.chat, name: name.clone() },
                 src_row: j,
             }));
         }
@@ -438,14 +442,16 @@ fn stored_special_rows(models: &[Checkpoint], vectors: &[VectorRef], t: &TensorE
     out
 }
 
-/// Plans the vector `chat − base` (models = [chat, base]) in the chat model's tensor order:
+/// Plans `vector` (`chat − base`, both given) as a checkpoint, in the chat model's tensor order:
 /// selected float tensors only, in `dtype` (f32 by default).
 pub fn plan_extract(
     models: &[Checkpoint],
+    vector: &VectorRef,
     opts: &PlanOptions,
     row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
 ) -> Result<Plan> {
-    let (chat, base) = (&models[0], &models[1]);
+    let base_model = vector.base.ok_or_else(|| Error::msg("extract needs a base model"))?;
+    let (chat, base) = (&models[vector.chat], &models[base_model]);
     let dtype = opts.dtype.unwrap_or(DType::F32);
     let mut plan = Plan::default();
     for c in chat.tensors() {
@@ -466,8 +472,7 @@ pub fn plan_extract(
             plan.not_selected.push(c.name.clone());
             if opts.special_rows && is_vocab_tensor(&c.name) {
                 // Keep the chat model's special-token rows so `apply` can restore them as `merge` does.
-                let v = [VectorRef { plus: 0, minus: Some(1), special_rows: vec![] }];
-                let rows = special_rows(models, &v, &c.name, opts.untrained_threshold, row_norms)?;
+                let rows = special_rows(models, std::slice::from_ref(vector), &c.name, opts.untrained_threshold, row_norms)?;
                 if !rows.is_empty() {
                     plan.special_rows.push((c.name.clone(), rows.iter().map(|o| o.row).collect()));
                     let mut shape = c.shape.clone();
@@ -498,8 +503,8 @@ pub fn plan_extract(
             action: Action::Combine {
                 target: None,
                 terms: vec![Term {
-                    plus: Src { model: 0, name: c.name.clone() },
-                    minus: Some(Src { model: 1, name: b.name.clone() }),
+                    chat: Src { model: vector.chat, name: c.name.clone() },
+                    base: Some(Src { model: base_model, name: b.name.clone() }),
                 }],
                 rows: c.shape.first().copied().unwrap_or(1),
                 porter: None,
