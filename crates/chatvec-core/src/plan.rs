@@ -239,143 +239,196 @@ pub struct VectorRef {
 /// Where a merge plan finds its target in the model list.
 pub const TARGET: usize = 0;
 
-/// Plans `target + Σ vectors` over `models` (the target at [`TARGET`]), in the target's tensor order.
-/// `row_norms` reads a tensor's row norms (only called for special-row detection).
+/// Plans `target + Σ vectors` over `models` (the target at [`TARGET`]), in the target's tensor
+/// order. `row_norms` reads a tensor's row norms (only called for special-row detection).
 pub fn plan_merge(
     models: &[Checkpoint],
     vectors: &[VectorRef],
     opts: &PlanOptions,
     row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
 ) -> Result<Plan> {
-    let target = &models[TARGET];
-    let mut plan = Plan::default();
-    for t in target.tensors() {
-        let out_dtype = t.dtype.map(|d| opts.dtype.unwrap_or(d));
-        let copy = |kind| PlannedTensor {
+    let mut planner = MergePlanner { models, vectors, opts, row_norms, plan: Plan::default() };
+    for t in models[TARGET].tensors() {
+        planner.plan_tensor(t)?;
+    }
+    let mut plan = planner.plan;
+    plan.missing_from_target = missing_from_target(models, vectors);
+    Ok(plan)
+}
+
+/// The inputs of a merge plan, and the plan so far.
+struct MergePlanner<'a> {
+    models: &'a [Checkpoint],
+    vectors: &'a [VectorRef],
+    opts: &'a PlanOptions,
+    row_norms: &'a mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
+    plan: Plan,
+}
+
+/// The tensors of one vector that match a target tensor.
+struct VectorTensors<'a> {
+    vector: &'a VectorRef,
+    chat: &'a TensorEntry,
+    base: Option<&'a TensorEntry>,
+}
+
+impl<'a> MergePlanner<'a> {
+    /// Plans target tensor `t`: copied when a vector lacks it or it is not a float, copied with
+    /// special-token rows when it is not selected, combined with the vectors otherwise.
+    fn plan_tensor(&mut self, t: &TensorEntry) -> Result<()> {
+        let Some(found) = self.vector_tensors(t) else {
+            self.absent_from_a_vector(t);
+            return Ok(());
+        };
+        if t.dtype.is_none() {
+            self.plan.tensors.push(self.copy(t, Kind::Copied));
+            return Ok(());
+        }
+        // Shape checks come first, so a bad model fails even when its tensor is not selected.
+        let rows = self.checked_rows(t, &found)?;
+        if !self.opts.selection.selects(&t.name) {
+            return self.not_selected(t);
+        }
+        self.plan.tensors.push(self.combined(t, &found, rows));
+        Ok(())
+    }
+
+    /// Each vector's tensors for target tensor `t`, or `None` when a vector lacks it.
+    fn vector_tensors(&self, t: &TensorEntry) -> Option<Vec<VectorTensors<'a>>> {
+        let models = self.models;
+        self.vectors
+            .iter()
+            .map(|v| {
+                let chat = models[v.chat].get_or_tied(&t.name)?;
+                let base = match v.base {
+                    Some(b) => Some(models[b].get_or_tied(&t.name)?),
+                    None => None,
+                };
+                Some(VectorTensors { vector: v, chat, base })
+            })
+            .collect()
+    }
+
+    /// Target tensor `t` as it is, converted to the output dtype when one is set.
+    fn copy(&self, t: &TensorEntry, kind: Kind) -> PlannedTensor {
+        let out = t.dtype.map(|d| self.opts.dtype.unwrap_or(d));
+        PlannedTensor {
             name: t.name.clone(),
             shape: t.shape.clone(),
-            dtype_name: out_dtype.map(|d| d.safetensors_name().to_string()).unwrap_or(t.dtype_name.clone()),
-            dtype: out_dtype,
-            action: if out_dtype == t.dtype {
+            dtype_name: out.map(|d| d.safetensors_name().to_string()).unwrap_or(t.dtype_name.clone()),
+            dtype: out,
+            action: if out == t.dtype {
                 Action::Copy(Src { model: TARGET, name: t.name.clone() })
             } else {
-                Action::Combine {
-                    target: Some(Src { model: TARGET, name: t.name.clone() }),
-                    terms: vec![],
-                    rows: 0,
-                    porter: None,
-                    overrides: vec![],
-                }
+                overrides_action(t, vec![])
             },
             kind,
-        };
-        // Resolve every vector's tensors; a tensor absent from any of them is target-only.
-        let mut terms = Vec::new();
-        let mut absent = false;
-        for v in vectors {
-            let chat = models[v.chat].get_or_tied(&t.name);
-            let base = v.base.map(|m| models[m].get_or_tied(&t.name));
-            match (chat, base) {
-                (Some(p), None) => terms.push((v, p, None)),
-                (Some(p), Some(Some(m))) => terms.push((v, p, Some(m))),
-                _ => absent = true,
-            }
         }
-        if absent {
-            let stored = stored_special_rows(models, vectors, t);
-            if stored.is_empty() {
-                plan.only_in_target.push(t.name.clone());
-                plan.tensors.push(copy(Kind::Copied));
-            } else {
-                plan.not_selected.push(t.name.clone());
-                plan.special_rows.push((t.name.clone(), stored.iter().map(|o| o.row).collect()));
-                plan.tensors.push(PlannedTensor { action: overrides_action(t, stored), ..copy(Kind::SpecialRows) });
-            }
-            continue;
+    }
+
+    /// Target tensor `t` with `rows` replaced: special-token rows from the chat model.
+    fn push_special_rows(&mut self, t: &TensorEntry, rows: Vec<Override>) {
+        self.plan.special_rows.push((t.name.clone(), rows.iter().map(|o| o.row).collect()));
+        self.plan.tensors.push(PlannedTensor { action: overrides_action(t, rows), ..self.copy(t, Kind::SpecialRows) });
+    }
+
+    /// A target tensor that some vector lacks: copied, with the special-token rows that stored
+    /// vectors carry for it.
+    fn absent_from_a_vector(&mut self, t: &TensorEntry) {
+        let stored = stored_special_rows(self.models, self.vectors, t);
+        if stored.is_empty() {
+            self.plan.only_in_target.push(t.name.clone());
+            self.plan.tensors.push(self.copy(t, Kind::Copied));
+        } else {
+            self.plan.not_selected.push(t.name.clone());
+            self.push_special_rows(t, stored);
         }
-        let Some(_) = t.dtype else {
-            plan.tensors.push(copy(Kind::Copied));
-            continue;
-        };
-        // Shape checks come first, so a bad model fails even when its tensor is not selected.
+    }
+
+    /// A tensor left out by the selection: copied, with the chat model's special-token rows when
+    /// it is an embedding whose base rows are untrained.
+    fn not_selected(&mut self, t: &TensorEntry) -> Result<()> {
+        self.plan.not_selected.push(t.name.clone());
+        let mut special = vec![];
+        if self.opts.special_rows {
+            if is_vocab_tensor(&t.name) {
+                let threshold = self.opts.untrained_threshold;
+                special = special_rows(self.models, self.vectors, &t.name, threshold, &mut *self.row_norms)?;
+            }
+            special.extend(stored_special_rows(self.models, self.vectors, t));
+        }
+        if special.is_empty() {
+            self.plan.tensors.push(self.copy(t, Kind::Copied));
+        } else {
+            self.push_special_rows(t, special);
+        }
+        Ok(())
+    }
+
+    /// Checks the vectors' tensors against target tensor `t`: float, base and chat of one shape,
+    /// and a shape the target's can take; returns how many leading rows of the target they cover.
+    fn checked_rows(&self, t: &TensorEntry, found: &[VectorTensors]) -> Result<usize> {
         let mut rows = usize::MAX;
-        for (v, p, m) in &terms {
-            for e in std::iter::once(*p).chain(*m) {
+        for f in found {
+            for e in std::iter::once(f.chat).chain(f.base) {
                 if e.dtype.is_none() {
-                    return Err(Error::tensor(
-                        &t.name,
-                        format!("is {} in {}, which is not a float type", e.dtype_name, models[v.chat].dir.display()),
-                    ));
+                    let dir = self.models[f.vector.chat].dir.display();
+                    return Err(Error::tensor(&t.name, format!("is {} in {dir}, which is not a float type", e.dtype_name)));
                 }
             }
-            if let Some(m) = m {
-                if m.shape != p.shape {
-                    return Err(Error::tensor(
-                        &t.name,
-                        format!("base has shape {} but chat has {}", shape_str(&m.shape), shape_str(&p.shape)),
-                    ));
+            let note = match f.base {
+                Some(b) if b.shape != f.chat.shape => {
+                    let why = format!("base has shape {} but chat has {}", shape_str(&b.shape), shape_str(&f.chat.shape));
+                    return Err(Error::tensor(&t.name, why));
                 }
-            }
-            let note = match m {
-                Some(m) => format!(
+                Some(b) => format!(
                     "target {}, base {}, chat {}",
                     shape_str(&t.shape),
-                    shape_str(&m.shape),
-                    shape_str(&p.shape)
+                    shape_str(&b.shape),
+                    shape_str(&f.chat.shape)
                 ),
-                None => format!("target {}, vector {}", shape_str(&t.shape), shape_str(&p.shape)),
+                None => format!("target {}, vector {}", shape_str(&t.shape), shape_str(&f.chat.shape)),
             };
-            rows = rows.min(covered_rows(&t.name, &t.shape, &p.shape, &note)?);
+            rows = rows.min(covered_rows(&t.name, &t.shape, &f.chat.shape, &note)?);
         }
-        if !opts.selection.selects(&t.name) {
-            plan.not_selected.push(t.name.clone());
-            let mut special = if opts.special_rows && is_vocab_tensor(&t.name) {
-                special_rows(models, vectors, &t.name, opts.untrained_threshold, row_norms)?
-            } else {
-                vec![]
-            };
-            if opts.special_rows {
-                special.extend(stored_special_rows(models, vectors, t));
-            }
-            if special.is_empty() {
-                plan.tensors.push(copy(Kind::Copied));
-            } else {
-                plan.special_rows.push((t.name.clone(), special.iter().map(|o| o.row).collect()));
-                plan.tensors.push(PlannedTensor { action: overrides_action(t, special), ..copy(Kind::SpecialRows) });
-            }
-            continue;
-        }
+        Ok(rows)
+    }
+
+    /// Target tensor `t` plus the vectors over its first `rows` rows.
+    fn combined(&self, t: &TensorEntry, found: &[VectorTensors], rows: usize) -> PlannedTensor {
+        let terms = found
+            .iter()
+            .map(|f| Term {
+                chat: Src { model: f.vector.chat, name: f.chat.name.clone() },
+                base: f.base.map(|b| Src { model: f.vector.base.expect("a base tensor has a base"), name: b.name.clone() }),
+            })
+            .collect();
         let full = t.shape.first().copied().unwrap_or(1);
-        plan.tensors.push(PlannedTensor {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            dtype_name: out_dtype.expect("float").safetensors_name().to_string(),
-            dtype: out_dtype,
+        PlannedTensor {
             action: Action::Combine {
                 target: Some(Src { model: TARGET, name: t.name.clone() }),
-                terms: terms
-                    .iter()
-                    .map(|(v, p, m)| Term {
-                        chat: Src { model: v.chat, name: p.name.clone() },
-                        base: m.map(|m| Src { model: v.base.expect("base model"), name: m.name.clone() }),
-                    })
-                    .collect(),
+                terms,
                 rows,
-                porter: opts.porter,
+                porter: self.opts.porter,
                 overrides: vec![],
             },
             kind: if rows < full { Kind::RowAdjusted } else { Kind::Merged },
-        });
+            ..self.copy(t, Kind::Merged)
+        }
     }
-    // Tensors the vectors carry that the target does not.
+}
+
+/// Tensors the vectors carry that the target does not.
+fn missing_from_target(models: &[Checkpoint], vectors: &[VectorRef]) -> Vec<String> {
+    let mut missing: Vec<String> = vec![];
     for v in vectors {
         for e in models[v.chat].tensors() {
-            if target.get(&e.name).is_none() && !plan.missing_from_target.contains(&e.name) {
-                plan.missing_from_target.push(e.name.clone());
+            if models[TARGET].get(&e.name).is_none() && !missing.contains(&e.name) {
+                missing.push(e.name.clone());
             }
         }
     }
-    Ok(plan)
+    missing
 }
 
 /// The target tensor `t` with some rows replaced.
@@ -472,46 +525,59 @@ pub fn plan_extract(
             plan.not_selected.push(c.name.clone());
             if opts.special_rows && is_vocab_tensor(&c.name) {
                 // Keep the chat model's special-token rows so `apply` can restore them as `merge` does.
-                let rows = special_rows(models, std::slice::from_ref(vector), &c.name, opts.untrained_threshold, row_norms)?;
+                let vectors = std::slice::from_ref(vector);
+                let rows = special_rows(models, vectors, &c.name, opts.untrained_threshold, row_norms)?;
                 if !rows.is_empty() {
                     plan.special_rows.push((c.name.clone(), rows.iter().map(|o| o.row).collect()));
-                    let mut shape = c.shape.clone();
-                    shape[0] = rows.len();
-                    plan.tensors.push(PlannedTensor {
-                        name: format!("{SPECIAL_ROWS_PREFIX}{}", c.name),
-                        shape,
-                        dtype_name: dtype.safetensors_name().to_string(),
-                        dtype: Some(dtype),
-                        action: Action::Combine {
-                            target: None,
-                            terms: vec![],
-                            rows: 0,
-                            porter: None,
-                            overrides: rows.into_iter().enumerate().map(|(j, o)| Override { row: j, ..o }).collect(),
-                        },
-                        kind: Kind::SpecialRows,
-                    });
+                    plan.tensors.push(stored_rows_tensor(c, rows, dtype));
                 }
             }
             continue;
         }
-        plan.tensors.push(PlannedTensor {
-            name: c.name.clone(),
-            shape: c.shape.clone(),
-            dtype_name: dtype.safetensors_name().to_string(),
-            dtype: Some(dtype),
-            action: Action::Combine {
-                target: None,
-                terms: vec![Term {
-                    chat: Src { model: vector.chat, name: c.name.clone() },
-                    base: Some(Src { model: base_model, name: b.name.clone() }),
-                }],
-                rows: c.shape.first().copied().unwrap_or(1),
-                porter: None,
-                overrides: vec![],
-            },
-            kind: Kind::Merged,
-        });
+        let term = Term {
+            chat: Src { model: vector.chat, name: c.name.clone() },
+            base: Some(Src { model: base_model, name: b.name.clone() }),
+        };
+        plan.tensors.push(vector_tensor(c, term, dtype));
     }
     Ok(plan)
+}
+
+/// The vector `term` of chat tensor `c`, stored in `dtype`.
+fn vector_tensor(c: &TensorEntry, term: Term, dtype: DType) -> PlannedTensor {
+    PlannedTensor {
+        name: c.name.clone(),
+        shape: c.shape.clone(),
+        dtype_name: dtype.safetensors_name().to_string(),
+        dtype: Some(dtype),
+        action: Action::Combine {
+            target: None,
+            terms: vec![term],
+            rows: c.shape.first().copied().unwrap_or(1),
+            porter: None,
+            overrides: vec![],
+        },
+        kind: Kind::Merged,
+    }
+}
+
+/// The chat model's special-token `rows` of vocab tensor `c`, stored as
+/// `chatvec.special_rows.<name>` (row `j` holds the `j`-th of them) in `dtype`.
+fn stored_rows_tensor(c: &TensorEntry, rows: Vec<Override>, dtype: DType) -> PlannedTensor {
+    let mut shape = c.shape.clone();
+    shape[0] = rows.len();
+    PlannedTensor {
+        name: format!("{SPECIAL_ROWS_PREFIX}{}", c.name),
+        shape,
+        dtype_name: dtype.safetensors_name().to_string(),
+        dtype: Some(dtype),
+        action: Action::Combine {
+            target: None,
+            terms: vec![],
+            rows: 0,
+            porter: None,
+            overrides: rows.into_iter().enumerate().map(|(j, o)| Override { row: j, ..o }).collect(),
+        },
+        kind: Kind::SpecialRows,
+    }
 }
