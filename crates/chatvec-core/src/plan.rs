@@ -1,5 +1,9 @@
-//! What happens to each output tensor, decided before any tensor data is read: which tensors are
-//! merged, copied or row-adjusted, with which sources, and every shape check that can fail.
+//! What happens to each output tensor, decided before the run streams any tensor: which tensors
+//! are merged, copied or row-adjusted, with which sources, and every shape check that can fail.
+//!
+//! Planning reads the headers only, with one exception: when embeddings are left out of the
+//! merge, special-token detection reads the row norms of the base's and chat model's vocab
+//! tensors, through the `row_norms` reader the caller passes in (the run's streaming reader).
 
 use regex::Regex;
 use serde::Serialize;
