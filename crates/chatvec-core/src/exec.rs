@@ -191,27 +191,12 @@ impl Run<'_> {
     }
 
     fn combine_tensor(&self, t: &PlannedTensor, outputs: &mut [Output], tally: &Tally) -> Result<()> {
-        let Action::Combine { target, terms, rows, porter, overrides } = &t.action else {
-            unreachable!("combine_tensor is only called for Combine")
-        };
-        let models = self.models;
-        let cols: usize = t.shape.iter().skip(1).product();
-        let numel: usize = t.shape.iter().product();
-        let terms: Vec<TermInputs> = terms.iter().map(|term| TermInputs::new(models, term)).collect();
-        let mut c = Combine {
-            out: t.dtype.expect("combined tensors are float"),
-            cols,
-            covered: (*rows * cols).min(numel),
-            target: target.as_ref().map(|s| Input::new(models, s)),
-            terms,
-            overrides: overrides.iter().map(|o| (o, Input::new(models, &o.src))).collect(),
-            porter: None,
-            ratios: outputs.iter().map(|o| o.ratios.clone()).collect(),
-        };
-        if let Some(p) = porter {
+        let mut c = Combine::new(self.models, t, outputs);
+        if let Some(p) = c.porter_params {
             self.check()?;
-            c.porter = Some((*p, porter_range(&c.target, &c.terms, c.covered)?));
+            c.porter = Some((p, porter_range(&c.target, &c.terms, c.covered)?));
         }
+        let numel: usize = t.shape.iter().product();
         let block_elems = (BLOCK_BYTES / c.out.size()).max(1);
         c.inputs().for_each(|i| i.prefetch(0..block_elems.min(numel)));
         let mut start = 0;
@@ -306,6 +291,8 @@ struct Combine<'a> {
     target: Option<Input<'a>>,
     terms: Vec<TermInputs<'a>>,
     overrides: Vec<(&'a Override, Input<'a>)>,
+    /// Feature-porter's parameters, and its normalisation once measured.
+    porter_params: Option<PorterParams>,
     porter: Option<(PorterParams, PorterRange)>,
     /// Per output, one ratio per term.
     ratios: Vec<Vec<f64>>,
@@ -328,6 +315,26 @@ impl Scratch {
 }
 
 impl<'a> Combine<'a> {
+    /// Planned tensor `t` (a [`Action::Combine`]) ready to compute into `outputs`.
+    fn new(models: &'a [Checkpoint], t: &'a PlannedTensor, outputs: &[Output]) -> Self {
+        let Action::Combine { target, terms, rows, porter, overrides } = &t.action else {
+            unreachable!("only Combine tensors are combined")
+        };
+        let cols: usize = t.shape.iter().skip(1).product();
+        let numel: usize = t.shape.iter().product();
+        Combine {
+            out: t.dtype.expect("combined tensors are float"),
+            cols,
+            covered: (*rows * cols).min(numel),
+            target: target.as_ref().map(|s| Input::new(models, s)),
+            terms: terms.iter().map(|term| TermInputs::new(models, term)).collect(),
+            overrides: overrides.iter().map(|o| (o, Input::new(models, &o.src))).collect(),
+            porter_params: *porter,
+            porter: None,
+            ratios: outputs.iter().map(|o| o.ratios.clone()).collect(),
+        }
+    }
+
     fn inputs(&self) -> impl Iterator<Item = &Input<'a>> + '_ {
         self.target.iter().chain(self.terms.iter().flat_map(|t| std::iter::once(&t.chat).chain(&t.base)))
     }
@@ -350,15 +357,16 @@ impl<'a> Combine<'a> {
                 let end = s + chunks[0].len() / self.out.size();
                 while lane < end {
                     let e = (lane + LANES).min(end);
-                    self.lanes(lane..e, s, scratch, &mut chunks, tally, stats);
+                    self.combine_chunk(lane..e, s, scratch, &mut chunks, tally, stats);
                     lane = e;
                 }
             },
         );
     }
 
-    /// The kernel over elements `r` (at most [`LANES`]); `chunks` start at element `base`.
-    fn lanes(
+    /// The kernel over elements `r` (at most [`LANES`]) into every output's chunk; `chunks`
+    /// start at element `base`.
+    fn combine_chunk(
         &self,
         r: std::ops::Range<usize>,
         base: usize,
@@ -367,55 +375,63 @@ impl<'a> Combine<'a> {
         tally: &Tally,
         stats: &Stats,
     ) {
-        let (s, e, n) = (r.start, r.end, r.len());
-        let target = &mut sc.target[..n];
-        match &self.target {
-            Some(ti) => ti.read(s..e, target),
-            None => target.fill(0.0),
-        }
-        sc.acc.iter_mut().for_each(|a| a[..n].copy_from_slice(target));
-        let ce = e.min(self.covered);
-        if s < ce {
-            let nc = ce - s;
-            for (ti, term) in self.terms.iter().enumerate() {
-                let (p, m) = (&mut sc.chat[..nc], &mut sc.base[..nc]);
-                term.chat.read(s..ce, p);
-                match &term.base {
-                    Some(mi) => mi.read(s..ce, m),
-                    None => m.fill(0.0),
-                }
-                for (acc, ratios) in sc.acc.iter_mut().zip(&self.ratios) {
-                    let acc = &mut acc[..nc];
-                    match (&self.porter, ti) {
-                        (Some((params, range)), 0) => porter_lanes(acc, p, m, ratios[ti], params, range),
-                        _ => chat_vector_lanes(acc, p, m, ratios[ti]),
-                    }
-                }
-            }
-        }
-        for (o, src) in &self.overrides {
-            let (rs, re) = (o.row * self.cols, (o.row + 1) * self.cols);
-            let (a, b) = (rs.max(s), re.min(e));
-            if a < b {
-                let from = o.src_row * self.cols + (a - rs);
-                src.read(from..from + (b - a), &mut sc.chat[..b - a]);
-                sc.acc.iter_mut().for_each(|acc| acc[a - s..b - s].copy_from_slice(&sc.chat[..b - a]));
-            }
-        }
+        self.sum_terms(r.clone(), sc);
+        self.apply_overrides(r.clone(), sc);
         let w = self.out.size();
-        let bytes = (s - base) * w..(e - base) * w;
+        let bytes = (r.start - base) * w..(r.end - base) * w;
         for (k, (acc, chunk)) in sc.acc.iter().zip(chunks.iter_mut()).enumerate() {
-            let nonfinite = encode(self.out, &acc[..n], &mut chunk[bytes.clone()]);
+            let nonfinite = encode(self.out, &acc[..r.len()], &mut chunk[bytes.clone()]);
             if nonfinite > 0 {
                 tally.outputs[k].fetch_add(nonfinite as u64, Ordering::Relaxed);
-                tally.inputs.fetch_or(self.nonfinite_sources(s..e, &mut sc.chat), Ordering::Relaxed);
+                tally.inputs.fetch_or(self.nonfinite_sources(r.clone(), &mut sc.chat), Ordering::Relaxed);
             }
         }
         if self.target.is_none() && self.out != DType::F64 {
-            let back = &mut sc.base[..n];
-            decode(self.out, &chunks[0][bytes], back);
-            let inexact = back.iter().zip(&sc.acc[0][..n]).filter(|(b, a)| b != a).count();
+            let inexact = count_inexact(self.out, &chunks[0][bytes], &sc.acc[0][..r.len()], &mut sc.base);
             stats.inexact.fetch_add(inexact as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Each output's accumulator over elements `r`: the target plus every term at the output's
+    /// ratios, in f64.
+    fn sum_terms(&self, r: std::ops::Range<usize>, sc: &mut Scratch) {
+        let target = &mut sc.target[..r.len()];
+        match &self.target {
+            Some(ti) => ti.read(r.clone(), target),
+            None => target.fill(0.0),
+        }
+        sc.acc.iter_mut().for_each(|a| a[..r.len()].copy_from_slice(target));
+        let covered_end = r.end.min(self.covered);
+        if r.start >= covered_end {
+            return;
+        }
+        let n = covered_end - r.start;
+        for (ti, term) in self.terms.iter().enumerate() {
+            let (chat, base) = (&mut sc.chat[..n], &mut sc.base[..n]);
+            term.chat.read(r.start..covered_end, chat);
+            match &term.base {
+                Some(bi) => bi.read(r.start..covered_end, base),
+                None => base.fill(0.0),
+            }
+            for (acc, ratios) in sc.acc.iter_mut().zip(&self.ratios) {
+                match (&self.porter, ti) {
+                    (Some((params, range)), 0) => porter_lanes(&mut acc[..n], chat, base, ratios[ti], params, range),
+                    _ => chat_vector_lanes(&mut acc[..n], chat, base, ratios[ti]),
+                }
+            }
+        }
+    }
+
+    /// Replaces the overridden rows' elements within `r` in every accumulator.
+    fn apply_overrides(&self, r: std::ops::Range<usize>, sc: &mut Scratch) {
+        for (o, src) in &self.overrides {
+            let (rs, re) = (o.row * self.cols, (o.row + 1) * self.cols);
+            let (a, b) = (rs.max(r.start), re.min(r.end));
+            if a < b {
+                let from = o.src_row * self.cols + (a - rs);
+                src.read(from..from + (b - a), &mut sc.chat[..b - a]);
+                sc.acc.iter_mut().for_each(|acc| acc[a - r.start..b - r.start].copy_from_slice(&sc.chat[..b - a]));
+            }
         }
     }
 
@@ -474,6 +490,13 @@ impl<'a> Combine<'a> {
         }
         read
     }
+}
+
+/// How many of `exact` changed when encoded as `encoded` (bytes of `dtype`); `buf` is scratch.
+fn count_inexact(dtype: DType, encoded: &[u8], exact: &[f64], buf: &mut [f64]) -> usize {
+    let back = &mut buf[..exact.len()];
+    decode(dtype, encoded, back);
+    back.iter().zip(exact).filter(|(b, a)| b != a).count()
 }
 
 /// [`chat_vector`] over lanes: `acc` holds the target (or the sum so far).
