@@ -365,8 +365,16 @@ pub fn merge_ratios(
         })
         .collect();
     let carry = Carry { template: chat_template, template_from: "chat model", eos: chat_eos };
-    let job_models = JobModels { models: &models, roles: &MERGE_NAMES.into_list() };
-    write_model(&job_models, &plan, &job.plan, outs, "merge", Some(carry), progress, cancel, started)
+    let job = Job {
+        command: "merge",
+        models: &models,
+        roles: MERGE_NAMES.into_list(),
+        files_from: MERGE.target,
+        plan: &plan,
+        opts: &job.plan,
+        carry: Some(carry),
+    };
+    job.write(outs, progress, cancel, started)
 }
 
 /// Runs `apply`.
@@ -407,11 +415,17 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
     let carry = Carry { template, template_from: "vector manifest", eos };
     let roles: Vec<String> =
         std::iter::once("target".to_string()).chain((1..models.len()).map(|i| format!("vector {i}"))).collect();
-    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
     let out = JobOutput { options: job.output.clone(), ratios: job.vectors.iter().map(|(_, r)| *r).collect(), recipe };
-    let job_models = JobModels { models: &models, roles: &roles };
-    let mut s = write_model(&job_models, &plan, &job.plan, vec![out], "apply", Some(carry), progress, cancel, started)?;
-    Ok(s.remove(0))
+    let job = Job {
+        command: "apply",
+        models: &models,
+        roles: roles.iter().map(String::as_str).collect(),
+        files_from: plan::TARGET,
+        plan: &plan,
+        opts: &job.plan,
+        carry: Some(carry),
+    };
+    Ok(job.write(vec![out], progress, cancel, started)?.remove(0))
 }
 
 /// The `chatvec.json` of a stored vector, refused unless `chatvec extract` wrote it.
@@ -447,9 +461,16 @@ pub fn extract(job: &ExtractJob, progress: &dyn Progress, cancel: &AtomicBool) -
         "chat_eos_token_ids": modelfiles::eos_ids(&job.chat.path, &chat.config)?,
     });
     let out = JobOutput { options: job.output.clone(), ratios: vec![1.0], recipe };
-    let job_models = JobModels { models: &models, roles: &EXTRACT_NAMES.into_list() };
-    let mut s = write_model(&job_models, &plan, &job.plan, vec![out], "extract", None, progress, cancel, started)?;
-    Ok(s.remove(0))
+    let job = Job {
+        command: "extract",
+        models: &models,
+        roles: EXTRACT_NAMES.into_list(),
+        files_from: EXTRACT.chat,
+        plan: &plan,
+        opts: &job.plan,
+        carry: None,
+    };
+    Ok(job.write(vec![out], progress, cancel, started)?.remove(0))
 }
 
 /// A merge in which no tensor gets the vector would write a copy of the target and call it
@@ -483,10 +504,20 @@ struct Carry {
     eos: Vec<u32>,
 }
 
-/// The inputs of a job and their names for messages.
-struct JobModels<'a> {
+/// A planned job, ready to write: its inputs, its plan, and what its outputs take from the inputs.
+struct Job<'a> {
+    /// `merge`, `extract` or `apply`.
+    command: &'static str,
     models: &'a [Checkpoint],
-    roles: &'a [&'a str],
+    /// A name per model, for messages ("target", "chat", ...).
+    roles: Vec<&'a str>,
+    /// The model whose config, tokenizer and other files the outputs take (the target; the chat
+    /// model for extract).
+    files_from: usize,
+    plan: &'a Plan,
+    opts: &'a PlanOptions,
+    /// What a merged model takes from the chat side (nothing for a vector).
+    carry: Option<Carry>,
 }
 
 /// One output directory of a job: where, the ratio of each vector, and its `chatvec.json` so far.
@@ -502,87 +533,176 @@ struct Writing {
     writer: ShardWriter,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_model(
-    inputs: &JobModels,
-    plan: &Plan,
-    opts: &PlanOptions,
-    outs: Vec<JobOutput>,
-    command: &str,
-    carry: Option<Carry>,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-    started: Instant,
-) -> Result<Vec<Summary>> {
-    let models = inputs.models;
-    let shards = shard_layout(models, plan, outs[0].options.shard_size);
-    let bytes_out: u64 = shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes as u64).sum();
-    let mut summaries: Vec<Summary> = outs
-        .iter()
-        .map(|o| planned_summary(models, plan, opts, &o.options, command, shards.len(), bytes_out))
-        .collect();
-    if outs[0].options.dry_run {
-        summaries.iter_mut().for_each(|s| s.seconds = started.elapsed().as_secs_f64());
-        return Ok(summaries);
-    }
-    let mut writing = vec![];
-    for o in &outs {
-        refuse_input_as_output(models, &o.options.path)?;
-        let dir = OutputDir::create(&o.options.path, o.options.force)?;
-        let need = bytes_out * writing.iter().filter(|w: &&Writing| same_disk(w.dir.path(), dir.path())).count() as u64;
-        check_free_space(dir.path(), bytes_out + need)?;
-        let writer = ShardWriter::start(dir.path(), shards.clone());
-        writing.push(Writing { dir, writer });
-    }
-    progress.begin(bytes_out * outs.len() as u64);
-    let stats = Stats::default();
-    let streamed = {
-        let mut outputs: Vec<exec::Output> = writing
-            .iter_mut()
-            .zip(&outs)
-            .map(|(w, o)| exec::Output { writer: &mut w.writer, ratios: o.ratios.clone() })
-            .collect();
-        let order = write_order(plan, &shards);
-        let run = exec::Run {
-            models,
-            roles: inputs.roles,
-            plan,
-            order: &order,
-            allow_nonfinite: opts.allow_nonfinite,
-            progress,
-            cancel,
-            stats: &stats,
-        };
-        run.run(&mut outputs)
-    };
-    let mut dirs = vec![];
-    let mut finished = Ok(());
-    for w in writing {
-        match w.writer.finish() {
-            Ok(bytes) => dirs.push((w.dir, bytes)),
-            Err(e) => finished = Err(e),
+impl Job<'_> {
+    /// Streams the plan into every output, then completes each and moves it into place; returns
+    /// a summary per output (only the plan's, for a dry run).
+    fn write(&self, outs: Vec<JobOutput>, progress: &dyn Progress, cancel: &AtomicBool, started: Instant) -> Result<Vec<Summary>> {
+        let shards = shard_layout(self.models, self.plan, outs[0].options.shard_size);
+        let bytes_out: u64 = shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes as u64).sum();
+        let mut summaries: Vec<Summary> =
+            outs.iter().map(|o| self.planned_summary(&o.options, shards.len(), bytes_out)).collect();
+        if outs[0].options.dry_run {
+            summaries.iter_mut().for_each(|s| s.seconds = started.elapsed().as_secs_f64());
+            return Ok(summaries);
         }
-    }
-    streamed?;
-    finished?;
-    progress.finish();
-    if cancel.load(Ordering::Relaxed) {
-        return Err(Error::Interrupted);
-    }
-    let nonfinite = stats.nonfinite.lock().expect("no panics while held").clone();
-    for (k, ((dir, bytes), (summary, out))) in dirs.into_iter().zip(summaries.iter_mut().zip(outs)).enumerate() {
-        summary.bytes_written = bytes;
-        summary.bytes_read = stats.bytes_read.load(Ordering::Relaxed);
-        summary.inexact_elements = stats.inexact.load(Ordering::Relaxed);
-        for nf in nonfinite.iter().filter(|nf| nf.output == k) {
-            summary.warnings.push(format!("tensor {}: written with {}", nf.tensor, nf.describe(inputs.roles)));
+        let (written, stats) = self.stream_shards(&outs, &shards, bytes_out, progress, cancel)?;
+        let nonfinite = stats.nonfinite.into_inner().expect("no panics while held");
+        for (k, ((dir, bytes), (summary, out))) in written.into_iter().zip(summaries.iter_mut().zip(outs)).enumerate() {
+            summary.bytes_written = bytes;
+            summary.bytes_read = stats.bytes_read.load(Ordering::Relaxed);
+            summary.inexact_elements = stats.inexact.load(Ordering::Relaxed);
+            for nf in nonfinite.iter().filter(|nf| nf.output == k) {
+                summary.warnings.push(format!("tensor {}: written with {}", nf.tensor, nf.describe(&self.roles)));
+            }
+            self.finish_output(&shards, dir, summary, out.recipe)?;
+            summary.seconds = started.elapsed().as_secs_f64();
         }
-        finish_output(models, &shards, opts, dir, summary, out.recipe, carry.as_ref())?;
-        summary.seconds = started.elapsed().as_secs_f64();
+        Ok(summaries)
     }
-    Ok(summaries)
-}
 
+    /// Creates every output's temporary directory and streams the shards into them; returns each
+    /// directory with the bytes written to it, and the run's counters.
+    fn stream_shards(
+        &self,
+        outs: &[JobOutput],
+        shards: &[Shard],
+        bytes_out: u64,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<(Vec<(OutputDir, u64)>, Stats)> {
+        let mut writing = self.start_writers(outs, shards, bytes_out)?;
+        progress.begin(bytes_out * outs.len() as u64);
+        let stats = Stats::default();
+        let streamed = {
+            let mut outputs: Vec<exec::Output> = writing
+                .iter_mut()
+                .zip(outs)
+                .map(|(w, o)| exec::Output { writer: &mut w.writer, ratios: o.ratios.clone() })
+                .collect();
+            let order = write_order(self.plan, shards);
+            let run = exec::Run {
+                models: self.models,
+                roles: &self.roles,
+                plan: self.plan,
+                order: &order,
+                allow_nonfinite: self.opts.allow_nonfinite,
+                progress,
+                cancel,
+                stats: &stats,
+            };
+            run.run(&mut outputs)
+        };
+        let mut written = vec![];
+        let mut finished = Ok(());
+        for w in writing {
+            match w.writer.finish() {
+                Ok(bytes) => written.push((w.dir, bytes)),
+                Err(e) => finished = Err(e),
+            }
+        }
+        streamed?;
+        finished?;
+        progress.finish();
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        Ok((written, stats))
+    }
+
+    /// Every output's temporary directory, once it is known to be no input and to have room,
+    /// with a shard writer started in it.
+    fn start_writers(&self, outs: &[JobOutput], shards: &[Shard], bytes_out: u64) -> Result<Vec<Writing>> {
+        let mut writing: Vec<Writing> = vec![];
+        for o in outs {
+            refuse_input_as_output(self.models, &o.options.path)?;
+            let dir = OutputDir::create(&o.options.path, o.options.force)?;
+            let sharing = writing.iter().filter(|w| same_disk(w.dir.path(), dir.path())).count() as u64;
+            check_free_space(dir.path(), bytes_out * (1 + sharing))?;
+            let writer = ShardWriter::start(dir.path(), shards.to_vec());
+            writing.push(Writing { dir, writer });
+        }
+        Ok(writing)
+    }
+
+    /// The summary the plan alone gives (what a dry run reports).
+    fn planned_summary(&self, out: &OutputOptions, shards: usize, bytes_out: u64) -> Summary {
+        let (plan, opts) = (self.plan, self.opts);
+        let threads = rayon::current_num_threads() as u64;
+        Summary {
+            command: self.command.into(),
+            output: out.path.clone(),
+            dry_run: out.dry_run,
+            method: if opts.porter.is_some() { "feature-porter" } else { "chat-vector" }.into(),
+            tensors: plan.tensors.len(),
+            merged: plan.count(Kind::Merged),
+            row_adjusted: plan.count(Kind::RowAdjusted),
+            copied: plan.count(Kind::Copied) + plan.count(Kind::SpecialRows),
+            not_selected: plan.not_selected.clone(),
+            special_rows: plan.special_rows.clone(),
+            only_in_target: plan.only_in_target.clone(),
+            missing_from_target: plan.missing_from_target.clone(),
+            warnings: plan.warnings.iter().cloned().chain(self.models.iter().flat_map(Checkpoint::warnings)).collect(),
+            eos_token_ids: vec![],
+            chat_template_from: None,
+            shards,
+            bytes_read: plan_read_bytes(self.models, plan),
+            bytes_written: bytes_out,
+            // Blocks: two queued to the writer, one being written, one being filled, one recycled;
+            // input pages of one block per source; per-thread f64 scratch.
+            peak_memory_estimate: 5 * BLOCK_BYTES as u64 + 3 * 2 * BLOCK_BYTES as u64 + threads * 4 * 8 * LANES as u64,
+            inexact_elements: 0,
+            seconds: 0.0,
+        }
+    }
+
+    /// Completes a written output: index, support files, template, generation config, recipe;
+    /// then moves it into place.
+    fn finish_output(&self, shards: &[Shard], dir: OutputDir, summary: &mut Summary, recipe: Value) -> Result<()> {
+        write_index(dir.path(), shards, "model")?;
+        let files_from = &self.models[self.files_from];
+        modelfiles::copy_support_files(&files_from.dir, dir.path())?;
+        if let Some(d) = self.opts.dtype {
+            modelfiles::set_config_dtype(dir.path(), d)?;
+        }
+        if let Some(carry) = &self.carry {
+            if modelfiles::chat_template(dir.path())?.is_none() {
+                if let Some(t) = &carry.template {
+                    modelfiles::install_chat_template(dir.path(), t)?;
+                    summary.chat_template_from = Some(carry.template_from.into());
+                }
+            }
+            summary.eos_token_ids = modelfiles::write_generation_config(dir.path(), &files_from.config, &carry.eos)?;
+        }
+        write_json(&dir.path().join("chatvec.json"), &self.recipe(recipe, summary))?;
+        dir.commit()
+    }
+
+    /// `chatvec.json`: the job's `recipe` with what the run did.
+    fn recipe(&self, mut recipe: Value, summary: &Summary) -> Value {
+        let opts = self.opts;
+        if let Value::Object(r) = &mut recipe {
+            r.insert("tool".into(), json!("chatvec"));
+            r.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+            r.insert("command".into(), json!(summary.command));
+            r.insert("method".into(), json!(summary.method));
+            if let Some(p) = opts.porter {
+                r.insert("porter".into(), json!(p));
+            }
+            r.insert("dtype".into(), json!(opts.dtype.map(|d| d.to_string())));
+            r.insert(
+                "selection".into(),
+                json!({
+                    "include": opts.selection.include.as_ref().map(|r| r.as_str()),
+                    "exclude": opts.selection.exclude.as_ref().map(|r| r.as_str()),
+                }),
+            );
+            r.insert("special_rows".into(), json!(summary.special_rows));
+            r.insert("eos_token_ids".into(), json!(summary.eos_token_ids));
+            r.insert("inexact_elements".into(), json!(summary.inexact_elements));
+        }
+        recipe
+    }
+}
 /// Whether two directories are on one file system (their outputs share its free space).
 fn same_disk(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -611,94 +731,6 @@ fn write_order(plan: &Plan, shards: &[Shard]) -> Vec<usize> {
     let pos: std::collections::HashMap<&str, usize> =
         plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
     shards.iter().flat_map(|s| s.tensors.iter().map(|t| pos[t.name.as_str()])).collect()
-}
-
-fn planned_summary(
-    models: &[Checkpoint],
-    plan: &Plan,
-    opts: &PlanOptions,
-    out: &OutputOptions,
-    command: &str,
-    shards: usize,
-    bytes_out: u64,
-) -> Summary {
-    let threads = rayon::current_num_threads() as u64;
-    Summary {
-        command: command.into(),
-        output: out.path.clone(),
-        dry_run: out.dry_run,
-        method: if opts.porter.is_some() { "feature-porter" } else { "chat-vector" }.into(),
-        tensors: plan.tensors.len(),
-        merged: plan.count(Kind::Merged),
-        row_adjusted: plan.count(Kind::RowAdjusted),
-        copied: plan.count(Kind::Copied) + plan.count(Kind::SpecialRows),
-        not_selected: plan.not_selected.clone(),
-        special_rows: plan.special_rows.clone(),
-        only_in_target: plan.only_in_target.clone(),
-        missing_from_target: plan.missing_from_target.clone(),
-        warnings: plan.warnings.iter().cloned().chain(models.iter().flat_map(Checkpoint::warnings)).collect(),
-        eos_token_ids: vec![],
-        chat_template_from: None,
-        shards,
-        bytes_read: plan_read_bytes(models, plan),
-        bytes_written: bytes_out,
-        // Blocks: two queued to the writer, one being written, one being filled, one recycled;
-        // input pages of one block per source; per-thread f64 scratch.
-        peak_memory_estimate: 5 * BLOCK_BYTES as u64 + 3 * 2 * BLOCK_BYTES as u64 + threads * 4 * 8 * LANES as u64,
-        inexact_elements: 0,
-        seconds: 0.0,
-    }
-}
-
-/// Completes a written output: index, support files, template, generation config, recipe; then
-/// moves it into place.
-fn finish_output(
-    models: &[Checkpoint],
-    shards: &[Shard],
-    opts: &PlanOptions,
-    dir: OutputDir,
-    summary: &mut Summary,
-    recipe: Value,
-    carry: Option<&Carry>,
-) -> Result<()> {
-    write_index(dir.path(), shards, "model")?;
-    // Config, tokenizer and the rest come from the first model (the target; the chat model for extract).
-    modelfiles::copy_support_files(&models[0].dir, dir.path())?;
-    if let Some(d) = opts.dtype {
-        modelfiles::set_config_dtype(dir.path(), d)?;
-    }
-    let mut recipe = recipe;
-    if let Some(carry) = carry {
-        if modelfiles::chat_template(dir.path())?.is_none() {
-            if let Some(t) = &carry.template {
-                modelfiles::install_chat_template(dir.path(), t)?;
-                summary.chat_template_from = Some(carry.template_from.into());
-            }
-        }
-        summary.eos_token_ids = modelfiles::write_generation_config(dir.path(), &models[0].config, &carry.eos)?;
-    }
-    if let Value::Object(r) = &mut recipe {
-        r.insert("tool".into(), json!("chatvec"));
-        r.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-        r.insert("command".into(), json!(summary.command));
-        r.insert("method".into(), json!(summary.method));
-        if let Some(p) = opts.porter {
-            r.insert("porter".into(), json!(p));
-        }
-        r.insert("dtype".into(), json!(opts.dtype.map(|d| d.to_string())));
-        r.insert(
-            "selection".into(),
-            json!({
-                "include": opts.selection.include.as_ref().map(|r| r.as_str()),
-                "exclude": opts.selection.exclude.as_ref().map(|r| r.as_str()),
-            }),
-        );
-        r.insert("special_rows".into(), json!(summary.special_rows));
-        r.insert("eos_token_ids".into(), json!(summary.eos_token_ids));
-        r.insert("inexact_elements".into(), json!(summary.inexact_elements));
-    }
-    write_json(&dir.path().join("chatvec.json"), &recipe)?;
-    dir.commit()
 }
 
 /// `--force` must never replace (or write into) a model being read, directly or through a
