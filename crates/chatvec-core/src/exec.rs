@@ -16,7 +16,7 @@ use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::dtype::{count_nonfinite, count_nonfinite_bytes, decode, encode};
 use crate::kernel::{chat_vector, feature_porter, PorterParams, PorterRange};
 use crate::plan::{entry, Action, Override, Plan, PlannedTensor, Src, Term};
-use crate::writer::TensorSink;
+use crate::writer::{TensorSink, WRITER_BLOCKS};
 use crate::{DType, Error, Result};
 
 /// Output bytes per block handed to the writer.
@@ -26,6 +26,18 @@ pub const TASK_ELEMS: usize = 1 << 14;
 /// Elements the kernel handles at a time: its f64 scratch (a few slices of this length) stays in
 /// L1 cache.
 pub const LANES: usize = 512;
+
+/// Blocks of each input mapped at once: the one being computed and the next, prefetched.
+pub const INPUT_BLOCKS: usize = 2;
+
+/// An upper bound of a run's memory in bytes, with `inputs` input models, `outputs` outputs and
+/// `threads` worker threads: each output's writer blocks, each input's mapped blocks, and each
+/// thread's f64 scratch.
+pub fn peak_memory(inputs: usize, outputs: usize, threads: usize) -> u64 {
+    let writers = outputs * WRITER_BLOCKS * BLOCK_BYTES;
+    let mapped = inputs * INPUT_BLOCKS * BLOCK_BYTES;
+    (writers + mapped + threads * Scratch::bytes(outputs)) as u64
+}
 
 /// Progress of a run, reported in output bytes.
 pub trait Progress: Sync {
@@ -308,6 +320,11 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// The size of one, for `outputs` outputs.
+    const fn bytes(outputs: usize) -> usize {
+        (3 + outputs) * LANES * size_of::<f64>()
+    }
+
     fn new(outputs: usize) -> Self {
         let lanes = || vec![0f64; LANES];
         Scratch { target: lanes(), chat: lanes(), base: lanes(), acc: (0..outputs).map(|_| lanes()).collect() }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::exec::{self, Progress, Stats, BLOCK_BYTES, LANES};
+use crate::exec::{self, Progress, Stats};
 use crate::kernel::PorterParams;
 use crate::modelfiles::{self, ChatTemplate};
 use crate::plan::{self, Kind, Plan, PlanOptions, VectorRef};
@@ -540,7 +540,7 @@ impl Job<'_> {
         let shards = shard_layout(self.models, self.plan, outs[0].options.shard_size);
         let bytes_out: u64 = shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes as u64).sum();
         let mut summaries: Vec<Summary> =
-            outs.iter().map(|o| self.planned_summary(&o.options, shards.len(), bytes_out)).collect();
+            outs.iter().map(|o| self.planned_summary(&o.options, shards.len(), bytes_out, outs.len())).collect();
         if outs[0].options.dry_run {
             summaries.iter_mut().for_each(|s| s.seconds = started.elapsed().as_secs_f64());
             return Ok(summaries);
@@ -624,10 +624,10 @@ impl Job<'_> {
         Ok(writing)
     }
 
-    /// The summary the plan alone gives (what a dry run reports).
-    fn planned_summary(&self, out: &OutputOptions, shards: usize, bytes_out: u64) -> Summary {
+    /// The summary the plan alone gives (what a dry run reports), for one of `outputs` outputs.
+    fn planned_summary(&self, out: &OutputOptions, shards: usize, bytes_out: u64, outputs: usize) -> Summary {
         let (plan, opts) = (self.plan, self.opts);
-        let threads = rayon::current_num_threads() as u64;
+        let threads = rayon::current_num_threads();
         Summary {
             command: self.command.into(),
             output: out.path.clone(),
@@ -647,9 +647,7 @@ impl Job<'_> {
             shards,
             bytes_read: plan_read_bytes(self.models, plan),
             bytes_written: bytes_out,
-            // Blocks: two queued to the writer, one being written, one being filled, one recycled;
-            // input pages of one block per source; per-thread f64 scratch.
-            peak_memory_estimate: 5 * BLOCK_BYTES as u64 + 3 * 2 * BLOCK_BYTES as u64 + threads * 4 * 8 * LANES as u64,
+            peak_memory_estimate: exec::peak_memory(self.models.len(), outputs, threads),
             inexact_elements: 0,
             seconds: 0.0,
         }

@@ -232,6 +232,13 @@ impl TensorSink for ShardWriter {
     }
 }
 
+/// Blocks queued to a [`ShardWriter`]'s thread; `push` waits while they are all taken.
+pub const QUEUED_BLOCKS: usize = 2;
+
+/// The most blocks a [`ShardWriter`] holds at once: the queued ones, one being written, one
+/// being filled by the caller and one written block waiting for reuse.
+pub const WRITER_BLOCKS: usize = QUEUED_BLOCKS + 3;
+
 /// Streams tensor data into the shards of a layout on a background thread, so computing the next
 /// block overlaps writing the last. Blocks must arrive in layout order; each block belongs to one
 /// tensor.
@@ -244,7 +251,7 @@ pub struct ShardWriter {
 impl ShardWriter {
     /// Starts writing `shards` into `dir`.
     pub fn start(dir: &Path, shards: Vec<Shard>) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Msg>(2);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUED_BLOCKS);
         let (back_tx, back_rx) = mpsc::channel();
         let dir = dir.to_path_buf();
         let handle = std::thread::spawn(move || write_loop(&dir, shards, rx, back_tx));
