@@ -579,7 +579,7 @@ impl Job<'_> {
                 .zip(outs)
                 .map(|(w, o)| exec::Output { writer: &mut w.writer, ratios: o.ratios.clone() })
                 .collect();
-            let order = write_order(self.plan, shards);
+            let order = write_order(shards);
             let run = exec::Run {
                 models: self.models,
                 roles: &self.roles,
@@ -714,21 +714,21 @@ fn shard_layout(models: &[Checkpoint], plan: &Plan, shard_size: u64) -> Vec<Shar
     let specs: Vec<TensorSpec> = plan
         .tensors
         .iter()
-        .map(|t| TensorSpec {
+        .enumerate()
+        .map(|(index, t)| TensorSpec {
             name: t.name.clone(),
             dtype: t.dtype_name.clone(),
             shape: t.shape.clone(),
             bytes: t.bytes(models),
+            index,
         })
         .collect();
     plan_shards(specs, shard_size.max(1), "model")
 }
 
 /// Plan indices in the order the shards store them.
-fn write_order(plan: &Plan, shards: &[Shard]) -> Vec<usize> {
-    let pos: std::collections::HashMap<&str, usize> =
-        plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-    shards.iter().flat_map(|s| s.tensors.iter().map(|t| pos[t.name.as_str()])).collect()
+fn write_order(shards: &[Shard]) -> Vec<usize> {
+    shards.iter().flat_map(|s| s.tensors.iter().map(|t| t.index)).collect()
 }
 
 /// `--force` must never replace (or write into) a model being read, directly or through a

@@ -104,9 +104,10 @@ pub fn write_random_model(dir: &Path, shape: &LlamaShape, dtype: DType, seed: u6
     let specs: Vec<TensorSpec> = shape
         .tensors()
         .into_iter()
-        .map(|(name, shape)| {
+        .enumerate()
+        .map(|(index, (name, shape))| {
             let bytes = shape.iter().product::<usize>() * dtype.size();
-            TensorSpec { name, dtype: dtype.safetensors_name().into(), shape, bytes }
+            TensorSpec { name, dtype: dtype.safetensors_name().into(), shape, bytes, index }
         })
         .collect();
     let shards = plan_shards(specs, shard_size, "model");

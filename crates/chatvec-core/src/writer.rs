@@ -114,6 +114,9 @@ pub struct TensorSpec {
     pub shape: Vec<usize>,
     /// Size in bytes.
     pub bytes: usize,
+    /// Where the caller lists the tensor (a run's plan index), so that it can stream the tensors
+    /// in the order the shards store them.
+    pub index: usize,
 }
 
 /// One output file and the tensors it holds, in write order.
@@ -332,7 +335,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dtype: &str, n: usize) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype: dtype.into(), shape: vec![n], bytes: n * elem_size(dtype) }
+        TensorSpec { name: name.into(), dtype: dtype.into(), shape: vec![n], bytes: n * elem_size(dtype), index: 0 }
     }
 
     #[test]
