@@ -190,11 +190,9 @@ impl Run<'_> {
                 }
             }
             for o in outputs.iter_mut() {
-                let mut block = o.writer.buffer(end - off);
-                block.copy_from_slice(bytes);
-                o.writer.push(block)?;
+                // The writer writes from the map and releases the pages once written.
+                o.writer.push_mapped(ckpt.mapped(e, off..end))?;
             }
-            ckpt.release(e, off..end);
             self.stats.bytes_read.fetch_add((end - off) as u64, Ordering::Relaxed);
             self.progress.advance((end - off) as u64);
             off = end;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use crate::checkpoint::MappedBytes;
 use crate::{Error, Result};
 
 /// A hidden directory beside the final output; removed on drop unless [`commit`](Self::commit)ed,
@@ -213,7 +214,10 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 }
 
 enum Msg {
+    /// A computed block, returned for reuse once written.
     Data(Vec<u8>),
+    /// Bytes of an input, written from its map.
+    Mapped(MappedBytes),
 }
 
 /// Where a run's output tensor data goes: the safetensors [`ShardWriter`], or another format's
@@ -224,6 +228,13 @@ pub trait TensorSink {
     fn buffer(&self, len: usize) -> Vec<u8>;
     /// Takes the next block; fails with the sink's error if it stopped.
     fn push(&mut self, block: Vec<u8>) -> Result<()>;
+    /// Takes the next block as bytes of an input (a copied tensor), which a sink may write
+    /// without copying them first; by default they are copied into a [`buffer`](Self::buffer).
+    fn push_mapped(&mut self, bytes: MappedBytes) -> Result<()> {
+        let mut block = self.buffer(bytes.len());
+        block.copy_from_slice(&bytes);
+        self.push(block)
+    }
 }
 
 impl TensorSink for ShardWriter {
@@ -232,6 +243,9 @@ impl TensorSink for ShardWriter {
     }
     fn push(&mut self, block: Vec<u8>) -> Result<()> {
         ShardWriter::push(self, block)
+    }
+    fn push_mapped(&mut self, bytes: MappedBytes) -> Result<()> {
+        self.send(Msg::Mapped(bytes))
     }
 }
 
@@ -271,7 +285,11 @@ impl ShardWriter {
 
     /// Queues a block of the current tensor's data; fails with the writer's error if it stopped.
     pub fn push(&mut self, block: Vec<u8>) -> Result<()> {
-        let sent = self.tx.as_ref().map(|tx| tx.send(Msg::Data(block)).is_ok()).unwrap_or(false);
+        self.send(Msg::Data(block))
+    }
+
+    fn send(&mut self, msg: Msg) -> Result<()> {
+        let sent = self.tx.as_ref().map(|tx| tx.send(msg).is_ok()).unwrap_or(false);
         if !sent {
             return Err(self.join_error());
         }
@@ -308,21 +326,27 @@ fn write_loop(dir: &Path, shards: Vec<Shard>, rx: mpsc::Receiver<Msg>, back: mps
         for t in &shard.tensors {
             let mut left = t.bytes;
             while left > 0 {
-                let Ok(Msg::Data(block)) = rx.recv() else {
+                let Ok(msg) = rx.recv() else {
                     return Err(Error::msg(format!(
                         "{}: stopped before tensor {} was complete",
                         path.display(),
                         t.name
                     )));
                 };
-                if block.len() > left {
+                let bytes: &[u8] = match &msg {
+                    Msg::Data(block) => block,
+                    Msg::Mapped(bytes) => bytes,
+                };
+                if bytes.len() > left {
                     return Err(Error::tensor(&t.name, "more data than its shape holds (internal error)"));
                 }
-                f.write_all(&block)
+                f.write_all(bytes)
                     .map_err(|e| Error::msg(format!("{}: writing tensor {}: {e}", path.display(), t.name)))?;
-                left -= block.len();
-                written += block.len() as u64;
-                let _ = back.send(block);
+                left -= bytes.len();
+                written += bytes.len() as u64;
+                if let Msg::Data(block) = msg {
+                    let _ = back.send(block);
+                }
             }
         }
         f.flush().map_err(|e| Error::io(&path, e))?;
