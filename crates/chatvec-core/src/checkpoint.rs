@@ -78,7 +78,8 @@ impl Drop for MappedBytes {
     fn drop(&mut self) {
         // SAFETY: as in `Checkpoint::release`: a read-only file mapping re-reads the same file
         // contents after MADV_DONTNEED.
-        let _ = unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, self.range.start, self.range.len()) };
+        let _ =
+            unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, self.range.start, self.range.len()) };
     }
 }
 

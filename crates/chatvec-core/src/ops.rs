@@ -432,7 +432,8 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
 fn read_vector_manifest(dir: &std::path::Path) -> Result<Value> {
     let path = dir.join("chatvec.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let manifest: Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    let manifest: Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
     if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
         return Err(Error::format(&path, "not a chat vector written by `chatvec extract`"));
     }
@@ -536,7 +537,13 @@ struct Writing {
 impl Job<'_> {
     /// Streams the plan into every output, then completes each and moves it into place; returns
     /// a summary per output (only the plan's, for a dry run).
-    fn write(&self, outs: Vec<JobOutput>, progress: &dyn Progress, cancel: &AtomicBool, started: Instant) -> Result<Vec<Summary>> {
+    fn write(
+        &self,
+        outs: Vec<JobOutput>,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+        started: Instant,
+    ) -> Result<Vec<Summary>> {
         let shards = shard_layout(self.models, self.plan, outs[0].options.shard_size);
         let bytes_out: u64 = shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes as u64).sum();
         let mut summaries: Vec<Summary> =

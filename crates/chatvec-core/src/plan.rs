@@ -377,12 +377,16 @@ impl<'a> MergePlanner<'a> {
             for e in std::iter::once(f.chat).chain(f.base) {
                 if e.dtype.is_none() {
                     let dir = self.models[f.vector.chat].dir.display();
-                    return Err(Error::tensor(&t.name, format!("is {} in {dir}, which is not a float type", e.dtype_name)));
+                    return Err(Error::tensor(
+                        &t.name,
+                        format!("is {} in {dir}, which is not a float type", e.dtype_name),
+                    ));
                 }
             }
             let note = match f.base {
                 Some(b) if b.shape != f.chat.shape => {
-                    let why = format!("base has shape {} but chat has {}", shape_str(&b.shape), shape_str(&f.chat.shape));
+                    let why =
+                        format!("base has shape {} but chat has {}", shape_str(&b.shape), shape_str(&f.chat.shape));
                     return Err(Error::tensor(&t.name, why));
                 }
                 Some(b) => format!(
@@ -404,7 +408,9 @@ impl<'a> MergePlanner<'a> {
             .iter()
             .map(|f| Term {
                 chat: Src { model: f.vector.chat, name: f.chat.name.clone() },
-                base: f.base.map(|b| Src { model: f.vector.base.expect("a base tensor has a base"), name: b.name.clone() }),
+                base: f
+                    .base
+                    .map(|b| Src { model: f.vector.base.expect("a base tensor has a base"), name: b.name.clone() }),
             })
             .collect();
         let full = t.shape.first().copied().unwrap_or(1);
