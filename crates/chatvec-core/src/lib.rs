@@ -18,7 +18,6 @@ pub mod modelfiles;
 pub mod ops;
 pub mod pickle;
 pub mod plan;
-pub mod synth;
 pub mod writer;
 
 pub use checkpoint::{resolve_shard, Checkpoint, TensorEntry, WeightFormat};
