@@ -288,12 +288,12 @@ fn encode_lanes(dtype: DType, vals: &[f64], out: &mut [u8]) -> usize {
 }
 
 /// How many of `vals` are NaN or infinite.
-pub fn count_nonfinite(vals: &[f64]) -> usize {
+pub(crate) fn count_nonfinite(vals: &[f64]) -> usize {
     vals.iter().map(|v| (v.to_bits() & F64_INF == F64_INF) as usize).sum()
 }
 
 /// How many little-endian `dtype` values in `bytes` are NaN or infinite (for copied tensors).
-pub fn count_nonfinite_bytes(dtype: DType, bytes: &[u8]) -> usize {
+pub(crate) fn count_nonfinite_bytes(dtype: DType, bytes: &[u8]) -> usize {
     match dtype {
         DType::BF16 => {
             bytes.chunks_exact(2).map(|b| (u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80) as usize).sum()

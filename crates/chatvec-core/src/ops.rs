@@ -191,7 +191,7 @@ fn describe(v: Option<&Value>) -> String {
 }
 
 /// Refuses a base/chat pair that cannot be a base and its fine-tune.
-pub fn check_base_chat(base: &Checkpoint, chat: &Checkpoint) -> Result<()> {
+pub(crate) fn check_base_chat(base: &Checkpoint, chat: &Checkpoint) -> Result<()> {
     let why = |what: String| {
         Err(Error::msg(format!(
             "base {} and chat {} differ in {what}: the chat model was not fine-tuned from this base",
@@ -223,7 +223,7 @@ pub fn check_base_chat(base: &Checkpoint, chat: &Checkpoint) -> Result<()> {
 }
 
 /// Warnings about a target whose config differs from the base in ways that break generation.
-pub fn target_warnings(base: &Checkpoint, target: &Checkpoint) -> Vec<String> {
+pub(crate) fn target_warnings(base: &Checkpoint, target: &Checkpoint) -> Vec<String> {
     let (b, t) = (&base.config, &target.config);
     let mut w = vec![];
     if b.architecture() != t.architecture() {

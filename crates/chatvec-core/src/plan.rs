@@ -67,7 +67,7 @@ pub struct Override {
 }
 
 /// Prefix of the tensors in which `extract` stores special-token rows of left-out embeddings.
-pub const SPECIAL_ROWS_PREFIX: &str = "chatvec.special_rows.";
+pub(crate) const SPECIAL_ROWS_PREFIX: &str = "chatvec.special_rows.";
 
 /// How an output tensor is made.
 #[derive(Debug, Clone)]
@@ -158,12 +158,12 @@ impl Plan {
 }
 
 /// The tensor a source names.
-pub fn entry<'a>(models: &'a [Checkpoint], src: &Src) -> &'a TensorEntry {
+pub(crate) fn entry<'a>(models: &'a [Checkpoint], src: &Src) -> &'a TensorEntry {
     models[src.model].get_or_tied(&src.name).expect("plan sources were checked when planned")
 }
 
 /// Names of vocabulary-sized tensors, whose row count may grow in a CP model with a larger vocab.
-pub fn is_vocab_tensor(name: &str) -> bool {
+pub(crate) fn is_vocab_tensor(name: &str) -> bool {
     const ENDS: &[&str] = &[
         "embed_tokens.weight",
         "lm_head.weight",
@@ -230,7 +230,7 @@ impl Default for PlanOptions {
 /// A vector for a plan: `models[chat] − models[base]`, or `models[chat]` alone when it is a stored
 /// vector (its ratio is the output's).
 #[derive(Debug, Clone)]
-pub struct VectorRef {
+pub(crate) struct VectorRef {
     /// Index of the chat model or stored vector.
     pub chat: usize,
     /// Index of the base model, for a vector computed on the fly.
@@ -241,11 +241,11 @@ pub struct VectorRef {
 }
 
 /// Where a merge plan finds its target in the model list.
-pub const TARGET: usize = 0;
+pub(crate) const TARGET: usize = 0;
 
 /// Plans `target + Σ vectors` over `models` (the target at [`TARGET`]), in the target's tensor
 /// order. `row_norms` reads a tensor's row norms (only called for special-row detection).
-pub fn plan_merge(
+pub(crate) fn plan_merge(
     models: &[Checkpoint],
     vectors: &[VectorRef],
     opts: &PlanOptions,
@@ -507,7 +507,7 @@ fn stored_special_rows(models: &[Checkpoint], vectors: &[VectorRef], t: &TensorE
 
 /// Plans `vector` (`chat − base`, both given) as a checkpoint, in the chat model's tensor order:
 /// selected float tensors only, in `dtype` (f32 by default).
-pub fn plan_extract(
+pub(crate) fn plan_extract(
     models: &[Checkpoint],
     vector: &VectorRef,
     opts: &PlanOptions,

@@ -169,7 +169,7 @@ fn elem_size(dtype: &str) -> usize {
 }
 
 /// The safetensors header of a shard: length prefix + JSON, padded to 8 bytes.
-pub fn shard_header(shard: &Shard) -> Vec<u8> {
+pub(crate) fn shard_header(shard: &Shard) -> Vec<u8> {
     let mut obj = serde_json::Map::new();
     obj.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut off = 0usize;
@@ -250,11 +250,11 @@ impl TensorSink for ShardWriter {
 }
 
 /// Blocks queued to a [`ShardWriter`]'s thread; `push` waits while they are all taken.
-pub const QUEUED_BLOCKS: usize = 2;
+pub(crate) const QUEUED_BLOCKS: usize = 2;
 
 /// The most blocks a [`ShardWriter`] holds at once: the queued ones, one being written, one
 /// being filled by the caller and one written block waiting for reuse.
-pub const WRITER_BLOCKS: usize = QUEUED_BLOCKS + 3;
+pub(crate) const WRITER_BLOCKS: usize = QUEUED_BLOCKS + 3;
 
 /// Streams tensor data into the shards of a layout on a background thread, so computing the next
 /// block overlaps writing the last. Blocks must arrive in layout order; each block belongs to one
