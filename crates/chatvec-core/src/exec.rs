@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::checkpoint::{Checkpoint, TensorEntry};
-use crate::dtype::{count_nonfinite, count_nonfinite_bytes, decode, encode};
+use crate::dtype::{chat_vector_bytes, count_nonfinite, count_nonfinite_bytes, decode, encode};
 use crate::kernel::{chat_vector, feature_porter, PorterParams, PorterRange};
 use crate::plan::{entry, Action, Override, Plan, PlannedTensor, Src, Term};
 use crate::writer::{TensorSink, WRITER_BLOCKS};
@@ -270,6 +270,11 @@ impl<'a> Input<'a> {
         let s = self.dtype.size();
         decode(self.dtype, self.ckpt.bytes(self.entry, range.start * s..range.end * s), out);
     }
+    /// The bytes of elements `range`.
+    fn bytes(&self, range: std::ops::Range<usize>) -> &'a [u8] {
+        let s = self.dtype.size();
+        self.ckpt.bytes(self.entry, range.start * s..range.end * s)
+    }
     fn release(&self, range: std::ops::Range<usize>) -> usize {
         let s = self.dtype.size();
         self.ckpt.release(self.entry, range.start * s..range.end * s);
@@ -306,6 +311,9 @@ struct Combine<'a> {
     porter: Option<(PorterParams, PorterRange)>,
     /// Per output, one ratio per term.
     ratios: Vec<Vec<f64>>,
+    /// The common case, computed straight from the bytes: target plus one `chat − base`, all in
+    /// the output's dtype, nothing else.
+    single_vector: bool,
 }
 
 /// A task's f64 scratch, [`LANES`] long each.
@@ -337,7 +345,7 @@ impl<'a> Combine<'a> {
         };
         let cols: usize = t.shape.iter().skip(1).product();
         let numel: usize = t.shape.iter().product();
-        Combine {
+        let mut c = Combine {
             out: t.dtype.expect("combined tensors are float"),
             cols,
             covered: (*rows * cols).min(numel),
@@ -347,7 +355,14 @@ impl<'a> Combine<'a> {
             porter_params: *porter,
             porter: None,
             ratios: outputs.iter().map(|o| o.ratios.clone()).collect(),
-        }
+            single_vector: false,
+        };
+        c.single_vector = c.target.is_some()
+            && matches!(c.terms.as_slice(), [TermInputs { base: Some(_), .. }])
+            && c.porter_params.is_none()
+            && c.overrides.is_empty()
+            && c.inputs().all(|i| i.dtype == c.out);
+        c
     }
 
     fn inputs(&self) -> impl Iterator<Item = &Input<'a>> + '_ {
@@ -390,6 +405,9 @@ impl<'a> Combine<'a> {
         tally: &Tally,
         stats: &Stats,
     ) {
+        if self.single_vector && r.end <= self.covered {
+            return self.single_vector_chunk(r, base, sc, chunks, tally);
+        }
         self.sum_terms(r.clone(), sc);
         self.apply_overrides(r.clone(), sc);
         let w = self.out.size();
@@ -404,6 +422,29 @@ impl<'a> Combine<'a> {
         if self.target.is_none() && self.out != DType::F64 {
             let inexact = count_inexact(self.out, &chunks[0][bytes], &sc.acc[0][..r.len()], &mut sc.base);
             stats.inexact.fetch_add(inexact as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// [`Self::combine_chunk`] for the common case, from the input bytes to the output bytes.
+    fn single_vector_chunk(
+        &self,
+        r: std::ops::Range<usize>,
+        base: usize,
+        sc: &mut Scratch,
+        chunks: &mut [&mut [u8]],
+        tally: &Tally,
+    ) {
+        let (target, term) = (self.target.as_ref().expect("single_vector"), &self.terms[0]);
+        let base_input = term.base.as_ref().expect("single_vector");
+        let (t, c, b) = (target.bytes(r.clone()), term.chat.bytes(r.clone()), base_input.bytes(r.clone()));
+        let w = self.out.size();
+        let bytes = (r.start - base) * w..(r.end - base) * w;
+        for (k, (ratios, chunk)) in self.ratios.iter().zip(chunks.iter_mut()).enumerate() {
+            let nonfinite = chat_vector_bytes(self.out, t, c, b, ratios[0], &mut chunk[bytes.clone()]);
+            if nonfinite > 0 {
+                tally.outputs[k].fetch_add(nonfinite as u64, Ordering::Relaxed);
+                tally.inputs.fetch_or(self.nonfinite_sources(r.clone(), &mut sc.chat), Ordering::Relaxed);
+            }
         }
     }
 

@@ -224,7 +224,8 @@ enum Msg {
 /// writer (GGUF). Blocks arrive in the order the run was given, each belonging to one tensor, in
 /// the tensor's planned dtype; a tensor's blocks together are exactly its bytes.
 pub trait TensorSink {
-    /// A buffer of `len` bytes for the next block (reused from written blocks where possible).
+    /// A buffer of `len` bytes for the next block, reused from written blocks where possible:
+    /// its bytes are not cleared, so the caller writes every one of them.
     fn buffer(&self, len: usize) -> Vec<u8>;
     /// Takes the next block; fails with the sink's error if it stopped.
     fn push(&mut self, block: Vec<u8>) -> Result<()>;
@@ -277,8 +278,9 @@ impl ShardWriter {
 
     /// A buffer for the next block (reused from written blocks when one is free).
     pub fn buffer(&self, len: usize) -> Vec<u8> {
+        // A reused block keeps its old bytes (zeroing 16 MiB per block costs more than the
+        // kernel's arithmetic): the caller overwrites the whole block, as the sink's contract says.
         let mut b = self.recycled.try_recv().unwrap_or_default();
-        b.clear();
         b.resize(len, 0);
         b
     }
