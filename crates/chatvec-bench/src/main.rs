@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use chatvec_core::synth::{write_random_model, LlamaShape};
+use chatvec_bench::synth::{write_random_model, LlamaShape};
 use chatvec_core::DType;
 use clap::Parser;
 

@@ -52,7 +52,7 @@ fn an_output_inside_an_input_is_refused_even_before_it_exists() {
 
 /// A merge big enough to outlast 300 ms in a debug build (tens of MB), as in the Ctrl-C test.
 fn big_inputs(dir: &Path) {
-    use chatvec_core::synth::{write_random_model, LlamaShape};
+    use chatvec_bench::synth::{write_random_model, LlamaShape};
     let shape =
         LlamaShape { hidden: 512, intermediate: 2048, layers: 8, heads: 8, kv_heads: 2, vocab: 8000, tie: false };
     let base = dir.join("base");

@@ -401,7 +401,7 @@ fn output_loads_in_transformers_when_python_has_it() {
 
 #[test]
 fn ctrl_c_stops_the_merge_and_leaves_nothing() {
-    use chatvec_core::synth::{write_random_model, LlamaShape};
+    use chatvec_bench::synth::{write_random_model, LlamaShape};
     let work = tempfile::tempdir().unwrap();
     let shape =
         LlamaShape { hidden: 512, intermediate: 2048, layers: 8, heads: 8, kv_heads: 2, vocab: 8000, tie: false };

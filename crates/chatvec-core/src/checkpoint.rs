@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 use sha2::{Digest, Sha256};
@@ -54,9 +55,32 @@ impl TensorEntry {
 
 struct WeightFile {
     path: PathBuf,
-    map: Mmap,
+    map: Arc<Mmap>,
     /// What was odd about the file but did not stop reading it (for the run's summary).
     warning: Option<String>,
+}
+
+/// Bytes of a weight file that stay mapped while held ([`Checkpoint::mapped`]); when dropped,
+/// their pages leave this process's memory (they stay in the page cache).
+pub struct MappedBytes {
+    map: Arc<Mmap>,
+    range: Range<usize>,
+}
+
+impl std::ops::Deref for MappedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map[self.range.clone()]
+    }
+}
+
+impl Drop for MappedBytes {
+    fn drop(&mut self) {
+        // SAFETY: as in `Checkpoint::release`: a read-only file mapping re-reads the same file
+        // contents after MADV_DONTNEED.
+        let _ =
+            unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, self.range.start, self.range.len()) };
+    }
 }
 
 /// A model directory opened for streaming reads.
@@ -130,7 +154,7 @@ impl Checkpoint {
             WeightFormat::Safetensors => (safetensors_entries(path, &map, idx)?, None),
             WeightFormat::Torch => torch_entries(path, &map, idx)?,
         };
-        self.files.push(WeightFile { path: path.to_path_buf(), map, warning });
+        self.files.push(WeightFile { path: path.to_path_buf(), map: Arc::new(map), warning });
         for e in entries {
             if self.by_name.contains_key(&e.name) {
                 return Err(Error::format(path, format!("tensor {} also appears in another shard", e.name)));
@@ -183,6 +207,14 @@ impl Checkpoint {
     pub fn bytes(&self, t: &TensorEntry, range: Range<usize>) -> &[u8] {
         debug_assert!(range.end <= t.len);
         &self.files[t.file].map[t.start + range.start..t.start + range.end]
+    }
+
+    /// The bytes `range` of tensor `t` as a value another thread can hold (the shard writer
+    /// writes copied tensors straight from the map this way); dropping it releases their pages
+    /// as [`release`](Self::release) does.
+    pub fn mapped(&self, t: &TensorEntry, range: Range<usize>) -> MappedBytes {
+        debug_assert!(range.end <= t.len);
+        MappedBytes { map: Arc::clone(&self.files[t.file].map), range: t.start + range.start..t.start + range.end }
     }
 
     /// Drops the pages of `range` of `t` from this process's memory (they stay in the page cache),

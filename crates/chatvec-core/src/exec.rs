@@ -5,7 +5,9 @@
 //!
 //! Inside a task the elements go through the kernel in lanes of [`LANES`]: decode each input into
 //! f64, apply [`chat_vector`] element-wise, round once into the output dtype. Every step is a
-//! branch-free loop over a short slice that stays in L1, so the compiler vectorizes it.
+//! branch-free loop over a short slice that stays in L1, so the compiler vectorizes it. The common
+//! case (target plus one `chat − base`, all in the output's dtype) skips the f64 lanes: one loop
+//! goes from the input bytes to the output bytes ([`chat_vector_bytes`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -13,10 +15,10 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::checkpoint::{Checkpoint, TensorEntry};
-use crate::dtype::{count_nonfinite, count_nonfinite_bytes, decode, encode};
+use crate::dtype::{chat_vector_bytes, count_nonfinite, count_nonfinite_bytes, decode, encode};
 use crate::kernel::{chat_vector, feature_porter, PorterParams, PorterRange};
 use crate::plan::{entry, Action, Override, Plan, PlannedTensor, Src, Term};
-use crate::writer::TensorSink;
+use crate::writer::{TensorSink, WRITER_BLOCKS};
 use crate::{DType, Error, Result};
 
 /// Output bytes per block handed to the writer.
@@ -26,6 +28,18 @@ pub const TASK_ELEMS: usize = 1 << 14;
 /// Elements the kernel handles at a time: its f64 scratch (a few slices of this length) stays in
 /// L1 cache.
 pub const LANES: usize = 512;
+
+/// Blocks of each input mapped at once: the one being computed and the next, prefetched.
+pub const INPUT_BLOCKS: usize = 2;
+
+/// An upper bound of a run's memory in bytes, with `inputs` input models, `outputs` outputs and
+/// `threads` worker threads: each output's writer blocks, each input's mapped blocks, and each
+/// thread's f64 scratch.
+pub fn peak_memory(inputs: usize, outputs: usize, threads: usize) -> u64 {
+    let writers = outputs * WRITER_BLOCKS * BLOCK_BYTES;
+    let mapped = inputs * INPUT_BLOCKS * BLOCK_BYTES;
+    (writers + mapped + threads * Scratch::bytes(outputs)) as u64
+}
 
 /// Progress of a run, reported in output bytes.
 pub trait Progress: Sync {
@@ -178,11 +192,9 @@ impl Run<'_> {
                 }
             }
             for o in outputs.iter_mut() {
-                let mut block = o.writer.buffer(end - off);
-                block.copy_from_slice(bytes);
-                o.writer.push(block)?;
+                // The writer writes from the map and releases the pages once written.
+                o.writer.push_mapped(ckpt.mapped(e, off..end))?;
             }
-            ckpt.release(e, off..end);
             self.stats.bytes_read.fetch_add((end - off) as u64, Ordering::Relaxed);
             self.progress.advance((end - off) as u64);
             off = end;
@@ -191,27 +203,12 @@ impl Run<'_> {
     }
 
     fn combine_tensor(&self, t: &PlannedTensor, outputs: &mut [Output], tally: &Tally) -> Result<()> {
-        let Action::Combine { target, terms, rows, porter, overrides } = &t.action else {
-            unreachable!("combine_tensor is only called for Combine")
-        };
-        let models = self.models;
-        let cols: usize = t.shape.iter().skip(1).product();
-        let numel: usize = t.shape.iter().product();
-        let terms: Vec<TermInputs> = terms.iter().map(|term| TermInputs::new(models, term)).collect();
-        let mut c = Combine {
-            out: t.dtype.expect("combined tensors are float"),
-            cols,
-            covered: (*rows * cols).min(numel),
-            target: target.as_ref().map(|s| Input::new(models, s)),
-            terms,
-            overrides: overrides.iter().map(|o| (o, Input::new(models, &o.src))).collect(),
-            porter: None,
-            ratios: outputs.iter().map(|o| o.ratios.clone()).collect(),
-        };
-        if let Some(p) = porter {
+        let mut c = Combine::new(self.models, t, outputs);
+        if let Some(p) = c.porter_params {
             self.check()?;
-            c.porter = Some((*p, porter_range(&c.target, &c.terms, c.covered)?));
+            c.porter = Some((p, porter_range(&c.target, &c.terms, c.covered)?));
         }
+        let numel: usize = t.shape.iter().product();
         let block_elems = (BLOCK_BYTES / c.out.size()).max(1);
         c.inputs().for_each(|i| i.prefetch(0..block_elems.min(numel)));
         let mut start = 0;
@@ -275,6 +272,11 @@ impl<'a> Input<'a> {
         let s = self.dtype.size();
         decode(self.dtype, self.ckpt.bytes(self.entry, range.start * s..range.end * s), out);
     }
+    /// The bytes of elements `range`.
+    fn bytes(&self, range: std::ops::Range<usize>) -> &'a [u8] {
+        let s = self.dtype.size();
+        self.ckpt.bytes(self.entry, range.start * s..range.end * s)
+    }
     fn release(&self, range: std::ops::Range<usize>) -> usize {
         let s = self.dtype.size();
         self.ckpt.release(self.entry, range.start * s..range.end * s);
@@ -287,13 +289,13 @@ impl<'a> Input<'a> {
 }
 
 struct TermInputs<'a> {
-    plus: Input<'a>,
-    minus: Option<Input<'a>>,
+    chat: Input<'a>,
+    base: Option<Input<'a>>,
 }
 
 impl<'a> TermInputs<'a> {
     fn new(models: &'a [Checkpoint], term: &Term) -> Self {
-        TermInputs { plus: Input::new(models, &term.plus), minus: term.minus.as_ref().map(|m| Input::new(models, m)) }
+        TermInputs { chat: Input::new(models, &term.chat), base: term.base.as_ref().map(|m| Input::new(models, m)) }
     }
 }
 
@@ -306,30 +308,67 @@ struct Combine<'a> {
     target: Option<Input<'a>>,
     terms: Vec<TermInputs<'a>>,
     overrides: Vec<(&'a Override, Input<'a>)>,
+    /// Feature-porter's parameters, and its normalisation once measured.
+    porter_params: Option<PorterParams>,
     porter: Option<(PorterParams, PorterRange)>,
     /// Per output, one ratio per term.
     ratios: Vec<Vec<f64>>,
+    /// The common case, computed straight from the bytes: target plus one `chat − base`, all in
+    /// the output's dtype, nothing else.
+    single_vector: bool,
 }
 
 /// A task's f64 scratch, [`LANES`] long each.
 struct Scratch {
     target: Vec<f64>,
-    plus: Vec<f64>,
-    minus: Vec<f64>,
+    chat: Vec<f64>,
+    base: Vec<f64>,
     /// One accumulator per output.
     acc: Vec<Vec<f64>>,
 }
 
 impl Scratch {
+    /// The size of one, for `outputs` outputs.
+    const fn bytes(outputs: usize) -> usize {
+        (3 + outputs) * LANES * size_of::<f64>()
+    }
+
     fn new(outputs: usize) -> Self {
         let lanes = || vec![0f64; LANES];
-        Scratch { target: lanes(), plus: lanes(), minus: lanes(), acc: (0..outputs).map(|_| lanes()).collect() }
+        Scratch { target: lanes(), chat: lanes(), base: lanes(), acc: (0..outputs).map(|_| lanes()).collect() }
     }
 }
 
 impl<'a> Combine<'a> {
+    /// Planned tensor `t` (a [`Action::Combine`]) ready to compute into `outputs`.
+    fn new(models: &'a [Checkpoint], t: &'a PlannedTensor, outputs: &[Output]) -> Self {
+        let Action::Combine { target, terms, rows, porter, overrides } = &t.action else {
+            unreachable!("only Combine tensors are combined")
+        };
+        let cols: usize = t.shape.iter().skip(1).product();
+        let numel: usize = t.shape.iter().product();
+        let mut c = Combine {
+            out: t.dtype.expect("combined tensors are float"),
+            cols,
+            covered: (*rows * cols).min(numel),
+            target: target.as_ref().map(|s| Input::new(models, s)),
+            terms: terms.iter().map(|term| TermInputs::new(models, term)).collect(),
+            overrides: overrides.iter().map(|o| (o, Input::new(models, &o.src))).collect(),
+            porter_params: *porter,
+            porter: None,
+            ratios: outputs.iter().map(|o| o.ratios.clone()).collect(),
+            single_vector: false,
+        };
+        c.single_vector = c.target.is_some()
+            && matches!(c.terms.as_slice(), [TermInputs { base: Some(_), .. }])
+            && c.porter_params.is_none()
+            && c.overrides.is_empty()
+            && c.inputs().all(|i| i.dtype == c.out);
+        c
+    }
+
     fn inputs(&self) -> impl Iterator<Item = &Input<'a>> + '_ {
-        self.target.iter().chain(self.terms.iter().flat_map(|t| std::iter::once(&t.plus).chain(&t.minus)))
+        self.target.iter().chain(self.terms.iter().flat_map(|t| std::iter::once(&t.chat).chain(&t.base)))
     }
 
     /// Computes elements `start..` into one block per output, in parallel tasks.
@@ -350,15 +389,16 @@ impl<'a> Combine<'a> {
                 let end = s + chunks[0].len() / self.out.size();
                 while lane < end {
                     let e = (lane + LANES).min(end);
-                    self.lanes(lane..e, s, scratch, &mut chunks, tally, stats);
+                    self.combine_chunk(lane..e, s, scratch, &mut chunks, tally, stats);
                     lane = e;
                 }
             },
         );
     }
 
-    /// The kernel over elements `r` (at most [`LANES`]); `chunks` start at element `base`.
-    fn lanes(
+    /// The kernel over elements `r` (at most [`LANES`]) into every output's chunk; `chunks`
+    /// start at element `base`.
+    fn combine_chunk(
         &self,
         r: std::ops::Range<usize>,
         base: usize,
@@ -367,55 +407,89 @@ impl<'a> Combine<'a> {
         tally: &Tally,
         stats: &Stats,
     ) {
-        let (s, e, n) = (r.start, r.end, r.len());
-        let target = &mut sc.target[..n];
-        match &self.target {
-            Some(ti) => ti.read(s..e, target),
-            None => target.fill(0.0),
+        if self.single_vector && r.end <= self.covered {
+            return self.single_vector_chunk(r, base, sc, chunks, tally);
         }
-        sc.acc.iter_mut().for_each(|a| a[..n].copy_from_slice(target));
-        let ce = e.min(self.covered);
-        if s < ce {
-            let nc = ce - s;
-            for (ti, term) in self.terms.iter().enumerate() {
-                let (p, m) = (&mut sc.plus[..nc], &mut sc.minus[..nc]);
-                term.plus.read(s..ce, p);
-                match &term.minus {
-                    Some(mi) => mi.read(s..ce, m),
-                    None => m.fill(0.0),
-                }
-                for (acc, ratios) in sc.acc.iter_mut().zip(&self.ratios) {
-                    let acc = &mut acc[..nc];
-                    match (&self.porter, ti) {
-                        (Some((params, range)), 0) => porter_lanes(acc, p, m, ratios[ti], params, range),
-                        _ => chat_vector_lanes(acc, p, m, ratios[ti]),
-                    }
-                }
-            }
-        }
-        for (o, src) in &self.overrides {
-            let (rs, re) = (o.row * self.cols, (o.row + 1) * self.cols);
-            let (a, b) = (rs.max(s), re.min(e));
-            if a < b {
-                let from = o.src_row * self.cols + (a - rs);
-                src.read(from..from + (b - a), &mut sc.plus[..b - a]);
-                sc.acc.iter_mut().for_each(|acc| acc[a - s..b - s].copy_from_slice(&sc.plus[..b - a]));
-            }
-        }
+        self.sum_terms(r.clone(), sc);
+        self.apply_overrides(r.clone(), sc);
         let w = self.out.size();
-        let bytes = (s - base) * w..(e - base) * w;
+        let bytes = (r.start - base) * w..(r.end - base) * w;
         for (k, (acc, chunk)) in sc.acc.iter().zip(chunks.iter_mut()).enumerate() {
-            let nonfinite = encode(self.out, &acc[..n], &mut chunk[bytes.clone()]);
+            let nonfinite = encode(self.out, &acc[..r.len()], &mut chunk[bytes.clone()]);
             if nonfinite > 0 {
                 tally.outputs[k].fetch_add(nonfinite as u64, Ordering::Relaxed);
-                tally.inputs.fetch_or(self.nonfinite_sources(s..e, &mut sc.plus), Ordering::Relaxed);
+                tally.inputs.fetch_or(self.nonfinite_sources(r.clone(), &mut sc.chat), Ordering::Relaxed);
             }
         }
         if self.target.is_none() && self.out != DType::F64 {
-            let back = &mut sc.minus[..n];
-            decode(self.out, &chunks[0][bytes], back);
-            let inexact = back.iter().zip(&sc.acc[0][..n]).filter(|(b, a)| b != a).count();
+            let inexact = count_inexact(self.out, &chunks[0][bytes], &sc.acc[0][..r.len()], &mut sc.base);
             stats.inexact.fetch_add(inexact as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// [`Self::combine_chunk`] for the common case, from the input bytes to the output bytes.
+    fn single_vector_chunk(
+        &self,
+        r: std::ops::Range<usize>,
+        base: usize,
+        sc: &mut Scratch,
+        chunks: &mut [&mut [u8]],
+        tally: &Tally,
+    ) {
+        let (target, term) = (self.target.as_ref().expect("single_vector"), &self.terms[0]);
+        let base_input = term.base.as_ref().expect("single_vector");
+        let (t, c, b) = (target.bytes(r.clone()), term.chat.bytes(r.clone()), base_input.bytes(r.clone()));
+        let w = self.out.size();
+        let bytes = (r.start - base) * w..(r.end - base) * w;
+        for (k, (ratios, chunk)) in self.ratios.iter().zip(chunks.iter_mut()).enumerate() {
+            let nonfinite = chat_vector_bytes(self.out, t, c, b, ratios[0], &mut chunk[bytes.clone()]);
+            if nonfinite > 0 {
+                tally.outputs[k].fetch_add(nonfinite as u64, Ordering::Relaxed);
+                tally.inputs.fetch_or(self.nonfinite_sources(r.clone(), &mut sc.chat), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Each output's accumulator over elements `r`: the target plus every term at the output's
+    /// ratios, in f64.
+    fn sum_terms(&self, r: std::ops::Range<usize>, sc: &mut Scratch) {
+        let target = &mut sc.target[..r.len()];
+        match &self.target {
+            Some(ti) => ti.read(r.clone(), target),
+            None => target.fill(0.0),
+        }
+        sc.acc.iter_mut().for_each(|a| a[..r.len()].copy_from_slice(target));
+        let covered_end = r.end.min(self.covered);
+        if r.start >= covered_end {
+            return;
+        }
+        let n = covered_end - r.start;
+        for (ti, term) in self.terms.iter().enumerate() {
+            let (chat, base) = (&mut sc.chat[..n], &mut sc.base[..n]);
+            term.chat.read(r.start..covered_end, chat);
+            match &term.base {
+                Some(bi) => bi.read(r.start..covered_end, base),
+                None => base.fill(0.0),
+            }
+            for (acc, ratios) in sc.acc.iter_mut().zip(&self.ratios) {
+                match (&self.porter, ti) {
+                    (Some((params, range)), 0) => porter_lanes(&mut acc[..n], chat, base, ratios[ti], params, range),
+                    _ => chat_vector_lanes(&mut acc[..n], chat, base, ratios[ti]),
+                }
+            }
+        }
+    }
+
+    /// Replaces the overridden rows' elements within `r` in every accumulator.
+    fn apply_overrides(&self, r: std::ops::Range<usize>, sc: &mut Scratch) {
+        for (o, src) in &self.overrides {
+            let (rs, re) = (o.row * self.cols, (o.row + 1) * self.cols);
+            let (a, b) = (rs.max(r.start), re.min(r.end));
+            if a < b {
+                let from = o.src_row * self.cols + (a - rs);
+                src.read(from..from + (b - a), &mut sc.chat[..b - a]);
+                sc.acc.iter_mut().for_each(|acc| acc[a - r.start..b - r.start].copy_from_slice(&sc.chat[..b - a]));
+            }
         }
     }
 
@@ -437,8 +511,8 @@ impl<'a> Combine<'a> {
         }
         let ce = r.end.min(self.covered).max(r.start);
         for term in &self.terms {
-            scan(&term.plus, r.start..ce);
-            if let Some(m) = &term.minus {
+            scan(&term.chat, r.start..ce);
+            if let Some(m) = &term.base {
                 scan(m, r.start..ce);
             }
         }
@@ -468,12 +542,19 @@ impl<'a> Combine<'a> {
         if start < self.covered {
             let ce = end.min(self.covered);
             for term in &self.terms {
-                read += term.plus.release(start..ce);
-                read += term.minus.as_ref().map_or(0, |m| m.release(start..ce));
+                read += term.chat.release(start..ce);
+                read += term.base.as_ref().map_or(0, |m| m.release(start..ce));
             }
         }
         read
     }
+}
+
+/// How many of `exact` changed when encoded as `encoded` (bytes of `dtype`); `buf` is scratch.
+fn count_inexact(dtype: DType, encoded: &[u8], exact: &[f64], buf: &mut [f64]) -> usize {
+    let back = &mut buf[..exact.len()];
+    decode(dtype, encoded, back);
+    back.iter().zip(exact).filter(|(b, a)| b != a).count()
 }
 
 /// [`chat_vector`] over lanes: `acc` holds the target (or the sum so far).
@@ -494,7 +575,7 @@ fn porter_lanes(acc: &mut [f64], chat: &[f64], base: &[f64], ratio: f64, params:
 
 /// The min and max of `|T − B|` over the covered elements (first pass of feature-porter).
 fn porter_range(target: &Option<Input>, terms: &[TermInputs], covered: usize) -> Result<PorterRange> {
-    let (Some(t), Some(b)) = (target, terms.first().and_then(|x| x.minus.as_ref())) else {
+    let (Some(t), Some(b)) = (target, terms.first().and_then(|x| x.base.as_ref())) else {
         return Err(Error::msg("feature-porter needs a target and a base model"));
     };
     let (min, max) = (0..covered.div_ceil(TASK_ELEMS))

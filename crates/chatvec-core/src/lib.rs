@@ -5,11 +5,13 @@
 //! temporary directory that becomes the output only when complete; [`ops`] ties them together as
 //! `merge`, `extract` and `apply`.
 
+#![deny(missing_docs)]
+
 pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod error;
-pub mod exec;
+mod exec;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
@@ -19,7 +21,6 @@ pub mod ops;
 pub mod plan;
 pub mod reader;
 pub mod swapped;
-pub mod synth;
 pub mod writer;
 
 pub use checkpoint::{resolve_shard, Checkpoint, TensorEntry, WeightFormat};

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::exec::{self, Progress, Stats, BLOCK_BYTES, LANES};
+use crate::exec::{self, Progress, Stats};
 use crate::kernel::PorterParams;
 use crate::modelfiles::{self, ChatTemplate};
 use crate::plan::{self, Kind, Plan, PlanOptions, VectorRef};
@@ -123,6 +123,49 @@ fn open(m: &ResolvedModel) -> Result<Checkpoint> {
     Checkpoint::open(&m.path)
 }
 
+/// The inputs of a merge, by role. The plan and the run read them as one list, in the order
+/// [`into_list`](Self::into_list) gives; [`MERGE`] says where each role sits in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MergeRoles<T> {
+    /// The continually pre-trained model that gets the vector.
+    target: T,
+    /// The instruction-tuned model.
+    chat: T,
+    /// The model the chat model was fine-tuned from.
+    base: T,
+}
+
+impl<T> MergeRoles<T> {
+    fn into_list(self) -> Vec<T> {
+        vec![self.target, self.chat, self.base]
+    }
+}
+
+/// Where each role of a merge sits in its model list.
+const MERGE: MergeRoles<usize> = MergeRoles { target: plan::TARGET, chat: 1, base: 2 };
+/// The roles' names, for messages.
+const MERGE_NAMES: MergeRoles<&str> = MergeRoles { target: "target", chat: "chat", base: "base" };
+
+/// The inputs of an extract, by role, as [`MergeRoles`] for a merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ExtractRoles<T> {
+    /// The instruction-tuned model.
+    chat: T,
+    /// The model it was fine-tuned from.
+    base: T,
+}
+
+impl<T> ExtractRoles<T> {
+    fn into_list(self) -> Vec<T> {
+        vec![self.chat, self.base]
+    }
+}
+
+/// Where each role of an extract sits in its model list.
+const EXTRACT: ExtractRoles<usize> = ExtractRoles { chat: 0, base: 1 };
+/// The roles' names, for messages.
+const EXTRACT_NAMES: ExtractRoles<&str> = ExtractRoles { chat: "chat", base: "base" };
+
 /// Config keys in which a chat model must agree with its base: a mismatch means it was not
 /// fine-tuned from that base (the classic: Mistral-7B-v0.1 with Instruct-v0.2, whose
 /// rope_theta and sliding_window differ).
@@ -148,7 +191,7 @@ fn describe(v: Option<&Value>) -> String {
 }
 
 /// Refuses a base/chat pair that cannot be a base and its fine-tune.
-pub fn check_base_chat(base: &Checkpoint, chat: &Checkpoint) -> Result<()> {
+pub(crate) fn check_base_chat(base: &Checkpoint, chat: &Checkpoint) -> Result<()> {
     let why = |what: String| {
         Err(Error::msg(format!(
             "base {} and chat {} differ in {what}: the chat model was not fine-tuned from this base",
@@ -180,7 +223,7 @@ pub fn check_base_chat(base: &Checkpoint, chat: &Checkpoint) -> Result<()> {
 }
 
 /// Warnings about a target whose config differs from the base in ways that break generation.
-pub fn target_warnings(base: &Checkpoint, target: &Checkpoint) -> Vec<String> {
+pub(crate) fn target_warnings(base: &Checkpoint, target: &Checkpoint) -> Vec<String> {
     let (b, t) = (&base.config, &target.config);
     let mut w = vec![];
     if b.architecture() != t.architecture() {
@@ -230,14 +273,16 @@ pub struct PreparedMerge {
 
 /// Opens the three models of `job`, runs the pre-flight checks and plans the merge.
 pub fn prepare_merge(job: &MergeJob) -> Result<PreparedMerge> {
-    let models = vec![open(&job.target)?, open(&job.chat)?, open(&job.base)?];
-    check_base_chat(&models[2], &models[1])?;
-    let vectors = [VectorRef { plus: 1, minus: Some(2), special_rows: vec![] }];
+    let inputs = MergeRoles { target: open(&job.target)?, chat: open(&job.chat)?, base: open(&job.base)? };
+    check_base_chat(&inputs.base, &inputs.chat)?;
+    let warnings = target_warnings(&inputs.base, &inputs.target);
+    let models = inputs.into_list();
+    let vectors = [VectorRef { chat: MERGE.chat, base: Some(MERGE.base), special_rows: vec![] }];
     let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
-    plan.warnings.extend(target_warnings(&models[2], &models[0]));
+    plan.warnings.extend(warnings);
     refuse_empty_vector(&plan, "base, chat and target")?;
     let chat_template = modelfiles::chat_template(&job.chat.path)?;
-    let chat_eos = modelfiles::eos_ids(&job.chat.path, &models[1].config)?;
+    let chat_eos = modelfiles::eos_ids(&job.chat.path, &models[MERGE.chat].config)?;
     Ok(PreparedMerge {
         models,
         plan,
@@ -251,7 +296,7 @@ pub fn prepare_merge(job: &MergeJob) -> Result<PreparedMerge> {
 impl PreparedMerge {
     /// The target model (its config and tokenizer describe the merged model).
     pub fn target(&self) -> &Checkpoint {
-        &self.models[0]
+        &self.models[MERGE.target]
     }
 
     /// Streams the planned tensors at `order` (indices into `plan.tensors`) into `sink`;
@@ -266,7 +311,7 @@ impl PreparedMerge {
         let stats = Stats::default();
         let run = exec::Run {
             models: &self.models,
-            roles: &["target", "chat", "base"],
+            roles: &MERGE_NAMES.into_list(),
             plan: &self.plan,
             order,
             allow_nonfinite: self.allow_nonfinite,
@@ -312,16 +357,24 @@ pub fn merge_ratios(
             recipe: json!({
                 "ratio": ratio,
                 "inputs": {
-                    "base": input_record(&job.base, &models[2]),
-                    "chat": input_record(&job.chat, &models[1]),
-                    "target": input_record(&job.target, &models[0]),
+                    "base": input_record(&job.base, &models[MERGE.base]),
+                    "chat": input_record(&job.chat, &models[MERGE.chat]),
+                    "target": input_record(&job.target, &models[MERGE.target]),
                 },
             }),
         })
         .collect();
     let carry = Carry { template: chat_template, template_from: "chat model", eos: chat_eos };
-    let job_models = JobModels { models: &models, roles: &["target", "chat", "base"] };
-    write_model(&job_models, &plan, &job.plan, outs, "merge", Some(carry), progress, cancel, started)
+    let job = Job {
+        command: "merge",
+        models: &models,
+        roles: MERGE_NAMES.into_list(),
+        files_from: MERGE.target,
+        plan: &plan,
+        opts: &job.plan,
+        carry: Some(carry),
+    };
+    job.write(outs, progress, cancel, started)
 }
 
 /// Runs `apply`.
@@ -330,71 +383,95 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
     if job.vectors.is_empty() {
         return Err(Error::msg("apply needs at least one --vector"));
     }
+    // The target first (every merge plan reads it as model `plan::TARGET`), then the vectors.
     let mut models = vec![open(&job.target)?];
     let mut vectors = vec![];
     let mut manifests = vec![];
     for (v, _) in &job.vectors {
-        let manifest_path = v.path.join("chatvec.json");
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
-        let manifest: Value =
-            serde_json::from_str(&text).map_err(|e| Error::format(&manifest_path, format!("not valid JSON: {e}")))?;
-        if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
-            return Err(Error::format(&manifest_path, "not a chat vector written by `chatvec extract`"));
-        }
+        let manifest = read_vector_manifest(&v.path)?;
         let special_rows =
             manifest.get("special_rows").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
-        vectors.push(VectorRef { plus: models.len(), minus: None, special_rows });
+        vectors.push(VectorRef { chat: models.len(), base: None, special_rows });
         models.push(open(v)?);
         manifests.push(manifest);
     }
     let mut plan = plan::plan_merge(&models, &vectors, &job.plan, &mut exec::row_norms)?;
     refuse_empty_vector(&plan, "the target and its vectors")?;
+    let target = &models[plan::TARGET];
     let first = &manifests[0];
     let template = first.get("chat_template").cloned().and_then(|t| serde_json::from_value(t).ok());
     let eos = crate::config::ids_of(first.get("chat_eos_token_ids"));
     for (m, (v, _)) in manifests.iter().zip(&job.vectors) {
         if let Some(arch) = m.pointer("/architecture").and_then(Value::as_str) {
-            if Some(arch) != models[0].config.architecture() {
+            if Some(arch) != target.config.architecture() {
                 plan.warnings.push(format!("vector {} was extracted from {arch} models", v.spec));
             }
         }
     }
     let recipe = json!({
-        "vectors": job.vectors.iter().zip(&models[1..]).map(|((v, r), m)| json!({"ratio": r, "vector": input_record(v, m)})).collect::<Vec<_>>(),
-        "inputs": {"target": input_record(&job.target, &models[0])},
+        "vectors": job.vectors.iter().zip(vectors.iter().map(|v| &models[v.chat])).map(|((v, r), m)| json!({"ratio": r, "vector": input_record(v, m)})).collect::<Vec<_>>(),
+        "inputs": {"target": input_record(&job.target, target)},
     });
     let carry = Carry { template, template_from: "vector manifest", eos };
     let roles: Vec<String> =
         std::iter::once("target".to_string()).chain((1..models.len()).map(|i| format!("vector {i}"))).collect();
-    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
     let out = JobOutput { options: job.output.clone(), ratios: job.vectors.iter().map(|(_, r)| *r).collect(), recipe };
-    let job_models = JobModels { models: &models, roles: &roles };
-    let mut s = write_model(&job_models, &plan, &job.plan, vec![out], "apply", Some(carry), progress, cancel, started)?;
-    Ok(s.remove(0))
+    let job = Job {
+        command: "apply",
+        models: &models,
+        roles: roles.iter().map(String::as_str).collect(),
+        files_from: plan::TARGET,
+        plan: &plan,
+        opts: &job.plan,
+        carry: Some(carry),
+    };
+    Ok(job.write(vec![out], progress, cancel, started)?.remove(0))
+}
+
+/// The `chatvec.json` of a stored vector, refused unless `chatvec extract` wrote it.
+fn read_vector_manifest(dir: &std::path::Path) -> Result<Value> {
+    let path = dir.join("chatvec.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let manifest: Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
+        return Err(Error::format(&path, "not a chat vector written by `chatvec extract`"));
+    }
+    Ok(manifest)
 }
 
 /// Runs `extract`.
 pub fn extract(job: &ExtractJob, progress: &dyn Progress, cancel: &AtomicBool) -> Result<Summary> {
     let started = Instant::now();
-    let models = vec![open(&job.chat)?, open(&job.base)?];
-    check_base_chat(&models[1], &models[0])?;
-    let plan = plan::plan_extract(&models, &job.plan, &mut exec::row_norms)?;
+    let inputs = ExtractRoles { chat: open(&job.chat)?, base: open(&job.base)? };
+    check_base_chat(&inputs.base, &inputs.chat)?;
+    let models = inputs.into_list();
+    let (chat, base) = (&models[EXTRACT.chat], &models[EXTRACT.base]);
+    let vector = VectorRef { chat: EXTRACT.chat, base: Some(EXTRACT.base), special_rows: vec![] };
+    let plan = plan::plan_extract(&models, &vector, &job.plan, &mut exec::row_norms)?;
     let template = modelfiles::chat_template(&job.chat.path)?;
     let recipe = json!({
         "kind": "chat_vector",
-        "architecture": models[0].config.architecture(),
+        "architecture": chat.config.architecture(),
         "inputs": {
-            "base": input_record(&job.base, &models[1]),
-            "chat": input_record(&job.chat, &models[0]),
+            "base": input_record(&job.base, base),
+            "chat": input_record(&job.chat, chat),
         },
         "tensors": plan.tensors.iter().map(|t| &t.name).collect::<Vec<_>>(),
         "chat_template": template,
-        "chat_eos_token_ids": modelfiles::eos_ids(&job.chat.path, &models[0].config)?,
+        "chat_eos_token_ids": modelfiles::eos_ids(&job.chat.path, &chat.config)?,
     });
     let out = JobOutput { options: job.output.clone(), ratios: vec![1.0], recipe };
-    let job_models = JobModels { models: &models, roles: &["chat", "base"] };
-    let mut s = write_model(&job_models, &plan, &job.plan, vec![out], "extract", None, progress, cancel, started)?;
-    Ok(s.remove(0))
+    let job = Job {
+        command: "extract",
+        models: &models,
+        roles: EXTRACT_NAMES.into_list(),
+        files_from: EXTRACT.chat,
+        plan: &plan,
+        opts: &job.plan,
+        carry: None,
+    };
+    Ok(job.write(vec![out], progress, cancel, started)?.remove(0))
 }
 
 /// A merge in which no tensor gets the vector would write a copy of the target and call it
@@ -428,10 +505,20 @@ struct Carry {
     eos: Vec<u32>,
 }
 
-/// The inputs of a job and their names for messages.
-struct JobModels<'a> {
+/// A planned job, ready to write: its inputs, its plan, and what its outputs take from the inputs.
+struct Job<'a> {
+    /// `merge`, `extract` or `apply`.
+    command: &'static str,
     models: &'a [Checkpoint],
-    roles: &'a [&'a str],
+    /// A name per model, for messages ("target", "chat", ...).
+    roles: Vec<&'a str>,
+    /// The model whose config, tokenizer and other files the outputs take (the target; the chat
+    /// model for extract).
+    files_from: usize,
+    plan: &'a Plan,
+    opts: &'a PlanOptions,
+    /// What a merged model takes from the chat side (nothing for a vector).
+    carry: Option<Carry>,
 }
 
 /// One output directory of a job: where, the ratio of each vector, and its `chatvec.json` so far.
@@ -447,87 +534,180 @@ struct Writing {
     writer: ShardWriter,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_model(
-    inputs: &JobModels,
-    plan: &Plan,
-    opts: &PlanOptions,
-    outs: Vec<JobOutput>,
-    command: &str,
-    carry: Option<Carry>,
-    progress: &dyn Progress,
-    cancel: &AtomicBool,
-    started: Instant,
-) -> Result<Vec<Summary>> {
-    let models = inputs.models;
-    let shards = shard_layout(models, plan, outs[0].options.shard_size);
-    let bytes_out: u64 = shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes as u64).sum();
-    let mut summaries: Vec<Summary> = outs
-        .iter()
-        .map(|o| planned_summary(models, plan, opts, &o.options, command, shards.len(), bytes_out))
-        .collect();
-    if outs[0].options.dry_run {
-        summaries.iter_mut().for_each(|s| s.seconds = started.elapsed().as_secs_f64());
-        return Ok(summaries);
-    }
-    let mut writing = vec![];
-    for o in &outs {
-        refuse_input_as_output(models, &o.options.path)?;
-        let dir = OutputDir::create(&o.options.path, o.options.force)?;
-        let need = bytes_out * writing.iter().filter(|w: &&Writing| same_disk(w.dir.path(), dir.path())).count() as u64;
-        check_free_space(dir.path(), bytes_out + need)?;
-        let writer = ShardWriter::start(dir.path(), shards.clone());
-        writing.push(Writing { dir, writer });
-    }
-    progress.begin(bytes_out * outs.len() as u64);
-    let stats = Stats::default();
-    let streamed = {
-        let mut outputs: Vec<exec::Output> = writing
-            .iter_mut()
-            .zip(&outs)
-            .map(|(w, o)| exec::Output { writer: &mut w.writer, ratios: o.ratios.clone() })
-            .collect();
-        let order = write_order(plan, &shards);
-        let run = exec::Run {
-            models,
-            roles: inputs.roles,
-            plan,
-            order: &order,
-            allow_nonfinite: opts.allow_nonfinite,
-            progress,
-            cancel,
-            stats: &stats,
-        };
-        run.run(&mut outputs)
-    };
-    let mut dirs = vec![];
-    let mut finished = Ok(());
-    for w in writing {
-        match w.writer.finish() {
-            Ok(bytes) => dirs.push((w.dir, bytes)),
-            Err(e) => finished = Err(e),
+impl Job<'_> {
+    /// Streams the plan into every output, then completes each and moves it into place; returns
+    /// a summary per output (only the plan's, for a dry run).
+    fn write(
+        &self,
+        outs: Vec<JobOutput>,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+        started: Instant,
+    ) -> Result<Vec<Summary>> {
+        let shards = shard_layout(self.models, self.plan, outs[0].options.shard_size);
+        let bytes_out: u64 = shards.iter().flat_map(|s| &s.tensors).map(|t| t.bytes as u64).sum();
+        let mut summaries: Vec<Summary> =
+            outs.iter().map(|o| self.planned_summary(&o.options, shards.len(), bytes_out, outs.len())).collect();
+        if outs[0].options.dry_run {
+            summaries.iter_mut().for_each(|s| s.seconds = started.elapsed().as_secs_f64());
+            return Ok(summaries);
         }
-    }
-    streamed?;
-    finished?;
-    progress.finish();
-    if cancel.load(Ordering::Relaxed) {
-        return Err(Error::Interrupted);
-    }
-    let nonfinite = stats.nonfinite.lock().expect("no panics while held").clone();
-    for (k, ((dir, bytes), (summary, out))) in dirs.into_iter().zip(summaries.iter_mut().zip(outs)).enumerate() {
-        summary.bytes_written = bytes;
-        summary.bytes_read = stats.bytes_read.load(Ordering::Relaxed);
-        summary.inexact_elements = stats.inexact.load(Ordering::Relaxed);
-        for nf in nonfinite.iter().filter(|nf| nf.output == k) {
-            summary.warnings.push(format!("tensor {}: written with {}", nf.tensor, nf.describe(inputs.roles)));
+        let (written, stats) = self.stream_shards(&outs, &shards, bytes_out, progress, cancel)?;
+        let nonfinite = stats.nonfinite.into_inner().expect("no panics while held");
+        for (k, ((dir, bytes), (summary, out))) in written.into_iter().zip(summaries.iter_mut().zip(outs)).enumerate() {
+            summary.bytes_written = bytes;
+            summary.bytes_read = stats.bytes_read.load(Ordering::Relaxed);
+            summary.inexact_elements = stats.inexact.load(Ordering::Relaxed);
+            for nf in nonfinite.iter().filter(|nf| nf.output == k) {
+                summary.warnings.push(format!("tensor {}: written with {}", nf.tensor, nf.describe(&self.roles)));
+            }
+            self.finish_output(&shards, dir, summary, out.recipe)?;
+            summary.seconds = started.elapsed().as_secs_f64();
         }
-        finish_output(models, &shards, opts, dir, summary, out.recipe, carry.as_ref())?;
-        summary.seconds = started.elapsed().as_secs_f64();
+        Ok(summaries)
     }
-    Ok(summaries)
-}
 
+    /// Creates every output's temporary directory and streams the shards into them; returns each
+    /// directory with the bytes written to it, and the run's counters.
+    fn stream_shards(
+        &self,
+        outs: &[JobOutput],
+        shards: &[Shard],
+        bytes_out: u64,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<(Vec<(OutputDir, u64)>, Stats)> {
+        let mut writing = self.start_writers(outs, shards, bytes_out)?;
+        progress.begin(bytes_out * outs.len() as u64);
+        let stats = Stats::default();
+        let streamed = {
+            let mut outputs: Vec<exec::Output> = writing
+                .iter_mut()
+                .zip(outs)
+                .map(|(w, o)| exec::Output { writer: &mut w.writer, ratios: o.ratios.clone() })
+                .collect();
+            let order = write_order(shards);
+            let run = exec::Run {
+                models: self.models,
+                roles: &self.roles,
+                plan: self.plan,
+                order: &order,
+                allow_nonfinite: self.opts.allow_nonfinite,
+                progress,
+                cancel,
+                stats: &stats,
+            };
+            run.run(&mut outputs)
+        };
+        let mut written = vec![];
+        let mut finished = Ok(());
+        for w in writing {
+            match w.writer.finish() {
+                Ok(bytes) => written.push((w.dir, bytes)),
+                Err(e) => finished = Err(e),
+            }
+        }
+        streamed?;
+        finished?;
+        progress.finish();
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        Ok((written, stats))
+    }
+
+    /// Every output's temporary directory, once it is known to be no input and to have room,
+    /// with a shard writer started in it.
+    fn start_writers(&self, outs: &[JobOutput], shards: &[Shard], bytes_out: u64) -> Result<Vec<Writing>> {
+        let mut writing: Vec<Writing> = vec![];
+        for o in outs {
+            refuse_input_as_output(self.models, &o.options.path)?;
+            let dir = OutputDir::create(&o.options.path, o.options.force)?;
+            let sharing = writing.iter().filter(|w| same_disk(w.dir.path(), dir.path())).count() as u64;
+            check_free_space(dir.path(), bytes_out * (1 + sharing))?;
+            let writer = ShardWriter::start(dir.path(), shards.to_vec());
+            writing.push(Writing { dir, writer });
+        }
+        Ok(writing)
+    }
+
+    /// The summary the plan alone gives (what a dry run reports), for one of `outputs` outputs.
+    fn planned_summary(&self, out: &OutputOptions, shards: usize, bytes_out: u64, outputs: usize) -> Summary {
+        let (plan, opts) = (self.plan, self.opts);
+        let threads = rayon::current_num_threads();
+        Summary {
+            command: self.command.into(),
+            output: out.path.clone(),
+            dry_run: out.dry_run,
+            method: if opts.porter.is_some() { "feature-porter" } else { "chat-vector" }.into(),
+            tensors: plan.tensors.len(),
+            merged: plan.count(Kind::Merged),
+            row_adjusted: plan.count(Kind::RowAdjusted),
+            copied: plan.count(Kind::Copied) + plan.count(Kind::SpecialRows),
+            not_selected: plan.not_selected.clone(),
+            special_rows: plan.special_rows.clone(),
+            only_in_target: plan.only_in_target.clone(),
+            missing_from_target: plan.missing_from_target.clone(),
+            warnings: plan.warnings.iter().cloned().chain(self.models.iter().flat_map(Checkpoint::warnings)).collect(),
+            eos_token_ids: vec![],
+            chat_template_from: None,
+            shards,
+            bytes_read: plan_read_bytes(self.models, plan),
+            bytes_written: bytes_out,
+            peak_memory_estimate: exec::peak_memory(self.models.len(), outputs, threads),
+            inexact_elements: 0,
+            seconds: 0.0,
+        }
+    }
+
+    /// Completes a written output: index, support files, template, generation config, recipe;
+    /// then moves it into place.
+    fn finish_output(&self, shards: &[Shard], dir: OutputDir, summary: &mut Summary, recipe: Value) -> Result<()> {
+        write_index(dir.path(), shards, "model")?;
+        let files_from = &self.models[self.files_from];
+        modelfiles::copy_support_files(&files_from.dir, dir.path())?;
+        if let Some(d) = self.opts.dtype {
+            modelfiles::set_config_dtype(dir.path(), d)?;
+        }
+        if let Some(carry) = &self.carry {
+            if modelfiles::chat_template(dir.path())?.is_none() {
+                if let Some(t) = &carry.template {
+                    modelfiles::install_chat_template(dir.path(), t)?;
+                    summary.chat_template_from = Some(carry.template_from.into());
+                }
+            }
+            summary.eos_token_ids = modelfiles::write_generation_config(dir.path(), &files_from.config, &carry.eos)?;
+        }
+        write_json(&dir.path().join("chatvec.json"), &self.recipe(recipe, summary))?;
+        dir.commit()
+    }
+
+    /// `chatvec.json`: the job's `recipe` with what the run did.
+    fn recipe(&self, mut recipe: Value, summary: &Summary) -> Value {
+        let opts = self.opts;
+        if let Value::Object(r) = &mut recipe {
+            r.insert("tool".into(), json!("chatvec"));
+            r.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+            r.insert("command".into(), json!(summary.command));
+            r.insert("method".into(), json!(summary.method));
+            if let Some(p) = opts.porter {
+                r.insert("porter".into(), json!(p));
+            }
+            r.insert("dtype".into(), json!(opts.dtype.map(|d| d.to_string())));
+            r.insert(
+                "selection".into(),
+                json!({
+                    "include": opts.selection.include.as_ref().map(|r| r.as_str()),
+                    "exclude": opts.selection.exclude.as_ref().map(|r| r.as_str()),
+                }),
+            );
+            r.insert("special_rows".into(), json!(summary.special_rows));
+            r.insert("eos_token_ids".into(), json!(summary.eos_token_ids));
+            r.insert("inexact_elements".into(), json!(summary.inexact_elements));
+        }
+        recipe
+    }
+}
 /// Whether two directories are on one file system (their outputs share its free space).
 fn same_disk(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -541,109 +721,21 @@ fn shard_layout(models: &[Checkpoint], plan: &Plan, shard_size: u64) -> Vec<Shar
     let specs: Vec<TensorSpec> = plan
         .tensors
         .iter()
-        .map(|t| TensorSpec {
+        .enumerate()
+        .map(|(index, t)| TensorSpec {
             name: t.name.clone(),
             dtype: t.dtype_name.clone(),
             shape: t.shape.clone(),
             bytes: t.bytes(models),
+            index,
         })
         .collect();
     plan_shards(specs, shard_size.max(1), "model")
 }
 
 /// Plan indices in the order the shards store them.
-fn write_order(plan: &Plan, shards: &[Shard]) -> Vec<usize> {
-    let pos: std::collections::HashMap<&str, usize> =
-        plan.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-    shards.iter().flat_map(|s| s.tensors.iter().map(|t| pos[t.name.as_str()])).collect()
-}
-
-fn planned_summary(
-    models: &[Checkpoint],
-    plan: &Plan,
-    opts: &PlanOptions,
-    out: &OutputOptions,
-    command: &str,
-    shards: usize,
-    bytes_out: u64,
-) -> Summary {
-    let threads = rayon::current_num_threads() as u64;
-    Summary {
-        command: command.into(),
-        output: out.path.clone(),
-        dry_run: out.dry_run,
-        method: if opts.porter.is_some() { "feature-porter" } else { "chat-vector" }.into(),
-        tensors: plan.tensors.len(),
-        merged: plan.count(Kind::Merged),
-        row_adjusted: plan.count(Kind::RowAdjusted),
-        copied: plan.count(Kind::Copied) + plan.count(Kind::SpecialRows),
-        not_selected: plan.not_selected.clone(),
-        special_rows: plan.special_rows.clone(),
-        only_in_target: plan.only_in_target.clone(),
-        missing_from_target: plan.missing_from_target.clone(),
-        warnings: plan.warnings.iter().cloned().chain(models.iter().flat_map(Checkpoint::warnings)).collect(),
-        eos_token_ids: vec![],
-        chat_template_from: None,
-        shards,
-        bytes_read: plan_read_bytes(models, plan),
-        bytes_written: bytes_out,
-        // Blocks: two queued to the writer, one being written, one being filled, one recycled;
-        // input pages of one block per source; per-thread f64 scratch.
-        peak_memory_estimate: 5 * BLOCK_BYTES as u64 + 3 * 2 * BLOCK_BYTES as u64 + threads * 4 * 8 * LANES as u64,
-        inexact_elements: 0,
-        seconds: 0.0,
-    }
-}
-
-/// Completes a written output: index, support files, template, generation config, recipe; then
-/// moves it into place.
-fn finish_output(
-    models: &[Checkpoint],
-    shards: &[Shard],
-    opts: &PlanOptions,
-    dir: OutputDir,
-    summary: &mut Summary,
-    recipe: Value,
-    carry: Option<&Carry>,
-) -> Result<()> {
-    write_index(dir.path(), shards, "model")?;
-    // Config, tokenizer and the rest come from the first model (the target; the chat model for extract).
-    modelfiles::copy_support_files(&models[0].dir, dir.path())?;
-    if let Some(d) = opts.dtype {
-        modelfiles::set_config_dtype(dir.path(), d)?;
-    }
-    let mut recipe = recipe;
-    if let Some(carry) = carry {
-        if modelfiles::chat_template(dir.path())?.is_none() {
-            if let Some(t) = &carry.template {
-                modelfiles::install_chat_template(dir.path(), t)?;
-                summary.chat_template_from = Some(carry.template_from.into());
-            }
-        }
-        summary.eos_token_ids = modelfiles::write_generation_config(dir.path(), &models[0].config, &carry.eos)?;
-    }
-    if let Value::Object(r) = &mut recipe {
-        r.insert("tool".into(), json!("chatvec"));
-        r.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-        r.insert("command".into(), json!(summary.command));
-        r.insert("method".into(), json!(summary.method));
-        if let Some(p) = opts.porter {
-            r.insert("porter".into(), json!(p));
-        }
-        r.insert("dtype".into(), json!(opts.dtype.map(|d| d.to_string())));
-        r.insert(
-            "selection".into(),
-            json!({
-                "include": opts.selection.include.as_ref().map(|r| r.as_str()),
-                "exclude": opts.selection.exclude.as_ref().map(|r| r.as_str()),
-            }),
-        );
-        r.insert("special_rows".into(), json!(summary.special_rows));
-        r.insert("eos_token_ids".into(), json!(summary.eos_token_ids));
-        r.insert("inexact_elements".into(), json!(summary.inexact_elements));
-    }
-    write_json(&dir.path().join("chatvec.json"), &recipe)?;
-    dir.commit()
+fn write_order(shards: &[Shard]) -> Vec<usize> {
+    shards.iter().flat_map(|s| s.tensors.iter().map(|t| t.index)).collect()
 }
 
 /// `--force` must never replace (or write into) a model being read, directly or through a
@@ -690,7 +782,7 @@ fn plan_read_bytes(models: &[Checkpoint], plan: &Plan) -> u64 {
         .map(|t| match &t.action {
             Action::Copy(s) => entry(models, s).byte_len() as u64,
             Action::Combine { target, terms, .. } => {
-                let srcs = target.iter().chain(terms.iter().flat_map(|x| std::iter::once(&x.plus).chain(&x.minus)));
+                let srcs = target.iter().chain(terms.iter().flat_map(|x| std::iter::once(&x.chat).chain(&x.base)));
                 srcs.map(|s| entry(models, s).byte_len() as u64).sum()
             }
         })

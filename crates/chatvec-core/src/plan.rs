@@ -1,5 +1,9 @@
-//! What happens to each output tensor, decided before any tensor data is read: which tensors are
-//! merged, copied or row-adjusted, with which sources, and every shape check that can fail.
+//! What happens to each output tensor, decided before the run streams any tensor: which tensors
+//! are merged, copied or row-adjusted, with which sources, and every shape check that can fail.
+//!
+//! Planning reads the headers only, with one exception: when embeddings are left out of the
+//! merge, special-token detection reads the row norms of the base's and chat model's vocab
+//! tensors, through the `row_norms` reader the caller passes in (the run's streaming reader).
 
 use regex::Regex;
 use serde::Serialize;
@@ -39,15 +43,16 @@ pub struct Src {
     pub name: String,
 }
 
-/// One vector term `ratio·(plus − minus)`; without `minus` the term is `ratio·plus` (an extracted
-/// vector). The ratio belongs to the output (one pass can write several ratios): term `i` of a
-/// tensor is vector `i` of the plan, whose ratio each output gives.
+/// One vector term `ratio·(chat − base)`; without `base` the term is `ratio·chat`, where `chat`
+/// is a stored vector (`chatvec extract`'s output, the difference already taken). The ratio
+/// belongs to the output (one pass can write several ratios): term `i` of a tensor is vector `i`
+/// of the plan, whose ratio each output gives.
 #[derive(Debug, Clone)]
 pub struct Term {
     /// The chat model (or the stored vector).
-    pub plus: Src,
+    pub chat: Src,
     /// The base model.
-    pub minus: Option<Src>,
+    pub base: Option<Src>,
 }
 
 /// Output row `row` is row `src_row` of tensor `src` (special-token rows from the chat model).
@@ -62,7 +67,7 @@ pub struct Override {
 }
 
 /// Prefix of the tensors in which `extract` stores special-token rows of left-out embeddings.
-pub const SPECIAL_ROWS_PREFIX: &str = "chatvec.special_rows.";
+pub(crate) const SPECIAL_ROWS_PREFIX: &str = "chatvec.special_rows.";
 
 /// How an output tensor is made.
 #[derive(Debug, Clone)]
@@ -79,7 +84,7 @@ pub enum Action {
         terms: Vec<Term>,
         /// Number of leading rows the terms apply to.
         rows: usize,
-        /// Feature-porter weighting of the first term (whose `minus` is the base).
+        /// Feature-porter weighting of the first term (which has a base).
         porter: Option<PorterParams>,
         /// Rows replaced by rows of another tensor.
         overrides: Vec<Override>,
@@ -153,12 +158,12 @@ impl Plan {
 }
 
 /// The tensor a source names.
-pub fn entry<'a>(models: &'a [Checkpoint], src: &Src) -> &'a TensorEntry {
+pub(crate) fn entry<'a>(models: &'a [Checkpoint], src: &Src) -> &'a TensorEntry {
     models[src.model].get_or_tied(&src.name).expect("plan sources were checked when planned")
 }
 
 /// Names of vocabulary-sized tensors, whose row count may grow in a CP model with a larger vocab.
-pub fn is_vocab_tensor(name: &str) -> bool {
+pub(crate) fn is_vocab_tensor(name: &str) -> bool {
     const ENDS: &[&str] = &[
         "embed_tokens.weight",
         "lm_head.weight",
@@ -222,162 +227,224 @@ impl Default for PlanOptions {
     }
 }
 
-/// A vector for a plan: `models[plus] − models[minus]`, or `models[plus]` (its ratio is the
-/// output's).
+/// A vector for a plan: `models[chat] − models[base]`, or `models[chat]` alone when it is a stored
+/// vector (its ratio is the output's).
 #[derive(Debug, Clone)]
-pub struct VectorRef {
+pub(crate) struct VectorRef {
     /// Index of the chat model or stored vector.
-    pub plus: usize,
+    pub chat: usize,
     /// Index of the base model, for a vector computed on the fly.
-    pub minus: Option<usize>,
+    pub base: Option<usize>,
     /// For a stored vector: the special-token rows it carries (tensor → token ids, from its
     /// manifest), stored as `chatvec.special_rows.<tensor>`.
     pub special_rows: Vec<(String, Vec<usize>)>,
 }
 
-/// Plans `target + Σ vectors` over `models` (target at index 0), in the target's tensor order.
-/// `row_norms` reads a tensor's row norms (only called for special-row detection).
-pub fn plan_merge(
+/// Where a merge plan finds its target in the model list.
+pub(crate) const TARGET: usize = 0;
+
+/// Plans `target + Σ vectors` over `models` (the target at [`TARGET`]), in the target's tensor
+/// order. `row_norms` reads a tensor's row norms (only called for special-row detection).
+pub(crate) fn plan_merge(
     models: &[Checkpoint],
     vectors: &[VectorRef],
     opts: &PlanOptions,
     row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
 ) -> Result<Plan> {
-    let target = &models[0];
-    let mut plan = Plan::default();
-    for t in target.tensors() {
-        let out_dtype = t.dtype.map(|d| opts.dtype.unwrap_or(d));
-        let copy = |kind| PlannedTensor {
+    let mut planner = MergePlanner { models, vectors, opts, row_norms, plan: Plan::default() };
+    for t in models[TARGET].tensors() {
+        planner.plan_tensor(t)?;
+    }
+    let mut plan = planner.plan;
+    plan.missing_from_target = missing_from_target(models, vectors);
+    Ok(plan)
+}
+
+/// The inputs of a merge plan, and the plan so far.
+struct MergePlanner<'a> {
+    models: &'a [Checkpoint],
+    vectors: &'a [VectorRef],
+    opts: &'a PlanOptions,
+    row_norms: &'a mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
+    plan: Plan,
+}
+
+/// The tensors of one vector that match a target tensor.
+struct VectorTensors<'a> {
+    vector: &'a VectorRef,
+    chat: &'a TensorEntry,
+    base: Option<&'a TensorEntry>,
+}
+
+impl<'a> MergePlanner<'a> {
+    /// Plans target tensor `t`: copied when a vector lacks it or it is not a float, copied with
+    /// special-token rows when it is not selected, combined with the vectors otherwise.
+    fn plan_tensor(&mut self, t: &TensorEntry) -> Result<()> {
+        let Some(found) = self.vector_tensors(t) else {
+            self.absent_from_a_vector(t);
+            return Ok(());
+        };
+        if t.dtype.is_none() {
+            self.plan.tensors.push(self.copy(t, Kind::Copied));
+            return Ok(());
+        }
+        // Shape checks come first, so a bad model fails even when its tensor is not selected.
+        let rows = self.checked_rows(t, &found)?;
+        if !self.opts.selection.selects(&t.name) {
+            return self.not_selected(t);
+        }
+        self.plan.tensors.push(self.combined(t, &found, rows));
+        Ok(())
+    }
+
+    /// Each vector's tensors for target tensor `t`, or `None` when a vector lacks it.
+    fn vector_tensors(&self, t: &TensorEntry) -> Option<Vec<VectorTensors<'a>>> {
+        let models = self.models;
+        self.vectors
+            .iter()
+            .map(|v| {
+                let chat = models[v.chat].get_or_tied(&t.name)?;
+                let base = match v.base {
+                    Some(b) => Some(models[b].get_or_tied(&t.name)?),
+                    None => None,
+                };
+                Some(VectorTensors { vector: v, chat, base })
+            })
+            .collect()
+    }
+
+    /// Target tensor `t` as it is, converted to the output dtype when one is set.
+    fn copy(&self, t: &TensorEntry, kind: Kind) -> PlannedTensor {
+        let out = t.dtype.map(|d| self.opts.dtype.unwrap_or(d));
+        PlannedTensor {
             name: t.name.clone(),
             shape: t.shape.clone(),
-            dtype_name: out_dtype.map(|d| d.safetensors_name().to_string()).unwrap_or(t.dtype_name.clone()),
-            dtype: out_dtype,
-            action: if out_dtype == t.dtype {
-                Action::Copy(Src { model: 0, name: t.name.clone() })
+            dtype_name: out.map(|d| d.safetensors_name().to_string()).unwrap_or(t.dtype_name.clone()),
+            dtype: out,
+            action: if out == t.dtype {
+                Action::Copy(Src { model: TARGET, name: t.name.clone() })
             } else {
-                Action::Combine {
-                    target: Some(Src { model: 0, name: t.name.clone() }),
-                    terms: vec![],
-                    rows: 0,
-                    porter: None,
-                    overrides: vec![],
-                }
+                overrides_action(t, vec![])
             },
             kind,
-        };
-        // Resolve every vector's tensors; a tensor absent from any of them is target-only.
-        let mut terms = Vec::new();
-        let mut absent = false;
-        for v in vectors {
-            let plus = models[v.plus].get_or_tied(&t.name);
-            let minus = v.minus.map(|m| models[m].get_or_tied(&t.name));
-            match (plus, minus) {
-                (Some(p), None) => terms.push((v, p, None)),
-                (Some(p), Some(Some(m))) => terms.push((v, p, Some(m))),
-                _ => absent = true,
-            }
         }
-        if absent {
-            let stored = stored_special_rows(models, vectors, t);
-            if stored.is_empty() {
-                plan.only_in_target.push(t.name.clone());
-                plan.tensors.push(copy(Kind::Copied));
-            } else {
-                plan.not_selected.push(t.name.clone());
-                plan.special_rows.push((t.name.clone(), stored.iter().map(|o| o.row).collect()));
-                plan.tensors.push(PlannedTensor { action: overrides_action(t, stored), ..copy(Kind::SpecialRows) });
-            }
-            continue;
+    }
+
+    /// Target tensor `t` with `rows` replaced: special-token rows from the chat model.
+    fn push_special_rows(&mut self, t: &TensorEntry, rows: Vec<Override>) {
+        self.plan.special_rows.push((t.name.clone(), rows.iter().map(|o| o.row).collect()));
+        self.plan.tensors.push(PlannedTensor { action: overrides_action(t, rows), ..self.copy(t, Kind::SpecialRows) });
+    }
+
+    /// A target tensor that some vector lacks: copied, with the special-token rows that stored
+    /// vectors carry for it.
+    fn absent_from_a_vector(&mut self, t: &TensorEntry) {
+        let stored = stored_special_rows(self.models, self.vectors, t);
+        if stored.is_empty() {
+            self.plan.only_in_target.push(t.name.clone());
+            self.plan.tensors.push(self.copy(t, Kind::Copied));
+        } else {
+            self.plan.not_selected.push(t.name.clone());
+            self.push_special_rows(t, stored);
         }
-        let Some(_) = t.dtype else {
-            plan.tensors.push(copy(Kind::Copied));
-            continue;
-        };
-        // Shape checks come first, so a bad model fails even when its tensor is not selected.
+    }
+
+    /// A tensor left out by the selection: copied, with the chat model's special-token rows when
+    /// it is an embedding whose base rows are untrained.
+    fn not_selected(&mut self, t: &TensorEntry) -> Result<()> {
+        self.plan.not_selected.push(t.name.clone());
+        let mut special = vec![];
+        if self.opts.special_rows {
+            if is_vocab_tensor(&t.name) {
+                let threshold = self.opts.untrained_threshold;
+                special = special_rows(self.models, self.vectors, &t.name, threshold, &mut *self.row_norms)?;
+            }
+            special.extend(stored_special_rows(self.models, self.vectors, t));
+        }
+        if special.is_empty() {
+            self.plan.tensors.push(self.copy(t, Kind::Copied));
+        } else {
+            self.push_special_rows(t, special);
+        }
+        Ok(())
+    }
+
+    /// Checks the vectors' tensors against target tensor `t`: float, base and chat of one shape,
+    /// and a shape the target's can take; returns how many leading rows of the target they cover.
+    fn checked_rows(&self, t: &TensorEntry, found: &[VectorTensors]) -> Result<usize> {
         let mut rows = usize::MAX;
-        for (v, p, m) in &terms {
-            for e in std::iter::once(*p).chain(*m) {
+        for f in found {
+            for e in std::iter::once(f.chat).chain(f.base) {
                 if e.dtype.is_none() {
+                    let dir = self.models[f.vector.chat].dir.display();
                     return Err(Error::tensor(
                         &t.name,
-                        format!("is {} in {}, which is not a float type", e.dtype_name, models[v.plus].dir.display()),
+                        format!("is {} in {dir}, which is not a float type", e.dtype_name),
                     ));
                 }
             }
-            if let Some(m) = m {
-                if m.shape != p.shape {
-                    return Err(Error::tensor(
-                        &t.name,
-                        format!("base has shape {} but chat has {}", shape_str(&m.shape), shape_str(&p.shape)),
-                    ));
+            let note = match f.base {
+                Some(b) if b.shape != f.chat.shape => {
+                    let why =
+                        format!("base has shape {} but chat has {}", shape_str(&b.shape), shape_str(&f.chat.shape));
+                    return Err(Error::tensor(&t.name, why));
                 }
-            }
-            let note = match m {
-                Some(m) => format!(
+                Some(b) => format!(
                     "target {}, base {}, chat {}",
                     shape_str(&t.shape),
-                    shape_str(&m.shape),
-                    shape_str(&p.shape)
+                    shape_str(&b.shape),
+                    shape_str(&f.chat.shape)
                 ),
-                None => format!("target {}, vector {}", shape_str(&t.shape), shape_str(&p.shape)),
+                None => format!("target {}, vector {}", shape_str(&t.shape), shape_str(&f.chat.shape)),
             };
-            rows = rows.min(covered_rows(&t.name, &t.shape, &p.shape, &note)?);
+            rows = rows.min(covered_rows(&t.name, &t.shape, &f.chat.shape, &note)?);
         }
-        if !opts.selection.selects(&t.name) {
-            plan.not_selected.push(t.name.clone());
-            let mut special = if opts.special_rows && is_vocab_tensor(&t.name) {
-                special_rows(models, vectors, &t.name, opts.untrained_threshold, row_norms)?
-            } else {
-                vec![]
-            };
-            if opts.special_rows {
-                special.extend(stored_special_rows(models, vectors, t));
-            }
-            if special.is_empty() {
-                plan.tensors.push(copy(Kind::Copied));
-            } else {
-                plan.special_rows.push((t.name.clone(), special.iter().map(|o| o.row).collect()));
-                plan.tensors.push(PlannedTensor { action: overrides_action(t, special), ..copy(Kind::SpecialRows) });
-            }
-            continue;
-        }
+        Ok(rows)
+    }
+
+    /// Target tensor `t` plus the vectors over its first `rows` rows.
+    fn combined(&self, t: &TensorEntry, found: &[VectorTensors], rows: usize) -> PlannedTensor {
+        let terms = found
+            .iter()
+            .map(|f| Term {
+                chat: Src { model: f.vector.chat, name: f.chat.name.clone() },
+                base: f
+                    .base
+                    .map(|b| Src { model: f.vector.base.expect("a base tensor has a base"), name: b.name.clone() }),
+            })
+            .collect();
         let full = t.shape.first().copied().unwrap_or(1);
-        plan.tensors.push(PlannedTensor {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            dtype_name: out_dtype.expect("float").safetensors_name().to_string(),
-            dtype: out_dtype,
+        PlannedTensor {
             action: Action::Combine {
-                target: Some(Src { model: 0, name: t.name.clone() }),
-                terms: terms
-                    .iter()
-                    .map(|(v, p, m)| Term {
-                        plus: Src { model: v.plus, name: p.name.clone() },
-                        minus: m.map(|m| Src { model: v.minus.expect("minus model"), name: m.name.clone() }),
-                    })
-                    .collect(),
+                target: Some(Src { model: TARGET, name: t.name.clone() }),
+                terms,
                 rows,
-                porter: opts.porter,
+                porter: self.opts.porter,
                 overrides: vec![],
             },
             kind: if rows < full { Kind::RowAdjusted } else { Kind::Merged },
-        });
+            ..self.copy(t, Kind::Merged)
+        }
     }
-    // Tensors the vectors carry that the target does not.
+}
+
+/// Tensors the vectors carry that the target does not.
+fn missing_from_target(models: &[Checkpoint], vectors: &[VectorRef]) -> Vec<String> {
+    let mut missing: Vec<String> = vec![];
     for v in vectors {
-        for e in models[v.plus].tensors() {
-            if target.get(&e.name).is_none() && !plan.missing_from_target.contains(&e.name) {
-                plan.missing_from_target.push(e.name.clone());
+        for e in models[v.chat].tensors() {
+            if models[TARGET].get(&e.name).is_none() && !missing.contains(&e.name) {
+                missing.push(e.name.clone());
             }
         }
     }
-    Ok(plan)
+    missing
 }
 
 /// The target tensor `t` with some rows replaced.
 fn overrides_action(t: &TensorEntry, overrides: Vec<Override>) -> Action {
     Action::Combine {
-        target: Some(Src { model: 0, name: t.name.clone() }),
+        target: Some(Src { model: TARGET, name: t.name.clone() }),
         terms: vec![],
         rows: 0,
         porter: None,
@@ -395,11 +462,11 @@ fn special_rows(
     threshold: f64,
     row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
 ) -> Result<Vec<Override>> {
-    let Some(v) = vectors.iter().find(|v| v.minus.is_some()) else {
+    let Some(v) = vectors.iter().find(|v| v.base.is_some()) else {
         return Ok(vec![]);
     };
-    let base = &models[v.minus.expect("found above")];
-    let chat = &models[v.plus];
+    let base = &models[v.base.expect("found above")];
+    let chat = &models[v.chat];
     let (Some(b), Some(c)) = (base.get_or_tied(name), chat.get_or_tied(name)) else {
         return Ok(vec![]);
     };
@@ -411,7 +478,7 @@ fn special_rows(
     let cut = threshold * median;
     Ok((0..bn.len())
         .filter(|&r| bn[r] <= cut && cn[r] > cut)
-        .map(|r| Override { row: r, src: Src { model: v.plus, name: c.name.clone() }, src_row: r })
+        .map(|r| Override { row: r, src: Src { model: v.chat, name: c.name.clone() }, src_row: r })
         .collect())
 }
 
@@ -419,10 +486,10 @@ fn special_rows(
 /// embeddings were left out), checked against the target's shape.
 fn stored_special_rows(models: &[Checkpoint], vectors: &[VectorRef], t: &TensorEntry) -> Vec<Override> {
     let mut out = vec![];
-    for v in vectors.iter().filter(|v| v.minus.is_none()) {
+    for v in vectors.iter().filter(|v| v.base.is_none()) {
         let Some((_, ids)) = v.special_rows.iter().find(|(n, _)| *n == t.name) else { continue };
         let name = format!("{SPECIAL_ROWS_PREFIX}{}", t.name);
-        let Some(e) = models[v.plus].get(&name) else { continue };
+        let Some(e) = models[v.chat].get(&name) else { continue };
         let fits = e.shape.len() == 2
             && e.shape[0] == ids.len()
             && e.shape[1..] == t.shape[1..]
@@ -430,7 +497,7 @@ fn stored_special_rows(models: &[Checkpoint], vectors: &[VectorRef], t: &TensorE
         if fits {
             out.extend(ids.iter().enumerate().map(|(j, &r)| Override {
                 row: r,
-                src: Src { model: v.plus, name: name.clone() },
+                src: Src { model: v.chat, name: name.clone() },
                 src_row: j,
             }));
         }
@@ -438,14 +505,16 @@ fn stored_special_rows(models: &[Checkpoint], vectors: &[VectorRef], t: &TensorE
     out
 }
 
-/// Plans the vector `chat − base` (models = [chat, base]) in the chat model's tensor order:
+/// Plans `vector` (`chat − base`, both given) as a checkpoint, in the chat model's tensor order:
 /// selected float tensors only, in `dtype` (f32 by default).
-pub fn plan_extract(
+pub(crate) fn plan_extract(
     models: &[Checkpoint],
+    vector: &VectorRef,
     opts: &PlanOptions,
     row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
 ) -> Result<Plan> {
-    let (chat, base) = (&models[0], &models[1]);
+    let base_model = vector.base.ok_or_else(|| Error::msg("extract needs a base model"))?;
+    let (chat, base) = (&models[vector.chat], &models[base_model]);
     let dtype = opts.dtype.unwrap_or(DType::F32);
     let mut plan = Plan::default();
     for c in chat.tensors() {
@@ -466,47 +535,59 @@ pub fn plan_extract(
             plan.not_selected.push(c.name.clone());
             if opts.special_rows && is_vocab_tensor(&c.name) {
                 // Keep the chat model's special-token rows so `apply` can restore them as `merge` does.
-                let v = [VectorRef { plus: 0, minus: Some(1), special_rows: vec![] }];
-                let rows = special_rows(models, &v, &c.name, opts.untrained_threshold, row_norms)?;
+                let vectors = std::slice::from_ref(vector);
+                let rows = special_rows(models, vectors, &c.name, opts.untrained_threshold, row_norms)?;
                 if !rows.is_empty() {
                     plan.special_rows.push((c.name.clone(), rows.iter().map(|o| o.row).collect()));
-                    let mut shape = c.shape.clone();
-                    shape[0] = rows.len();
-                    plan.tensors.push(PlannedTensor {
-                        name: format!("{SPECIAL_ROWS_PREFIX}{}", c.name),
-                        shape,
-                        dtype_name: dtype.safetensors_name().to_string(),
-                        dtype: Some(dtype),
-                        action: Action::Combine {
-                            target: None,
-                            terms: vec![],
-                            rows: 0,
-                            porter: None,
-                            overrides: rows.into_iter().enumerate().map(|(j, o)| Override { row: j, ..o }).collect(),
-                        },
-                        kind: Kind::SpecialRows,
-                    });
+                    plan.tensors.push(stored_rows_tensor(c, rows, dtype));
                 }
             }
             continue;
         }
-        plan.tensors.push(PlannedTensor {
-            name: c.name.clone(),
-            shape: c.shape.clone(),
-            dtype_name: dtype.safetensors_name().to_string(),
-            dtype: Some(dtype),
-            action: Action::Combine {
-                target: None,
-                terms: vec![Term {
-                    plus: Src { model: 0, name: c.name.clone() },
-                    minus: Some(Src { model: 1, name: b.name.clone() }),
-                }],
-                rows: c.shape.first().copied().unwrap_or(1),
-                porter: None,
-                overrides: vec![],
-            },
-            kind: Kind::Merged,
-        });
+        let term = Term {
+            chat: Src { model: vector.chat, name: c.name.clone() },
+            base: Some(Src { model: base_model, name: b.name.clone() }),
+        };
+        plan.tensors.push(vector_tensor(c, term, dtype));
     }
     Ok(plan)
+}
+
+/// The vector `term` of chat tensor `c`, stored in `dtype`.
+fn vector_tensor(c: &TensorEntry, term: Term, dtype: DType) -> PlannedTensor {
+    PlannedTensor {
+        name: c.name.clone(),
+        shape: c.shape.clone(),
+        dtype_name: dtype.safetensors_name().to_string(),
+        dtype: Some(dtype),
+        action: Action::Combine {
+            target: None,
+            terms: vec![term],
+            rows: c.shape.first().copied().unwrap_or(1),
+            porter: None,
+            overrides: vec![],
+        },
+        kind: Kind::Merged,
+    }
+}
+
+/// The chat model's special-token `rows` of vocab tensor `c`, stored as
+/// `chatvec.special_rows.<name>` (row `j` holds the `j`-th of them) in `dtype`.
+fn stored_rows_tensor(c: &TensorEntry, rows: Vec<Override>, dtype: DType) -> PlannedTensor {
+    let mut shape = c.shape.clone();
+    shape[0] = rows.len();
+    PlannedTensor {
+        name: format!("{SPECIAL_ROWS_PREFIX}{}", c.name),
+        shape,
+        dtype_name: dtype.safetensors_name().to_string(),
+        dtype: Some(dtype),
+        action: Action::Combine {
+            target: None,
+            terms: vec![],
+            rows: 0,
+            porter: None,
+            overrides: rows.into_iter().enumerate().map(|(j, o)| Override { row: j, ..o }).collect(),
+        },
+        kind: Kind::SpecialRows,
+    }
 }

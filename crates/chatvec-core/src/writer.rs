@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use crate::checkpoint::MappedBytes;
 use crate::{Error, Result};
 
 /// A hidden directory beside the final output; removed on drop unless [`commit`](Self::commit)ed,
@@ -114,6 +115,9 @@ pub struct TensorSpec {
     pub shape: Vec<usize>,
     /// Size in bytes.
     pub bytes: usize,
+    /// Where the caller lists the tensor (a run's plan index), so that it can stream the tensors
+    /// in the order the shards store them.
+    pub index: usize,
 }
 
 /// One output file and the tensors it holds, in write order.
@@ -165,7 +169,7 @@ fn elem_size(dtype: &str) -> usize {
 }
 
 /// The safetensors header of a shard: length prefix + JSON, padded to 8 bytes.
-pub fn shard_header(shard: &Shard) -> Vec<u8> {
+pub(crate) fn shard_header(shard: &Shard) -> Vec<u8> {
     let mut obj = serde_json::Map::new();
     obj.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut off = 0usize;
@@ -210,17 +214,28 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 }
 
 enum Msg {
+    /// A computed block, returned for reuse once written.
     Data(Vec<u8>),
+    /// Bytes of an input, written from its map.
+    Mapped(MappedBytes),
 }
 
 /// Where a run's output tensor data goes: the safetensors [`ShardWriter`], or another format's
 /// writer (GGUF). Blocks arrive in the order the run was given, each belonging to one tensor, in
 /// the tensor's planned dtype; a tensor's blocks together are exactly its bytes.
 pub trait TensorSink {
-    /// A buffer of `len` bytes for the next block (reused from written blocks where possible).
+    /// A buffer of `len` bytes for the next block, reused from written blocks where possible:
+    /// its bytes are not cleared, so the caller writes every one of them.
     fn buffer(&self, len: usize) -> Vec<u8>;
     /// Takes the next block; fails with the sink's error if it stopped.
     fn push(&mut self, block: Vec<u8>) -> Result<()>;
+    /// Takes the next block as bytes of an input (a copied tensor), which a sink may write
+    /// without copying them first; by default they are copied into a [`buffer`](Self::buffer).
+    fn push_mapped(&mut self, bytes: MappedBytes) -> Result<()> {
+        let mut block = self.buffer(bytes.len());
+        block.copy_from_slice(&bytes);
+        self.push(block)
+    }
 }
 
 impl TensorSink for ShardWriter {
@@ -230,7 +245,17 @@ impl TensorSink for ShardWriter {
     fn push(&mut self, block: Vec<u8>) -> Result<()> {
         ShardWriter::push(self, block)
     }
+    fn push_mapped(&mut self, bytes: MappedBytes) -> Result<()> {
+        self.send(Msg::Mapped(bytes))
+    }
 }
+
+/// Blocks queued to a [`ShardWriter`]'s thread; `push` waits while they are all taken.
+pub(crate) const QUEUED_BLOCKS: usize = 2;
+
+/// The most blocks a [`ShardWriter`] holds at once: the queued ones, one being written, one
+/// being filled by the caller and one written block waiting for reuse.
+pub(crate) const WRITER_BLOCKS: usize = QUEUED_BLOCKS + 3;
 
 /// Streams tensor data into the shards of a layout on a background thread, so computing the next
 /// block overlaps writing the last. Blocks must arrive in layout order; each block belongs to one
@@ -244,7 +269,7 @@ pub struct ShardWriter {
 impl ShardWriter {
     /// Starts writing `shards` into `dir`.
     pub fn start(dir: &Path, shards: Vec<Shard>) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Msg>(2);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUED_BLOCKS);
         let (back_tx, back_rx) = mpsc::channel();
         let dir = dir.to_path_buf();
         let handle = std::thread::spawn(move || write_loop(&dir, shards, rx, back_tx));
@@ -253,15 +278,20 @@ impl ShardWriter {
 
     /// A buffer for the next block (reused from written blocks when one is free).
     pub fn buffer(&self, len: usize) -> Vec<u8> {
+        // A reused block keeps its old bytes (zeroing 16 MiB per block costs more than the
+        // kernel's arithmetic): the caller overwrites the whole block, as the sink's contract says.
         let mut b = self.recycled.try_recv().unwrap_or_default();
-        b.clear();
         b.resize(len, 0);
         b
     }
 
     /// Queues a block of the current tensor's data; fails with the writer's error if it stopped.
     pub fn push(&mut self, block: Vec<u8>) -> Result<()> {
-        let sent = self.tx.as_ref().map(|tx| tx.send(Msg::Data(block)).is_ok()).unwrap_or(false);
+        self.send(Msg::Data(block))
+    }
+
+    fn send(&mut self, msg: Msg) -> Result<()> {
+        let sent = self.tx.as_ref().map(|tx| tx.send(msg).is_ok()).unwrap_or(false);
         if !sent {
             return Err(self.join_error());
         }
@@ -298,21 +328,27 @@ fn write_loop(dir: &Path, shards: Vec<Shard>, rx: mpsc::Receiver<Msg>, back: mps
         for t in &shard.tensors {
             let mut left = t.bytes;
             while left > 0 {
-                let Ok(Msg::Data(block)) = rx.recv() else {
+                let Ok(msg) = rx.recv() else {
                     return Err(Error::msg(format!(
                         "{}: stopped before tensor {} was complete",
                         path.display(),
                         t.name
                     )));
                 };
-                if block.len() > left {
+                let bytes: &[u8] = match &msg {
+                    Msg::Data(block) => block,
+                    Msg::Mapped(bytes) => bytes,
+                };
+                if bytes.len() > left {
                     return Err(Error::tensor(&t.name, "more data than its shape holds (internal error)"));
                 }
-                f.write_all(&block)
+                f.write_all(bytes)
                     .map_err(|e| Error::msg(format!("{}: writing tensor {}: {e}", path.display(), t.name)))?;
-                left -= block.len();
-                written += block.len() as u64;
-                let _ = back.send(block);
+                left -= bytes.len();
+                written += bytes.len() as u64;
+                if let Msg::Data(block) = msg {
+                    let _ = back.send(block);
+                }
             }
         }
         f.flush().map_err(|e| Error::io(&path, e))?;
@@ -325,7 +361,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dtype: &str, n: usize) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype: dtype.into(), shape: vec![n], bytes: n * elem_size(dtype) }
+        TensorSpec { name: name.into(), dtype: dtype.into(), shape: vec![n], bytes: n * elem_size(dtype), index: 0 }
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! Synthetic Llama-shaped checkpoints with random weights, written with chatvec's own shard
-//! writer: benchmark inputs of any size without a model hub, in memory that does not grow with
-//! the model.
+//! writer: benchmark and test inputs of any size without a model hub, in memory that does not
+//! grow with the model.
 
 use std::path::Path;
 
 use serde_json::json;
 
-use crate::dtype::encode;
-use crate::writer::{plan_shards, write_index, write_json, ShardWriter, TensorSpec};
-use crate::{DType, Result};
+use chatvec_core::dtype::encode;
+use chatvec_core::writer::{plan_shards, write_index, write_json, ShardWriter, TensorSpec};
+use chatvec_core::{DType, Result};
+use chatvec_gen::sampling::Rng;
 
 /// The dimensions of a Llama-architecture model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,20 +83,9 @@ impl LlamaShape {
     }
 }
 
-/// xorshift64*: a fast, seedable generator; the values only need to look like weights.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    /// Uniform in [-a, a].
-    fn uniform(&mut self, a: f64) -> f64 {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * a
-    }
+/// Uniform in [-a, a].
+fn uniform(rng: &mut Rng, a: f64) -> f64 {
+    (rng.next_f64() * 2.0 - 1.0) * a
 }
 
 /// Writes a model of `shape` with random weights (norms near 1, the rest uniform with std 0.02)
@@ -104,14 +94,15 @@ pub fn write_random_model(dir: &Path, shape: &LlamaShape, dtype: DType, seed: u6
     let specs: Vec<TensorSpec> = shape
         .tensors()
         .into_iter()
-        .map(|(name, shape)| {
+        .enumerate()
+        .map(|(index, (name, shape))| {
             let bytes = shape.iter().product::<usize>() * dtype.size();
-            TensorSpec { name, dtype: dtype.safetensors_name().into(), shape, bytes }
+            TensorSpec { name, dtype: dtype.safetensors_name().into(), shape, bytes, index }
         })
         .collect();
     let shards = plan_shards(specs, shard_size, "model");
     let mut writer = ShardWriter::start(dir, shards.clone());
-    let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    let mut rng = Rng::new(seed);
     let block = 1 << 20;
     let mut vals = vec![0f64; block];
     for t in shards.iter().flat_map(|s| &s.tensors) {
@@ -122,7 +113,7 @@ pub fn write_random_model(dir: &Path, shape: &LlamaShape, dtype: DType, seed: u6
             let n = block.min(numel - done);
             for v in &mut vals[..n] {
                 // Uniform on [-a, a] has std a/√3; 0.0346 gives std 0.02.
-                *v = if is_norm { 1.0 + rng.uniform(0.1) } else { rng.uniform(0.0346) };
+                *v = if is_norm { 1.0 + uniform(&mut rng, 0.1) } else { uniform(&mut rng, 0.0346) };
             }
             let mut buf = writer.buffer(n * dtype.size());
             encode(dtype, &vals[..n], &mut buf);
@@ -139,7 +130,7 @@ pub fn write_random_model(dir: &Path, shape: &LlamaShape, dtype: DType, seed: u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Checkpoint;
+    use chatvec_core::Checkpoint;
 
     #[test]
     fn synthetic_model_opens_with_the_expected_tensors() {
