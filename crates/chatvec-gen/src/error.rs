@@ -10,22 +10,49 @@ pub type Result<T> = std::result::Result<T, GenError>;
 pub enum GenError {
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A JSON file is malformed or lacks a required field.
     #[error("{path}: {message}")]
-    BadFile { path: PathBuf, message: String },
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The directory is not a model directory.
     #[error("{0}")]
     NotAModel(String),
     /// The architecture named in config.json is not implemented.
     #[error("unsupported architecture {name} in {path}; supported: {supported}")]
-    UnsupportedArchitecture { name: String, path: PathBuf, supported: String },
+    UnsupportedArchitecture {
+        /// The `architectures` (or `model_type`) value.
+        name: String,
+        /// The config file.
+        path: PathBuf,
+        /// The accepted names.
+        supported: String,
+    },
     /// A config value this implementation cannot honour.
     #[error("{path}: {message}")]
-    UnsupportedConfig { path: PathBuf, message: String },
+    UnsupportedConfig {
+        /// The config file.
+        path: PathBuf,
+        /// The setting and why.
+        message: String,
+    },
     /// A weight is missing or has the wrong shape.
     #[error("weights in {dir}: {message}")]
-    Weights { dir: PathBuf, message: String },
+    Weights {
+        /// The model directory.
+        dir: PathBuf,
+        /// The tensor and what is wrong.
+        message: String,
+    },
     /// The model has no chat template.
     #[error("{0}")]
     NoChatTemplate(String),
@@ -43,10 +70,22 @@ pub enum GenError {
         "{tokens} tokens do not fit the model's context of {limit} positions (max_position_embeddings); \
          shorten the prompt or pass --truncate left"
     )]
-    ContextFull { tokens: usize, limit: usize },
+    ContextFull {
+        /// Tokens the sequence needs.
+        tokens: usize,
+        /// Positions the model has.
+        limit: usize,
+    },
     /// The model produced NaN or infinite logits (broken or overflowing weights).
     #[error("the model's logits are not finite ({count} of {vocab} are NaN or infinite) at generated token {step}: its weights are broken or overflow in this dtype")]
-    NonFiniteLogits { count: usize, vocab: usize, step: usize },
+    NonFiniteLogits {
+        /// How many logits are NaN or infinite.
+        count: usize,
+        /// The vocabulary size.
+        vocab: usize,
+        /// The generated token at which it happened.
+        step: usize,
+    },
     /// A tensor operation failed.
     #[error("tensor: {0}")]
     Candle(#[from] candle_core::Error),

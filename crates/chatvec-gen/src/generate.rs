@@ -31,7 +31,10 @@ impl Default for GenerationConfig {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StopReason {
     /// A stop id was sampled.
-    StopToken { id: u32 },
+    StopToken {
+        /// The sampled stop id.
+        id: u32,
+    },
     /// `max_new_tokens` were generated.
     Length,
     /// The token callback asked to stop.

@@ -5,6 +5,8 @@
 //! [`ChatTemplate::for_model`], [`StopSet::for_model`], then [`generate`] with a token callback
 //! that feeds a [`TextStream`].
 
+#![deny(missing_docs)]
+
 pub mod device;
 pub mod error;
 pub mod generate;

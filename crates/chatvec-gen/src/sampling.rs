@@ -56,9 +56,13 @@ impl SamplingParams {
 pub struct GenerationDefaults {
     /// Whether the model's authors sample (`do_sample`).
     pub do_sample: bool,
+    /// `temperature`.
     pub temperature: f64,
+    /// `top_p`.
     pub top_p: f64,
+    /// `top_k` (None: off).
     pub top_k: Option<usize>,
+    /// `repetition_penalty`.
     pub repetition_penalty: f64,
 }
 

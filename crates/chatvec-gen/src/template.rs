@@ -14,7 +14,9 @@ use crate::tokenizer::TokenizerConfig;
 /// One chat turn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
+    /// `system`, `user` or `assistant`.
     pub role: String,
+    /// The text.
     pub content: String,
 }
 

@@ -24,9 +24,21 @@ pub enum RopeScaling {
     /// Plain RoPE.
     Default,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
     /// Llama 3.1 frequency-band rescaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        /// Divisor of the low frequencies.
+        factor: f64,
+        /// `low_freq_factor` of the config.
+        low_freq_factor: f64,
+        /// `high_freq_factor` of the config.
+        high_freq_factor: f64,
+        /// The context the model was trained with before the extension.
+        original_max_position_embeddings: f64,
+    },
 }
 
 /// MLP activation.
@@ -43,14 +55,23 @@ pub enum Activation {
 /// Everything the shared decoder needs to know about one checkpoint.
 #[derive(Debug, Clone)]
 pub struct DecoderConfig {
+    /// Width of the residual stream.
     pub hidden_size: usize,
+    /// Width of the MLP.
     pub intermediate_size: usize,
+    /// Rows of the embedding and the output projection.
     pub vocab_size: usize,
+    /// Decoder layers.
     pub num_layers: usize,
+    /// Query heads.
     pub num_heads: usize,
+    /// Key/value heads (fewer than query heads: grouped-query attention).
     pub num_kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// RMSNorm epsilon.
     pub rms_norm_eps: f64,
+    /// Rotary embedding settings.
     pub rope: RopeConfig,
     /// Biases on q/k/v projections (Qwen2, Llama `attention_bias`).
     pub qkv_bias: bool,
@@ -58,15 +79,19 @@ pub struct DecoderConfig {
     pub o_bias: bool,
     /// Biases on the MLP projections (Llama `mlp_bias`).
     pub mlp_bias: bool,
+    /// The MLP's activation.
     pub activation: Activation,
     /// Gemma multiplies embeddings by sqrt(hidden_size).
     pub scale_embeddings: bool,
     /// Gemma's RMSNorm multiplies by (1 + weight).
     pub norm_weight_offset: f64,
+    /// The output projection is the embedding matrix.
     pub tie_word_embeddings: bool,
     /// Mistral-style sliding-window attention: a query sees at most this many keys.
     pub sliding_window: Option<usize>,
+    /// Positions the model was trained for: the context limit.
     pub max_position_embeddings: usize,
+    /// `bos_token_id` of config.json.
     pub bos_token_id: Option<u32>,
     /// `eos_token_id` of config.json (int or list).
     pub eos_token_ids: Vec<u32>,

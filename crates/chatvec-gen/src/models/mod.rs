@@ -53,9 +53,13 @@ impl ModelOptions {
 /// Architectures chatvec can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
+    /// `LlamaForCausalLM`.
     Llama,
+    /// `MistralForCausalLM`.
     Mistral,
+    /// `Qwen2ForCausalLM`.
     Qwen2,
+    /// `GemmaForCausalLM`.
     Gemma,
 }
 
