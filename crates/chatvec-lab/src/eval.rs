@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use chatvec_core::ops::{self, MergeJob, OutputOptions};
 use chatvec_core::PlanOptions;
+use chatvec_eval::metrics;
+use chatvec_eval::perplexity::{perplexity, Window};
 use chatvec_gen::{generate, GenError, GenerationConfig, Model, SamplingParams, StopReason, StopSet};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -134,26 +136,6 @@ pub struct Scores {
     pub ko_accuracy_by_task: Vec<f64>,
 }
 
-/// Hangul letters / all letters (digits and punctuation are not letters).
-pub fn korean_ratio(texts: &[String]) -> f64 {
-    let (mut hangul, mut letters) = (0usize, 0usize);
-    for t in texts {
-        for c in t.chars() {
-            if data::is_hangul(c) {
-                hangul += 1;
-                letters += 1;
-            } else if c.is_alphabetic() {
-                letters += 1;
-            }
-        }
-    }
-    if letters == 0 {
-        0.0
-    } else {
-        hangul as f64 / letters as f64
-    }
-}
-
 /// Greedy answers of `model` to `dialogs`, stopping at `<|end_of_text|>` or `<|eot_id|>` (the
 /// same stop set for every model, so the metric compares the weights, not the configs).
 pub fn answers(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog], max_new: usize) -> Result<Vec<Answer>> {
@@ -182,22 +164,6 @@ pub fn answers(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog], max_new: 
         });
     }
     Ok(out)
-}
-
-/// Perplexity over `stream` in consecutive windows of `window` tokens (the first token of each
-/// window is context only).
-pub fn perplexity(model: &mut Model, stream: &[u32], window: usize) -> Result<f64> {
-    let (mut nll, mut n) = (0f64, 0usize);
-    for chunk in stream.chunks(window).filter(|c| c.len() > 1) {
-        model.reset();
-        let logits = model.forward_all(chunk)?;
-        let logp = candle_nn::ops::log_softmax(&logits, 1)?.to_vec2::<f32>()?;
-        for (i, &next) in chunk.iter().enumerate().skip(1) {
-            nll -= logp[i - 1][next as usize] as f64;
-            n += 1;
-        }
-    }
-    Ok((nll / n.max(1) as f64).exp())
 }
 
 /// Held-out evaluation data, loaded once.
@@ -243,10 +209,12 @@ pub fn score(dir: &Path, tok: &Tokenizer, set: &EvalSet) -> Result<(Scores, Vec<
         ko_accuracy: share(&ko, Answer::correct),
         ko_stop: share(&ko, |a| a.eot),
         ko_exact: share(&ko, Answer::exact_and_stopped),
-        ko_korean_ratio: korean_ratio(&texts),
+        ko_korean_ratio: metrics::korean_ratio(&texts.join("\n")).unwrap_or(0.0),
         en_accuracy: share(&en, Answer::correct),
         en_stop: share(&en, |a| a.eot),
-        ko_perplexity: perplexity(&mut model, &set.ko_stream, 128)?,
+        // Disjoint windows of 128 tokens, each window's first token context only.
+        ko_perplexity: perplexity(&mut model, &set.ko_stream, Window::new(128, 128)?, &AtomicBool::new(false))?
+            .perplexity,
         ko_accuracy_by_task: by_task,
     };
     Ok((scores, ko))
@@ -304,11 +272,5 @@ mod tests {
         assert!(a("3", "3", true).exact_and_stopped());
         assert!(!a("3", "3 words", true).exact_and_stopped());
         assert!(!a("3", "3", false).exact_and_stopped());
-    }
-
-    #[test]
-    fn korean_ratio_counts_letters_only() {
-        assert_eq!(korean_ratio(&["국회 ab".into()]), 0.5);
-        assert_eq!(korean_ratio(&["42 !".into()]), 0.0);
     }
 }

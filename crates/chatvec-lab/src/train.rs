@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
-use crate::data::{self, Dialog, Rng};
+use crate::data::{self, Dialog, Draw, Rng};
 use crate::model::{LabConfig, TrainModel, BOS, EOS, EOT};
 
 /// Optimisation settings of one stage.
@@ -70,14 +70,14 @@ pub struct StageLog {
     pub seconds: f64,
 }
 
-/// A training batch: ids `(b, s)`, next-token targets `(b·s,)` and loss weights `(b·s,)`.
+/// A training batch: ids `(b, s)`, next-token targets and loss weights (`b·s` each).
 pub struct Batch {
     /// Inputs.
     pub ids: Tensor,
     /// Targets.
-    pub targets: Tensor,
+    pub targets: Vec<u32>,
     /// 1 where the target counts.
-    pub weights: Tensor,
+    pub weights: Vec<f32>,
 }
 
 /// Where batches come from.
@@ -125,22 +125,14 @@ impl Source {
             }
         }
         let b = o.batch;
-        Ok(Batch {
-            ids: Tensor::from_vec(ids, (b, s), &Device::Cpu)?,
-            targets: Tensor::from_vec(tg, b * s, &Device::Cpu)?,
-            weights: Tensor::from_vec(w, b * s, &Device::Cpu)?,
-        })
+        Ok(Batch { ids: Tensor::from_vec(ids, (b, s), &Device::Cpu)?, targets: tg, weights: w })
     }
 }
 
 /// Weighted mean next-token negative log-likelihood.
 pub fn loss(model: &TrainModel, batch: &Batch) -> Result<Tensor> {
     let logits = model.forward(&batch.ids)?;
-    let v = logits.dim(D::Minus1)?;
-    let logp = candle_nn::ops::log_softmax(&logits.reshape(((), v))?, D::Minus1)?;
-    let picked = logp.gather(&batch.targets.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let total = batch.weights.sum_all()?.to_scalar::<f32>()?.max(1.0);
-    Ok(((picked * &batch.weights)?.sum_all()? * (-1.0 / total as f64))?)
+    model.loss(&logits, &batch.targets, &batch.weights)
 }
 
 fn lr_at(step: usize, o: &StageOptions) -> f64 {
