@@ -444,13 +444,13 @@ pub const CHAT_EVAL_KO_SEED: u64 = 4;
 /// `chat_eval_en.jsonl`, `chat_eval_ko.jsonl` (content words from held-out Korean text).
 pub fn write_data(korean_dir: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join("english.txt"), english_corpus(ENGLISH_SEED, 400_000))?;
+    std::fs::write(out.join("english.txt"), english_corpus(ENGLISH_SEED, 800_000))?;
     let en = english_words();
     // Held-out English content: every 5th word is kept out of the training dialogs.
     let (en_eval, en_train): (Vec<_>, Vec<_>) = en.iter().cloned().enumerate().partition(|(i, _)| i % 5 == 0);
     let en_train: Vec<String> = en_train.into_iter().map(|(_, w)| w).collect();
     let en_eval: Vec<String> = en_eval.into_iter().map(|(_, w)| w).collect();
-    write_jsonl(&out.join("chat_train.jsonl"), &dialogs(CHAT_TRAIN_SEED, &en_train, 3000))?;
+    write_jsonl(&out.join("chat_train.jsonl"), &dialogs(CHAT_TRAIN_SEED, &en_train, 6000))?;
     write_jsonl(&out.join("chat_eval_en.jsonl"), &dialogs(CHAT_EVAL_EN_SEED, &en_eval, 50))?;
     let (_, held) = korean_split(korean_dir)?;
     write_jsonl(&out.join("chat_eval_ko.jsonl"), &dialogs(CHAT_EVAL_KO_SEED, &korean_words(&held), 100))?;
