@@ -44,14 +44,14 @@ pub struct Recipe {
 }
 
 impl Default for Recipe {
-    /// The second lab's recipe: a base trained ~3× longer on text with echoed word lists (so
+    /// The second lab's recipe: a base trained longer (700 steps, 400 before) on text with echoed word lists (so
     /// it copies before any chat tuning), then chat and target fine-tunes at lower learning
     /// rates than the base's, so that their vectors stay small against the base.
     fn default() -> Self {
         Recipe {
-            base: StageOptions { steps: 1000, batch: 8, seq: 96, lr: 3e-3, warmup: 30 },
-            chat: StageOptions { steps: 500, batch: 16, seq: 96, lr: 5e-4, warmup: 20 },
-            target: StageOptions { steps: 500, batch: 8, seq: 96, lr: 1e-3, warmup: 20 },
+            base: StageOptions { steps: 700, batch: 8, seq: 96, lr: 3e-3, warmup: 30 },
+            chat: StageOptions { steps: 300, batch: 16, seq: 96, lr: 5e-4, warmup: 20 },
+            target: StageOptions { steps: 300, batch: 8, seq: 96, lr: 1e-3, warmup: 20 },
         }
     }
 }
