@@ -496,6 +496,25 @@ mod tests {
     }
 
     #[test]
+    fn the_corpus_echoes_word_lists_in_the_copy_probes_form() {
+        // eval::copy_rate prompts with `Anna said: "LIST." Tom repeated: "`: the corpus must hold
+        // that form, with LIST echoed word for word.
+        let text = english_corpus(ENGLISH_SEED, 20_000);
+        let words = english_words();
+        let echoed = text
+            .split(" said: \"")
+            .skip(1)
+            .filter_map(|rest| {
+                let (list, after) = rest.split_once(".\" ")?;
+                let again = after.split_once(" repeated: \"")?.1.split_once(".\"")?.0;
+                Some((list, again))
+            })
+            .filter(|(list, again)| list == again && list.split(' ').all(|w| words.contains(&w.to_string())))
+            .count();
+        assert!(echoed >= 10, "{echoed} echoed word lists in 20 kB");
+    }
+
+    #[test]
     fn korean_words_are_hangul_only() {
         let ws = korean_words(&["제1조 대한민국은 민주공화국이다. 국민 (국회)".to_string()]);
         assert_eq!(ws, vec!["대한민국은".to_string(), "국민".to_string()]);

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::data::{self, Dialog, Task};
-use crate::model::{EOS, EOT};
+use crate::model::{BOS, EOS, EOT};
 use crate::train::{encode, token_stream};
 
 /// A model of the evaluation: its label and how it is made.
@@ -134,11 +134,18 @@ pub struct Scores {
     pub ko_perplexity: f64,
     /// Korean-content accuracy per task, in `Task::ALL` order.
     pub ko_accuracy_by_task: Vec<f64>,
+    /// Prose copy probe ([`copy_rate`]) on the Korean-content dialogs' texts (the first 50).
+    #[serde(default)]
+    pub ko_copy: f64,
+    /// Prose copy probe on the English held-out dialogs' texts.
+    #[serde(default)]
+    pub en_copy: f64,
 }
 
-/// Greedy answers of `model` to `dialogs`, stopping at `<|end_of_text|>` or `<|eot_id|>` (the
-/// same stop set for every model, so the metric compares the weights, not the configs).
-pub fn answers(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog], max_new: usize) -> Result<Vec<Answer>> {
+/// Greedy continuation of `prompt` (at most `max_new` tokens), stopping at `<|end_of_text|>` or
+/// `<|eot_id|>` (the same stop set for every model, so the metric compares the weights, not the
+/// configs): the text before the stop token, and whether it was `<|eot_id|>`.
+fn greedy(model: &mut Model, tok: &Tokenizer, prompt: &[u32], max_new: usize) -> Result<(String, bool)> {
     let mut stops = StopSet::new();
     stops.insert(EOS, "<|end_of_text|>");
     stops.insert(EOT, "<|eot_id|>");
@@ -146,24 +153,39 @@ pub fn answers(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog], max_new: 
         max_new_tokens: max_new,
         sampling: SamplingParams { greedy: true, temperature: 0.0, ..SamplingParams::default() },
     };
+    model.reset();
+    let g = generate::<GenError, _>(model, prompt, &cfg, &stops, |_| Ok(ControlFlow::Continue(())))?;
+    let mut ids = g.tokens.clone();
+    if matches!(g.stop, StopReason::StopToken { .. }) {
+        ids.pop();
+    }
+    let text = tok.decode(&ids, false).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+    Ok((text, g.stop == StopReason::StopToken { id: EOT }))
+}
+
+/// Greedy answers of `model` to `dialogs` in the chat format.
+pub fn answers(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog], max_new: usize) -> Result<Vec<Answer>> {
     let mut out = Vec::with_capacity(dialogs.len());
     for d in dialogs {
-        let prompt = encode(tok, &data::chat_prompt(&d.user))?;
-        model.reset();
-        let g = generate::<GenError, _>(model, &prompt, &cfg, &stops, |_| Ok(ControlFlow::Continue(())))?;
-        let mut ids = g.tokens.clone();
-        if matches!(g.stop, StopReason::StopToken { .. }) {
-            ids.pop();
-        }
-        let text = tok.decode(&ids, false).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
-        out.push(Answer {
-            task: d.task,
-            expected: d.answer.clone(),
-            text,
-            eot: g.stop == StopReason::StopToken { id: EOT },
-        });
+        let (text, eot) = greedy(model, tok, &encode(tok, &data::chat_prompt(&d.user))?, max_new)?;
+        out.push(Answer { task: d.task, expected: d.answer.clone(), text, eot });
     }
     Ok(out)
+}
+
+/// The prose copy probe, with no chat format: does the model continue
+/// `Anna said: "LIST." Tom repeated: "` with LIST (the form of the base's echoed lists)? One
+/// probe per dialog, LIST being the dialog's text. Share of probes continued correctly.
+pub fn copy_rate(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog]) -> Result<f64> {
+    let mut right = 0;
+    for d in dialogs {
+        let list = d.user.lines().nth(1).unwrap_or_default();
+        let mut prompt = vec![BOS];
+        prompt.extend(encode(tok, &format!("Anna said: \"{list}.\" Tom repeated: \""))?);
+        let (text, _) = greedy(model, tok, &prompt, encode(tok, list)?.len() + 4)?;
+        right += Answer { task: Task::Repeat, expected: list.to_string(), text, eot: false }.correct() as usize;
+    }
+    Ok(right as f64 / dialogs.len().max(1) as f64)
 }
 
 /// Held-out evaluation data, loaded once.
@@ -216,6 +238,8 @@ pub fn score(dir: &Path, tok: &Tokenizer, set: &EvalSet) -> Result<(Scores, Vec<
         ko_perplexity: perplexity(&mut model, &set.ko_stream, Window::new(128, 128)?, &AtomicBool::new(false))?
             .perplexity,
         ko_accuracy_by_task: by_task,
+        ko_copy: copy_rate(&mut model, tok, &set.ko[..set.ko.len().min(50)])?,
+        en_copy: copy_rate(&mut model, tok, &set.en)?,
     };
     Ok((scores, ko))
 }

@@ -31,6 +31,8 @@ fn metrics() -> Vec<Metric> {
         ("ko perplexity", |s| s.ko_perplexity, false),
         ("en task accuracy", |s| s.en_accuracy, true),
         ("en stop rate", |s| s.en_stop, true),
+        ("ko copy (prose)", |s| s.ko_copy, true),
+        ("en copy (prose)", |s| s.en_copy, true),
     ]
 }
 

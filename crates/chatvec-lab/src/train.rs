@@ -50,8 +50,8 @@ impl Default for Recipe {
     fn default() -> Self {
         Recipe {
             base: StageOptions { steps: 700, batch: 8, seq: 96, lr: 3e-3, warmup: 30 },
-            chat: StageOptions { steps: 300, batch: 16, seq: 96, lr: 5e-4, warmup: 20 },
-            target: StageOptions { steps: 300, batch: 8, seq: 96, lr: 1e-3, warmup: 20 },
+            chat: StageOptions { steps: 200, batch: 16, seq: 96, lr: 1e-3, warmup: 20 },
+            target: StageOptions { steps: 250, batch: 8, seq: 96, lr: 1e-3, warmup: 20 },
         }
     }
 }
