@@ -253,9 +253,25 @@ pub struct RunScores {
     pub models: Vec<(String, Scores)>,
 }
 
+/// File in a run directory holding its [`RunScores`] from the last evaluation.
+pub const SCORES_FILE: &str = "lab_scores.json";
+
 /// Merges and scores one run directory (holding base/, chat/, target/); writes each model's
-/// Korean answers to `<model>/lab_answers.json`.
-pub fn evaluate_run(run: &Path, tok: &Tokenizer, set: &EvalSet, mut log: impl FnMut(&str)) -> Result<RunScores> {
+/// Korean answers to `<model>/lab_answers.json` and the scores to [`SCORES_FILE`]. With
+/// `reuse`, a run that has that file is read instead of scored again (runs can then be scored
+/// in parallel processes and tabulated together).
+pub fn evaluate_run(
+    run: &Path,
+    tok: &Tokenizer,
+    set: &EvalSet,
+    reuse: bool,
+    mut log: impl FnMut(&str),
+) -> Result<RunScores> {
+    let cache = run.join(SCORES_FILE);
+    if reuse && cache.is_file() {
+        let text = std::fs::read_to_string(&cache).with_context(|| format!("reading {}", cache.display()))?;
+        return serde_json::from_str(&text).with_context(|| format!("parsing {}", cache.display()));
+    }
     let mut models = Vec::new();
     for e in entries() {
         merge_entry(run, &e)?;
@@ -276,7 +292,10 @@ pub fn evaluate_run(run: &Path, tok: &Tokenizer, set: &EvalSet, mut log: impl Fn
         ));
         models.push((e.label.clone(), s));
     }
-    Ok(RunScores { run: run.to_path_buf(), models })
+    let scores = RunScores { run: run.to_path_buf(), models };
+    std::fs::write(&cache, serde_json::to_string_pretty(&scores)? + "\n")
+        .with_context(|| format!("writing {}", cache.display()))?;
+    Ok(scores)
 }
 
 #[cfg(test)]

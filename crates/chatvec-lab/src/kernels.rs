@@ -282,7 +282,11 @@ impl CustomOp1 for CrossEntropy {
 pub fn cross_entropy(logits: &Tensor, targets: Vec<u32>, weights: Vec<f32>) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
     if targets.len() != n || weights.len() != n || targets.iter().any(|&t| t as usize >= v) {
-        candle_core::bail!("cross_entropy: {n} rows of {v} logits, {} targets, {} weights", targets.len(), weights.len());
+        candle_core::bail!(
+            "cross_entropy: {n} rows of {v} logits, {} targets, {} weights",
+            targets.len(),
+            weights.len()
+        );
     }
     logits.contiguous()?.apply_op1(CrossEntropy { targets: Arc::new(targets), weights: Arc::new(weights) })
 }
@@ -332,16 +336,20 @@ mod tests {
         let s = 7;
         let mask: Vec<f32> = (0..s * s).map(|i| if i % s > i / s { f32::NEG_INFINITY } else { 0.0 }).collect();
         let mask = Tensor::from_vec(mask, (s, s), &Device::Cpu).unwrap();
-        compare(&[random(&[2, 3, s, s], 1)], |x| causal_softmax(&x[0]).unwrap(), |x| {
-            candle_nn::ops::softmax(&x[0].broadcast_add(&mask).unwrap(), D::Minus1).unwrap()
-        });
+        compare(
+            &[random(&[2, 3, s, s], 1)],
+            |x| causal_softmax(&x[0]).unwrap(),
+            |x| candle_nn::ops::softmax(&x[0].broadcast_add(&mask).unwrap(), D::Minus1).unwrap(),
+        );
     }
 
     #[test]
     fn rms_norm_matches_the_composed_one_and_its_gradients() {
-        compare(&[random(&[5, 3, 16], 2), random(&[16], 3)], |x| rms_norm(&x[0], &x[1], 1e-5).unwrap(), |x| {
-            candle_nn::ops::rms_norm_slow(&x[0], &x[1], 1e-5).unwrap()
-        });
+        compare(
+            &[random(&[5, 3, 16], 2), random(&[16], 3)],
+            |x| rms_norm(&x[0], &x[1], 1e-5).unwrap(),
+            |x| candle_nn::ops::rms_norm_slow(&x[0], &x[1], 1e-5).unwrap(),
+        );
     }
 
     #[test]
@@ -351,9 +359,11 @@ mod tests {
         let sin = random(&[10, d / 2], 4).as_tensor().sin().unwrap();
         let tables = RopeTables::new(&cos, &sin).unwrap();
         let (c, sn) = (cos.narrow(0, 0, s).unwrap(), sin.narrow(0, 0, s).unwrap());
-        compare(&[random(&[2, 3, s, d], 5)], |x| rope(&x[0], &tables).unwrap(), |x| {
-            candle_nn::rotary_emb::rope_slow(&x[0], &c, &sn).unwrap()
-        });
+        compare(
+            &[random(&[2, 3, s, d], 5)],
+            |x| rope(&x[0], &tables).unwrap(),
+            |x| candle_nn::rotary_emb::rope_slow(&x[0], &c, &sn).unwrap(),
+        );
     }
 
     #[test]
@@ -362,14 +372,18 @@ mod tests {
         let targets: Vec<u32> = (0..n as u32).map(|i| (i * 5 + 2) % v as u32).collect();
         let weights: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
         let (t, w) = (targets.clone(), weights.clone());
-        compare(&[random(&[n, v], 6)], |x| cross_entropy(&x[0], t.clone(), w.clone()).unwrap(), |x| {
-            let logp = candle_nn::ops::log_softmax(&x[0], D::Minus1).unwrap();
-            let idx = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap().unsqueeze(1).unwrap();
-            let picked = logp.gather(&idx, 1).unwrap().squeeze(1).unwrap();
-            let wt = Tensor::new(weights.as_slice(), &Device::Cpu).unwrap();
-            let total = weights.iter().sum::<f32>() as f64;
-            ((picked * wt).unwrap().sum_all().unwrap() * (-1.0 / total)).unwrap()
-        });
+        compare(
+            &[random(&[n, v], 6)],
+            |x| cross_entropy(&x[0], t.clone(), w.clone()).unwrap(),
+            |x| {
+                let logp = candle_nn::ops::log_softmax(&x[0], D::Minus1).unwrap();
+                let idx = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap().unsqueeze(1).unwrap();
+                let picked = logp.gather(&idx, 1).unwrap().squeeze(1).unwrap();
+                let wt = Tensor::new(weights.as_slice(), &Device::Cpu).unwrap();
+                let total = weights.iter().sum::<f32>() as f64;
+                ((picked * wt).unwrap().sum_all().unwrap() * (-1.0 / total)).unwrap()
+            },
+        );
     }
 
     #[test]

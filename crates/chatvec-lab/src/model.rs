@@ -201,7 +201,15 @@ impl TrainModel {
             }
         }
         let (cos, sin) = rope_tables(&cfg)?;
-        Ok(TrainModel { cfg, vars, frozen_rows: None, kernels: Kernels::Fused, rope: RopeTables::new(&cos, &sin)?, cos, sin })
+        Ok(TrainModel {
+            cfg,
+            vars,
+            frozen_rows: None,
+            kernels: Kernels::Fused,
+            rope: RopeTables::new(&cos, &sin)?,
+            cos,
+            sin,
+        })
     }
 
     fn get(&self, name: &str) -> Result<Tensor> {
@@ -250,7 +258,11 @@ impl TrainModel {
             Kernels::Fused => kernels::rope(x, &self.rope)?,
             Kernels::Composed => {
                 let s = x.dim(2)?;
-                candle_nn::rotary_emb::rope_slow(&x.contiguous()?, &self.cos.narrow(0, 0, s)?, &self.sin.narrow(0, 0, s)?)?
+                candle_nn::rotary_emb::rope_slow(
+                    &x.contiguous()?,
+                    &self.cos.narrow(0, 0, s)?,
+                    &self.sin.narrow(0, 0, s)?,
+                )?
             }
         })
     }
