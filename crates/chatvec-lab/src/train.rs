@@ -1,7 +1,8 @@
 //! The three training stages of the miniature: English pre-training (base), English chat
 //! fine-tuning (chat) and Korean continual pre-training (target), all AdamW on CPU.
 //!
-//! Deterministic: initial weights and batch order come from the lab's own seeded generator,
+//! Deterministic: initial weights and batch order come from the workspace's seeded generator
+//! (`chatvec_gen::sampling::Rng`), the lab's fused kernels are row-parallel with per-row arithmetic,
 //! candle's CPU kernels are deterministic for a given thread count, so the same seed and the
 //! same number of threads give the same weights bit for bit.
 
