@@ -10,49 +10,37 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// SplitMix64: small, fast, and the same on every platform.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub use chatvec_gen::sampling::Rng;
 
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
+/// The draws the lab needs, on top of the workspace's one seeded generator
+/// ([`chatvec_gen::sampling::Rng`], xoshiro256**).
+pub trait Draw {
+    /// Uniform in `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize;
+    /// A uniformly chosen element of a non-empty slice.
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T;
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f64;
+    /// Fisher-Yates shuffle.
+    fn shuffle<T>(&mut self, items: &mut [T]);
+}
 
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n`.
-    pub fn below(&mut self, n: usize) -> usize {
+impl Draw for Rng {
+    fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
 
-    /// A uniformly chosen element.
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
     }
 
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
+    fn normal(&mut self) -> f64 {
         let u1 = self.next_f64().max(1e-300);
         let u2 = self.next_f64();
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
-    /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+    fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             items.swap(i, self.below(i + 1));
         }
@@ -229,8 +217,25 @@ fn capitalise(s: &str) -> String {
     }
 }
 
-/// One English sentence.
-pub fn english_sentence(r: &mut Rng) -> String {
+/// A quoted list of 2..=8 random `words`, written twice: the only way to predict the second
+/// copy is to copy the first, so this is where the base learns to copy arbitrary text
+/// (induction), the ability the chat tasks rely on, before any chat tuning.
+fn echoed_word_list(r: &mut Rng, words: &[String]) -> String {
+    let n = 2 + r.below(7);
+    let list = (0..n).map(|_| r.pick(words).as_str()).collect::<Vec<_>>().join(" ");
+    let (who, other) = (capitalise(&noun_phrase(r)), noun_phrase(r));
+    match r.below(3) {
+        0 => format!("{who} wrote down the words \"{list}\" and {other} read them back: \"{list}\"."),
+        1 => format!("{who} said: \"{list}.\" {} repeated: \"{list}.\"", capitalise(&other)),
+        _ => format!("The note said \"{list}\", so {other} copied \"{list}\" again."),
+    }
+}
+
+/// One English sentence; `words` are the grammar's words ([`english_words`]).
+pub fn english_sentence(r: &mut Rng, words: &[String]) -> String {
+    if r.below(4) == 0 {
+        return echoed_word_list(r, words);
+    }
     let past = r.below(2) == 0;
     let mut s = clause(r, past);
     if r.below(3) == 0 {
@@ -253,10 +258,11 @@ pub fn english_sentence(r: &mut Rng) -> String {
 /// English prose of about `bytes` bytes: paragraphs of 3..8 sentences separated by blank lines.
 pub fn english_corpus(seed: u64, bytes: usize) -> String {
     let mut r = Rng::new(seed);
+    let words = english_words();
     let mut out = String::new();
     while out.len() < bytes {
         let n = 3 + r.below(6);
-        let sentences: Vec<String> = (0..n).map(|_| english_sentence(&mut r)).collect();
+        let sentences: Vec<String> = (0..n).map(|_| english_sentence(&mut r, &words)).collect();
         out.push_str(&sentences.join(" "));
         out.push_str("\n\n");
     }
@@ -304,11 +310,6 @@ pub fn korean_split(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     Ok((train, held))
 }
 
-/// Whether `c` is a Hangul syllable or jamo.
-pub fn is_hangul(c: char) -> bool {
-    matches!(c, '\u{AC00}'..='\u{D7A3}' | '\u{1100}'..='\u{11FF}' | '\u{3130}'..='\u{318F}')
-}
-
 /// Distinct all-Hangul words (2..=6 syllables) of `texts`, in first-seen order.
 pub fn korean_words(texts: &[String]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
@@ -316,7 +317,7 @@ pub fn korean_words(texts: &[String]) -> Vec<String> {
     for t in texts {
         for w in t.split_whitespace() {
             let n = w.chars().count();
-            if (2..=6).contains(&n) && w.chars().all(is_hangul) && seen.insert(w.to_string()) {
+            if (2..=6).contains(&n) && w.chars().all(chatvec_eval::metrics::is_hangul) && seen.insert(w.to_string()) {
                 out.push(w.to_string());
             }
         }
@@ -443,13 +444,13 @@ pub const CHAT_EVAL_KO_SEED: u64 = 4;
 /// `chat_eval_en.jsonl`, `chat_eval_ko.jsonl` (content words from held-out Korean text).
 pub fn write_data(korean_dir: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join("english.txt"), english_corpus(ENGLISH_SEED, 400_000))?;
+    std::fs::write(out.join("english.txt"), english_corpus(ENGLISH_SEED, 800_000))?;
     let en = english_words();
     // Held-out English content: every 5th word is kept out of the training dialogs.
     let (en_eval, en_train): (Vec<_>, Vec<_>) = en.iter().cloned().enumerate().partition(|(i, _)| i % 5 == 0);
     let en_train: Vec<String> = en_train.into_iter().map(|(_, w)| w).collect();
     let en_eval: Vec<String> = en_eval.into_iter().map(|(_, w)| w).collect();
-    write_jsonl(&out.join("chat_train.jsonl"), &dialogs(CHAT_TRAIN_SEED, &en_train, 3000))?;
+    write_jsonl(&out.join("chat_train.jsonl"), &dialogs(CHAT_TRAIN_SEED, &en_train, 6000))?;
     write_jsonl(&out.join("chat_eval_en.jsonl"), &dialogs(CHAT_EVAL_EN_SEED, &en_eval, 50))?;
     let (_, held) = korean_split(korean_dir)?;
     write_jsonl(&out.join("chat_eval_ko.jsonl"), &dialogs(CHAT_EVAL_KO_SEED, &korean_words(&held), 100))?;
@@ -492,6 +493,25 @@ mod tests {
             assert!((2..=5).contains(&text.len()));
             assert_eq!(d.task.answer(&text), d.answer);
         }
+    }
+
+    #[test]
+    fn the_corpus_echoes_word_lists_in_the_copy_probes_form() {
+        // eval::copy_rate prompts with `Anna said: "LIST." Tom repeated: "`: the corpus must hold
+        // that form, with LIST echoed word for word.
+        let text = english_corpus(ENGLISH_SEED, 20_000);
+        let words = english_words();
+        let echoed = text
+            .split(" said: \"")
+            .skip(1)
+            .filter_map(|rest| {
+                let (list, after) = rest.split_once(".\" ")?;
+                let again = after.split_once(" repeated: \"")?.1.split_once(".\"")?.0;
+                Some((list, again))
+            })
+            .filter(|(list, again)| list == again && list.split(' ').all(|w| words.contains(&w.to_string())))
+            .count();
+        assert!(echoed >= 10, "{echoed} echoed word lists in 20 kB");
     }
 
     #[test]

@@ -10,12 +10,14 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use chatvec_core::ops::{self, MergeJob, OutputOptions};
 use chatvec_core::PlanOptions;
+use chatvec_eval::metrics;
+use chatvec_eval::perplexity::{perplexity, Window};
 use chatvec_gen::{generate, GenError, GenerationConfig, Model, SamplingParams, StopReason, StopSet};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::data::{self, Dialog, Task};
-use crate::model::{EOS, EOT};
+use crate::model::{BOS, EOS, EOT};
 use crate::train::{encode, token_stream};
 
 /// A model of the evaluation: its label and how it is made.
@@ -132,31 +134,18 @@ pub struct Scores {
     pub ko_perplexity: f64,
     /// Korean-content accuracy per task, in `Task::ALL` order.
     pub ko_accuracy_by_task: Vec<f64>,
+    /// Prose copy probe ([`copy_rate`]) on the Korean-content dialogs' texts (the first 50).
+    #[serde(default)]
+    pub ko_copy: f64,
+    /// Prose copy probe on the English held-out dialogs' texts.
+    #[serde(default)]
+    pub en_copy: f64,
 }
 
-/// Hangul letters / all letters (digits and punctuation are not letters).
-pub fn korean_ratio(texts: &[String]) -> f64 {
-    let (mut hangul, mut letters) = (0usize, 0usize);
-    for t in texts {
-        for c in t.chars() {
-            if data::is_hangul(c) {
-                hangul += 1;
-                letters += 1;
-            } else if c.is_alphabetic() {
-                letters += 1;
-            }
-        }
-    }
-    if letters == 0 {
-        0.0
-    } else {
-        hangul as f64 / letters as f64
-    }
-}
-
-/// Greedy answers of `model` to `dialogs`, stopping at `<|end_of_text|>` or `<|eot_id|>` (the
-/// same stop set for every model, so the metric compares the weights, not the configs).
-pub fn answers(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog], max_new: usize) -> Result<Vec<Answer>> {
+/// Greedy continuation of `prompt` (at most `max_new` tokens), stopping at `<|end_of_text|>` or
+/// `<|eot_id|>` (the same stop set for every model, so the metric compares the weights, not the
+/// configs): the text before the stop token, and whether it was `<|eot_id|>`.
+fn greedy(model: &mut Model, tok: &Tokenizer, prompt: &[u32], max_new: usize) -> Result<(String, bool)> {
     let mut stops = StopSet::new();
     stops.insert(EOS, "<|end_of_text|>");
     stops.insert(EOT, "<|eot_id|>");
@@ -164,40 +153,39 @@ pub fn answers(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog], max_new: 
         max_new_tokens: max_new,
         sampling: SamplingParams { greedy: true, temperature: 0.0, ..SamplingParams::default() },
     };
+    model.reset();
+    let g = generate::<GenError, _>(model, prompt, &cfg, &stops, |_| Ok(ControlFlow::Continue(())))?;
+    let mut ids = g.tokens.clone();
+    if matches!(g.stop, StopReason::StopToken { .. }) {
+        ids.pop();
+    }
+    let text = tok.decode(&ids, false).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+    Ok((text, g.stop == StopReason::StopToken { id: EOT }))
+}
+
+/// Greedy answers of `model` to `dialogs` in the chat format.
+pub fn answers(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog], max_new: usize) -> Result<Vec<Answer>> {
     let mut out = Vec::with_capacity(dialogs.len());
     for d in dialogs {
-        let prompt = encode(tok, &data::chat_prompt(&d.user))?;
-        model.reset();
-        let g = generate::<GenError, _>(model, &prompt, &cfg, &stops, |_| Ok(ControlFlow::Continue(())))?;
-        let mut ids = g.tokens.clone();
-        if matches!(g.stop, StopReason::StopToken { .. }) {
-            ids.pop();
-        }
-        let text = tok.decode(&ids, false).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
-        out.push(Answer {
-            task: d.task,
-            expected: d.answer.clone(),
-            text,
-            eot: g.stop == StopReason::StopToken { id: EOT },
-        });
+        let (text, eot) = greedy(model, tok, &encode(tok, &data::chat_prompt(&d.user))?, max_new)?;
+        out.push(Answer { task: d.task, expected: d.answer.clone(), text, eot });
     }
     Ok(out)
 }
 
-/// Perplexity over `stream` in consecutive windows of `window` tokens (the first token of each
-/// window is context only).
-pub fn perplexity(model: &mut Model, stream: &[u32], window: usize) -> Result<f64> {
-    let (mut nll, mut n) = (0f64, 0usize);
-    for chunk in stream.chunks(window).filter(|c| c.len() > 1) {
-        model.reset();
-        let logits = model.forward_all(chunk)?;
-        let logp = candle_nn::ops::log_softmax(&logits, 1)?.to_vec2::<f32>()?;
-        for (i, &next) in chunk.iter().enumerate().skip(1) {
-            nll -= logp[i - 1][next as usize] as f64;
-            n += 1;
-        }
+/// The prose copy probe, with no chat format: does the model continue
+/// `Anna said: "LIST." Tom repeated: "` with LIST (the form of the base's echoed lists)? One
+/// probe per dialog, LIST being the dialog's text. Share of probes continued correctly.
+pub fn copy_rate(model: &mut Model, tok: &Tokenizer, dialogs: &[Dialog]) -> Result<f64> {
+    let mut right = 0;
+    for d in dialogs {
+        let list = d.user.lines().nth(1).unwrap_or_default();
+        let mut prompt = vec![BOS];
+        prompt.extend(encode(tok, &format!("Anna said: \"{list}.\" Tom repeated: \""))?);
+        let (text, _) = greedy(model, tok, &prompt, encode(tok, list)?.len() + 4)?;
+        right += Answer { task: Task::Repeat, expected: list.to_string(), text, eot: false }.correct() as usize;
     }
-    Ok((nll / n.max(1) as f64).exp())
+    Ok(right as f64 / dialogs.len().max(1) as f64)
 }
 
 /// Held-out evaluation data, loaded once.
@@ -243,11 +231,15 @@ pub fn score(dir: &Path, tok: &Tokenizer, set: &EvalSet) -> Result<(Scores, Vec<
         ko_accuracy: share(&ko, Answer::correct),
         ko_stop: share(&ko, |a| a.eot),
         ko_exact: share(&ko, Answer::exact_and_stopped),
-        ko_korean_ratio: korean_ratio(&texts),
+        ko_korean_ratio: metrics::korean_ratio(&texts.join("\n")).unwrap_or(0.0),
         en_accuracy: share(&en, Answer::correct),
         en_stop: share(&en, |a| a.eot),
-        ko_perplexity: perplexity(&mut model, &set.ko_stream, 128)?,
+        // Disjoint windows of 128 tokens, each window's first token context only.
+        ko_perplexity: perplexity(&mut model, &set.ko_stream, Window::new(128, 128)?, &AtomicBool::new(false))?
+            .perplexity,
         ko_accuracy_by_task: by_task,
+        ko_copy: copy_rate(&mut model, tok, &set.ko[..set.ko.len().min(50)])?,
+        en_copy: copy_rate(&mut model, tok, &set.en)?,
     };
     Ok((scores, ko))
 }
@@ -261,9 +253,25 @@ pub struct RunScores {
     pub models: Vec<(String, Scores)>,
 }
 
+/// File in a run directory holding its [`RunScores`] from the last evaluation.
+pub const SCORES_FILE: &str = "lab_scores.json";
+
 /// Merges and scores one run directory (holding base/, chat/, target/); writes each model's
-/// Korean answers to `<model>/lab_answers.json`.
-pub fn evaluate_run(run: &Path, tok: &Tokenizer, set: &EvalSet, mut log: impl FnMut(&str)) -> Result<RunScores> {
+/// Korean answers to `<model>/lab_answers.json` and the scores to [`SCORES_FILE`]. With
+/// `reuse`, a run that has that file is read instead of scored again (runs can then be scored
+/// in parallel processes and tabulated together).
+pub fn evaluate_run(
+    run: &Path,
+    tok: &Tokenizer,
+    set: &EvalSet,
+    reuse: bool,
+    mut log: impl FnMut(&str),
+) -> Result<RunScores> {
+    let cache = run.join(SCORES_FILE);
+    if reuse && cache.is_file() {
+        let text = std::fs::read_to_string(&cache).with_context(|| format!("reading {}", cache.display()))?;
+        return serde_json::from_str(&text).with_context(|| format!("parsing {}", cache.display()));
+    }
     let mut models = Vec::new();
     for e in entries() {
         merge_entry(run, &e)?;
@@ -284,7 +292,10 @@ pub fn evaluate_run(run: &Path, tok: &Tokenizer, set: &EvalSet, mut log: impl Fn
         ));
         models.push((e.label.clone(), s));
     }
-    Ok(RunScores { run: run.to_path_buf(), models })
+    let scores = RunScores { run: run.to_path_buf(), models };
+    std::fs::write(&cache, serde_json::to_string_pretty(&scores)? + "\n")
+        .with_context(|| format!("writing {}", cache.display()))?;
+    Ok(scores)
 }
 
 #[cfg(test)]
@@ -304,11 +315,5 @@ mod tests {
         assert!(a("3", "3", true).exact_and_stopped());
         assert!(!a("3", "3 words", true).exact_and_stopped());
         assert!(!a("3", "3", false).exact_and_stopped());
-    }
-
-    #[test]
-    fn korean_ratio_counts_letters_only() {
-        assert_eq!(korean_ratio(&["국회 ab".into()]), 0.5);
-        assert_eq!(korean_ratio(&["42 !".into()]), 0.0);
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod kernels;
 pub mod model;
 pub mod report;
 pub mod train;

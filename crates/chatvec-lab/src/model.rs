@@ -4,18 +4,19 @@
 //!
 //! chatvec-gen's decoder cannot be reused for training: it copies weights at load time (q/k/v
 //! and gate/up are concatenated), and its RMSNorm, RoPE and softmax are candle's fused kernels,
-//! which have no backward pass. This forward uses `rms_norm_slow`, `rope_slow` and the composed
-//! softmax instead; `tests::training_forward_matches_chatvec_gen` proves the two agree.
+//! which have no backward pass. This forward uses the lab's own fused kernels with a backward
+//! pass ([`crate::kernels`]); `tests::training_forward_matches_chatvec_gen` proves the two agree.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde_json::json;
 
-use crate::data::Rng;
+use crate::data::{Draw, Rng};
+use crate::kernels::{self, RopeTables};
 
 /// Token ids of the Llama-3 special tokens in the lab tokenizer.
 pub const BOS: u32 = 2000;
@@ -59,6 +60,16 @@ impl LabConfig {
     /// Per-head width.
     pub fn head_dim(&self) -> usize {
         self.hidden / self.heads
+    }
+
+    /// Floating-point operations of one training token (forward and backward, the backward
+    /// counted as twice the forward) in sequences of `seq` tokens: the matmuls only (the
+    /// projections, the lm_head and the attention scores over all `seq` keys); the elementwise
+    /// ops are a few percent of this.
+    pub fn train_flops_per_token(&self, seq: usize) -> f64 {
+        let (h, i, v, l) = (self.hidden as f64, self.intermediate as f64, self.vocab as f64, self.layers as f64);
+        let forward = 2.0 * (l * (4.0 * h * h + 3.0 * h * i) + v * h) + l * 4.0 * seq as f64 * h;
+        3.0 * forward
     }
 
     /// `config.json` of a `LlamaForCausalLM` with this shape.
@@ -121,8 +132,21 @@ pub struct TrainModel {
     /// When set, the chat-only rows of `lm_head` get no gradient and stay as they are (zero in
     /// base and target, as in Llama-3 base): they are multiplied by this 0/1 column.
     pub frozen_rows: Option<Tensor>,
+    /// Which implementation of RMSNorm, RoPE, softmax and the loss the forward uses.
+    pub kernels: Kernels,
+    rope: RopeTables,
     cos: Tensor,
     sin: Tensor,
+}
+
+/// Implementations of the non-matmul ops of a training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// The lab's fused kernels with a backward pass ([`crate::kernels`]): the default.
+    Fused,
+    /// candle's composed differentiable ops (`rms_norm_slow`, `rope_slow`, masked softmax,
+    /// `log_softmax`): the reference the fused ones are tested and timed against.
+    Composed,
 }
 
 impl TrainModel {
@@ -177,7 +201,15 @@ impl TrainModel {
             }
         }
         let (cos, sin) = rope_tables(&cfg)?;
-        Ok(TrainModel { cfg, vars, frozen_rows: None, cos, sin })
+        Ok(TrainModel {
+            cfg,
+            vars,
+            frozen_rows: None,
+            kernels: Kernels::Fused,
+            rope: RopeTables::new(&cos, &sin)?,
+            cos,
+            sin,
+        })
     }
 
     fn get(&self, name: &str) -> Result<Tensor> {
@@ -193,51 +225,91 @@ impl TrainModel {
         named.into_iter().map(|(_, v)| v.clone()).collect()
     }
 
-    /// Logits `(b, s, vocab)` for a batch of token ids `(b, s)`; position 0 is the first token.
+    /// Logits `(b·s, vocab)` for a batch of token ids `(b, s)`; position 0 is the first token.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        let cfg = &self.cfg;
-        let (h, nh, hd) = (cfg.hidden, cfg.heads, cfg.head_dim());
-        let eps = RMS_EPS as f32;
+        anyhow::ensure!(s <= self.cfg.max_positions, "{s} tokens, more than the model's {}", self.cfg.max_positions);
+        let h = self.cfg.hidden;
         let embed = self.get("model.embed_tokens.weight")?;
-        let mut x = embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))?;
-        let cos = self.cos.narrow(0, 0, s)?;
-        let sin = self.sin.narrow(0, 0, s)?;
-        let mask = causal_mask(s)?;
-        let linear = |x: &Tensor, name: &str| -> Result<Tensor> {
-            let w = self.get(name)?;
-            let (b, s, k) = x.dims3()?;
-            Ok(x.reshape((b * s, k))?.matmul(&w.t()?)?.reshape((b, s, ()))?)
-        };
-        for l in 0..cfg.layers {
-            let p = format!("model.layers.{l}");
-            let hn = candle_nn::ops::rms_norm_slow(&x, &self.get(&format!("{p}.input_layernorm.weight"))?, eps)?;
-            let heads = |name: &str| -> Result<Tensor> {
-                Ok(linear(&hn, &format!("{p}.self_attn.{name}.weight"))?
-                    .reshape((b, s, nh, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
-            };
-            let q = candle_nn::rotary_emb::rope_slow(&heads("q_proj")?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_slow(&heads("k_proj")?, &cos, &sin)?;
-            let v = heads("v_proj")?;
-            let att = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?;
-            let att = candle_nn::ops::softmax(&att.broadcast_add(&mask)?, D::Minus1)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-            let x1 = (&x + linear(&y, &format!("{p}.self_attn.o_proj.weight"))?)?;
-            let hn =
-                candle_nn::ops::rms_norm_slow(&x1, &self.get(&format!("{p}.post_attention_layernorm.weight"))?, eps)?;
-            let gate = candle_nn::ops::silu(&linear(&hn, &format!("{p}.mlp.gate_proj.weight"))?)?;
-            let up = linear(&hn, &format!("{p}.mlp.up_proj.weight"))?;
-            x = (x1 + linear(&(gate * up)?, &format!("{p}.mlp.down_proj.weight"))?)?;
+        let mut x = embed.index_select(&ids.flatten_all()?, 0)?;
+        for l in 0..self.cfg.layers {
+            x = self.layer(&x, l, b, s)?;
         }
-        let x = candle_nn::ops::rms_norm_slow(&x, &self.get("model.norm.weight")?, eps)?;
+        let x = self.norm(&x, "model.norm.weight")?;
         let head = self.get("lm_head.weight")?;
         let head = match &self.frozen_rows {
             Some(keep) => head.broadcast_mul(keep)?,
             None => head,
         };
-        Ok(x.reshape((b * s, h))?.matmul(&head.t()?)?.reshape((b, s, ()))?)
+        debug_assert_eq!(x.dims2()?, (b * s, h));
+        Ok(x.matmul(&head.t()?)?)
+    }
+
+    fn norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        let w = self.get(name)?;
+        Ok(match self.kernels {
+            Kernels::Fused => kernels::rms_norm(x, &w, RMS_EPS as f32)?,
+            Kernels::Composed => candle_nn::ops::rms_norm_slow(x, &w, RMS_EPS as f32)?,
+        })
+    }
+
+    fn rotate(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self.kernels {
+            Kernels::Fused => kernels::rope(x, &self.rope)?,
+            Kernels::Composed => {
+                let s = x.dim(2)?;
+                candle_nn::rotary_emb::rope_slow(
+                    &x.contiguous()?,
+                    &self.cos.narrow(0, 0, s)?,
+                    &self.sin.narrow(0, 0, s)?,
+                )?
+            }
+        })
+    }
+
+    fn attention_weights(&self, scores: &Tensor) -> Result<Tensor> {
+        Ok(match self.kernels {
+            Kernels::Fused => kernels::causal_softmax(scores)?,
+            Kernels::Composed => {
+                let mask = causal_mask(scores.dim(candle_core::D::Minus1)?)?;
+                candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, candle_core::D::Minus1)?
+            }
+        })
+    }
+
+    /// Weighted mean next-token negative log-likelihood of `logits` `(n, vocab)`, divided by
+    /// `max(Σ weights, 1)`.
+    pub fn loss(&self, logits: &Tensor, targets: &[u32], weights: &[f32]) -> Result<Tensor> {
+        if self.kernels == Kernels::Fused {
+            return Ok(kernels::cross_entropy(logits, targets.to_vec(), weights.to_vec())?);
+        }
+        let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+        let idx = Tensor::new(targets, &Device::Cpu)?.unsqueeze(1)?;
+        let picked = logp.gather(&idx, 1)?.squeeze(1)?;
+        let total = weights.iter().sum::<f32>().max(1.0) as f64;
+        Ok(((picked * Tensor::new(weights, &Device::Cpu)?)?.sum_all()? * (-1.0 / total))?)
+    }
+
+    /// One decoder layer on the residual stream `x` `(b·s, hidden)`.
+    fn layer(&self, x: &Tensor, l: usize, b: usize, s: usize) -> Result<Tensor> {
+        let (nh, hd) = (self.cfg.heads, self.cfg.head_dim());
+        let p = format!("model.layers.{l}");
+        let linear = |x: &Tensor, name: &str| -> Result<Tensor> { Ok(x.matmul(&self.get(name)?.t()?)?) };
+        let hn = self.norm(x, &format!("{p}.input_layernorm.weight"))?;
+        let heads = |name: &str| -> Result<Tensor> {
+            Ok(linear(&hn, &format!("{p}.self_attn.{name}.weight"))?.reshape((b, s, nh, hd))?.transpose(1, 2)?)
+        };
+        let q = self.rotate(&heads("q_proj")?)?;
+        let k = self.rotate(&heads("k_proj")?)?;
+        let v = heads("v_proj")?.contiguous()?;
+        let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let att = self.attention_weights(&att)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * s, nh * hd))?;
+        let x1 = (x + linear(&y, &format!("{p}.self_attn.o_proj.weight"))?)?;
+        let hn = self.norm(&x1, &format!("{p}.post_attention_layernorm.weight"))?;
+        let gate = candle_nn::ops::silu(&linear(&hn, &format!("{p}.mlp.gate_proj.weight"))?)?;
+        let up = linear(&hn, &format!("{p}.mlp.up_proj.weight"))?;
+        Ok((x1 + linear(&(gate * up)?, &format!("{p}.mlp.down_proj.weight"))?)?)
     }
 
     /// Freezes the chat-only rows of `lm_head` (see [`TrainModel::frozen_rows`]).
@@ -289,6 +361,11 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 }
 
 /// cos/sin `(max_positions, head_dim/2)`, computed as chatvec-gen and transformers do (f32).
+fn causal_mask(s: usize) -> Result<Tensor> {
+    let m: Vec<f32> = (0..s * s).map(|i| if i % s > i / s { f32::NEG_INFINITY } else { 0.0 }).collect();
+    Ok(Tensor::from_vec(m, (s, s), &Device::Cpu)?)
+}
+
 fn rope_tables(cfg: &LabConfig) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim();
     let inv: Vec<f32> = (0..hd).step_by(2).map(|i| 1.0 / (ROPE_THETA as f32).powf(i as f32 / hd as f32)).collect();
@@ -302,11 +379,6 @@ fn rope_tables(cfg: &LabConfig) -> Result<(Tensor, Tensor)> {
     }
     let shape = (cfg.max_positions, hd / 2);
     Ok((Tensor::from_vec(cos, shape, &Device::Cpu)?, Tensor::from_vec(sin, shape, &Device::Cpu)?))
-}
-
-fn causal_mask(s: usize) -> Result<Tensor> {
-    let m: Vec<f32> = (0..s * s).map(|i| if i % s > i / s { f32::NEG_INFINITY } else { 0.0 }).collect();
-    Ok(Tensor::from_vec(m, (s, s), &Device::Cpu)?)
 }
 
 #[cfg(test)]
@@ -337,11 +409,39 @@ mod tests {
         let saved = TrainModel::load(cfg, dir.path()).unwrap();
         let ids: Vec<u32> = (0..40u32).map(|i| (i * 37 + 5) % 2000).collect();
         let ours = saved.forward(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap();
-        let ours = ours.squeeze(0).unwrap();
         let mut gen = chatvec_gen::Model::load(dir.path(), &Device::Cpu, DType::F32).unwrap();
         let theirs = gen.forward_all(&ids).unwrap();
         let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-4, "max |logit difference| {diff}");
+    }
+
+    #[test]
+    fn fused_and_composed_kernels_give_the_same_loss_and_gradients() {
+        let mut m = TrainModel::init(tiny(), 4).unwrap();
+        m.freeze_chat_only_rows().unwrap();
+        let ids: Vec<u32> = (0..2 * 24u32).map(|i| (i * 53 + 11) % 2008).collect();
+        let ids = Tensor::from_vec(ids, (2, 24), &Device::Cpu).unwrap();
+        let targets: Vec<u32> = (0..48u32).map(|i| (i * 31 + 7) % 2008).collect();
+        let weights: Vec<f32> = (0..48).map(|i| (i % 4 != 0) as u8 as f32).collect();
+        let run = |m: &TrainModel| {
+            let loss = m.loss(&m.forward(&ids).unwrap(), &targets, &weights).unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<Vec<f32>> = m
+                .all_vars()
+                .iter()
+                .map(|v| grads.get(v).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), g)
+        };
+        let (fused_loss, fused) = run(&m);
+        m.kernels = Kernels::Composed;
+        let (composed_loss, composed) = run(&m);
+        assert!((fused_loss - composed_loss).abs() < 1e-5, "{fused_loss} vs {composed_loss}");
+        for (a, b) in fused.iter().zip(&composed) {
+            let scale = b.iter().fold(0f32, |x, y| x.max(y.abs())).max(1e-6);
+            let worst = a.iter().zip(b).fold(0f32, |x, (p, q)| x.max((p - q).abs()));
+            assert!(worst <= 1e-3 * scale, "gradient differs by {worst} (largest {scale})");
+        }
     }
 
     #[test]

@@ -5,13 +5,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
 use crate::data::Task;
 use crate::eval::{entries, RunScores, Scores};
-
-/// DejaVu Sans, shared with chatvec-eval's plots (Bitstream Vera licence, see that crate).
-const FONT: &[u8] = include_bytes!("../../chatvec-eval/assets/DejaVuSans.ttf");
 
 /// Mean and sample standard deviation.
 pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
@@ -35,6 +31,8 @@ fn metrics() -> Vec<Metric> {
         ("ko perplexity", |s| s.ko_perplexity, false),
         ("en task accuracy", |s| s.en_accuracy, true),
         ("en stop rate", |s| s.en_stop, true),
+        ("ko copy (prose)", |s| s.ko_copy, true),
+        ("en copy (prose)", |s| s.en_copy, true),
     ]
 }
 
@@ -98,7 +96,7 @@ pub fn task_table(runs: &[RunScores]) -> String {
 /// Plots Korean-dialog accuracy, stop rate, Hangul ratio and the target's perplexity over the model's
 /// against the ratio (0 = target, then the plain merges), mean over runs with sd error bars.
 pub fn plot(runs: &[RunScores], path: &Path) -> Result<()> {
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    chatvec_eval::plots::register_fonts();
     let points: Vec<(f64, &str)> = vec![(0.0, "target"), (0.5, "merge 0.5"), (1.0, "merge 1.0")];
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;

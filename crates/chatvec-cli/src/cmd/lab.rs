@@ -100,6 +100,10 @@ pub struct EvalArgs {
     /// Where results.md, results.json and ratio.png go.
     #[arg(long, default_value = "docs/lab")]
     pub out: PathBuf,
+    /// Read a run's scores from its lab_scores.json (written by an earlier `lab eval`) instead of
+    /// scoring it again: runs scored in parallel processes, then tabulated together.
+    #[arg(long)]
+    pub reuse_scores: bool,
 }
 
 /// Runs a lab step.
@@ -140,7 +144,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let set = EvalSet::load(&a.paths.data, &a.paths.korean, &tok)?;
     let mut runs: Vec<RunScores> = Vec::new();
     for r in &a.run {
-        runs.push(evaluate_run(r, &tok, &set, |l| eprintln!("{l}"))?);
+        runs.push(evaluate_run(r, &tok, &set, a.reuse_scores, |l| eprintln!("{l}"))?);
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     std::fs::write(a.out.join("results.json"), serde_json::to_string_pretty(&runs)? + "\n")?;
