@@ -14,7 +14,7 @@ use chatvec_gen::{generate, GenerationConfig, Message, SamplingParams, StopReaso
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{header_leaks, korean_ratio, repetition, strip_markers};
-use crate::session::EvalModel;
+use chatvec_gen::ChatModel;
 
 /// The bundled prompt set (JSON lines).
 pub const BUNDLED_PROMPTS: &str = include_str!("../data/prompts_ko.jsonl");
@@ -214,7 +214,7 @@ const END_MARK: &str = "\u{F8FF}END\u{F8FF}";
 /// conversation with the reference answer; the model reads it up to the answer's end; the
 /// end-of-turn token is the first stop id the template writes after the answer.
 /// Returns the probability and the token's text.
-pub fn eot_probability(m: &mut EvalModel, p: &Prompt, reference: &str) -> Result<Option<(f64, String)>> {
+pub fn eot_probability(m: &mut ChatModel, p: &Prompt, reference: &str) -> Result<Option<(f64, String)>> {
     let Some(template) = &m.template else { return Ok(None) };
     let mut msgs = messages(p);
     msgs.push(Message::new("assistant", format!("{}{END_MARK}", reference.trim())));
@@ -234,7 +234,7 @@ pub fn eot_probability(m: &mut EvalModel, p: &Prompt, reference: &str) -> Result
 }
 
 /// Answers one prompt.
-pub fn answer(m: &mut EvalModel, p: &Prompt, opts: &ChatOptions, cancel: &AtomicBool) -> Result<PromptResult> {
+pub fn answer(m: &mut ChatModel, p: &Prompt, opts: &ChatOptions, cancel: &AtomicBool) -> Result<PromptResult> {
     let started = Instant::now();
     let Some(template) = &m.template else {
         bail!(
@@ -286,7 +286,7 @@ pub fn answer(m: &mut EvalModel, p: &Prompt, opts: &ChatOptions, cancel: &Atomic
 
 /// Runs every prompt; `on_result` sees each result as it is made.
 pub fn run_chat_eval(
-    m: &mut EvalModel,
+    m: &mut ChatModel,
     prompts: &[Prompt],
     opts: &ChatOptions,
     cancel: &AtomicBool,

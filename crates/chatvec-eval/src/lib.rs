@@ -13,5 +13,4 @@ pub mod modules;
 pub mod perplexity;
 pub mod plots;
 pub mod report;
-pub mod session;
 pub mod sweep;

@@ -15,7 +15,7 @@ use crate::chat_eval::{run_chat_eval, ChatEval, ChatOptions, Prompt, PromptResul
 use crate::inspect::{inspect, InspectInput, InspectReport, VectorInput, WeightsRef};
 use crate::perplexity::{perplexity, Perplexity, Window};
 use crate::plots::{write_heatmap, Size};
-use crate::session::{EvalModel, LoadOptions};
+use chatvec_gen::{ChatModel, LoadOptions};
 
 /// One evaluated model.
 #[derive(Debug, Clone, Serialize)]
@@ -277,7 +277,7 @@ pub fn build_report(
     for (role, dir) in roles.into_iter().filter_map(|(r, d)| d.map(|d| (r, d))) {
         log(&format!("evaluating {role}: {}", dir.display()));
         // Models without a chat template borrow the merge's (which carries the chat model's).
-        let mut m = EvalModel::load(dir, &job.load, Some(&job.merged))?;
+        let mut m = ChatModel::load(dir, &job.load, Some(&job.merged))?;
         let mut ids = m.encode_text(job.text.0)?;
         if let Some(n) = job.max_tokens {
             ids.truncate(n);

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::chat_eval::{run_chat_eval, ChatOptions, ChatSummary, Prompt};
 use crate::perplexity::{perplexity, Perplexity, Window};
 use crate::plots::{write_sweep_plot, Series, Size, SweepPlot};
-use crate::session::{EvalModel, LoadOptions};
+use chatvec_gen::{ChatModel, LoadOptions};
 
 /// Perplexity may exceed the target's by at most this share for a setting to be eligible.
 pub const PPL_TOLERANCE: f64 = 0.05;
@@ -189,7 +189,7 @@ fn evaluate(
     e: &SweepEval,
     cancel: &AtomicBool,
 ) -> Result<(Perplexity, Option<ChatSummary>)> {
-    let mut m = EvalModel::load(dir, &e.load, fallback)?;
+    let mut m = ChatModel::load(dir, &e.load, fallback)?;
     let mut ids = m.encode_text(e.text)?;
     if let Some(n) = e.max_tokens {
         ids.truncate(n);

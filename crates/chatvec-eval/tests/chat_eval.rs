@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use chatvec_eval::chat_eval::{bundled_prompts, parse_prompts, run_chat_eval, ChatOptions};
 use chatvec_eval::metrics::korean_ratio;
-use chatvec_eval::session::{EvalModel, LoadOptions};
+use chatvec_gen::{ChatModel, LoadOptions};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny");
 
@@ -43,7 +43,7 @@ fn chat_eval_runs_and_is_reproducible() {
     let prompts: Vec<_> = bundled_prompts().into_iter().take(3).collect();
     assert!(prompts[0].reference.is_some());
     let opts = ChatOptions { max_new_tokens: 6, ..ChatOptions::default() };
-    let mut m = EvalModel::load(&fixture("chat"), &LoadOptions::default(), None).unwrap();
+    let mut m = ChatModel::load(&fixture("chat"), &LoadOptions::default(), None).unwrap();
     let a = run_chat_eval(&mut m, &prompts, &opts, &AtomicBool::new(false), &mut |_, _| {}).unwrap();
     let b = run_chat_eval(&mut m, &prompts, &opts, &AtomicBool::new(false), &mut |_, _| {}).unwrap();
     assert_eq!(a.results.len(), 3);
@@ -56,10 +56,10 @@ fn chat_eval_runs_and_is_reproducible() {
     assert!(p > 0.0 && p < 1.0);
     assert_eq!(a.summary.eot_token.as_deref(), Some("<|eot_id|>"));
     // The target has no template of its own: it needs one lent (as `report` does).
-    let mut t = EvalModel::load(&fixture("target"), &LoadOptions::default(), None).unwrap();
+    let mut t = ChatModel::load(&fixture("target"), &LoadOptions::default(), None).unwrap();
     assert!(t.template.is_none());
     let err = run_chat_eval(&mut t, &prompts, &opts, &AtomicBool::new(false), &mut |_, _| {}).unwrap_err();
     assert!(format!("{err:#}").contains("no chat template"));
-    let t = EvalModel::load(&fixture("target"), &LoadOptions::default(), Some(&fixture("chat"))).unwrap();
+    let t = ChatModel::load(&fixture("target"), &LoadOptions::default(), Some(&fixture("chat"))).unwrap();
     assert!(t.template_from.unwrap().contains("chat"));
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use chatvec_eval::perplexity::{perplexity, Window};
-use chatvec_eval::session::{EvalModel, LoadOptions};
+use chatvec_gen::{ChatModel, LoadOptions};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny");
 
@@ -40,7 +40,7 @@ fn one_window_matches_the_oracle_for_target_and_merge() {
     assert_eq!(ids.len(), 200);
     let merged = merged_dir();
     for (dir, key) in [(fixture("target"), "target_mean_nll"), (merged.path().to_path_buf(), "merged_mean_nll")] {
-        let mut m = EvalModel::load(&dir, &LoadOptions::default(), None).unwrap();
+        let mut m = ChatModel::load(&dir, &LoadOptions::default(), None).unwrap();
         let r = perplexity(&mut m.model, &ids, Window::new(256, 256).unwrap(), &AtomicBool::new(false)).unwrap();
         let want = o[key].as_f64().unwrap();
         assert!((r.mean_nll - want).abs() < 1e-4, "{key}: {} vs {want}", r.mean_nll);
@@ -60,7 +60,7 @@ fn the_text_tokenizes_to_the_oracle_ids() {
             .chars()
             .take(600)
             .collect();
-    let m = EvalModel::load(&fixture("target"), &LoadOptions::default(), None).unwrap();
+    let m = ChatModel::load(&fixture("target"), &LoadOptions::default(), None).unwrap();
     let got = m.encode_text(&text).unwrap();
     assert_eq!(&got[..200], &ids(&o)[..]);
 }
@@ -69,7 +69,7 @@ fn the_text_tokenizes_to_the_oracle_ids() {
 fn sliding_windows_score_with_less_context() {
     let o = oracle();
     let ids = ids(&o);
-    let mut m = EvalModel::load(&fixture("target"), &LoadOptions::default(), None).unwrap();
+    let mut m = ChatModel::load(&fixture("target"), &LoadOptions::default(), None).unwrap();
     let full = perplexity(&mut m.model, &ids, Window::new(200, 200).unwrap(), &AtomicBool::new(false)).unwrap();
     let slid = perplexity(&mut m.model, &ids, Window::new(64, 32).unwrap(), &AtomicBool::new(false)).unwrap();
     assert_eq!(slid.scored, 199);

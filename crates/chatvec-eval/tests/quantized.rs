@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
 use chatvec_eval::perplexity::{perplexity, Window};
-use chatvec_eval::session::{EvalModel, LoadOptions};
 use chatvec_gen::sampling::argmax;
+use chatvec_gen::{ChatModel, LoadOptions};
 use chatvec_gen::{ModelOptions, WeightFormat};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -17,13 +17,13 @@ fn model_dir(rel: &str) -> PathBuf {
     Path::new(ROOT).join(rel)
 }
 
-fn load(dir: &Path, format: &str) -> EvalModel {
+fn load(dir: &Path, format: &str) -> ChatModel {
     let model =
         ModelOptions { weights: WeightFormat::parse(format).unwrap(), ..ModelOptions::dense(&Device::Cpu, DType::F32) };
-    EvalModel::load(dir, &LoadOptions { model, chat_template: None }, None).unwrap()
+    ChatModel::load(dir, &LoadOptions { model, ..LoadOptions::default() }, None).unwrap()
 }
 
-fn korean_ids(m: &EvalModel, chars: usize) -> Vec<u32> {
+fn korean_ids(m: &ChatModel, chars: usize) -> Vec<u32> {
     let text: String = std::fs::read_to_string(model_dir("data/korean/constitution.txt"))
         .unwrap()
         .replace("\r\n", "\n")
@@ -33,7 +33,7 @@ fn korean_ids(m: &EvalModel, chars: usize) -> Vec<u32> {
     m.encode_text(&text).unwrap()
 }
 
-fn mean_nll(m: &mut EvalModel, ids: &[u32]) -> f64 {
+fn mean_nll(m: &mut ChatModel, ids: &[u32]) -> f64 {
     perplexity(&mut m.model, ids, Window::new(256, 128).unwrap(), &AtomicBool::new(false)).unwrap().mean_nll
 }
 
@@ -69,7 +69,7 @@ fn quantized_perplexity_stays_close_to_f32() {
 /// Share of positions whose most likely next token is the same as f32's, over a text the models
 /// read teacher-forced (a free-running greedy comparison diverges at the first near-tie and then
 /// compares unrelated texts; at the lab models' perplexity of ~110 near-ties are common).
-fn top1_agreement(b: &mut EvalModel, ids: &[u32], want: &[u32]) -> f64 {
+fn top1_agreement(b: &mut ChatModel, ids: &[u32], want: &[u32]) -> f64 {
     b.model.reset();
     let logits = b.model.forward_all(ids).unwrap().to_vec2::<f32>().unwrap();
     let same = logits.iter().zip(want).filter(|(row, &w)| argmax(row) == w).count();

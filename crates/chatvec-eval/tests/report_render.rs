@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use chatvec_eval::chat_eval::{bundled_prompts, ChatOptions};
 use chatvec_eval::perplexity::{Window, BUNDLED_TEXT};
 use chatvec_eval::report::{build_report, ReportJob};
-use chatvec_eval::session::LoadOptions;
+use chatvec_gen::LoadOptions;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny");
 const CHROMIUM: &str = "/usr/bin/chromium";

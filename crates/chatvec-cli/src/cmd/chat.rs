@@ -84,8 +84,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if interactive {
         eprintln!(
             "chatvec chat: {} ({}, {}). {HELP}.",
-            session.dir.display(),
-            session.model.architecture(),
+            session.chat.dir.display(),
+            session.chat.model.architecture(),
             session.device_name
         );
     }
@@ -128,7 +128,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 history.push(Message::new("user", text));
                 let mut messages: Vec<Message> = system.iter().map(|s| Message::new("system", s.as_str())).collect();
                 messages.extend(history.iter().cloned());
-                let prompt_text = match session.template.render(&messages, true) {
+                let prompt_text = match session.template()?.render(&messages, true) {
                     Ok(t) => t,
                     Err(e) => {
                         // A template that rejects this conversation (say, two user turns in a
@@ -138,7 +138,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                         continue;
                     }
                 };
-                let prompt = session.tokenizer.encode(&prompt_text, false)?;
+                let prompt = session.chat.tokenizer.encode(&prompt_text, false)?;
                 let prompt = session.fit_context(prompt, a.sampling.truncate, a.sampling.max_new_tokens);
                 let config = GenerationConfig {
                     max_new_tokens: a.sampling.max_new_tokens,

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, Context, Result};
 use chatvec_eval::chat_eval::{bundled_prompts, load_prompts, run_chat_eval, ChatEval, ChatOptions, Prompt};
 use chatvec_eval::perplexity::{perplexity, Perplexity, Window};
-use chatvec_eval::session::{EvalModel, LoadOptions};
+use chatvec_gen::{ChatModel, LoadOptions};
 
 use super::common::{interrupt_flag, HubArgs, QuantizeArgs};
 
@@ -52,6 +52,7 @@ impl DeviceArgs {
         Ok(LoadOptions {
             model: self.quantize.model_options(&device, dtype)?,
             chat_template: self.chat_template.clone(),
+            ..LoadOptions::default()
         })
     }
 }
@@ -200,7 +201,7 @@ pub fn read_text(path: &Path) -> Result<String> {
 }
 
 /// Tokenizes `text` for `m` and scores it.
-pub fn score_text(m: &mut EvalModel, text: &str, w: &WindowArgs, cancel: &AtomicBool) -> Result<Perplexity> {
+pub fn score_text(m: &mut ChatModel, text: &str, w: &WindowArgs, cancel: &AtomicBool) -> Result<Perplexity> {
     let window = w.window(m.model.config().max_position_embeddings)?;
     let mut ids = m.encode_text(text)?;
     if let Some(n) = w.max_tokens {
@@ -271,7 +272,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         What::Ppl(a) => {
             let dir = a.hub.resolve(&a.model)?.path;
             let text = read_text(&a.text)?;
-            let mut m = EvalModel::load(&dir, &a.device.options()?, None)?;
+            let mut m = ChatModel::load(&dir, &a.device.options()?, None)?;
             let r = score_text(&mut m, &text, &a.window, &interrupt_flag())?;
             if a.json {
                 let mut v = serde_json::to_value(&r)?;
@@ -288,7 +289,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         What::Chat(a) => {
             let dir = a.hub.resolve(&a.model)?.path;
             let prompts = a.gen.prompts(a.prompts.as_deref())?;
-            let mut m = EvalModel::load(&dir, &a.device.options()?, None)?;
+            let mut m = ChatModel::load(&dir, &a.device.options()?, None)?;
             let n = prompts.len();
             let quiet = a.json;
             let e = run_chat_eval(&mut m, &prompts, &a.gen.options(), &interrupt_flag(), &mut |i, r| {

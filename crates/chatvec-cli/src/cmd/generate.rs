@@ -12,8 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use chatvec_gen::models::{is_gguf, read_config};
 use chatvec_gen::{
-    generate, parse_device, parse_dtype, resolve_dtype, ChatTemplate, GenerationConfig, GenerationDefaults,
-    GenerationOutput, Model, ModelTokenizer, SamplingParams, StopReason, StopSet,
+    parse_device, parse_dtype, resolve_dtype, ChatModel, ChatTemplate, GenerationConfig, GenerationDefaults,
+    GenerationOutput, LoadOptions, SamplingParams, StopReason,
 };
 use serde_json::json;
 
@@ -161,13 +161,10 @@ impl SamplingArgs {
     }
 }
 
-/// A loaded model with everything needed to turn messages into an answer.
+/// A loaded model with everything needed to turn messages into an answer, and the sampling
+/// defaults of its `generation_config.json`.
 pub struct Session {
-    pub dir: PathBuf,
-    pub model: Model,
-    pub tokenizer: ModelTokenizer,
-    pub template: ChatTemplate,
-    pub stops: StopSet,
+    pub chat: ChatModel,
     pub defaults: GenerationDefaults,
     pub device_name: String,
 }
@@ -177,9 +174,6 @@ impl Session {
     /// weights so mistakes fail fast.
     pub fn open(args: &ModelArgs) -> Result<Self> {
         let (model_path, dir) = model_and_tokenizer_dir(args)?;
-        let tokenizer = ModelTokenizer::load(&dir)?;
-        let template = ChatTemplate::for_model(&dir, tokenizer.config(), args.chat_template.as_deref())?;
-        let stops = StopSet::for_model(&dir, &tokenizer, &args.stop)?;
         let defaults = GenerationDefaults::for_model(&dir)?;
         let device = parse_device(&args.device)?;
         let requested = args.dtype.as_deref().map(parse_dtype).transpose()?;
@@ -187,12 +181,23 @@ impl Session {
         if let Some(note) = note {
             eprintln!("note: {note}");
         }
-        let model = Model::load_with(&model_path, &args.quantize.model_options(&device, dtype)?)?;
-        Ok(Session { dir, model, tokenizer, template, stops, defaults, device_name: args.device.clone() })
+        let opts = LoadOptions {
+            model: args.quantize.model_options(&device, dtype)?,
+            chat_template: args.chat_template.clone(),
+            stop: args.stop.clone(),
+            require_template: true,
+        };
+        let chat = ChatModel::load_from(&model_path, &dir, &opts, None)?;
+        Ok(Session { chat, defaults, device_name: args.device.clone() })
     }
 
-    /// Generates an answer to `prompt` ids, writing text to `out` as it is made (when given).
-    /// Returns the result and the answer's text.
+    /// The chat template (loading refused models without one).
+    pub fn template(&self) -> Result<&ChatTemplate> {
+        Ok(self.chat.chat_template()?)
+    }
+
+    /// Generates an answer to `prompt` ids, writing text to `out` as it is made (when given),
+    /// until a stop id, the length limit, or `interrupt`. Returns the result and the text.
     pub fn answer(
         &mut self,
         prompt: &[u32],
@@ -200,36 +205,20 @@ impl Session {
         mut out: Option<&mut dyn Write>,
         interrupt: &AtomicBool,
     ) -> Result<(GenerationOutput, String)> {
-        let mut stream = self.tokenizer.stream();
-        let mut text = String::new();
-        let result = generate::<anyhow::Error, _>(&mut self.model, prompt, config, &self.stops, |id| {
-            if let Some(chunk) = stream.step(id)? {
-                if let Some(w) = out.as_deref_mut() {
-                    w.write_all(chunk.as_bytes())?;
-                    w.flush()?;
-                }
-                text.push_str(&chunk);
-            }
-            if interrupt.swap(false, Ordering::SeqCst) {
-                return Ok(ControlFlow::Break(()));
-            }
-            Ok(ControlFlow::Continue(()))
-        })?;
-        if let Some(rest) = stream.finish()? {
-            if let Some(w) = out {
-                w.write_all(rest.as_bytes())?;
+        self.chat.answer::<anyhow::Error>(prompt, config, |chunk| {
+            if let Some(w) = out.as_deref_mut() {
+                w.write_all(chunk.as_bytes())?;
                 w.flush()?;
             }
-            text.push_str(&rest);
-        }
-        Ok((result, text))
+            Ok(if interrupt.swap(false, Ordering::SeqCst) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        })
     }
 
     /// `prompt` cut to the model's context as `--truncate` asks: unchanged when it fits or when
     /// truncation is off (generation then reports the overflow); with `left`, the newest tokens
     /// that leave room for `max_new_tokens` (at least half the context), with a warning.
     pub fn fit_context(&self, prompt: Vec<u32>, truncate: Truncate, max_new_tokens: usize) -> Vec<u32> {
-        let limit = self.model.config().max_position_embeddings;
+        let limit = self.chat.model.config().max_position_embeddings;
         if prompt.len() <= limit || truncate == Truncate::Error {
             return prompt;
         }
@@ -242,16 +231,6 @@ impl Session {
         prompt[prompt.len() - keep..].to_vec()
     }
 
-    /// Human description of why generation ended.
-    pub fn describe_stop(&self, stop: StopReason, max_new_tokens: usize) -> String {
-        match stop {
-            StopReason::StopToken { id } => self.stops.describe(id),
-            StopReason::Length => format!("length limit ({max_new_tokens})"),
-            StopReason::Cancelled => "interrupted".to_string(),
-            StopReason::Context => format!("context full ({} positions)", self.model.config().max_position_embeddings),
-        }
-    }
-
     /// The statistics line printed to stderr after an answer.
     pub fn stats_line(&self, out: &GenerationOutput, max_new_tokens: usize) -> String {
         let rate =
@@ -260,7 +239,7 @@ impl Session {
             "prompt tokens {}, new tokens {}, stop {}, time to first token {:.3} s, decode {}",
             out.prompt_tokens,
             out.tokens.len(),
-            self.describe_stop(out.stop, max_new_tokens),
+            self.chat.describe_stop(out.stop, max_new_tokens),
             out.time_to_first_token.as_secs_f64(),
             rate
         )
@@ -299,8 +278,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
 
     let mut session = Session::open(&a.model)?;
-    let prompt_text = session.template.render_json(&serde_json::Value::Array(messages), true)?;
-    let prompt = session.tokenizer.encode(&prompt_text, false)?;
+    let prompt_text = session.template()?.render_json(&serde_json::Value::Array(messages), true)?;
+    let prompt = session.chat.tokenizer.encode(&prompt_text, false)?;
     let prompt = session.fit_context(prompt, a.sampling.truncate, a.sampling.max_new_tokens);
     let interrupt = super::common::interrupt_flag();
 
@@ -335,13 +314,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if a.json {
         let record = json!({
-            "model": session.dir.display().to_string(),
-            "architecture": session.model.architecture().to_string(),
+            "model": session.chat.dir.display().to_string(),
+            "architecture": session.chat.model.architecture().to_string(),
             "device": session.device_name,
-            "dtype": format!("{:?}", session.model.dtype()).to_lowercase(),
+            "dtype": format!("{:?}", session.chat.model.dtype()).to_lowercase(),
             "prompt_text": prompt_text,
             "prompt_tokens": prompt.len(),
-            "stop_ids": session.stops.ids(),
+            "stop_ids": session.chat.stops.ids(),
             "runs": runs,
         });
         println!("{}", serde_json::to_string_pretty(&record)?);
@@ -354,7 +333,7 @@ fn run_record(session: &Session, sampling: &SamplingParams, out: &GenerationOutp
         StopReason::StopToken { id } => json!({
             "kind": "stop_token",
             "id": id,
-            "token": session.tokenizer.id_to_token(id),
+            "token": session.chat.tokenizer.id_to_token(id),
         }),
         StopReason::Length => json!({"kind": "length"}),
         StopReason::Cancelled => json!({"kind": "cancelled"}),
