@@ -6,6 +6,8 @@
 //! files, [`train`] the three stages, [`eval`] the merges and metrics, [`report`] the table
 //! and plot.
 
+#![deny(missing_docs)]
+
 pub mod data;
 pub mod eval;
 pub mod kernels;
