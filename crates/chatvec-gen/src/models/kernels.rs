@@ -7,8 +7,10 @@
 //!   the FMA latency, the scales are converted inline (F16C), and rayon spreads the rows.
 //! - bf16: candle has no bf16 CPU matmul (it widens both operands to f32 on every call, or, for
 //!   ggml bf16 blocks, runs a scalar loop). Here decode widens 8 weights at a time in registers
-//!   and keeps the activations in f32; prefill widens a slice of rows to f32 and hands it to
-//!   candle's f32 matmul.
+//!   and keeps the activations in f32.
+//! - Prefill (more than four input rows) of both: a slice of weight rows is widened to f32 once
+//!   and handed to candle's f32 GEMM, instead of quantizing every input row and walking every
+//!   block once per row.
 //!
 //! Written by hand because no maintained crate offers these products on ggml blocks or bf16
 //! rows; the activation quantization is candle's own (`BlockQ8_0::from_float`), so a row's
@@ -32,9 +34,16 @@ pub(crate) struct Q8Block {
 const _: () = assert!(std::mem::size_of::<Q8Block>() == std::mem::size_of::<BlockQ8_0>());
 
 /// `dst (m, n) = lhs (m, k) · W^T` for q8_0 weights `w` (`n` rows of `k / 32` blocks).
-pub(crate) fn matmul_q8_0(m: usize, k: usize, lhs: &[f32], w: &[Q8Block], dst: &mut [f32]) {
+pub(crate) fn matmul_q8_0(m: usize, k: usize, lhs: &[f32], w: &[Q8Block], dst: &mut [f32]) -> candle_core::Result<()> {
     let per_row = k / 32;
     let n = w.len() / per_row;
+    if m > 4 {
+        // SAFETY: same size and layout as candle's block (checked above).
+        let blocks: &[BlockQ8_0] = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const BlockQ8_0, w.len()) };
+        return widened_gemm(m, k, n, lhs, dst, |j, out| {
+            BlockQ8_0::to_float(&blocks[j * per_row..(j + 1) * per_row], out)
+        });
+    }
     let mut x = vec![BlockQ8_0::zeros(); m * per_row];
     for (row, out) in lhs.chunks(k).zip(x.chunks_mut(per_row)) {
         BlockQ8_0::from_float(row, out);
@@ -43,26 +52,39 @@ pub(crate) fn matmul_q8_0(m: usize, k: usize, lhs: &[f32], w: &[Q8Block], dst: &
     let x: &[Q8Block] = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const Q8Block, x.len()) };
     let dot = dot_q8_0_fn();
     rows_times_inputs(m, n, dst, |j, r| dot(&w[j * per_row..(j + 1) * per_row], &x[r * per_row..(r + 1) * per_row]));
+    Ok(())
 }
 
 /// `dst (m, n) = lhs (m, k) · W^T` for bf16 weights `w` (`n` rows of `k`), activations in f32.
 pub(crate) fn matmul_bf16(m: usize, k: usize, lhs: &[f32], w: &[bf16], dst: &mut [f32]) -> candle_core::Result<()> {
     let n = w.len() / k;
-    if m <= 4 {
-        let dot = dot_bf16_fn();
-        rows_times_inputs(m, n, dst, |j, r| dot(&w[j * k..(j + 1) * k], &lhs[r * k..(r + 1) * k]));
-        return Ok(());
+    if m > 4 {
+        return widened_gemm(m, k, n, lhs, dst, |j, out| {
+            out.iter_mut().zip(&w[j * k..(j + 1) * k]).for_each(|(o, i)| *o = i.to_f32())
+        });
     }
-    // Many rows (prefill): widen a slice of weight rows once and let candle's f32 gemm reuse it
-    // across all inputs.
+    let dot = dot_bf16_fn();
+    rows_times_inputs(m, n, dst, |j, r| dot(&w[j * k..(j + 1) * k], &lhs[r * k..(r + 1) * k]));
+    Ok(())
+}
+
+/// Many input rows (prefill): widens a slice of weight rows to f32 once (`widen(j, out)` writes
+/// row `j`) and lets candle's f32 GEMM reuse it across all inputs, so the weights are converted
+/// once per call instead of the activations being quantized and every block walked per row.
+fn widened_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs: &[f32],
+    dst: &mut [f32],
+    widen: impl Fn(usize, &mut [f32]) + Sync,
+) -> candle_core::Result<()> {
     let x = Tensor::from_slice(lhs, (m, k), &Device::Cpu)?;
     let rows = (1 << 18) / k.max(1) + 1;
     for j0 in (0..n).step_by(rows) {
         let j1 = (j0 + rows).min(n);
         let mut wide = vec![0f32; (j1 - j0) * k];
-        wide.par_chunks_mut(k).zip(w[j0 * k..j1 * k].par_chunks(k)).for_each(|(o, i)| {
-            o.iter_mut().zip(i).for_each(|(o, i)| *o = i.to_f32());
-        });
+        wide.par_chunks_mut(k).enumerate().for_each(|(i, out)| widen(j0 + i, out));
         let y = x.matmul(&Tensor::from_vec(wide, (j1 - j0, k), &Device::Cpu)?.t()?)?;
         for (r, vals) in y.to_vec2::<f32>()?.into_iter().enumerate() {
             dst[r * n + j0..r * n + j1].copy_from_slice(&vals);
@@ -222,7 +244,7 @@ mod tests {
             let (lhs, wf) = (random(&mut rng, m * k, 8.0), random(&mut rng, n * k, 0.2));
             let w = quantized(&wf);
             let mut dst = vec![0f32; m * n];
-            matmul_q8_0(m, k, &lhs, &w, &mut dst);
+            matmul_q8_0(m, k, &lhs, &w, &mut dst).unwrap();
             let mut candle = vec![0f32; m * n];
             let mut wb = vec![BlockQ8_0::zeros(); n * k / 32];
             BlockQ8_0::from_float(&wf, &mut wb);
@@ -244,6 +266,30 @@ mod tests {
                     close(dot_q8_0_scalar(row, &x), exact, scale);
                     close(candle[r * n + j], exact, scale);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_prefill_equals_the_dequantized_f64_product() {
+        let mut rng = Rng::new(5);
+        let (m, k, n) = (9, 96, 70);
+        let (lhs, wf) = (random(&mut rng, m * k, 8.0), random(&mut rng, n * k, 0.2));
+        let w = quantized(&wf);
+        let mut dst = vec![0f32; m * n];
+        matmul_q8_0(m, k, &lhs, &w, &mut dst).unwrap();
+        for r in 0..m {
+            for j in 0..n {
+                let (mut exact, mut scale) = (0f64, 0f64);
+                for (b, block) in w[j * k / 32..(j + 1) * k / 32].iter().enumerate() {
+                    let d = f16::from_bits(block.d).to_f64();
+                    for (i, &q) in block.qs.iter().enumerate() {
+                        let p = d * q as f64 * lhs[r * k + b * 32 + i] as f64;
+                        exact += p;
+                        scale += p.abs();
+                    }
+                }
+                close(dst[r * n + j], exact, scale);
             }
         }
     }
