@@ -1,6 +1,6 @@
 //! Linear layers whose weights stay small: dense in the compute dtype, or held compactly in a
 //! ggml block format (q8_0, q4_k, q4_0, q6_k, bf16, f16). Compact weights are multiplied by
-//! chatvec's kernels where candle's are slow (q8_0 decode, bf16: see `kernels.rs`) and by candle's
+//! chatvec's kernels where candle's are slow (q8_0 and bf16: see `kernels.rs`) and by candle's
 //! quantized kernels otherwise.
 
 use std::borrow::Cow;
