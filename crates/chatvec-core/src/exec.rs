@@ -18,6 +18,7 @@ use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::dtype::{chat_vector_bytes, count_nonfinite, count_nonfinite_bytes, decode, encode};
 use crate::kernel::{chat_vector, feature_porter, PorterParams, PorterRange};
 use crate::plan::{entry, Action, Override, Plan, PlannedTensor, Src, Term};
+use crate::reader::TensorReader;
 use crate::writer::{TensorSink, WRITER_BLOCKS};
 use crate::{DType, Error, Result};
 
@@ -250,41 +251,23 @@ impl Tally {
     }
 }
 
-/// A source tensor ready to read: its checkpoint, entry and dtype.
+/// A source tensor of the run: its reader and which model it comes from (for messages).
 struct Input<'a> {
-    ckpt: &'a Checkpoint,
-    entry: &'a TensorEntry,
-    dtype: DType,
+    reader: TensorReader<'a>,
     model: usize,
 }
 
 impl<'a> Input<'a> {
     fn new(models: &'a [Checkpoint], src: &Src) -> Self {
-        let entry = entry(models, src);
-        Input {
-            ckpt: &models[src.model],
-            entry,
-            dtype: entry.dtype.expect("plan only combines floats"),
-            model: src.model,
-        }
+        let reader = TensorReader::new(&models[src.model], entry(models, src)).expect("plan only combines floats");
+        Input { reader, model: src.model }
     }
-    fn read(&self, range: std::ops::Range<usize>, out: &mut [f64]) {
-        let s = self.dtype.size();
-        decode(self.dtype, self.ckpt.bytes(self.entry, range.start * s..range.end * s), out);
-    }
-    /// The bytes of elements `range`.
-    fn bytes(&self, range: std::ops::Range<usize>) -> &'a [u8] {
-        let s = self.dtype.size();
-        self.ckpt.bytes(self.entry, range.start * s..range.end * s)
-    }
-    fn release(&self, range: std::ops::Range<usize>) -> usize {
-        let s = self.dtype.size();
-        self.ckpt.release(self.entry, range.start * s..range.end * s);
-        range.len() * s
-    }
-    fn prefetch(&self, range: std::ops::Range<usize>) {
-        let s = self.dtype.size();
-        self.ckpt.prefetch(self.entry, range.start * s..range.end * s);
+}
+
+impl<'a> std::ops::Deref for Input<'a> {
+    type Target = TensorReader<'a>;
+    fn deref(&self) -> &TensorReader<'a> {
+        &self.reader
     }
 }
 
@@ -438,7 +421,7 @@ impl<'a> Combine<'a> {
     ) {
         let (target, term) = (self.target.as_ref().expect("single_vector"), &self.terms[0]);
         let base_input = term.base.as_ref().expect("single_vector");
-        let (t, c, b) = (target.bytes(r.clone()), term.chat.bytes(r.clone()), base_input.bytes(r.clone()));
+        let (t, c, b) = (target.raw(r.clone()), term.chat.raw(r.clone()), base_input.raw(r.clone()));
         let w = self.out.size();
         let bytes = (r.start - base) * w..(r.end - base) * w;
         for (k, (ratios, chunk)) in self.ratios.iter().zip(chunks.iter_mut()).enumerate() {
@@ -603,20 +586,19 @@ fn porter_range(target: &Option<Input>, terms: &[TermInputs], covered: usize) ->
 
 /// L2 norm of every row of a 2-D tensor, streamed (for special-token row detection).
 pub fn row_norms(ckpt: &Checkpoint, e: &TensorEntry) -> Result<Vec<f64>> {
-    let dtype = e.dtype.ok_or_else(|| Error::tensor(&e.name, "not a float tensor"))?;
+    let reader = TensorReader::new(ckpt, e).ok_or_else(|| Error::tensor(&e.name, "not a float tensor"))?;
     let rows = e.shape.first().copied().unwrap_or(1);
     let cols: usize = e.shape.iter().skip(1).product();
-    let s = dtype.size();
     let norms = (0..rows)
         .into_par_iter()
         .map_init(
             || vec![0f64; cols],
             |buf, r| {
-                decode(dtype, ckpt.bytes(e, r * cols * s..(r + 1) * cols * s), buf);
+                reader.read(r * cols..(r + 1) * cols, buf);
                 buf.iter().map(|x| x * x).sum::<f64>().sqrt()
             },
         )
         .collect();
-    ckpt.release(e, 0..e.byte_len());
+    reader.release(0..rows * cols);
     Ok(norms)
 }

@@ -30,9 +30,14 @@ impl<'a> TensorReader<'a> {
         elems.start * size..elems.end * size
     }
 
+    /// The stored bytes of elements `elems`.
+    pub fn raw(&self, elems: Range<usize>) -> &'a [u8] {
+        self.ckpt.bytes(self.entry, self.bytes(&elems))
+    }
+
     /// Decodes elements `elems` into `out` (of the same length).
     pub fn read(&self, elems: Range<usize>, out: &mut [f64]) {
-        decode(self.dtype, self.ckpt.bytes(self.entry, self.bytes(&elems)), out);
+        decode(self.dtype, self.raw(elems), out);
     }
 
     /// Drops the pages of elements `elems` from this process's memory; returns their bytes.
