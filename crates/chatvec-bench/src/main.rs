@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use chatvec_bench::synth::{write_random_model, LlamaShape};
+use chatvec_core::writer::{ChunkedWrite, WRITE_CHUNK};
 use chatvec_core::DType;
 use clap::Parser;
 
@@ -148,7 +149,8 @@ fn timed(cmd: &mut Command) -> Result<(f64, u64)> {
 
 /// The disk floor: every weight file of the three inputs read once, one thread per model so the
 /// disk has as many reads in flight as the merge gives it, and a file as large as the target's
-/// weights written (its bytes copied) with 16 MiB sequential I/O, then synced.
+/// weights written (its bytes copied) with 16 MiB sequential reads and chatvec's write calls
+/// ([`WRITE_CHUNK`]), then synced.
 fn disk_floor(models: &[PathBuf; 3], out: &Path) -> Result<f64> {
     std::fs::create_dir_all(out)?;
     let start = Instant::now();
@@ -172,7 +174,7 @@ fn disk_floor(models: &[PathBuf; 3], out: &Path) -> Result<f64> {
 /// Reads every safetensors file of `model` once; copies the bytes to `sink` when given.
 fn read_model(model: &Path, sink: Option<&Path>) -> Result<()> {
     let mut buf = vec![0u8; 16 << 20];
-    let mut out = sink.map(File::create).transpose()?;
+    let mut out = sink.map(File::create).transpose()?.map(ChunkedWrite);
     let mut files: Vec<_> = std::fs::read_dir(model)?.flatten().map(|e| e.path()).collect();
     files.sort();
     for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")) {
@@ -188,12 +190,13 @@ fn read_model(model: &Path, sink: Option<&Path>) -> Result<()> {
         }
     }
     if let Some(o) = out {
-        o.sync_all()?;
+        o.0.sync_all()?;
     }
     Ok(())
 }
 
-/// The write-only floor: `bytes` from memory into one file with 16 MiB writes, then synced.
+/// The write-only floor: `bytes` from a 16 MiB buffer into one file with chatvec's write calls
+/// ([`WRITE_CHUNK`]: the fastest size on the bench machine), then synced.
 fn write_floor(bytes: u64, out: &Path) -> Result<f64> {
     let buf: Vec<u8> = (0..16usize << 20).map(|i| (i * 31 % 251) as u8).collect();
     let start = Instant::now();
@@ -484,14 +487,14 @@ fn export_floor(model: &Path, out: &Path, out_bytes: u64) -> Result<f64> {
 
 /// Writes `bytes` bytes into a new file `out` in `buf`-sized writes, then syncs it.
 fn write_synced(out: &Path, bytes: u64, buf: &[u8]) -> Result<()> {
-    let mut f = File::create(out)?;
+    let mut f = ChunkedWrite(File::create(out)?);
     let mut left = bytes;
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
         f.write_all(&buf[..n])?;
         left -= n as u64;
     }
-    f.sync_all()?;
+    f.0.sync_all()?;
     Ok(())
 }
 

@@ -5,13 +5,14 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use chatvec_core::writer::{ChunkedWrite, WRITE_CHUNK};
 use chatvec_core::{Error, Result};
 
 /// A GGUF file being written.
 pub struct GgufFile {
     final_path: PathBuf,
     tmp_path: PathBuf,
-    out: Option<BufWriter<File>>,
+    out: Option<BufWriter<ChunkedWrite<File>>>,
 }
 
 impl GgufFile {
@@ -43,7 +44,7 @@ impl GgufFile {
         }
         let tmp_path = parent.join(format!(".{}.chatvec-tmp-{}", name.to_string_lossy(), std::process::id()));
         let file = File::create(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
-        Ok(GgufFile { final_path: path.to_path_buf(), tmp_path, out: Some(BufWriter::with_capacity(8 << 20, file)) })
+        Ok(GgufFile { final_path: path.to_path_buf(), tmp_path, out: Some(BufWriter::with_capacity(WRITE_CHUNK, ChunkedWrite(file))) })
     }
 
     /// The writer.
@@ -54,7 +55,7 @@ impl GgufFile {
     /// Flushes, syncs and renames the file into place.
     pub fn commit(mut self) -> Result<()> {
         let out = self.out.take().expect("open until commit");
-        let file = out.into_inner().map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
+        let ChunkedWrite(file) = out.into_inner().map_err(|e| Error::io(&self.tmp_path, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&self.tmp_path, e))?;
         std::fs::rename(&self.tmp_path, &self.final_path).map_err(|e| Error::io(&self.final_path, e))
     }
