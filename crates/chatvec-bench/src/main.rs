@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use chatvec_bench::synth::{write_random_model, LlamaShape};
-use chatvec_core::writer::{ChunkedWrite, WRITE_CHUNK};
+use chatvec_core::writer::{plan_shards, ChunkedWrite, ShardWriter, TensorSpec};
 use chatvec_core::DType;
 use clap::Parser;
 
@@ -81,6 +81,10 @@ struct MergeBench {
     /// Ratios of the one-pass merge, timed against as many separate merges (warm only).
     #[arg(long, value_delimiter = ',', default_value = "0.3,0.5,0.7,1.0")]
     ratios: Vec<f64>,
+    /// Measure everything this many times, interleaved, and report each figure's median (the
+    /// machine's page-cache writes vary by 2× from one minute to the next).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Cold cache only (for inputs larger than the RAM, which cannot be warm).
     #[arg(long)]
     cold_only: bool,
@@ -150,7 +154,7 @@ fn timed(cmd: &mut Command) -> Result<(f64, u64)> {
 /// The disk floor: every weight file of the three inputs read once, one thread per model so the
 /// disk has as many reads in flight as the merge gives it, and a file as large as the target's
 /// weights written (its bytes copied) with 16 MiB sequential reads and chatvec's write calls
-/// ([`WRITE_CHUNK`]), then synced.
+/// ([`chatvec_core::writer::WRITE_CHUNK`]), then synced.
 fn disk_floor(models: &[PathBuf; 3], out: &Path) -> Result<f64> {
     std::fs::create_dir_all(out)?;
     let start = Instant::now();
@@ -195,14 +199,30 @@ fn read_model(model: &Path, sink: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The write-only floor: `bytes` from a 16 MiB buffer into one file with chatvec's write calls
-/// ([`WRITE_CHUNK`]: the fastest size on the bench machine), then synced.
+/// The write-only floor: `bytes` written the way a merge writes its output (core's
+/// [`ShardWriter`]: a writer thread, 16 MiB blocks, the same write calls and sync), with nothing
+/// computed or read.
 fn write_floor(bytes: u64, out: &Path) -> Result<f64> {
-    let buf: Vec<u8> = (0..16usize << 20).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::create_dir_all(out)?;
+    let spec = TensorSpec {
+        name: "floor".into(),
+        dtype: "U8".into(),
+        shape: vec![bytes as usize],
+        bytes: bytes as usize,
+        index: 0,
+    };
+    let shards = plan_shards(vec![spec], u64::MAX, "floor");
     let start = Instant::now();
-    write_synced(out, bytes, &buf)?;
+    let mut writer = ShardWriter::start(out, shards);
+    let mut left = bytes as usize;
+    while left > 0 {
+        let n = left.min(16 << 20);
+        writer.push(writer.buffer(n))?;
+        left -= n;
+    }
+    writer.finish()?;
     let t = start.elapsed().as_secs_f64();
-    std::fs::remove_file(out)?;
+    std::fs::remove_dir_all(out)?;
     Ok(t)
 }
 
@@ -326,10 +346,15 @@ impl MergeBench {
             if self.prepare_only {
                 continue;
             }
-            let rows = self.measure(&t)?;
+            let rounds = (0..self.rounds.max(1)).map(|_| self.measure(&t)).collect::<Result<Vec<_>>>()?;
+            let rows = median_rows(rounds);
             let layers = LlamaShape::llama32_1b().layers * scale;
             print_table(
-                &format!("1B ×{scale} ({layers} layers), {:.2} GB per model", dir_bytes(&t.target) as f64 / 1e9),
+                &format!(
+                    "1B ×{scale} ({layers} layers), {:.2} GB per model, median of {} round(s)",
+                    dir_bytes(&t.target) as f64 / 1e9,
+                    self.rounds.max(1)
+                ),
                 &rows,
             );
         }
@@ -347,7 +372,7 @@ impl MergeBench {
         t.set_cache(Cache::Cold)?;
         let floor = disk_floor(&t.models(), &floor_out)?;
         std::fs::remove_dir_all(&floor_out)?;
-        let write = write_floor(dir_bytes(&t.target), &t.root.join("write-floor.bin"))?;
+        let write = write_floor(dir_bytes(&t.target), &t.root.join("write-floor"))?;
         rows.push(Row {
             name: "disk floor: read 3 inputs + write 1 output (cold) / write only (warm)".into(),
             cold: Some(floor),
@@ -438,6 +463,32 @@ impl MergeBench {
         }
         Ok(rows)
     }
+}
+
+/// One row per name with the median of each figure over the rounds (peak RSS: the largest).
+fn median_rows(rounds: Vec<Vec<Row>>) -> Vec<Row> {
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| {
+            if v.len() % 2 == 1 {
+                v[v.len() / 2]
+            } else {
+                (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+            }
+        })
+    };
+    let first = rounds.first().map(|r| r.len()).unwrap_or(0);
+    (0..first)
+        .map(|i| {
+            let cells: Vec<&Row> = rounds.iter().map(|r| &r[i]).collect();
+            Row {
+                name: cells[0].name.clone(),
+                cold: median(cells.iter().filter_map(|c| c.cold).collect()),
+                warm: median(cells.iter().filter_map(|c| c.warm).collect()),
+                rss: cells.iter().filter_map(|c| c.rss).max(),
+            }
+        })
+        .collect()
 }
 
 fn print_table(title: &str, rows: &[Row]) {

@@ -44,7 +44,11 @@ impl GgufFile {
         }
         let tmp_path = parent.join(format!(".{}.chatvec-tmp-{}", name.to_string_lossy(), std::process::id()));
         let file = File::create(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
-        Ok(GgufFile { final_path: path.to_path_buf(), tmp_path, out: Some(BufWriter::with_capacity(WRITE_CHUNK, ChunkedWrite(file))) })
+        Ok(GgufFile {
+            final_path: path.to_path_buf(),
+            tmp_path,
+            out: Some(BufWriter::with_capacity(WRITE_CHUNK, ChunkedWrite(file))),
+        })
     }
 
     /// The writer.
