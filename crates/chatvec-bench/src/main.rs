@@ -199,9 +199,8 @@ fn read_model(model: &Path, sink: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The write-only floor: `bytes` written the way a merge writes its output (core's
-/// [`ShardWriter`]: a writer thread, 16 MiB blocks, the same write calls and sync), with nothing
-/// computed or read.
+/// The write-only floor: `bytes` from memory into one shard with core's [`ShardWriter`] (the
+/// merge's write calls, writeback and sync), in 16 MiB blocks, nothing computed or read.
 fn write_floor(bytes: u64, out: &Path) -> Result<f64> {
     std::fs::create_dir_all(out)?;
     let spec = TensorSpec {
@@ -213,7 +212,7 @@ fn write_floor(bytes: u64, out: &Path) -> Result<f64> {
     };
     let shards = plan_shards(vec![spec], u64::MAX, "floor");
     let start = Instant::now();
-    let mut writer = ShardWriter::start(out, shards);
+    let mut writer = ShardWriter::start(out, shards)?;
     let mut left = bytes as usize;
     while left > 0 {
         let n = left.min(16 << 20);

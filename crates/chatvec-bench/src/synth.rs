@@ -101,7 +101,7 @@ pub fn write_random_model(dir: &Path, shape: &LlamaShape, dtype: DType, seed: u6
         })
         .collect();
     let shards = plan_shards(specs, shard_size, "model");
-    let mut writer = ShardWriter::start(dir, shards.clone());
+    let mut writer = ShardWriter::start(dir, shards.clone())?;
     let mut rng = Rng::new(seed);
     let block = 1 << 20;
     let mut vals = vec![0f64; block];

@@ -19,7 +19,8 @@ use crate::dtype::{chat_vector_bytes, count_nonfinite, count_nonfinite_bytes, de
 use crate::kernel::{chat_vector, feature_porter, PorterParams, PorterRange};
 use crate::plan::{entry, Action, Override, Plan, PlannedTensor, Src, Term};
 use crate::reader::TensorReader;
-use crate::writer::{TensorSink, WRITER_BLOCKS};
+use crate::writer::WRITE_CHUNK;
+use crate::writer::{TensorPlace, TensorSink};
 use crate::{DType, Error, Result};
 
 /// Output bytes per block handed to the writer.
@@ -33,13 +34,13 @@ pub const LANES: usize = 512;
 /// Blocks of each input mapped at once: the one being computed and the next, prefetched.
 pub const INPUT_BLOCKS: usize = 2;
 
-/// An upper bound of a run's memory in bytes, with `inputs` input models, `outputs` outputs and
-/// `threads` worker threads: each output's writer blocks, each input's mapped blocks, and each
-/// thread's f64 scratch.
+/// An upper bound of a run's memory in bytes, with `inputs` input models, `outputs` outputs
+/// written in place (see [`TensorSink::place`]) and `threads` worker threads: each input's mapped
+/// blocks, and each thread's f64 scratch and output pieces. (A sink that takes blocks instead
+/// adds one [`BLOCK_BYTES`] block per output, and what it holds itself.)
 pub fn peak_memory(inputs: usize, outputs: usize, threads: usize) -> u64 {
-    let writers = outputs * WRITER_BLOCKS * BLOCK_BYTES;
     let mapped = inputs * INPUT_BLOCKS * BLOCK_BYTES;
-    (writers + mapped + threads * Scratch::bytes(outputs)) as u64
+    (mapped + threads * (Scratch::bytes(outputs) + outputs * TASK_ELEMS * size_of::<f64>())) as u64
 }
 
 /// Progress of a run, reported in output bytes.
@@ -133,9 +134,15 @@ impl Run<'_> {
         for &i in self.order {
             let t = &self.plan.tensors[i];
             let tally = Tally::new(outputs.len());
-            match &t.action {
-                Action::Copy(src) => self.copy_tensor(src, outputs, &tally)?,
-                Action::Combine { .. } => self.combine_tensor(t, outputs, &tally)?,
+            let ratios: Vec<Vec<f64>> = outputs.iter().map(|o| o.ratios.clone()).collect();
+            let places: Option<Vec<TensorPlace>> = outputs.iter().map(|o| o.writer.place(i)).collect();
+            match (&t.action, places) {
+                (Action::Copy(src), Some(places)) => self.copy_placed(src, &places, &tally)?,
+                (Action::Combine { .. }, Some(places)) => {
+                    self.combine_tensor(t, &ratios, Sink::Placed(&places), &tally)?
+                }
+                (Action::Copy(src), None) => self.copy_tensor(src, outputs, &tally)?,
+                (Action::Combine { .. }, None) => self.combine_tensor(t, &ratios, Sink::Pushed(outputs), &tally)?,
             }
             self.check_nonfinite(t, outputs, tally)?;
         }
@@ -175,7 +182,20 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn copy_tensor(&self, src: &Src, outputs: &mut [Output], tally: &Tally) -> Result<()> {
+    /// Counts the NaN/Inf in the copied bytes of model `model`.
+    fn tally_copied(&self, dtype: Option<DType>, bytes: &[u8], model: usize, tally: &Tally) {
+        if let Some(d) = dtype {
+            let n = count_nonfinite_bytes(d, bytes) as u64;
+            if n > 0 {
+                tally.inputs.fetch_or(1 << model, Ordering::Relaxed);
+                tally.outputs.iter().for_each(|c| _ = c.fetch_add(n, Ordering::Relaxed));
+            }
+        }
+    }
+
+    /// [`Self::copy_tensor`] into outputs written in place: pieces of each block written from the
+    /// map in parallel.
+    fn copy_placed(&self, src: &Src, places: &[TensorPlace], tally: &Tally) -> Result<()> {
         let ckpt = &self.models[src.model];
         let e = entry(self.models, src);
         let mut off = 0;
@@ -185,13 +205,30 @@ impl Run<'_> {
             let end = (off + BLOCK_BYTES).min(e.byte_len());
             ckpt.prefetch(e, end..end + BLOCK_BYTES);
             let bytes = ckpt.bytes(e, off..end);
-            if let Some(d) = e.dtype {
-                let n = count_nonfinite_bytes(d, bytes) as u64;
-                if n > 0 {
-                    tally.inputs.fetch_or(1 << src.model, Ordering::Relaxed);
-                    tally.outputs.iter().for_each(|c| _ = c.fetch_add(n, Ordering::Relaxed));
-                }
-            }
+            self.tally_copied(e.dtype, bytes, src.model, tally);
+            bytes
+                .par_chunks(WRITE_CHUNK)
+                .enumerate()
+                .try_for_each(|(k, piece)| places.iter().try_for_each(|p| p.write_at(off + k * WRITE_CHUNK, piece)))?;
+            places.iter().for_each(|p| p.written(off..end));
+            ckpt.release(e, off..end);
+            self.stats.bytes_read.fetch_add((end - off) as u64, Ordering::Relaxed);
+            self.progress.advance(((end - off) * places.len()) as u64);
+            off = end;
+        }
+        Ok(())
+    }
+
+    fn copy_tensor(&self, src: &Src, outputs: &mut [Output], tally: &Tally) -> Result<()> {
+        let ckpt = &self.models[src.model];
+        let e = entry(self.models, src);
+        let mut off = 0;
+        ckpt.prefetch(e, 0..BLOCK_BYTES);
+        while off < e.byte_len() {
+            self.check()?;
+            let end = (off + BLOCK_BYTES).min(e.byte_len());
+            ckpt.prefetch(e, end..end + BLOCK_BYTES);
+            self.tally_copied(e.dtype, ckpt.bytes(e, off..end), src.model, tally);
             for o in outputs.iter_mut() {
                 // The writer writes from the map and releases the pages once written.
                 o.writer.push_mapped(ckpt.mapped(e, off..end))?;
@@ -203,8 +240,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn combine_tensor(&self, t: &PlannedTensor, outputs: &mut [Output], tally: &Tally) -> Result<()> {
-        let mut c = Combine::new(self.models, t, outputs);
+    /// Computes tensor `t` block by block into every output (`ratios`: per output, one ratio per
+    /// term).
+    fn combine_tensor(&self, t: &PlannedTensor, ratios: &[Vec<f64>], mut sink: Sink, tally: &Tally) -> Result<()> {
+        let mut c = Combine::new(self.models, t, ratios.to_vec());
         if let Some(p) = c.porter_params {
             self.check()?;
             c.porter = Some((p, porter_range(&c.target, &c.terms, c.covered)?));
@@ -218,20 +257,35 @@ impl Run<'_> {
             let end = (start + block_elems).min(numel);
             // Keep the disk busy with the next block while this one is computed.
             c.inputs().for_each(|i| i.prefetch(end..(end + block_elems).min(numel)));
-            let mut blocks: Vec<Vec<u8>> =
-                outputs.iter().map(|o| o.writer.buffer((end - start) * c.out.size())).collect();
-            c.block(start, &mut blocks, tally, self.stats);
+            let w = c.out.size();
+            match &mut sink {
+                Sink::Placed(places) => {
+                    c.block_placed(start..end, places, tally, self.stats)?;
+                    places.iter().for_each(|p| p.written(start * w..end * w));
+                }
+                Sink::Pushed(outputs) => {
+                    let mut blocks: Vec<Vec<u8>> = outputs.iter().map(|o| o.writer.buffer((end - start) * w)).collect();
+                    c.block(start, &mut blocks, tally, self.stats);
+                    for (o, block) in outputs.iter_mut().zip(blocks) {
+                        o.writer.push(block)?;
+                    }
+                }
+            }
             let read = c.release(start, end);
             self.stats.bytes_read.fetch_add(read as u64, Ordering::Relaxed);
-            for (o, block) in outputs.iter_mut().zip(blocks) {
-                let len = block.len() as u64;
-                o.writer.push(block)?;
-                self.progress.advance(len);
-            }
+            self.progress.advance(((end - start) * w * ratios.len()) as u64);
             start = end;
         }
         Ok(())
     }
+}
+
+/// Where a combined tensor's outputs go.
+enum Sink<'a, 'w> {
+    /// Written in place by the tasks that compute them.
+    Placed(&'a [TensorPlace<'a>]),
+    /// Pushed block by block to the outputs' sinks.
+    Pushed(&'a mut [Output<'w>]),
 }
 
 /// Bit of [`Tally::inputs`] for values the merge itself made non-finite.
@@ -324,7 +378,7 @@ impl Scratch {
 
 impl<'a> Combine<'a> {
     /// Planned tensor `t` (a [`Action::Combine`]) ready to compute into `outputs`.
-    fn new(models: &'a [Checkpoint], t: &'a PlannedTensor, outputs: &[Output]) -> Self {
+    fn new(models: &'a [Checkpoint], t: &'a PlannedTensor, ratios: Vec<Vec<f64>>) -> Self {
         let Action::Combine { target, terms, rows, porter, overrides } = &t.action else {
             unreachable!("only Combine tensors are combined")
         };
@@ -339,7 +393,7 @@ impl<'a> Combine<'a> {
             overrides: overrides.iter().map(|o| (o, Input::new(models, &o.src))).collect(),
             porter_params: *porter,
             porter: None,
-            ratios: outputs.iter().map(|o| o.ratios.clone()).collect(),
+            ratios,
             single_vector: false,
         };
         c.single_vector = c.target.is_some()
@@ -368,15 +422,50 @@ impl<'a> Combine<'a> {
             || Scratch::new(self.ratios.len()),
             |scratch, (k, mut chunks)| {
                 let s = start + k * TASK_ELEMS;
-                let mut lane = s;
-                let end = s + chunks[0].len() / self.out.size();
-                while lane < end {
-                    let e = (lane + LANES).min(end);
-                    self.combine_chunk(lane..e, s, scratch, &mut chunks, tally, stats);
-                    lane = e;
-                }
+                self.task(s..s + chunks[0].len() / self.out.size(), scratch, &mut chunks, tally, stats)
             },
         );
+    }
+
+    /// Computes elements `elems` in parallel tasks, each writing its piece of every output in
+    /// place as soon as it is computed (still in the CPU's cache).
+    fn block_placed(
+        &self,
+        elems: std::ops::Range<usize>,
+        places: &[TensorPlace],
+        tally: &Tally,
+        stats: &Stats,
+    ) -> Result<()> {
+        let w = self.out.size();
+        let ntasks = elems.len().div_ceil(TASK_ELEMS);
+        (0..ntasks).into_par_iter().try_for_each_init(
+            || (Scratch::new(places.len()), vec![vec![0u8; TASK_ELEMS * w]; places.len()]),
+            |(scratch, pieces), k| {
+                let s = elems.start + k * TASK_ELEMS;
+                let e = (s + TASK_ELEMS).min(elems.end);
+                let mut chunks: Vec<&mut [u8]> = pieces.iter_mut().map(|p| &mut p[..(e - s) * w]).collect();
+                self.task(s..e, scratch, &mut chunks, tally, stats);
+                places.iter().zip(&chunks).try_for_each(|(p, c)| p.write_at(s * w, c))
+            },
+        )
+    }
+
+    /// One task: elements `elems` through the kernel, lane by lane, into every output's chunk
+    /// (which starts at `elems.start`).
+    fn task(
+        &self,
+        elems: std::ops::Range<usize>,
+        scratch: &mut Scratch,
+        chunks: &mut [&mut [u8]],
+        tally: &Tally,
+        stats: &Stats,
+    ) {
+        let mut lane = elems.start;
+        while lane < elems.end {
+            let e = (lane + LANES).min(elems.end);
+            self.combine_chunk(lane..e, elems.start, scratch, chunks, tally, stats);
+            lane = e;
+        }
     }
 
     /// The kernel over elements `r` (at most [`LANES`]) into every output's chunk; `chunks`

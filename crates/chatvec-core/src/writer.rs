@@ -1,14 +1,15 @@
-//! Writing a model directory: sharded safetensors streamed block by block on a writer thread, into a
-//! hidden temporary directory beside the output that is renamed into place only when complete.
+//! Writing a model directory: sharded safetensors whose tensors are written in place, in pieces,
+//! from the threads that compute them, into a hidden temporary directory beside the output that is
+//! renamed into place only when complete.
 //!
 //! The safetensors crate's serializer wants every tensor as one contiguous buffer; an 8B model's
 //! embedding is 1 GB, so the header (a small JSON object) is written here and the data streamed.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use crate::checkpoint::MappedBytes;
 use crate::{Error, Result};
@@ -221,9 +222,6 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 /// elsewhere: 12 k system calls for 3 GB.
 pub const WRITE_CHUNK: usize = 256 << 10;
 
-/// Bytes written between two [`start_writeback`] calls.
-const WRITEBACK_BYTES: u64 = 64 << 20;
-
 /// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk, without waiting,
 /// so the final sync finds most pages clean and the disk works while later blocks are computed.
 #[cfg(target_os = "linux")]
@@ -249,13 +247,6 @@ impl<W: Write> Write for ChunkedWrite<W> {
     }
 }
 
-enum Msg {
-    /// A computed block, returned for reuse once written.
-    Data(Vec<u8>),
-    /// Bytes of an input, written from its map.
-    Mapped(MappedBytes),
-}
-
 /// Where a run's output tensor data goes: the safetensors [`ShardWriter`], or another format's
 /// writer (GGUF). Blocks arrive in the order the run was given, each belonging to one tensor, in
 /// the tensor's planned dtype; a tensor's blocks together are exactly its bytes.
@@ -272,6 +263,132 @@ pub trait TensorSink {
         block.copy_from_slice(&bytes);
         self.push(block)
     }
+    /// Where the tensor the run lists as `index` is stored, when this sink takes its bytes at any
+    /// position and from any thread (then the run writes small pieces as they are computed,
+    /// while they are still in the CPU's cache, instead of pushing blocks in order).
+    fn place(&self, _index: usize) -> Option<TensorPlace<'_>> {
+        None
+    }
+}
+
+/// The bytes of one output tensor in its shard file, written at any position from any thread.
+#[derive(Clone, Copy)]
+pub struct TensorPlace<'a> {
+    file: &'a ShardFile,
+    /// The tensor's offset in the file.
+    offset: u64,
+    /// Its size in bytes.
+    len: usize,
+    name: &'a str,
+}
+
+impl TensorPlace<'_> {
+    /// Writes `bytes` at byte `at` of the tensor.
+    pub fn write_at(&self, at: usize, bytes: &[u8]) -> Result<()> {
+        if at + bytes.len() > self.len {
+            return Err(Error::tensor(self.name, "more data than its shape holds (internal error)"));
+        }
+        let mut pos = self.offset + at as u64;
+        for piece in bytes.chunks(WRITE_CHUNK) {
+            self.file
+                .file
+                .write_all_at(piece, pos)
+                .map_err(|e| Error::msg(format!("{}: writing tensor {}: {e}", self.file.path.display(), self.name)))?;
+            pos += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Says that bytes `range` of the tensor are written: the kernel starts writing them to disk.
+    pub fn written(&self, range: std::ops::Range<usize>) {
+        start_writeback(&self.file.file, self.offset + range.start as u64, range.len() as u64);
+    }
+}
+
+/// One shard file being written.
+struct ShardFile {
+    path: PathBuf,
+    file: File,
+}
+
+/// A tensor's place in the layout: its shard, offset and size.
+struct Slot {
+    shard: usize,
+    offset: u64,
+    len: usize,
+    name: String,
+}
+
+/// Writes tensor data into the shard files of a layout. A run writes each tensor at its
+/// [`place`](TensorSink::place) from its worker threads; [`push`](Self::push) writes blocks in
+/// layout order instead (for writers that produce tensors one after another).
+pub struct ShardWriter {
+    files: Vec<ShardFile>,
+    /// By the tensors' `index`.
+    slots: HashMap<usize, Slot>,
+    /// Layout order of the slots, and where the next pushed block goes.
+    order: Vec<usize>,
+    cursor: (usize, usize),
+    total: u64,
+}
+
+impl ShardWriter {
+    /// Creates the shard files of `shards` in `dir`, each with its header.
+    pub fn start(dir: &Path, shards: Vec<Shard>) -> Result<Self> {
+        let (mut files, mut slots, mut order, mut total) = (vec![], HashMap::new(), vec![], 0u64);
+        for (k, shard) in shards.iter().enumerate() {
+            let path = dir.join(&shard.file);
+            let mut file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+            let header = shard_header(shard);
+            file.write_all(&header).map_err(|e| Error::io(&path, e))?;
+            let mut offset = header.len() as u64;
+            for t in &shard.tensors {
+                if slots.insert(t.index, Slot { shard: k, offset, len: t.bytes, name: t.name.clone() }).is_some() {
+                    return Err(Error::tensor(&t.name, "listed twice in the layout (internal error)"));
+                }
+                order.push(t.index);
+                offset += t.bytes as u64;
+            }
+            total += offset;
+            files.push(ShardFile { path, file });
+        }
+        Ok(ShardWriter { files, slots, order, cursor: (0, 0), total })
+    }
+
+    /// A buffer for the next pushed block.
+    pub fn buffer(&self, len: usize) -> Vec<u8> {
+        vec![0; len]
+    }
+
+    /// Writes a block of the next tensor data in layout order.
+    pub fn push(&mut self, block: Vec<u8>) -> Result<()> {
+        self.push_bytes(&block)
+    }
+
+    fn push_bytes(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let (i, at) = self.cursor;
+            let index =
+                *self.order.get(i).ok_or_else(|| Error::msg("more data than the layout holds (internal error)"))?;
+            let place = self.place(index).expect("every listed tensor has a slot");
+            let n = bytes.len().min(place.len - at);
+            place.write_at(at, &bytes[..n])?;
+            place.written(at..at + n);
+            self.cursor = if at + n == place.len { (i + 1, 0) } else { (i, at + n) };
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Syncs every shard to disk; returns the bytes of the shards (headers included).
+    pub fn finish(self) -> Result<u64> {
+        // On disk before the directory is renamed into place: a crash never leaves an output that
+        // looks complete. Most pages were written back while later tensors were computed.
+        for f in &self.files {
+            f.file.sync_data().map_err(|e| Error::io(&f.path, e))?;
+        }
+        Ok(self.total)
+    }
 }
 
 impl TensorSink for ShardWriter {
@@ -282,128 +399,12 @@ impl TensorSink for ShardWriter {
         ShardWriter::push(self, block)
     }
     fn push_mapped(&mut self, bytes: MappedBytes) -> Result<()> {
-        self.send(Msg::Mapped(bytes))
+        self.push_bytes(&bytes)
     }
-}
-
-/// Blocks queued to a [`ShardWriter`]'s thread; `push` waits while they are all taken.
-pub(crate) const QUEUED_BLOCKS: usize = 2;
-
-/// The most blocks a [`ShardWriter`] holds at once: the queued ones, one being written, one
-/// being filled by the caller and one written block waiting for reuse.
-pub(crate) const WRITER_BLOCKS: usize = QUEUED_BLOCKS + 3;
-
-/// Streams tensor data into the shards of a layout on a background thread, so computing the next
-/// block overlaps writing the last. Blocks must arrive in layout order; each block belongs to one
-/// tensor.
-pub struct ShardWriter {
-    tx: Option<mpsc::SyncSender<Msg>>,
-    recycled: mpsc::Receiver<Vec<u8>>,
-    handle: Option<JoinHandle<Result<u64>>>,
-}
-
-impl ShardWriter {
-    /// Starts writing `shards` into `dir`.
-    pub fn start(dir: &Path, shards: Vec<Shard>) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUED_BLOCKS);
-        let (back_tx, back_rx) = mpsc::channel();
-        let dir = dir.to_path_buf();
-        let handle = std::thread::spawn(move || write_loop(&dir, shards, rx, back_tx));
-        ShardWriter { tx: Some(tx), recycled: back_rx, handle: Some(handle) }
+    fn place(&self, index: usize) -> Option<TensorPlace<'_>> {
+        let slot = self.slots.get(&index)?;
+        Some(TensorPlace { file: &self.files[slot.shard], offset: slot.offset, len: slot.len, name: &slot.name })
     }
-
-    /// A buffer for the next block (reused from written blocks when one is free).
-    pub fn buffer(&self, len: usize) -> Vec<u8> {
-        // A reused block keeps its old bytes (zeroing 16 MiB per block costs more than the
-        // kernel's arithmetic): the caller overwrites the whole block, as the sink's contract says.
-        let mut b = self.recycled.try_recv().unwrap_or_default();
-        b.resize(len, 0);
-        b
-    }
-
-    /// Queues a block of the current tensor's data; fails with the writer's error if it stopped.
-    pub fn push(&mut self, block: Vec<u8>) -> Result<()> {
-        self.send(Msg::Data(block))
-    }
-
-    fn send(&mut self, msg: Msg) -> Result<()> {
-        let sent = self.tx.as_ref().map(|tx| tx.send(msg).is_ok()).unwrap_or(false);
-        if !sent {
-            return Err(self.join_error());
-        }
-        Ok(())
-    }
-
-    fn join_error(&mut self) -> Error {
-        self.tx = None;
-        match self.handle.take().map(|h| h.join()) {
-            Some(Ok(Err(e))) => e,
-            Some(Err(_)) => Error::msg("the writer thread panicked"),
-            _ => Error::msg("the writer stopped early"),
-        }
-    }
-
-    /// Waits for every block to be written; returns the bytes written (headers included).
-    pub fn finish(mut self) -> Result<u64> {
-        self.tx = None;
-        match self.handle.take().map(|h| h.join()) {
-            Some(Ok(r)) => r,
-            _ => Err(Error::msg("the writer thread panicked")),
-        }
-    }
-}
-
-fn write_loop(dir: &Path, shards: Vec<Shard>, rx: mpsc::Receiver<Msg>, back: mpsc::Sender<Vec<u8>>) -> Result<u64> {
-    let mut written = 0u64;
-    let mut files = Vec::with_capacity(shards.len());
-    for shard in &shards {
-        let path = dir.join(&shard.file);
-        let mut f = ChunkedWrite(File::create(&path).map_err(|e| Error::io(&path, e))?);
-        let header = shard_header(shard);
-        f.write_all(&header).map_err(|e| Error::io(&path, e))?;
-        let mut at = header.len() as u64;
-        let mut synced = 0u64;
-        written += at;
-        for t in &shard.tensors {
-            let mut left = t.bytes;
-            while left > 0 {
-                let Ok(msg) = rx.recv() else {
-                    return Err(Error::msg(format!(
-                        "{}: stopped before tensor {} was complete",
-                        path.display(),
-                        t.name
-                    )));
-                };
-                let bytes: &[u8] = match &msg {
-                    Msg::Data(block) => block,
-                    Msg::Mapped(bytes) => bytes,
-                };
-                if bytes.len() > left {
-                    return Err(Error::tensor(&t.name, "more data than its shape holds (internal error)"));
-                }
-                f.write_all(bytes)
-                    .map_err(|e| Error::msg(format!("{}: writing tensor {}: {e}", path.display(), t.name)))?;
-                left -= bytes.len();
-                written += bytes.len() as u64;
-                at += bytes.len() as u64;
-                if at - synced >= WRITEBACK_BYTES {
-                    start_writeback(&f.0, synced, at - synced);
-                    synced = at;
-                }
-                if let Msg::Data(block) = msg {
-                    let _ = back.send(block);
-                }
-            }
-        }
-        f.flush().map_err(|e| Error::io(&path, e))?;
-        files.push((path, f.0));
-    }
-    // On disk before the directory is renamed into place: a crash never leaves an output that
-    // looks complete. Most pages were written back while later shards were computed.
-    for (path, f) in files {
-        f.sync_data().map_err(|e| Error::io(&path, e))?;
-    }
-    Ok(written)
 }
 
 #[cfg(test)]
@@ -411,7 +412,42 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dtype: &str, n: usize) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype: dtype.into(), shape: vec![n], bytes: n * elem_size(dtype), index: 0 }
+        let index = name.bytes().map(usize::from).sum();
+        TensorSpec { name: name.into(), dtype: dtype.into(), shape: vec![n], bytes: n * elem_size(dtype), index }
+    }
+
+    #[test]
+    fn tensors_written_in_place_out_of_order_equal_pushed_ones() {
+        let tensors = vec![spec("a", "BF16", 3), spec("b", "F32", 5), spec("c", "BF16", 300_000)];
+        let shards = plan_shards(tensors.clone(), 30, "model");
+        let data = |t: &TensorSpec| -> Vec<u8> { (0..t.bytes).map(|i| (i * 7 + t.index) as u8).collect() };
+        let (pushed, placed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut w = ShardWriter::start(pushed.path(), shards.clone()).unwrap();
+        shards.iter().flat_map(|s| &s.tensors).for_each(|t| w.push(data(t)).unwrap());
+        w.finish().unwrap();
+        let w = ShardWriter::start(placed.path(), shards.clone()).unwrap();
+        // Backwards, in pieces that cross the write-call size, from several threads.
+        std::thread::scope(|scope| {
+            for t in tensors.iter().rev() {
+                let (place, bytes) = (w.place(t.index).unwrap(), data(t));
+                scope.spawn(move || {
+                    for (k, piece) in bytes.chunks(WRITE_CHUNK / 3 + 1).enumerate().rev() {
+                        place.write_at(k * (WRITE_CHUNK / 3 + 1), piece).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(w.place(9999).is_none());
+        let c = w.place(tensors[2].index).unwrap();
+        assert!(c.write_at(tensors[2].bytes - 1, &[0, 0]).unwrap_err().to_string().contains("more data"));
+        w.finish().unwrap();
+        for s in &shards {
+            let (a, b) = (
+                std::fs::read(pushed.path().join(&s.file)).unwrap(),
+                std::fs::read(placed.path().join(&s.file)).unwrap(),
+            );
+            assert!(a == b, "{} differs", s.file);
+        }
     }
 
     #[test]
@@ -422,7 +458,7 @@ mod tests {
         assert_eq!(shards.len(), 2);
         assert_eq!(shards[0].file, "model-00001-of-00002.safetensors");
         assert_eq!(shards[0].tensors[0].name, "b", "wider dtype first keeps alignment");
-        let mut w = ShardWriter::start(dir.path(), shards.clone());
+        let mut w = ShardWriter::start(dir.path(), shards.clone()).unwrap();
         for s in &shards {
             for t in &s.tensors {
                 let mut b = w.buffer(t.bytes);
