@@ -2,7 +2,8 @@
 //! template (carried over from the chat model when the target has none) and a generation config
 //! whose stop ids include the chat model's end-of-turn token.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -28,7 +29,94 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     serde_json::from_str(&text).map(Some).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
 }
 
-/// The chat template of the model in `dir`, if it has one.
+/// The key of `tokenizer_config.json` that holds the chat template.
+const TEMPLATE_KEY: &str = "chat_template";
+
+/// The template transformers renders when no name is asked for.
+const DEFAULT_TEMPLATE: &str = "default";
+
+/// The template transformers renders when tools are passed, if the model names one.
+const TOOL_USE_TEMPLATE: &str = "tool_use";
+
+impl ChatTemplate {
+    /// The file of the model directory `dir` the template is stored in.
+    pub fn file(&self, dir: &Path) -> PathBuf {
+        dir.join(match self {
+            ChatTemplate::JinjaFile(_) => "chat_template.jinja",
+            ChatTemplate::TokenizerConfig(_) => "tokenizer_config.json",
+        })
+    }
+
+    /// The templates by name, as transformers holds them after loading: a single template is
+    /// `default`; a list of `{"name", "template"}` (or an object of name → template) names each,
+    /// and of a repeated name the last wins. Errors name the file in `dir` and the key.
+    pub fn named(&self, dir: &Path) -> Result<BTreeMap<String, String>> {
+        let value = match self {
+            ChatTemplate::JinjaFile(text) => return Ok(BTreeMap::from([(DEFAULT_TEMPLATE.into(), text.clone())])),
+            ChatTemplate::TokenizerConfig(value) => value,
+        };
+        let bad = |key: String, what: &str| Error::format(self.file(dir), format!("`{key}` {what}"));
+        match value {
+            Value::String(text) => Ok(BTreeMap::from([(DEFAULT_TEMPLATE.into(), text.clone())])),
+            Value::Array(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    let field = |f: &str| entry.get(f).and_then(Value::as_str).map(str::to_string);
+                    field("name").zip(field("template")).ok_or_else(|| {
+                        bad(format!("{TEMPLATE_KEY}[{i}]"), "is not an object with string `name` and `template`")
+                    })
+                })
+                .collect(),
+            Value::Object(map) => map
+                .iter()
+                .map(|(name, text)| match text.as_str() {
+                    Some(t) => Ok((name.clone(), t.to_string())),
+                    None => {
+                        Err(bad(format!("{TEMPLATE_KEY}.{name}"), &format!("is {}, not a string", json_kind(text))))
+                    }
+                })
+                .collect(),
+            other => Err(bad(
+                TEMPLATE_KEY.into(),
+                &format!("is {}, not a string or a list of named templates", json_kind(other)),
+            )),
+        }
+    }
+
+    /// The template text transformers' `get_chat_template` picks: `tool_use` when tools are
+    /// passed and the model names one, otherwise `default`.
+    pub fn pick(&self, dir: &Path, with_tools: bool) -> Result<String> {
+        let mut named = self.named(dir)?;
+        if let Some(text) = with_tools.then(|| named.remove(TOOL_USE_TEMPLATE)).flatten() {
+            return Ok(text);
+        }
+        named.remove(DEFAULT_TEMPLATE).ok_or_else(|| {
+            let names: Vec<&String> = named.keys().collect();
+            Error::format(
+                self.file(dir),
+                format!("`{TEMPLATE_KEY}` lists templates {names:?} but none named `{DEFAULT_TEMPLATE}`"),
+            )
+        })
+    }
+}
+
+/// "a number", "an object"...: a JSON value's kind, for messages.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The chat template of the model in `dir`, if it has one, found as transformers finds it:
+/// `chat_template.jinja` wins over `chat_template` in `tokenizer_config.json` (a `null` there
+/// is none). The value is returned as stored, so a merge carries it over unchanged;
+/// [`ChatTemplate::named`] and [`ChatTemplate::pick`] check its shape.
 pub fn chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
@@ -36,7 +124,7 @@ pub fn chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
         return Ok(Some(ChatTemplate::JinjaFile(t)));
     }
     let tc = read_json(&dir.join("tokenizer_config.json"))?;
-    Ok(tc.and_then(|v| v.get("chat_template").cloned()).filter(|v| !v.is_null()).map(ChatTemplate::TokenizerConfig))
+    Ok(tc.and_then(|v| v.get(TEMPLATE_KEY).cloned()).filter(|v| !v.is_null()).map(ChatTemplate::TokenizerConfig))
 }
 
 /// Writes `template` into the model directory `out` the way the source model stored it.
@@ -49,7 +137,7 @@ pub fn install_chat_template(out: &Path, template: &ChatTemplate) -> Result<()> 
         }
         ChatTemplate::TokenizerConfig(v) => match read_json(&tc_path)? {
             Some(Value::Object(mut tc)) => {
-                tc.insert("chat_template".into(), v.clone());
+                tc.insert(TEMPLATE_KEY.into(), v.clone());
                 write_json(&tc_path, &Value::Object(tc))
             }
             _ => match v.as_str() {
@@ -150,6 +238,81 @@ pub fn write_generation_config(out: &Path, target: &ModelConfig, extra: &[u32]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A model directory with the template files of a case of `fixtures/stored-templates`.
+    fn model_dir(case: &Value) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(config) = case.get("tokenizer_config") {
+            std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        }
+        if let Some(Value::String(jinja)) = case.get("jinja") {
+            std::fs::write(dir.path().join("chat_template.jinja"), jinja).unwrap();
+        }
+        dir
+    }
+
+    /// The fixture's verdict, as chatvec reaches it: the template, `none`, or `refused`.
+    fn verdict(dir: &Path, with_tools: bool) -> Value {
+        match chat_template(dir).unwrap() {
+            None => serde_json::json!({"none": true}),
+            Some(t) => match t.pick(dir, with_tools) {
+                Ok(text) => serde_json::json!({"template": text}),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(e.starts_with(&t.file(dir).display().to_string()) && !e.contains('\n'), "{e}");
+                    serde_json::json!({"refused": true})
+                }
+            },
+        }
+    }
+
+    #[test]
+    fn the_stored_template_is_the_one_transformers_picks() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/stored-templates/cases.json");
+        let fixture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = fixture["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 13);
+        for case in cases {
+            let dir = model_dir(case);
+            for (key, with_tools) in [("without_tools", false), ("with_tools", true)] {
+                assert_eq!(verdict(dir.path(), with_tools), case[key], "{} {key}", case["name"]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_list_without_default_is_refused_naming_the_file_and_the_names() {
+        let dir = model_dir(&serde_json::json!({"tokenizer_config": {"chat_template": [
+            {"name": "tool_use", "template": "T"}, {"name": "rag", "template": "R"}]}}));
+        let err = chat_template(dir.path()).unwrap().unwrap().pick(dir.path(), false).unwrap_err().to_string();
+        let file = dir.path().join("tokenizer_config.json").display().to_string();
+        assert_eq!(
+            err,
+            format!("{file}: `chat_template` lists templates [\"rag\", \"tool_use\"] but none named `default`")
+        );
+    }
+
+    #[test]
+    fn a_template_of_the_wrong_shape_is_one_line_naming_file_and_key() {
+        let cases = [
+            (serde_json::json!(7), "`chat_template` is a number, not a string or a list of named templates"),
+            (serde_json::json!(true), "`chat_template` is a boolean, not a string or a list of named templates"),
+            (
+                serde_json::json!([{"name": "default"}]),
+                "`chat_template[0]` is not an object with string `name` and `template`",
+            ),
+            (serde_json::json!(["x"]), "`chat_template[0]` is not an object with string `name` and `template`"),
+            (serde_json::json!({"default": ["x"]}), "`chat_template.default` is a list, not a string"),
+        ];
+        for (value, message) in cases {
+            let dir = model_dir(&serde_json::json!({"tokenizer_config": {"chat_template": value}}));
+            let stored = chat_template(dir.path()).unwrap().unwrap();
+            let file = dir.path().join("tokenizer_config.json").display().to_string();
+            for with_tools in [false, true] {
+                assert_eq!(stored.pick(dir.path(), with_tools).unwrap_err().to_string(), format!("{file}: {message}"));
+            }
+        }
+    }
 
     #[test]
     fn a_failed_copy_names_the_output_file_not_the_input() {

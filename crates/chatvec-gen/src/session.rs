@@ -144,14 +144,7 @@ fn find_template(
         Err(e) => return Err(e),
     };
     if let Some(other) = fallback {
-        let other_tok = TokenizerConfig::load(other)?;
-        let text = match other.join("chat_template.jinja") {
-            jinja if jinja.is_file() => Some(std::fs::read_to_string(&jinja).map_err(|e| GenError::io(&jinja, e))?),
-            _ => other_tok.chat_template()?,
-        };
-        if let Some(text) = text {
-            let source = crate::template::TemplateSource::TokenizerConfig(other.to_path_buf());
-            let t = ChatTemplate::compile(text, tok, source)?;
+        if let Some(t) = ChatTemplate::stored(other, tok)? {
             return Ok(Ok((t, format!("{} (the model has none)", other.display()))));
         }
     }

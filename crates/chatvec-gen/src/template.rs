@@ -8,6 +8,8 @@ use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
 use serde::{Deserialize, Serialize};
 
+use chatvec_core::modelfiles::{self, ChatTemplate as StoredTemplate};
+
 use crate::error::{GenError, Result};
 use crate::tokenizer::TokenizerConfig;
 
@@ -42,9 +44,14 @@ pub struct ChatTemplate {
     special_tokens: Vec<(String, String)>,
     source: TemplateSource,
     tools: Value,
+    /// Whether the model names a `tool_use` template, which renders when tools are passed.
+    has_tool_use: bool,
 }
 
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// The name transformers gives the template it renders when tools are passed.
+const TOOL_USE_TEMPLATE_NAME: &str = "tool_use";
 
 /// Steps a render may take: real templates need a few thousand per message; a loop that never
 /// ends stops within a second.
@@ -59,27 +66,41 @@ const RENDER_STACK_BYTES: usize = 1 << 30;
 pub const MAX_RENDERED_BYTES: usize = 16 << 20;
 
 impl ChatTemplate {
-    /// Finds the template of the model in `dir`: `chat_template.jinja`, then `chat_template` in
-    /// `tokenizer_config.json` (a string, or a list of named templates of which `default` is
-    /// used). `override_file` wins over both.
+    /// Finds the template of the model in `dir` as transformers does (chatvec-core's
+    /// [`modelfiles::chat_template`]). `override_file` wins over it.
     pub fn for_model(dir: &Path, tokenizer: &TokenizerConfig, override_file: Option<&Path>) -> Result<Self> {
         if let Some(file) = override_file {
             return Self::from_file(file, tokenizer);
         }
-        let jinja = dir.join("chat_template.jinja");
-        if jinja.is_file() {
-            return Self::from_file(&jinja, tokenizer);
+        Self::stored(dir, tokenizer)?.ok_or_else(|| {
+            GenError::NoChatTemplate(format!(
+                "{} has no chat template (no chat_template.jinja, no `chat_template` in \
+                 tokenizer_config.json); pass --chat-template FILE, or merge with chatvec, which \
+                 carries the chat model's template over",
+                dir.display()
+            ))
+        })
+    }
+
+    /// The template the model in `dir` stores, compiled with the special tokens of `tokenizer`
+    /// (another model's when the template is lent to it); `None` when it stores none. Of a list
+    /// of named templates, `default` renders, and `tool_use` (if named) when tools are passed.
+    pub fn stored(dir: &Path, tokenizer: &TokenizerConfig) -> Result<Option<Self>> {
+        let stored_error = |e: chatvec_core::Error| GenError::Template(e.to_string());
+        let Some(stored) = modelfiles::chat_template(dir).map_err(stored_error)? else {
+            return Ok(None);
+        };
+        let source = match stored {
+            StoredTemplate::JinjaFile(_) => TemplateSource::File(stored.file(dir)),
+            StoredTemplate::TokenizerConfig(_) => TemplateSource::TokenizerConfig(stored.file(dir)),
+        };
+        let default = stored.pick(dir, false).map_err(stored_error)?;
+        let tool_use = stored.pick(dir, true).map_err(stored_error)?;
+        let mut template = Self::compile(default.clone(), tokenizer, source)?;
+        if tool_use != default {
+            template.add(TOOL_USE_TEMPLATE_NAME, &tool_use)?;
         }
-        if let Some(text) = tokenizer.chat_template()? {
-            let source = TemplateSource::TokenizerConfig(dir.join("tokenizer_config.json"));
-            return Self::compile(text, tokenizer, source);
-        }
-        Err(GenError::NoChatTemplate(format!(
-            "{} has no chat template (no chat_template.jinja, no `chat_template` in \
-             tokenizer_config.json); pass --chat-template FILE, or merge with chatvec, which \
-             carries the chat model's template over",
-            dir.display()
-        )))
+        Ok(Some(template))
     }
 
     /// Reads a template from a `.jinja` file.
@@ -102,9 +123,19 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.set_fuel(Some(TEMPLATE_FUEL));
-        env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(&text))
-            .map_err(|e| GenError::Template(format!("{}: {}", source_name(&source), one_line(&e))))?;
-        Ok(ChatTemplate { env, special_tokens: tokenizer.special_tokens(), source, tools: Value::from(()) })
+        let special_tokens = tokenizer.special_tokens();
+        let mut template = ChatTemplate { env, special_tokens, source, tools: Value::from(()), has_tool_use: false };
+        template.add(TEMPLATE_NAME, &text)?;
+        Ok(template)
+    }
+
+    /// Compiles `text` as the template called `name`.
+    fn add(&mut self, name: &'static str, text: &str) -> Result<()> {
+        self.env
+            .add_template_owned(name, strip_generation_tags(text))
+            .map_err(|e| GenError::Template(format!("{}: {}", source_name(&self.source), one_line(&e))))?;
+        self.has_tool_use |= name == TOOL_USE_TEMPLATE_NAME;
+        Ok(())
     }
 
     /// Where the template came from.
@@ -132,7 +163,7 @@ impl ChatTemplate {
     }
 
     /// Like [`render_json`](Self::render_json), with transformers' `tools` (a list of JSON
-    /// function schemas).
+    /// function schemas), through the model's `tool_use` template when it names one.
     pub fn render_with_tools(
         &mut self,
         messages: &serde_json::Value,
@@ -151,7 +182,11 @@ impl ChatTemplate {
     }
 
     fn render_values(&self, messages: Value, add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| GenError::Template(one_line(&e)))?;
+        let name = match self.has_tool_use && !self.tools.is_none() {
+            true => TOOL_USE_TEMPLATE_NAME,
+            false => TEMPLATE_NAME,
+        };
+        let tmpl = self.env.get_template(name).map_err(|e| GenError::Template(one_line(&e)))?;
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", messages),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
@@ -632,26 +667,49 @@ mod tests {
         assert!(now.as_str().unwrap().parse::<i32>().unwrap() >= 2024);
     }
 
+    /// A model directory whose `tokenizer_config.json` is `config`.
+    fn model_dir(config: serde_json::Value) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        dir
+    }
+
     #[test]
-    fn named_template_list_uses_default() {
-        let tok = config(serde_json::json!({
+    fn named_template_list_renders_default_and_tool_use_with_tools() {
+        let dir = model_dir(serde_json::json!({
             "chat_template": [
-                {"name": "tool_use", "template": "TOOLS"},
+                {"name": "tool_use", "template": "TOOLS {{ tools | length }}"},
                 {"name": "default", "template": "DEFAULT {{ messages | length }}"}
             ]
         }));
-        let dir = tempfile::tempdir().unwrap();
-        let t = ChatTemplate::for_model(dir.path(), &tok, None).unwrap();
+        let tok = TokenizerConfig::load(dir.path()).unwrap();
+        let mut t = ChatTemplate::for_model(dir.path(), &tok, None).unwrap();
         assert_eq!(t.render(&[Message::new("user", "x")], true).unwrap(), "DEFAULT 1");
+        let messages = serde_json::json!([{"role": "user", "content": "x"}]);
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
+        assert_eq!(t.render_with_tools(&messages, Some(&tools), true).unwrap(), "TOOLS 1");
+        assert_eq!(t.render_with_tools(&messages, None, true).unwrap(), "DEFAULT 1");
+    }
+
+    #[test]
+    fn a_template_of_the_wrong_shape_names_the_file_and_key() {
+        let dir = model_dir(serde_json::json!({"chat_template": 7}));
+        let tok = TokenizerConfig::load(dir.path()).unwrap();
+        let err = ChatTemplate::for_model(dir.path(), &tok, None).err().unwrap().to_string();
+        let file = dir.path().join("tokenizer_config.json");
+        assert!(err.contains(&format!("{}: `chat_template` is a number", file.display())), "{err}");
+        assert!(!err.contains('\n'));
     }
 
     #[test]
     fn chat_template_jinja_file_wins_and_missing_template_explains() {
-        let dir = tempfile::tempdir().unwrap();
-        let tok = config(serde_json::json!({"chat_template": "CONFIG"}));
+        let dir = model_dir(serde_json::json!({"chat_template": "CONFIG"}));
+        let tok = TokenizerConfig::load(dir.path()).unwrap();
+        assert_eq!(ChatTemplate::for_model(dir.path(), &tok, None).unwrap().render(&[], true).unwrap(), "CONFIG");
         std::fs::write(dir.path().join("chat_template.jinja"), "FILE").unwrap();
         let t = ChatTemplate::for_model(dir.path(), &tok, None).unwrap();
         assert_eq!(t.render(&[], true).unwrap(), "FILE");
+        assert_eq!(t.source(), &TemplateSource::File(dir.path().join("chat_template.jinja")));
 
         let empty = tempfile::tempdir().unwrap();
         let err = ChatTemplate::for_model(empty.path(), &TokenizerConfig::default(), None).err().unwrap().to_string();

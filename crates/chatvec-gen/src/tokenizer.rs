@@ -1,7 +1,7 @@
-//! The model's tokenizer (`tokenizer.json`), its `tokenizer_config.json`, and incremental
-//! decoding for streaming.
+//! The model's tokenizer (`tokenizer.json`), the special tokens of its `tokenizer_config.json`,
+//! and incremental decoding for streaming.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use tokenizers::{
@@ -10,10 +10,10 @@ use tokenizers::{
 
 use crate::error::{GenError, Result};
 
-/// `tokenizer_config.json` (and `special_tokens_map.json`), both optional.
+/// The special tokens of `tokenizer_config.json` (and `special_tokens_map.json`), both optional.
+/// The chat template and the stop ids are read by chatvec-core (`modelfiles`).
 #[derive(Debug, Clone, Default)]
 pub struct TokenizerConfig {
-    path: Option<PathBuf>,
     config: Value,
     special_map: Value,
 }
@@ -25,18 +25,15 @@ const SPECIAL_TOKEN_KEYS: [&str; 7] =
 impl TokenizerConfig {
     /// Reads the files in `dir`; missing files leave the config empty.
     pub fn load(dir: &Path) -> Result<Self> {
-        let read = |name: &str| -> Result<(Option<PathBuf>, Value)> {
+        let read = |name: &str| -> Result<Value> {
             let path = dir.join(name);
             if !path.is_file() {
-                return Ok((None, Value::Null));
+                return Ok(Value::Null);
             }
             let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
-            let value = serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
-            Ok((Some(path), value))
+            serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))
         };
-        let (path, config) = read("tokenizer_config.json")?;
-        let (_, special_map) = read("special_tokens_map.json")?;
-        Ok(TokenizerConfig { path, config, special_map })
+        Ok(TokenizerConfig { config: read("tokenizer_config.json")?, special_map: read("special_tokens_map.json")? })
     }
 
     /// A special token such as `eos_token`, written as a string or an `{"content": ...}` object.
@@ -52,32 +49,6 @@ impl TokenizerConfig {
     /// `(name, token)` pairs for the special tokens that are set.
     pub fn special_tokens(&self) -> Vec<(String, String)> {
         SPECIAL_TOKEN_KEYS.iter().filter_map(|k| self.token(k).map(|t| (k.to_string(), t))).collect()
-    }
-
-    /// The `chat_template` entry: a string, or the `default` of a list of named templates.
-    pub fn chat_template(&self) -> Result<Option<String>> {
-        let path = || self.path.clone().unwrap_or_default();
-        match self.config.get("chat_template") {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(Value::Array(list)) => {
-                let named = |name: &str| {
-                    list.iter().find_map(|t| {
-                        (t.get("name").and_then(Value::as_str) == Some(name))
-                            .then(|| t.get("template").and_then(Value::as_str))
-                            .flatten()
-                    })
-                };
-                named("default").map(|t| Some(t.to_string())).ok_or_else(|| {
-                    let names: Vec<&str> = list.iter().filter_map(|t| t.get("name").and_then(Value::as_str)).collect();
-                    GenError::bad_file(
-                        path(),
-                        format!("`chat_template` lists templates {names:?} but none named `default`"),
-                    )
-                })
-            }
-            Some(_) => Err(GenError::bad_file(path(), "`chat_template` is neither a string nor a list")),
-        }
     }
 }
 
@@ -108,7 +79,7 @@ impl ModelTokenizer {
         Ok(ModelTokenizer { inner, config: TokenizerConfig::load(dir)? })
     }
 
-    /// The tokenizer configuration (special tokens, chat template).
+    /// The tokenizer configuration (special tokens).
     pub fn config(&self) -> &TokenizerConfig {
         &self.config
     }
