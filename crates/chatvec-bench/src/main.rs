@@ -78,7 +78,7 @@ struct MergeBench {
     /// transformers; about 3× a model's size in RAM).
     #[arg(long, value_name = "PYTHON")]
     notebook: Option<PathBuf>,
-    /// Ratios of the one-pass merge, timed against as many separate merges (warm only).
+    /// Ratios of the one-pass merge, timed against as many separate merges.
     #[arg(long, value_delimiter = ',', default_value = "0.3,0.5,0.7,1.0")]
     ratios: Vec<f64>,
     /// Measure everything this many times, interleaved, and report each figure's median (the
@@ -403,37 +403,49 @@ impl MergeBench {
             })?;
             rows.push(Row { name: "notebook approach (transformers)".into(), ..row });
         }
+        rows.extend(self.ratio_rows(t)?);
         if warm {
-            rows.extend(self.ratio_rows(t)?);
             rows.extend(self.extract_inspect_rows(t)?);
         }
         Ok(rows)
     }
 
-    /// One pass at every ratio against one merge per ratio, warm.
+    /// One pass at every ratio against one merge per ratio, cold and warm. Every output is kept
+    /// until all are written, as a user keeps them. Cold drops the page cache before each merge:
+    /// what happens when the three inputs do not fit in the RAM, as with an 8B triple on a
+    /// 32 GB machine.
     fn ratio_rows(&self, t: &Triple) -> Result<Vec<Row>> {
         let n = self.ratios.len();
         let list = self.ratios.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",");
         let template = t.root.join("sweep-{ratio}");
         let outs: Vec<PathBuf> = self.ratios.iter().map(|r| t.root.join(format!("sweep-{r}"))).collect();
-        t.set_cache(Cache::Warm)?;
-        let (one_pass, rss) = timed(&mut t.merge_args(&self.chatvec, &template, &list))?;
-        outs.iter().for_each(|o| _ = std::fs::remove_dir_all(o));
-        let mut separate = 0.0;
-        for (r, o) in self.ratios.iter().zip(&outs) {
-            t.set_cache(Cache::Warm)?;
-            separate += timed(&mut t.merge_args(&self.chatvec, o, &r.to_string()))?.0;
-            std::fs::remove_dir_all(o)?;
+        let remove = || outs.iter().for_each(|o| _ = std::fs::remove_dir_all(o));
+        let mut one_pass = Row {
+            name: format!("chatvec merge --ratio {list} (one pass, {n} outputs)"),
+            cold: None,
+            warm: None,
+            rss: None,
+        };
+        let mut separate = Row { name: format!("{n} separate chatvec merges"), cold: None, warm: None, rss: None };
+        let caches: &[Cache] = if self.cold_only { &[Cache::Cold] } else { &[Cache::Cold, Cache::Warm] };
+        for &cache in caches {
+            t.set_cache(cache)?;
+            let (wall, rss) = timed(&mut t.merge_args(&self.chatvec, &template, &list))?;
+            remove();
+            let mut total = 0.0;
+            for (r, o) in self.ratios.iter().zip(&outs) {
+                t.set_cache(cache)?;
+                total += timed(&mut t.merge_args(&self.chatvec, o, &r.to_string()))?.0;
+            }
+            remove();
+            let (a, b) = match cache {
+                Cache::Cold => (&mut one_pass.cold, &mut separate.cold),
+                Cache::Warm => (&mut one_pass.warm, &mut separate.warm),
+            };
+            (*a, *b) = (Some(wall), Some(total));
+            one_pass.rss = Some(one_pass.rss.unwrap_or(0).max(rss));
         }
-        Ok(vec![
-            Row {
-                name: format!("chatvec merge --ratio {list} (one pass, {n} outputs)"),
-                cold: None,
-                warm: Some(one_pass),
-                rss: Some(rss),
-            },
-            Row { name: format!("{n} separate chatvec merges"), cold: None, warm: Some(separate), rss: None },
-        ])
+        Ok(vec![one_pass, separate])
     }
 
     /// `extract` (to bf16, like the merge's output) and `inspect`, warm, for each binary.
