@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use chatvec_bench::synth::{write_random_model, LlamaShape};
-use chatvec_core::writer::{plan_shards, ChunkedWrite, ShardWriter, TensorSpec};
+use chatvec_core::writer::{plan_shards, ChunkedWrite, Shard, ShardWriter, TensorSpec};
 use chatvec_core::DType;
 use clap::Parser;
 
@@ -153,8 +153,7 @@ fn timed(cmd: &mut Command) -> Result<(f64, u64)> {
 
 /// The disk floor: every weight file of the three inputs read once, one thread per model so the
 /// disk has as many reads in flight as the merge gives it, and a file as large as the target's
-/// weights written (its bytes copied) with 16 MiB sequential reads and chatvec's write calls
-/// ([`chatvec_core::writer::WRITE_CHUNK`]), then synced.
+/// weights written (its bytes copied), as [`read_model`] does.
 fn disk_floor(models: &[PathBuf; 3], out: &Path) -> Result<f64> {
     std::fs::create_dir_all(out)?;
     let start = Instant::now();
@@ -175,34 +174,54 @@ fn disk_floor(models: &[PathBuf; 3], out: &Path) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Reads every safetensors file of `model` once; copies the bytes to `sink` when given.
+/// Reads every safetensors file of `model` once, asking the kernel for the next 32 MiB ahead
+/// of each read (as the merge does); copies the bytes into one shard in `sink` when given, with
+/// core's [`ShardWriter`] (the merge's write calls, writeback and sync).
 fn read_model(model: &Path, sink: Option<&Path>) -> Result<()> {
+    use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; 16 << 20];
-    let mut out = sink.map(File::create).transpose()?.map(ChunkedWrite);
     let mut files: Vec<_> = std::fs::read_dir(model)?.flatten().map(|e| e.path()).collect();
+    files.retain(|f| f.extension().is_some_and(|e| e == "safetensors"));
     files.sort();
-    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")) {
+    let total: u64 = files.iter().map(|f| f.metadata().map(|m| m.len()).unwrap_or(0)).sum();
+    let mut out = match sink {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Some(ShardWriter::start(dir, vec![one_tensor_shard(total)])?)
+        }
+        None => None,
+    };
+    for f in &files {
         let mut r = File::open(f)?;
+        let mut at = 0i64;
         loop {
+            // SAFETY: posix_fadvise only reads its arguments.
+            unsafe {
+                libc::posix_fadvise(
+                    r.as_raw_fd(),
+                    at + buf.len() as i64,
+                    2 * buf.len() as i64,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
             let n = r.read(&mut buf)?;
             if n == 0 {
                 break;
             }
+            at += n as i64;
             if let Some(o) = out.as_mut() {
-                o.write_all(&buf[..n])?;
+                o.push(buf[..n].to_vec())?;
             }
         }
     }
     if let Some(o) = out {
-        o.0.sync_all()?;
+        o.finish()?;
     }
     Ok(())
 }
 
-/// The write-only floor: `bytes` from memory into one shard with core's [`ShardWriter`] (the
-/// merge's write calls, writeback and sync), in 16 MiB blocks, nothing computed or read.
-fn write_floor(bytes: u64, out: &Path) -> Result<f64> {
-    std::fs::create_dir_all(out)?;
+/// A layout of one shard holding one U8 tensor of `bytes` bytes.
+fn one_tensor_shard(bytes: u64) -> Shard {
     let spec = TensorSpec {
         name: "floor".into(),
         dtype: "U8".into(),
@@ -210,7 +229,14 @@ fn write_floor(bytes: u64, out: &Path) -> Result<f64> {
         bytes: bytes as usize,
         index: 0,
     };
-    let shards = plan_shards(vec![spec], u64::MAX, "floor");
+    plan_shards(vec![spec], u64::MAX, "floor").remove(0)
+}
+
+/// The write-only floor: `bytes` from memory into one shard with core's [`ShardWriter`] (the
+/// merge's write calls, writeback and sync), in 16 MiB blocks, nothing computed or read.
+fn write_floor(bytes: u64, out: &Path) -> Result<f64> {
+    std::fs::create_dir_all(out)?;
+    let shards = vec![one_tensor_shard(bytes)];
     let start = Instant::now();
     let mut writer = ShardWriter::start(out, shards)?;
     let mut left = bytes as usize;
@@ -547,7 +573,7 @@ fn export_floor(model: &Path, out: &Path, out_bytes: u64) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Writes `bytes` bytes into a new file `out` in `buf`-sized writes, then syncs it.
+/// Writes `bytes` bytes into a new file `out` from `buf`, with the GGUF writer's write calls, then syncs it.
 fn write_synced(out: &Path, bytes: u64, buf: &[u8]) -> Result<()> {
     let mut f = ChunkedWrite(File::create(out)?);
     let mut left = bytes;

@@ -1,7 +1,10 @@
 //! Runs a [`Plan`]: streams every output tensor block by block through the merge kernels into one
-//! [`TensorSink`] per output (safetensors shards, or a GGUF file), in parallel within a block, releasing input pages as it goes, so
-//! memory stays at a few blocks whatever the model's size. Several outputs (a merge at several
+//! [`TensorSink`] per output, in parallel tasks within a block, releasing input pages as it goes,
+//! so memory stays at a few blocks whatever the model's size. Several outputs (a merge at several
 //! ratios) are written from the same input blocks, so each input is read once.
+//!
+//! Safetensors shards take each task's piece in place ([`TensorSink::place`]) the moment it is
+//! computed, while it is still in the CPU's cache; a GGUF file takes whole blocks in order.
 //!
 //! Inside a task the elements go through the kernel in lanes of [`LANES`]: decode each input into
 //! f64, apply [`chat_vector`] element-wise, round once into the output dtype. Every step is a
@@ -377,7 +380,8 @@ impl Scratch {
 }
 
 impl<'a> Combine<'a> {
-    /// Planned tensor `t` (a [`Action::Combine`]) ready to compute into `outputs`.
+    /// Planned tensor `t` (a [`Action::Combine`]) ready to compute at `ratios` (per output, one
+    /// ratio per term).
     fn new(models: &'a [Checkpoint], t: &'a PlannedTensor, ratios: Vec<Vec<f64>>) -> Self {
         let Action::Combine { target, terms, rows, porter, overrides } = &t.action else {
             unreachable!("only Combine tensors are combined")
@@ -445,7 +449,10 @@ impl<'a> Combine<'a> {
                 let e = (s + TASK_ELEMS).min(elems.end);
                 let mut chunks: Vec<&mut [u8]> = pieces.iter_mut().map(|p| &mut p[..(e - s) * w]).collect();
                 self.task(s..e, scratch, &mut chunks, tally, stats);
-                places.iter().zip(&chunks).try_for_each(|(p, c)| p.write_at(s * w, c))
+                // Each task starts with another output, so that threads seldom wait for the same
+                // file's lock.
+                let n = places.len();
+                (0..n).map(|j| (k + j) % n).try_for_each(|o| places[o].write_at(s * w, chunks[o]))
             },
         )
     }
