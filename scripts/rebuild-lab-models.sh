@@ -5,24 +5,33 @@
 #   scripts/rebuild-lab-models.sh [COMMIT]
 #
 # Without COMMIT it trains with this checkout's code (dev profile, one thread, the default
-# recipe). With COMMIT it builds that commit in a temporary git worktree (sharing this
-# checkout's target/ for the dependencies) and trains with it: the way to rebuild models that
-# an older recipe made. Takes the three training stages' time (minutes), no network.
+# recipe). With COMMIT it extracts that commit (`git archive`) under target/rebuild-lab/ and
+# builds it there with its own target dir, seeded with hard links to target/debug so that the
+# dependencies are not compiled again: the way to rebuild models an older recipe made. Takes the
+# three training stages' time (minutes), no network.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 commit=${1:-}
-work=$(mktemp -d)
-trap 'rm -rf "$work"; [ -n "$commit" ] && git worktree remove --force "$work/src" 2>/dev/null || true' EXIT
+work="$root/target/rebuild-lab"
+rm -rf "$work"
+mkdir -p "$work"
+trap 'rm -rf "$work"' EXIT
 
 if [ -n "$commit" ]; then
-    git worktree add --detach "$work/src" "$commit" >/dev/null
+    mkdir -p "$work/src"
+    git archive "$commit" | tar -x -C "$work/src"
+    [ -d "$root/target/debug" ] && cp -al "$root/target/debug" "$work/target-debug-seed" || true
+    mkdir -p "$work/target"
+    [ -d "$work/target-debug-seed" ] && mv "$work/target-debug-seed" "$work/target/debug"
+    (cd "$work/src" && CARGO_TARGET_DIR="$work/target" cargo build -q -p chatvec --bin chatvec)
     src="$work/src"
+    chatvec="$work/target/debug/chatvec"
 else
+    cargo build -q -p chatvec --bin chatvec
     src="$root"
+    chatvec="$root/target/debug/chatvec"
 fi
-(cd "$src" && CARGO_TARGET_DIR="$root/target" cargo build -q -p chatvec --bin chatvec)
-chatvec="$root/target/debug/chatvec"
 
 # The training reads data/lab, data/korean and the fixture tokenizer of the code's own tree.
 (cd "$src" && "$chatvec" lab train --seed 0 --threads 1 --out "$work/out")
