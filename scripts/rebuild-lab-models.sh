@@ -21,6 +21,9 @@ trap 'rm -rf "$work"' EXIT
 if [ -n "$commit" ]; then
     mkdir -p "$work/src"
     git archive "$commit" | tar -x -C "$work/src"
+    # Extracted files carry the commit's date, older than the seeded build outputs: touch them,
+    # or cargo would take this checkout's compiled crates as up to date.
+    find "$work/src" -type f -exec touch {} +
     [ -d "$root/target/debug" ] && cp -al "$root/target/debug" "$work/target-debug-seed" || true
     mkdir -p "$work/target"
     [ -d "$work/target-debug-seed" ] && mv "$work/target-debug-seed" "$work/target/debug"
