@@ -5,7 +5,10 @@
 //! RAYON_NUM_THREADS=1 cargo run --release -p chatvec-lab --example base_sweep -- \
 //!     [--echo 25 --min-words 2 --max-words 8] [--steps 700 --lr 3e-3 --warmup 30 --batch 8 --seq 96]
 //!     [--hidden 128 --layers 4 --intermediate 352 --heads 4] [--seed 0 --probe-every 250]
+//!     [--save DIR | --probe-only DIR]
 //! ```
+//!
+//! `--probe-only DIR` measures a saved model of that shape instead of training one.
 //!
 //! The corpus is generated in memory with the given [`CopyMix`] (800 kB, the lab's English
 //! seed), the probe is [`CopyProbe`] on 64 lists; every probe prints the loss on the first list,
@@ -15,7 +18,7 @@ use anyhow::{Context, Result};
 use chatvec_lab::data::{english_corpus, english_words, CopyMix, ENGLISH_SEED};
 use chatvec_lab::model::{LabConfig, TrainModel};
 use chatvec_lab::train::{
-    english_docs, load_tokenizer, run_stage_probed, token_stream, CopyProbe, Source, StageOptions,
+    english_docs, load_tokenizer, run_stage_probed, token_stream, CopyProbe, Source, StageOptions, COPY_PROBE_SEED,
 };
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
@@ -53,7 +56,13 @@ fn main() -> Result<()> {
     let tok = load_tokenizer(&root.join("fixtures/llama-tiny/tokenizer"))?;
     let text = english_corpus(ENGLISH_SEED, 800_000, &mix);
     let source = Source::Stream(token_stream(&tok, &english_docs(&text))?);
-    let probe = CopyProbe::new(&tok, &english_words(), 64, 77)?;
+    let probe = CopyProbe::new(&tok, &english_words(), 64, COPY_PROBE_SEED)?;
+    if let Some(dir) = args.iter().position(|a| a == "--probe-only").and_then(|i| args.get(i + 1)) {
+        // Measure a saved model (its shape given by --hidden etc.) instead of training one.
+        let model = TrainModel::load(cfg, std::path::Path::new(dir))?;
+        println!("{dir}: {}", probe.measure(&model, 0)?);
+        return Ok(());
+    }
     let mut model = TrainModel::init(cfg, seed)?;
     model.freeze_chat_only_rows()?;
     let every = num(&args, "--probe-every", 250)?;
