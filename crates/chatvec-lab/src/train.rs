@@ -493,6 +493,26 @@ mod tests {
     }
 
     #[test]
+    fn copy_probe_scores_the_repeat_of_the_first_list() {
+        let tok = tokenizer();
+        let probe = CopyProbe::new(&tok, &data::english_words(), 6, 3).unwrap();
+        let (n, s) = probe.batch.ids.dims2().unwrap();
+        for b in 0..n {
+            let of = |k: u8| -> Vec<u32> {
+                (b * s..(b + 1) * s).filter(|&i| probe.part[i] == k).map(|i| probe.batch.targets[i]).collect()
+            };
+            assert!(of(1).len() >= 3, "list {b}: {:?}", of(1));
+            assert_eq!(of(1), of(2), "list {b}: the repeat's targets are the first list's");
+            let r = &probe.repeats[b];
+            assert_eq!(probe.batch.targets[r.start..r.end].to_vec(), of(2));
+        }
+        // An untrained model cannot copy: the repeat costs about as much as the first list.
+        let m = probe.measure(&TrainModel::init(tiny(), 1).unwrap(), 0).unwrap();
+        assert!((m.first_loss - m.repeat_loss).abs() < 0.1, "{m}");
+        assert_eq!(m.repeat_exact, 0.0);
+    }
+
+    #[test]
     fn frozen_rows_get_no_gradient() {
         let mut model = TrainModel::init(tiny(), 2).unwrap();
         model.freeze_chat_only_rows().unwrap();
