@@ -217,11 +217,30 @@ fn capitalise(s: &str) -> String {
     }
 }
 
-/// A quoted list of 2..=8 random `words`, written twice: the only way to predict the second
-/// copy is to copy the first, so this is where the base learns to copy arbitrary text
-/// (induction), the ability the chat tasks rely on, before any chat tuning.
-fn echoed_word_list(r: &mut Rng, words: &[String]) -> String {
-    let n = 2 + r.below(7);
+/// How much of the English corpus rewards copying: echoed lists of random words, the only
+/// text whose continuation can be predicted by copying alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CopyMix {
+    /// Percent of sentences that are an echoed word list.
+    pub echoed_percent: usize,
+    /// Fewest words in a list.
+    pub min_words: usize,
+    /// Most words in a list.
+    pub max_words: usize,
+}
+
+impl Default for CopyMix {
+    /// The mix `data/lab/english.txt` is written with.
+    fn default() -> Self {
+        CopyMix { echoed_percent: 50, min_words: 2, max_words: 8 }
+    }
+}
+
+/// A quoted list of random `words`, written twice: the only way to predict the second copy is
+/// to copy the first, so this is where the base learns to copy arbitrary text (induction), the
+/// ability the chat tasks rely on, before any chat tuning.
+fn echoed_word_list(r: &mut Rng, words: &[String], mix: &CopyMix) -> String {
+    let n = mix.min_words + r.below(mix.max_words - mix.min_words + 1);
     let list = (0..n).map(|_| r.pick(words).as_str()).collect::<Vec<_>>().join(" ");
     let (who, other) = (capitalise(&noun_phrase(r)), noun_phrase(r));
     match r.below(3) {
@@ -232,9 +251,9 @@ fn echoed_word_list(r: &mut Rng, words: &[String]) -> String {
 }
 
 /// One English sentence; `words` are the grammar's words ([`english_words`]).
-pub fn english_sentence(r: &mut Rng, words: &[String]) -> String {
-    if r.below(4) == 0 {
-        return echoed_word_list(r, words);
+pub fn english_sentence(r: &mut Rng, words: &[String], mix: &CopyMix) -> String {
+    if r.below(100) < mix.echoed_percent {
+        return echoed_word_list(r, words, mix);
     }
     let past = r.below(2) == 0;
     let mut s = clause(r, past);
@@ -256,13 +275,13 @@ pub fn english_sentence(r: &mut Rng, words: &[String]) -> String {
 }
 
 /// English prose of about `bytes` bytes: paragraphs of 3..8 sentences separated by blank lines.
-pub fn english_corpus(seed: u64, bytes: usize) -> String {
+pub fn english_corpus(seed: u64, bytes: usize, mix: &CopyMix) -> String {
     let mut r = Rng::new(seed);
     let words = english_words();
     let mut out = String::new();
     while out.len() < bytes {
         let n = 3 + r.below(6);
-        let sentences: Vec<String> = (0..n).map(|_| english_sentence(&mut r, &words)).collect();
+        let sentences: Vec<String> = (0..n).map(|_| english_sentence(&mut r, &words, mix)).collect();
         out.push_str(&sentences.join(" "));
         out.push_str("\n\n");
     }
@@ -444,7 +463,7 @@ pub const CHAT_EVAL_KO_SEED: u64 = 4;
 /// `chat_eval_en.jsonl`, `chat_eval_ko.jsonl` (content words from held-out Korean text).
 pub fn write_data(korean_dir: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join("english.txt"), english_corpus(ENGLISH_SEED, 800_000))?;
+    std::fs::write(out.join("english.txt"), english_corpus(ENGLISH_SEED, 800_000, &CopyMix::default()))?;
     let en = english_words();
     // Held-out English content: every 5th word is kept out of the training dialogs.
     let (en_eval, en_train): (Vec<_>, Vec<_>) = en.iter().cloned().enumerate().partition(|(i, _)| i % 5 == 0);
@@ -480,8 +499,8 @@ mod tests {
 
     #[test]
     fn generators_are_deterministic() {
-        assert_eq!(english_corpus(7, 2000), english_corpus(7, 2000));
-        assert_ne!(english_corpus(7, 2000), english_corpus(8, 2000));
+        assert_eq!(english_corpus(7, 2000, &CopyMix::default()), english_corpus(7, 2000, &CopyMix::default()));
+        assert_ne!(english_corpus(7, 2000, &CopyMix::default()), english_corpus(8, 2000, &CopyMix::default()));
         let v = english_words();
         assert_eq!(dialogs(3, &v, 20), dialogs(3, &v, 20));
     }
@@ -499,7 +518,7 @@ mod tests {
     fn the_corpus_echoes_word_lists_in_the_copy_probes_form() {
         // eval::copy_rate prompts with `Anna said: "LIST." Tom repeated: "`: the corpus must hold
         // that form, with LIST echoed word for word.
-        let text = english_corpus(ENGLISH_SEED, 20_000);
+        let text = english_corpus(ENGLISH_SEED, 20_000, &CopyMix::default());
         let words = english_words();
         let echoed = text
             .split(" said: \"")

@@ -47,7 +47,7 @@ pub struct LabConfig {
 
 impl Default for LabConfig {
     fn default() -> Self {
-        LabConfig { vocab: 2008, hidden: 128, intermediate: 352, layers: 4, heads: 4, max_positions: 256 }
+        LabConfig { vocab: 2008, hidden: 96, intermediate: 256, layers: 4, heads: 4, max_positions: 256 }
     }
 }
 

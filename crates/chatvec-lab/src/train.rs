@@ -45,14 +45,15 @@ pub struct Recipe {
 }
 
 impl Default for Recipe {
-    /// The second lab's recipe: a base trained longer (700 steps, 400 before) on text with echoed word lists (so
-    /// it copies before any chat tuning), then chat and target fine-tunes at lower learning
-    /// rates than the base's, so that their vectors stay small against the base.
+    /// The third lab's recipe: a base trained for 4000 steps (700 in the second lab, 400 in the
+    /// first) on text where half the sentences are echoed word lists, long enough for copying to
+    /// appear (the copy probe in its `lab.json` shows when), then chat and target fine-tunes at
+    /// a third of the base's learning rate, so that their vectors stay small against the base.
     fn default() -> Self {
         Recipe {
-            base: StageOptions { steps: 700, batch: 8, seq: 96, lr: 3e-3, warmup: 30 },
-            chat: StageOptions { steps: 200, batch: 16, seq: 96, lr: 1e-3, warmup: 20 },
-            target: StageOptions { steps: 250, batch: 8, seq: 96, lr: 1e-3, warmup: 20 },
+            base: StageOptions { steps: 4000, batch: 8, seq: 96, lr: 3e-3, warmup: 30 },
+            chat: StageOptions { steps: 300, batch: 16, seq: 96, lr: 1e-3, warmup: 20 },
+            target: StageOptions { steps: 300, batch: 8, seq: 96, lr: 1e-3, warmup: 20 },
         }
     }
 }
@@ -70,9 +71,17 @@ pub struct StageLog {
     pub loss_curve: Vec<f32>,
     /// Loss of the last step.
     pub final_loss: f32,
-    /// Wall time in seconds.
+    /// The copy probe during training (base only): it shows when the base learns to copy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copy_probe: Vec<CopyMeasure>,
+    /// Wall time in seconds: kept out of `lab.json` so that a rebuild gives the same bytes, it
+    /// is written to `<out>/<stage>_seconds.txt`.
+    #[serde(skip)]
     pub seconds: f64,
 }
+
+/// Seed of the lists of the base's copy probe during training.
+pub const COPY_PROBE_SEED: u64 = 77;
 
 /// A training batch: ids `(b, s)`, next-token targets and loss weights (`b·s` each).
 pub struct Batch {
@@ -153,14 +162,28 @@ pub fn run_stage(
     source: &Source,
     o: &StageOptions,
     seed: u64,
-    mut log: impl FnMut(&str),
+    log: impl FnMut(&str),
 ) -> Result<(Vec<f32>, f32)> {
+    run_stage_probed(model, source, o, seed, None, log).map(|(curve, last, _)| (curve, last))
+}
+
+/// [`run_stage`], also measuring `probe` every `every` steps (and after the last): the
+/// measurements, with the step they follow.
+pub fn run_stage_probed(
+    model: &TrainModel,
+    source: &Source,
+    o: &StageOptions,
+    seed: u64,
+    probe: Option<(&CopyProbe, usize)>,
+    mut log: impl FnMut(&str),
+) -> Result<(Vec<f32>, f32, Vec<CopyMeasure>)> {
     let params = ParamsAdamW { lr: o.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
     let mut opt = AdamW::new(model.all_vars(), params)?;
     let mut rng = Rng::new(seed);
     let mut order = Vec::new();
     let (mut curve, mut block, mut last) = (Vec::new(), Vec::new(), f32::NAN);
     let start = Instant::now();
+    let mut measures = Vec::new();
     for step in 0..o.steps {
         opt.set_learning_rate(lr_at(step, o));
         let batch = source.batch(&mut rng, &mut order, o)?;
@@ -175,8 +198,114 @@ pub fn run_stage(
             block.clear();
             log(&format!("step {:>4}/{}  loss {mean:.4}  {:.0}s", step + 1, o.steps, start.elapsed().as_secs_f64()));
         }
+        if let Some((p, every)) = probe {
+            if (step + 1) % every.max(1) == 0 || step + 1 == o.steps {
+                let m = p.measure(model, step + 1)?;
+                log(&m.to_string());
+                measures.push(m);
+            }
+        }
     }
-    Ok((curve, last))
+    Ok((curve, last, measures))
+}
+
+/// Teacher-forced copy probe of a language model, in the English corpus' echoed-list form:
+/// `Anna said: "LIST." Tom repeated: "LIST."` for random lists of the grammar's words. The
+/// first LIST cannot be predicted (random words); the repeat can, by copying. A model that copies
+/// has a much lower loss on the repeat than on the first list.
+pub struct CopyProbe {
+    batch: Batch,
+    /// Per token: 1 = first list, 2 = repeated list, 0 = neither.
+    part: Vec<u8>,
+    /// Per sequence: the positions of its repeated list.
+    repeats: Vec<std::ops::Range<usize>>,
+}
+
+/// One measurement of a [`CopyProbe`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CopyMeasure {
+    /// Training steps done.
+    pub step: usize,
+    /// Mean loss on the first list's tokens.
+    pub first_loss: f32,
+    /// Mean loss on the repeated list's tokens.
+    pub repeat_loss: f32,
+    /// Share of lists whose whole repeat is the model's top prediction at every token.
+    pub repeat_exact: f32,
+}
+
+impl std::fmt::Display for CopyMeasure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "copy probe at step {}: loss first list {:.3}, repeat {:.3}; repeats exact {:.0} %",
+            self.step,
+            self.first_loss,
+            self.repeat_loss,
+            100.0 * self.repeat_exact
+        )
+    }
+}
+
+impl CopyProbe {
+    /// `n` probes of 3..=6 words drawn from `words` with `seed`.
+    pub fn new(tok: &Tokenizer, words: &[String], n: usize, seed: u64) -> Result<Self> {
+        let mut rng = Rng::new(seed);
+        let mut seqs = Vec::new();
+        for _ in 0..n {
+            let len = 3 + rng.below(4);
+            let list = (0..len).map(|_| rng.pick(words).as_str()).collect::<Vec<_>>().join(" ");
+            let list = encode(tok, &list)?;
+            // Pieces encoded apart give the joint text's tokens: the byte-level pre-tokenizer
+            // splits at the quotes.
+            let mut ids = vec![BOS];
+            ids.extend(encode(tok, "Anna said: \"")?);
+            let first = ids.len()..ids.len() + list.len();
+            ids.extend(&list);
+            ids.extend(encode(tok, ".\" Tom repeated: \"")?);
+            let repeat = ids.len()..ids.len() + list.len();
+            ids.extend(&list);
+            ids.extend(encode(tok, ".\"")?);
+            seqs.push((ids, first, repeat));
+        }
+        let s = seqs.iter().map(|q| q.0.len() - 1).max().unwrap_or(1);
+        let (mut ids, mut targets, mut weights, mut part, mut repeats) = (vec![], vec![], vec![], vec![], vec![]);
+        for (b, (seq, first, repeat)) in seqs.iter().enumerate() {
+            for p in 0..s {
+                ids.push(seq.get(p).copied().unwrap_or(EOS));
+                targets.push(seq.get(p + 1).copied().unwrap_or(EOS));
+                // Position p predicts token p + 1.
+                let which = if first.contains(&(p + 1)) { 1 } else { 2 * repeat.contains(&(p + 1)) as u8 };
+                part.push(which);
+                weights.push((which > 0) as u8 as f32);
+            }
+            repeats.push(b * s + repeat.start - 1..b * s + repeat.end - 1);
+        }
+        let ids = Tensor::from_vec(ids, (n, s), &Device::Cpu)?;
+        Ok(CopyProbe { batch: Batch { ids, targets, weights }, part, repeats })
+    }
+
+    /// Measures `model` (no gradient).
+    pub fn measure(&self, model: &TrainModel, step: usize) -> Result<CopyMeasure> {
+        let logits = model.forward(&self.batch.ids)?.detach();
+        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?.to_vec2::<f32>()?;
+        let (mut sums, mut counts) = ([0f32; 3], [0usize; 3]);
+        let mut top = vec![false; logp.len()];
+        for (i, row) in logp.iter().enumerate() {
+            let k = self.part[i] as usize;
+            sums[k] -= row[self.batch.targets[i] as usize];
+            counts[k] += 1;
+            let best = row.iter().enumerate().fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
+            top[i] = best == self.batch.targets[i] as usize;
+        }
+        let exact = self.repeats.iter().filter(|r| top[r.start..r.end].iter().all(|t| *t)).count();
+        Ok(CopyMeasure {
+            step,
+            first_loss: sums[1] / counts[1].max(1) as f32,
+            repeat_loss: sums[2] / counts[2].max(1) as f32,
+            repeat_exact: exact as f32 / self.repeats.len().max(1) as f32,
+        })
+    }
 }
 
 /// Loads the lab tokenizer.
@@ -231,6 +360,9 @@ pub fn english_docs(text: &str) -> Vec<String> {
     docs
 }
 
+/// What a stage's training gives: the loss curve, the last loss, the copy probe's measurements.
+type Trained = (Vec<f32>, f32, Vec<CopyMeasure>);
+
 /// Paths the family reads.
 #[derive(Debug, Clone)]
 pub struct LabPaths {
@@ -256,18 +388,15 @@ pub fn train_family(
     let tok = load_tokenizer(&paths.tokenizer)?;
     let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let mut logs = Vec::new();
-    let mut finish = |stage: &str, model: &TrainModel, o: &StageOptions, curve: Vec<f32>, last: f32, t: Instant| {
-        let entry = StageLog {
-            stage: stage.to_string(),
-            seed,
-            options: *o,
-            loss_curve: curve,
-            final_loss: last,
-            seconds: t.elapsed().as_secs_f64(),
-        };
+    let mut finish = |stage: &str, model: &TrainModel, o: &StageOptions, run: Trained, t: Instant| {
+        let (loss_curve, final_loss, copy_probe) = run;
+        let seconds = t.elapsed().as_secs_f64();
+        let entry =
+            StageLog { stage: stage.to_string(), seed, options: *o, loss_curve, final_loss, copy_probe, seconds };
         let dir = out.join(stage);
         model.save(&dir, &paths.tokenizer, stage == "chat")?;
         std::fs::write(dir.join("lab.json"), serde_json::to_string_pretty(&entry)? + "\n")?;
+        std::fs::write(out.join(format!("{stage}_seconds.txt")), format!("{seconds:.1}\n"))?;
         logs.push(entry);
         anyhow::Ok(())
     };
@@ -278,9 +407,10 @@ pub fn train_family(
         let source = Source::Stream(token_stream(&tok, &english_docs(&english))?);
         let mut model = TrainModel::init(cfg, seed)?;
         model.freeze_chat_only_rows()?;
+        let probe = CopyProbe::new(&tok, &data::english_words(), 64, COPY_PROBE_SEED)?;
         log(&format!("seed {seed} base: English pre-training"));
-        let (curve, last) = run_stage(&model, &source, &recipe.base, seed * 3 + 1, &mut log)?;
-        finish("base", &model, &recipe.base, curve, last, t)?;
+        let run = run_stage_probed(&model, &source, &recipe.base, seed * 3 + 1, Some((&probe, 250)), &mut log)?;
+        finish("base", &model, &recipe.base, run, t)?;
     }
     if wanted("chat") {
         let t = Instant::now();
@@ -289,7 +419,7 @@ pub fn train_family(
         let model = TrainModel::load(cfg, &out.join("base"))?;
         log(&format!("seed {seed} chat: English dialog fine-tune of base"));
         let (curve, last) = run_stage(&model, &Source::Dialogs(encoded), &recipe.chat, seed * 3 + 2, &mut log)?;
-        finish("chat", &model, &recipe.chat, curve, last, t)?;
+        finish("chat", &model, &recipe.chat, (curve, last, Vec::new()), t)?;
     }
     if wanted("target") {
         let t = Instant::now();
@@ -299,7 +429,7 @@ pub fn train_family(
         model.freeze_chat_only_rows()?;
         log(&format!("seed {seed} target: Korean continual pre-training of base"));
         let (curve, last) = run_stage(&model, &source, &recipe.target, seed * 3 + 3, &mut log)?;
-        finish("target", &model, &recipe.target, curve, last, t)?;
+        finish("target", &model, &recipe.target, (curve, last, Vec::new()), t)?;
     }
     Ok(logs)
 }
@@ -324,7 +454,8 @@ mod tests {
 
     fn run(seed: u64) -> (Vec<f32>, f32, f32) {
         let tok = tokenizer();
-        let stream = token_stream(&tok, &english_docs(&data::english_corpus(1, 20_000))).unwrap();
+        let stream =
+            token_stream(&tok, &english_docs(&data::english_corpus(1, 20_000, &data::CopyMix::default()))).unwrap();
         let source = Source::Stream(stream);
         let o = StageOptions { steps: 12, batch: 4, seq: 32, lr: 1e-2, warmup: 2 };
         let model = TrainModel::init(tiny(), seed).unwrap();
@@ -359,6 +490,26 @@ mod tests {
         // The prompt encodes exactly as the chat template's rendering would.
         let whole = encode(&tok, &(data::chat_prompt(&d.user) + "the<|eot_id|>")).unwrap();
         assert_eq!(whole, ids);
+    }
+
+    #[test]
+    fn copy_probe_scores_the_repeat_of_the_first_list() {
+        let tok = tokenizer();
+        let probe = CopyProbe::new(&tok, &data::english_words(), 6, 3).unwrap();
+        let (n, s) = probe.batch.ids.dims2().unwrap();
+        for b in 0..n {
+            let of = |k: u8| -> Vec<u32> {
+                (b * s..(b + 1) * s).filter(|&i| probe.part[i] == k).map(|i| probe.batch.targets[i]).collect()
+            };
+            assert!(of(1).len() >= 3, "list {b}: {:?}", of(1));
+            assert_eq!(of(1), of(2), "list {b}: the repeat's targets are the first list's");
+            let r = &probe.repeats[b];
+            assert_eq!(probe.batch.targets[r.start..r.end].to_vec(), of(2));
+        }
+        // An untrained model cannot copy: the repeat costs about as much as the first list.
+        let m = probe.measure(&TrainModel::init(tiny(), 1).unwrap(), 0).unwrap();
+        assert!((m.first_loss - m.repeat_loss).abs() < 0.1, "{m}");
+        assert_eq!(m.repeat_exact, 0.0);
     }
 
     #[test]

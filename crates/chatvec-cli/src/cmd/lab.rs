@@ -160,7 +160,10 @@ fn eval(a: EvalArgs) -> Result<()> {
                     r.display(),
                     v["options"]["steps"],
                     v["final_loss"].as_f64().unwrap_or(f64::NAN),
-                    v["seconds"].as_f64().unwrap_or(f64::NAN)
+                    std::fs::read_to_string(r.join(format!("{stage}_seconds.txt")))
+                        .ok()
+                        .and_then(|s| s.trim().parse::<f64>().ok())
+                        .unwrap_or(f64::NAN)
                 ));
             }
         }
