@@ -139,13 +139,13 @@ impl Run<'_> {
             let tally = Tally::new(outputs.len());
             let ratios: Vec<Vec<f64>> = outputs.iter().map(|o| o.ratios.clone()).collect();
             let places: Option<Vec<TensorPlace>> = outputs.iter().map(|o| o.writer.place(i)).collect();
-            match (&t.action, places) {
-                (Action::Copy(src), Some(places)) => self.copy_placed(src, &places, &tally)?,
-                (Action::Combine { .. }, Some(places)) => {
-                    self.combine_tensor(t, &ratios, Sink::Placed(&places), &tally)?
-                }
-                (Action::Copy(src), None) => self.copy_tensor(src, outputs, &tally)?,
-                (Action::Combine { .. }, None) => self.combine_tensor(t, &ratios, Sink::Pushed(outputs), &tally)?,
+            let sink = match &places {
+                Some(places) => Sink::Placed(places),
+                None => Sink::Pushed(outputs),
+            };
+            match &t.action {
+                Action::Copy(src) => self.copy_tensor(src, sink, &tally)?,
+                Action::Combine { .. } => self.combine_tensor(t, &ratios, sink, &tally)?,
             }
             self.check_nonfinite(t, outputs, tally)?;
         }
@@ -196,9 +196,10 @@ impl Run<'_> {
         }
     }
 
-    /// [`Self::copy_tensor`] into outputs written in place: pieces of each block written from the
-    /// map in parallel.
-    fn copy_placed(&self, src: &Src, places: &[TensorPlace], tally: &Tally) -> Result<()> {
+    /// Copies tensor `src` unchanged into every output, block by block from the map: written in
+    /// place in parallel pieces, or pushed as mapped bytes (the sink writes them from the map and
+    /// releases their pages once written).
+    fn copy_tensor(&self, src: &Src, mut sink: Sink, tally: &Tally) -> Result<()> {
         let ckpt = &self.models[src.model];
         let e = entry(self.models, src);
         let mut off = 0;
@@ -209,35 +210,24 @@ impl Run<'_> {
             ckpt.prefetch(e, end..end + BLOCK_BYTES);
             let bytes = ckpt.bytes(e, off..end);
             self.tally_copied(e.dtype, bytes, src.model, tally);
-            bytes
-                .par_chunks(WRITE_CHUNK)
-                .enumerate()
-                .try_for_each(|(k, piece)| places.iter().try_for_each(|p| p.write_at(off + k * WRITE_CHUNK, piece)))?;
-            places.iter().for_each(|p| p.written(off..end));
-            ckpt.release(e, off..end);
+            let outputs = match &mut sink {
+                Sink::Placed(places) => {
+                    bytes.par_chunks(WRITE_CHUNK).enumerate().try_for_each(|(k, piece)| {
+                        places.iter().try_for_each(|p| p.write_at(off + k * WRITE_CHUNK, piece))
+                    })?;
+                    places.iter().for_each(|p| p.written(off..end));
+                    ckpt.release(e, off..end);
+                    places.len()
+                }
+                Sink::Pushed(outputs) => {
+                    for o in outputs.iter_mut() {
+                        o.writer.push_mapped(ckpt.mapped(e, off..end))?;
+                    }
+                    outputs.len()
+                }
+            };
             self.stats.bytes_read.fetch_add((end - off) as u64, Ordering::Relaxed);
-            self.progress.advance(((end - off) * places.len()) as u64);
-            off = end;
-        }
-        Ok(())
-    }
-
-    fn copy_tensor(&self, src: &Src, outputs: &mut [Output], tally: &Tally) -> Result<()> {
-        let ckpt = &self.models[src.model];
-        let e = entry(self.models, src);
-        let mut off = 0;
-        ckpt.prefetch(e, 0..BLOCK_BYTES);
-        while off < e.byte_len() {
-            self.check()?;
-            let end = (off + BLOCK_BYTES).min(e.byte_len());
-            ckpt.prefetch(e, end..end + BLOCK_BYTES);
-            self.tally_copied(e.dtype, ckpt.bytes(e, off..end), src.model, tally);
-            for o in outputs.iter_mut() {
-                // The writer writes from the map and releases the pages once written.
-                o.writer.push_mapped(ckpt.mapped(e, off..end))?;
-            }
-            self.stats.bytes_read.fetch_add((end - off) as u64, Ordering::Relaxed);
-            self.progress.advance((end - off) as u64);
+            self.progress.advance(((end - off) * outputs) as u64);
             off = end;
         }
         Ok(())
