@@ -485,10 +485,7 @@ impl<'a> Combine<'a> {
         let bytes = (r.start - base) * w..(r.end - base) * w;
         for (k, (acc, chunk)) in sc.acc.iter().zip(chunks.iter_mut()).enumerate() {
             let nonfinite = encode(self.out, &acc[..r.len()], &mut chunk[bytes.clone()]);
-            if nonfinite > 0 {
-                tally.outputs[k].fetch_add(nonfinite as u64, Ordering::Relaxed);
-                tally.inputs.fetch_or(self.nonfinite_sources(r.clone(), &mut sc.chat), Ordering::Relaxed);
-            }
+            self.record_nonfinite(k, nonfinite, r.clone(), &mut sc.chat, tally);
         }
         if self.target.is_none() && self.out != DType::F64 {
             let inexact = count_inexact(self.out, &chunks[0][bytes], &sc.acc[0][..r.len()], &mut sc.base);
@@ -512,10 +509,7 @@ impl<'a> Combine<'a> {
         let bytes = (r.start - base) * w..(r.end - base) * w;
         for (k, (ratios, chunk)) in self.ratios.iter().zip(chunks.iter_mut()).enumerate() {
             let nonfinite = chat_vector_bytes(self.out, t, c, b, ratios[0], &mut chunk[bytes.clone()]);
-            if nonfinite > 0 {
-                tally.outputs[k].fetch_add(nonfinite as u64, Ordering::Relaxed);
-                tally.inputs.fetch_or(self.nonfinite_sources(r.clone(), &mut sc.chat), Ordering::Relaxed);
-            }
+            self.record_nonfinite(k, nonfinite, r.clone(), &mut sc.chat, tally);
         }
     }
 
@@ -559,6 +553,14 @@ impl<'a> Combine<'a> {
                 src.read(from..from + (b - a), &mut sc.chat[..b - a]);
                 sc.acc.iter_mut().for_each(|acc| acc[a - r.start..b - r.start].copy_from_slice(&sc.chat[..b - a]));
             }
+        }
+    }
+
+    /// Counts `nonfinite` values written to output `k` over elements `r`, and where they came from.
+    fn record_nonfinite(&self, k: usize, nonfinite: usize, r: std::ops::Range<usize>, buf: &mut [f64], tally: &Tally) {
+        if nonfinite > 0 {
+            tally.outputs[k].fetch_add(nonfinite as u64, Ordering::Relaxed);
+            tally.inputs.fetch_or(self.nonfinite_sources(r, buf), Ordering::Relaxed);
         }
     }
 

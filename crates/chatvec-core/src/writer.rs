@@ -216,10 +216,9 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 
 /// The most bytes handed to the kernel in one `write` call.
 ///
-/// Measured on Linux 6.18/ext4 (this project's bench machine): writing 3 GB into the page cache
-/// took 1.2–1.4 s of system time in 64–256 KiB calls but 4.7–8.8 s in 1–16 MiB calls (the kernel
-/// copies large writes into high-order folios far more slowly). Small calls cost nothing
-/// elsewhere: 12 k system calls for 3 GB.
+/// Measured on Linux 6.18/ext4 (this project's bench machine, a C loop of `pwrite` calls):
+/// writing 3 GB into the page cache took 1.2–1.4 s of system time in 64–256 KiB calls but
+/// 4.7–8.8 s in 1–16 MiB calls. Small calls cost nothing elsewhere: 12 k system calls for 3 GB.
 pub const WRITE_CHUNK: usize = 256 << 10;
 
 /// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk, without waiting,
