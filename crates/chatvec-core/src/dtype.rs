@@ -5,6 +5,7 @@
 //! with round-to-odd, then f32→bf16/f16 with `half`'s round-to-nearest-even, which is exact
 //! whenever the intermediate format has at least two more bits than the final one (24 ≥ 11 + 2).
 
+use crate::f32_lanes;
 use crate::kernel::chat_vector;
 use serde::{Deserialize, Serialize};
 
@@ -301,6 +302,14 @@ pub(crate) fn chat_vector_bytes(
     ratio: f64,
     out: &mut [u8],
 ) -> usize {
+    if dtype == DType::BF16 && ratio == 1.0 {
+        return dispatch_simd!(
+            bf16_unit_ratio_avx512,
+            bf16_unit_ratio_lanes,
+            usize,
+            (target: &[u8], chat: &[u8], base: &[u8], out: &mut [u8])
+        );
+    }
     dispatch_simd!(
         chat_vector_bytes_avx512,
         chat_vector_bytes_lanes,
@@ -348,6 +357,12 @@ fn chat_vector_bytes_lanes(dtype: DType, target: &[u8], chat: &[u8], base: &[u8]
             (v.to_le_bytes(), v.to_bits() & F64_INF == F64_INF)
         }),
     }
+}
+
+/// [`chat_vector_bytes`] for bf16 at ratio 1, in f32 lanes proven exact ([`crate::f32_lanes`]).
+#[inline(always)]
+fn bf16_unit_ratio_lanes(target: &[u8], chat: &[u8], base: &[u8], out: &mut [u8]) -> usize {
+    f32_lanes::unit_ratio(target, chat, base, out)
 }
 
 /// The loop of [`chat_vector_bytes`] for elements of `N` bytes: `decode` is exact, `encode`
@@ -398,7 +413,7 @@ pub(crate) fn count_nonfinite_bytes(dtype: DType, bytes: &[u8]) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use half::{bf16, f16};
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dtype;
 pub mod error;
 mod exec;
+mod f32_lanes;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
