@@ -625,7 +625,11 @@ impl Job<'_> {
             let dir = OutputDir::create(&o.options.path, o.options.force)?;
             let sharing = writing.iter().filter(|w| same_disk(w.dir.path(), dir.path())).count() as u64;
             check_free_space(dir.path(), bytes_out * (1 + sharing))?;
-            let writer = ShardWriter::start(dir.path(), shards.to_vec())?;
+            let writer = if outs.len() > 1 {
+                ShardWriter::start_streaming(dir.path(), shards.to_vec())?
+            } else {
+                ShardWriter::start(dir.path(), shards.to_vec())?
+            };
             writing.push(Writing { dir, writer });
         }
         Ok(writing)

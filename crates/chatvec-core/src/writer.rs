@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::checkpoint::MappedBytes;
 use crate::{Error, Result};
@@ -234,6 +235,26 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
+/// How far behind the newest written byte a streaming shard's pages are synced and dropped from
+/// the page cache: the writeback started on the last few blocks is left to run.
+const DROP_LAG: u64 = 64 << 20;
+
+/// Waits until `len` bytes at `offset` of `file` are on disk, then drops them from the page cache.
+#[cfg(target_os = "linux")]
+fn sync_and_drop(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: both calls only read their arguments; a failure leaves the pages cached (the final
+    // sync still writes them).
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, flags);
+        libc::posix_fadvise(file.as_raw_fd(), offset as i64, len as i64, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_and_drop(_file: &File, _offset: u64, _len: u64) {}
+
 /// A writer that hands at most [`WRITE_CHUNK`] bytes to each `write` of the inner writer.
 pub struct ChunkedWrite<W: Write>(pub W);
 
@@ -298,9 +319,18 @@ impl TensorPlace<'_> {
         Ok(())
     }
 
-    /// Says that bytes `range` of the tensor are written: the kernel starts writing them to disk.
+    /// Says that bytes `range` of the tensor are written: the kernel starts writing them to disk
+    /// (and, for a streaming writer, the file's pages [`DROP_LAG`] behind are synced and dropped).
     pub fn written(&self, range: std::ops::Range<usize>) {
-        start_writeback(&self.file.file, self.offset + range.start as u64, range.len() as u64);
+        let start = self.offset + range.start as u64;
+        start_writeback(&self.file.file, start, range.len() as u64);
+        if let Some(dropped) = &self.file.dropped_to {
+            let to = start.saturating_sub(DROP_LAG);
+            let from = dropped.fetch_max(to, Ordering::Relaxed);
+            if from < to {
+                sync_and_drop(&self.file.file, from, to - from);
+            }
+        }
     }
 }
 
@@ -308,6 +338,8 @@ impl TensorPlace<'_> {
 struct ShardFile {
     path: PathBuf,
     file: File,
+    /// For a streaming writer: the offset below which pages were synced and dropped.
+    dropped_to: Option<AtomicU64>,
 }
 
 /// A tensor's place in the layout: its shard, offset and size.
@@ -334,6 +366,17 @@ pub struct ShardWriter {
 impl ShardWriter {
     /// Creates the shard files of `shards` in `dir`, each with its header.
     pub fn start(dir: &Path, shards: Vec<Shard>) -> Result<Self> {
+        Self::create(dir, shards, false)
+    }
+
+    /// As [`Self::start`], for one of several outputs written at once (a merge at several
+    /// ratios): written pages are synced and dropped from the page cache as the writing goes on,
+    /// so the outputs, together larger than the inputs, do not push the inputs out of it.
+    pub fn start_streaming(dir: &Path, shards: Vec<Shard>) -> Result<Self> {
+        Self::create(dir, shards, true)
+    }
+
+    fn create(dir: &Path, shards: Vec<Shard>, streaming: bool) -> Result<Self> {
         let (mut files, mut slots, mut order, mut total) = (vec![], HashMap::new(), vec![], 0u64);
         for (k, shard) in shards.iter().enumerate() {
             let path = dir.join(&shard.file);
@@ -349,7 +392,7 @@ impl ShardWriter {
                 offset += t.bytes as u64;
             }
             total += offset;
-            files.push(ShardFile { path, file });
+            files.push(ShardFile { path, file, dropped_to: streaming.then(|| AtomicU64::new(0)) });
         }
         Ok(ShardWriter { files, slots, order, cursor: (0, 0), total })
     }
@@ -385,6 +428,9 @@ impl ShardWriter {
         // looks complete. Most pages were written back while later tensors were computed.
         for f in &self.files {
             f.file.sync_data().map_err(|e| Error::io(&f.path, e))?;
+            if f.dropped_to.is_some() {
+                sync_and_drop(&f.file, 0, 0);
+            }
         }
         Ok(self.total)
     }
