@@ -291,6 +291,101 @@ pub fn cross_entropy(logits: &Tensor, targets: Vec<u32>, weights: Vec<f32>) -> R
     logits.contiguous()?.apply_op1(CrossEntropy { targets: Arc::new(targets), weights: Arc::new(weights) })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Linear layers, y = x·wᵀ, with every long sum split into fixed chunks.
+
+/// The longest sum over an inner (k) dimension that one gemm call does in the lab.
+///
+/// candle's matmul is the `gemm` crate, which splits k into blocks of `kc` and adds the blocks'
+/// partial sums into the output, one rounding per block boundary. `kc` comes from the L1 data
+/// cache the OS reports (gemm-common's `cache.rs`, `kernel_params`): `max(x, 512)` capped at k,
+/// where `x` grows with the cache's associativity. A 32 KiB 8-way L1 (Skylake-SP, Cascade
+/// Lake, AMD Zen) gives 512, the 48 KiB 12-way L1 of Ice Lake and later Xeons 1024, so a weight
+/// gradient summed over 768 tokens was two blocks of 384 on one host and one block of 768 on the
+/// other: the same training rounded differently. A sum of at most 512 terms is never split, on
+/// any host; [`matmul_fixed`] cuts longer ones into chunks of at most this size itself.
+pub const MAX_K_CHUNK: usize = 512;
+
+/// The chunks `(start, len)` of a sum over `k` terms: `ceil(k / 512)` chunks of
+/// `ceil(k / chunks)` terms, the last one shorter (the split gemm itself makes when its block is
+/// 512). Empty for `k == 0`.
+pub fn k_chunks(k: usize) -> Vec<(usize, usize)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let parts = k.div_ceil(MAX_K_CHUNK);
+    let len = k.div_ceil(parts);
+    (0..k).step_by(len).map(|start| (start, len.min(k - start))).collect()
+}
+
+/// `a · b` for 2-D `a` `(m, k)` and `b` `(k, n)`: one gemm call per chunk of [`k_chunks`], the
+/// chunks' products added in order. Every output element is the same sum in the same order on
+/// any host (for a given instruction set: gemm's x86 kernels use FMA): each chunk's terms
+/// accumulated one after the other by a fused multiply-add from zero, then chunk 0 + chunk 1 +
+/// … (`tests::fixed_matmul_is_the_fixed_order_sum`).
+pub fn matmul_fixed(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (_, k) = a.dims2()?;
+    let mut sum: Option<Tensor> = None;
+    for (start, len) in k_chunks(k) {
+        let p = a.narrow(1, start, len)?.matmul(&b.narrow(0, start, len)?)?;
+        sum = Some(match sum {
+            None => p,
+            Some(s) => (s + p)?,
+        });
+    }
+    match sum {
+        Some(s) => Ok(s),
+        None => a.matmul(b),
+    }
+}
+
+struct Linear;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "lab-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (&[n, k], &[out, k2]) = (l1.dims(), l2.dims()) else {
+            candle_core::bail!("lab linear: x and w must be 2-D, got {:?} and {:?}", l1.dims(), l2.dims());
+        };
+        if k != k2 {
+            candle_core::bail!("lab linear: x has {k} columns, w {k2}");
+        }
+        let wt = l2.transpose(0, 1)?;
+        let mut sum: Option<Vec<f32>> = None;
+        for (start, len) in k_chunks(k) {
+            let p = s1.matmul(s2, (1, n, out, len), &l1.narrow(1, start, len)?, &wt.narrow(0, start, len)?)?;
+            let p = p.as_slice::<f32>()?;
+            match &mut sum {
+                None => sum = Some(p.to_vec()),
+                Some(s) => s.iter_mut().zip(p).for_each(|(a, &b)| *a += b),
+            }
+        }
+        let dst = match sum {
+            Some(s) => s,
+            None => vec![0f32; n * out],
+        };
+        Ok((CpuStorage::F32(dst), Shape::from((n, out))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // dx = dy·w sums over the outputs (the vocabulary for lm_head); dw = dyᵀ·x over the
+        // batch's tokens (8 × 96 = 768 in the base stage).
+        let dx = matmul_fixed(dy, w)?;
+        let dw = matmul_fixed(&dy.t()?, x)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `x · wᵀ` for `x` `(n, in)` and a weight `w` `(out, in)`, forward and backward summed in
+/// fixed chunks ([`MAX_K_CHUNK`]): the same bits whatever L1 cache the host reports.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var, D};
@@ -384,6 +479,118 @@ mod tests {
                 ((picked * wt).unwrap().sum_all().unwrap() * (-1.0 / total)).unwrap()
             },
         );
+    }
+
+    #[test]
+    fn k_chunks_cover_k_in_order_and_never_exceed_the_limit() {
+        assert!(k_chunks(0).is_empty());
+        assert_eq!(k_chunks(96), vec![(0, 96)]);
+        assert_eq!(k_chunks(512), vec![(0, 512)]);
+        assert_eq!(k_chunks(768), vec![(0, 384), (384, 384)]);
+        assert_eq!(k_chunks(2008), vec![(0, 502), (502, 502), (1004, 502), (1506, 502)]);
+        for k in 1..3000 {
+            let c = k_chunks(k);
+            assert_eq!(c.len(), k.div_ceil(MAX_K_CHUNK), "k {k}");
+            let mut next = 0;
+            for &(start, len) in &c {
+                assert!(start == next && len > 0 && len <= MAX_K_CHUNK, "k {k}: {c:?}");
+                next += len;
+            }
+            assert_eq!(next, k);
+        }
+    }
+
+    /// `a·b` summed in the fixed order [`matmul_fixed`] promises: per chunk of [`k_chunks`] a
+    /// fused multiply-add from zero, term after term; then the chunks added in order.
+    fn fixed_order_reference(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize)) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut total: Option<f32> = None;
+                for (start, len) in k_chunks(k) {
+                    let mut acc = 0f32;
+                    for t in start..start + len {
+                        acc = a[i * k + t].mul_add(b[t * n + j], acc);
+                    }
+                    total = Some(total.map_or(acc, |s| s + acc));
+                }
+                out[i * n + j] = total.unwrap_or(0.0);
+            }
+        }
+        out
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The point of [`matmul_fixed`] and [`linear`]: their result is one fixed sum, with no
+    /// input from the host's caches. Compared bit for bit with a scalar reference on the lab's
+    /// shapes (768-token weight gradients, the 2008-row lm_head) and odd ones; gemm's x86
+    /// kernels need FMA, elsewhere only closeness is checked.
+    #[test]
+    fn fixed_matmul_is_the_fixed_order_sum() {
+        #[cfg(target_arch = "x86_64")]
+        let exact = std::arch::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let exact = false;
+        for (i, &(m, k, n)) in
+            [(96, 768, 80), (100, 2008, 96), (70, 1100, 37), (33, 300, 65), (65, 513, 64)].iter().enumerate()
+        {
+            let a = random(&[m, k], 10 + i as u64);
+            let b = random(&[k, n], 20 + i as u64);
+            let got = f32_vec(&matmul_fixed(a.as_tensor(), b.as_tensor()).unwrap()).unwrap();
+            let want =
+                fixed_order_reference(&f32_vec(a.as_tensor()).unwrap(), &f32_vec(b.as_tensor()).unwrap(), (m, k, n));
+            if exact {
+                assert_eq!(bits(&got), bits(&want), "({m}, {k}, {n})");
+            } else {
+                assert_close(&got, &want, 1e-3, "matmul_fixed");
+            }
+        }
+    }
+
+    /// The linear layer's value and both gradients are the fixed-order sums, and agree with
+    /// candle's own `x.matmul(wᵀ)`.
+    #[test]
+    fn linear_is_the_fixed_order_sum_forward_and_backward() {
+        #[cfg(target_arch = "x86_64")]
+        let exact = std::arch::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let exact = false;
+        let (n, inp, out) = (768, 96, 530);
+        let (x, w) = (random(&[n, inp], 31), random(&[out, inp], 32));
+        // Against candle's matmul: the same up to rounding (sums of 768 terms of order 1 here, so
+        // a looser tolerance than `compare`'s).
+        let (y1, g1) = value_and_grads(&[x.clone(), w.clone()], |t| linear(&t[0], &t[1]).unwrap());
+        let (y2, g2) = value_and_grads(&[x.clone(), w.clone()], |t| t[0].matmul(&t[1].t().unwrap()).unwrap());
+        assert_close(&y1, &y2, 1e-4, "value");
+        assert_close(&g1[0], &g2[0], 1e-3, "dx");
+        assert_close(&g1[1], &g2[1], 1e-3, "dw");
+
+        let y = linear(x.as_tensor(), w.as_tensor()).unwrap();
+        let dy = random(y.dims(), 33);
+        let grads = (&y * dy.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let (xs, ws, dys) =
+            (f32_vec(x.as_tensor()).unwrap(), f32_vec(w.as_tensor()).unwrap(), f32_vec(dy.as_tensor()).unwrap());
+        let transpose =
+            |v: &[f32], r: usize, c: usize| -> Vec<f32> { (0..c * r).map(|i| v[(i % r) * c + i / r]).collect() };
+        let checks = [
+            ("value", f32_vec(&y).unwrap(), fixed_order_reference(&xs, &transpose(&ws, out, inp), (n, inp, out))),
+            ("dx", f32_vec(grads.get(&x).unwrap()).unwrap(), fixed_order_reference(&dys, &ws, (n, out, inp))),
+            (
+                "dw",
+                f32_vec(grads.get(&w).unwrap()).unwrap(),
+                fixed_order_reference(&transpose(&dys, n, out), &xs, (out, n, inp)),
+            ),
+        ];
+        for (what, got, want) in checks {
+            if exact {
+                assert_eq!(bits(&got), bits(&want), "{what}");
+            } else {
+                assert_close(&got, &want, 1e-3, what);
+            }
+        }
     }
 
     #[test]

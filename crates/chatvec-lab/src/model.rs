@@ -242,7 +242,7 @@ impl TrainModel {
             None => head,
         };
         debug_assert_eq!(x.dims2()?, (b * s, h));
-        Ok(x.matmul(&head.t()?)?)
+        Ok(kernels::linear(&x, &head)?)
     }
 
     fn norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
@@ -294,7 +294,7 @@ impl TrainModel {
     fn layer(&self, x: &Tensor, l: usize, b: usize, s: usize) -> Result<Tensor> {
         let (nh, hd) = (self.cfg.heads, self.cfg.head_dim());
         let p = format!("model.layers.{l}");
-        let linear = |x: &Tensor, name: &str| -> Result<Tensor> { Ok(x.matmul(&self.get(name)?.t()?)?) };
+        let linear = |x: &Tensor, name: &str| -> Result<Tensor> { Ok(kernels::linear(x, &self.get(name)?)?) };
         let hn = self.norm(x, &format!("{p}.input_layernorm.weight"))?;
         let heads = |name: &str| -> Result<Tensor> {
             Ok(linear(&hn, &format!("{p}.self_attn.{name}.weight"))?.reshape((b, s, nh, hd))?.transpose(1, 2)?)
