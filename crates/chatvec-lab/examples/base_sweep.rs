@@ -30,6 +30,7 @@ fn num<T: std::str::FromStr + std::fmt::Display>(args: &[String], name: &str, de
 }
 
 fn main() -> Result<()> {
+    chatvec_lab::train::keep_freed_buffers();
     let args: Vec<String> = std::env::args().collect();
     let mix = CopyMix {
         echoed_percent: num(&args, "--echo", 25)?,

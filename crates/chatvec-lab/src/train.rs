@@ -439,6 +439,23 @@ pub fn eval_loss(model: &TrainModel, batch: &Batch) -> Result<f32> {
     Ok(loss(model, batch)?.to_dtype(DType::F32)?.to_scalar::<f32>()?)
 }
 
+/// Makes glibc keep freed buffers up to 32 MiB in the process heap instead of unmapping them.
+/// A training step allocates and frees the same tensor sizes every time; past glibc's default
+/// mmap threshold each was mapped, faulted in page by page and unmapped again. Measured with
+/// `/usr/bin/time` on `RAYON_NUM_THREADS=1 target/release/examples/base_sweep --echo 50 --hidden 96
+/// --intermediate 256 --steps 200`: 4.1 M minor faults and 13.9 s of system time for 26.8 s of
+/// user time before, 93 k faults and 1.7 s after. Process-wide, so the binary calls it (before
+/// training or evaluating), not the library; a no-op off glibc.
+pub fn keep_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before the training threads
+    // start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

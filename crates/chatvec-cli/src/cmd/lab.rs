@@ -116,6 +116,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         LabCommand::Train(a) => {
             // Before any candle op: candle and rayon read it when their thread pools start.
             std::env::set_var("RAYON_NUM_THREADS", a.threads.max(1).to_string());
+            chatvec_lab::train::keep_freed_buffers();
             let mut recipe = Recipe::default();
             if let Some(n) = a.base_steps {
                 recipe.base.steps = n;
@@ -133,7 +134,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 eprintln!("{} (seed {}): final loss {:.4} in {:.0}s", l.stage, l.seed, l.final_loss, l.seconds);
             }
         }
-        LabCommand::Eval(a) => eval(a)?,
+        LabCommand::Eval(a) => {
+            chatvec_lab::train::keep_freed_buffers();
+            eval(a)?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
