@@ -520,6 +520,14 @@ mod tests {
         out
     }
 
+    /// Whether gemm runs its FMA kernels here, whose sums the scalar reference reproduces exactly.
+    fn fma_kernels() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return std::arch::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
@@ -530,10 +538,7 @@ mod tests {
     /// kernels need FMA, elsewhere only closeness is checked.
     #[test]
     fn fixed_matmul_is_the_fixed_order_sum() {
-        #[cfg(target_arch = "x86_64")]
-        let exact = std::arch::is_x86_feature_detected!("fma");
-        #[cfg(not(target_arch = "x86_64"))]
-        let exact = false;
+        let exact = fma_kernels();
         for (i, &(m, k, n)) in
             [(96, 768, 80), (100, 2008, 96), (70, 1100, 37), (33, 300, 65), (65, 513, 64)].iter().enumerate()
         {
@@ -554,10 +559,7 @@ mod tests {
     /// candle's own `x.matmul(wᵀ)`.
     #[test]
     fn linear_is_the_fixed_order_sum_forward_and_backward() {
-        #[cfg(target_arch = "x86_64")]
-        let exact = std::arch::is_x86_feature_detected!("fma");
-        #[cfg(not(target_arch = "x86_64"))]
-        let exact = false;
+        let exact = fma_kernels();
         let (n, inp, out) = (768, 96, 530);
         let (x, w) = (random(&[n, inp], 31), random(&[out, inp], 32));
         // Against candle's matmul: the same up to rounding (sums of 768 terms of order 1 here, so
