@@ -8,8 +8,8 @@
 //! at most `emax − emin + 10 ≤ 24` significant bits, which f32 holds exactly (the difference is
 //! below 2^128; a sum past f32's range is ±infinity, as the exact value rounds to in bf16). Both
 //! paths then round the same exact value once, to nearest even. Other elements (NaN, infinite or
-//! huge inputs, exponents farther apart) are computed in f64 one by one. In fine-tuned weights chat and base are close,
-//! so that is rare (measured on the benchmark's weights by `almost_every_fine_tune_like_...`).
+//! huge inputs, exponents farther apart) are computed in f64 one by one. In fine-tuned weights
+//! chat and base are close, so that is rare (`almost_every_fine_tune_like_element_is_proven`).
 
 use crate::dtype::{bf16_to_f64, round_bf16};
 use crate::kernel::chat_vector;
@@ -68,6 +68,7 @@ fn words(bytes: &[u8]) -> Option<[u16; BLOCK]> {
     Some(std::array::from_fn(|i| u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])))
 }
 
+/// One whole block: every lane in f32, then the unproven ones again in f64.
 #[inline(always)]
 fn block(t: &[u16; BLOCK], c: &[u16; BLOCK], b: &[u16; BLOCK], out: &mut [u8]) -> usize {
     let mut rounded = [0u16; BLOCK];
