@@ -92,7 +92,7 @@ impl std::fmt::Display for DType {
 /// Hand-written because the portable-SIMD and multiversioning crates need nightly or pull in
 /// macros for what is one `#[target_feature]` wrapper here.
 macro_rules! dispatch_simd {
-    ($avx512:ident, $generic:ident, $ret:ty, ($($arg:ident: $ty:ty),*)) => {{
+    ($avx512:ident, $generic:path, $ret:ty, ($($arg:ident: $ty:ty),*)) => {{
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
@@ -302,10 +302,11 @@ pub(crate) fn chat_vector_bytes(
     ratio: f64,
     out: &mut [u8],
 ) -> usize {
+    // The most common case, in f32 lanes proven exact element by element.
     if dtype == DType::BF16 && ratio == 1.0 {
         return dispatch_simd!(
             bf16_unit_ratio_avx512,
-            bf16_unit_ratio_lanes,
+            f32_lanes::unit_ratio,
             usize,
             (target: &[u8], chat: &[u8], base: &[u8], out: &mut [u8])
         );
@@ -357,12 +358,6 @@ fn chat_vector_bytes_lanes(dtype: DType, target: &[u8], chat: &[u8], base: &[u8]
             (v.to_le_bytes(), v.to_bits() & F64_INF == F64_INF)
         }),
     }
-}
-
-/// [`chat_vector_bytes`] for bf16 at ratio 1, in f32 lanes proven exact ([`crate::f32_lanes`]).
-#[inline(always)]
-fn bf16_unit_ratio_lanes(target: &[u8], chat: &[u8], base: &[u8], out: &mut [u8]) -> usize {
-    f32_lanes::unit_ratio(target, chat, base, out)
 }
 
 /// The loop of [`chat_vector_bytes`] for elements of `N` bytes: `decode` is exact, `encode`

@@ -444,7 +444,7 @@ pub fn eval_loss(model: &TrainModel, batch: &Batch) -> Result<f32> {
 /// mmap threshold each was mapped, faulted in page by page and unmapped again. Measured with
 /// `/usr/bin/time` on `RAYON_NUM_THREADS=1 target/release/examples/base_sweep --echo 50 --hidden 96
 /// --intermediate 256 --steps 200`: 4.1 M minor faults and 13.9 s of system time for 26.8 s of
-/// user time before, 93 k faults and 1.7 s after. Process-wide, so the binary calls it (before
+/// user time before, 93 k faults and 1.4 s after. Process-wide, so the binary calls it (before
 /// training or evaluating), not the library; a no-op off glibc.
 pub fn keep_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
