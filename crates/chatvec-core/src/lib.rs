@@ -13,10 +13,12 @@ pub mod dtype;
 pub mod error;
 mod exec;
 mod f32_lanes;
+pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
 pub mod kernel;
+pub mod metadata;
 pub mod modelfiles;
 pub mod ops;
 pub mod plan;

@@ -147,7 +147,7 @@ pub fn merge_to_gguf(
             Origin::Computed(_) => None,
         })
         .collect();
-    let file = GgufFile::create(out, force, gguf.file_bytes())?;
+    let file = GgufFile::create(out, force, gguf.file_bytes(), &[&job.base.path, &job.chat.path, &job.target.path])?;
     let mut sink = GgufSink::start(&gguf, &sources, file)?;
     progress.begin(
         order
@@ -158,6 +158,7 @@ pub fn merge_to_gguf(
             .sum(),
     );
     let bytes_read = merge.stream(&order, &mut sink, progress, cancel)?;
+    merge.check_inputs_unchanged()?;
     sink.finish()?;
     progress.finish();
     Ok(MergeGgufSummary {

@@ -207,6 +207,7 @@ mod tests {
             endpoint: "http://127.0.0.1:9".into(),
             token: None,
             offline: true,
+            download_timeout: Ok(crate::hub::DEFAULT_DOWNLOAD_TIMEOUT),
         };
         hub.resolve(spec, &crate::NoProgress, &std::sync::atomic::AtomicBool::new(false))
     }
