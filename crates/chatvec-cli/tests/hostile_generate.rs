@@ -233,3 +233,21 @@ fn piped_chat_skips_a_line_too_long_or_not_text_answers_the_rest_and_exits_1() {
     let o = chat_piped(&model, b"hi\nhello\n");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+#[test]
+fn control_characters_in_a_gguf_architecture_name_are_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("m.gguf");
+    let o = chatvec(&["export", "gguf", "--model", fixture("target").to_str().unwrap(), "-o", gguf.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // general.architecture = "llama" (a string, type 8, of 5 bytes) becomes ESC [ 2 J BEL.
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    let key = [&b"general.architecture"[..], &8u32.to_le_bytes(), &5u64.to_le_bytes(), b"llama"].concat();
+    let at = bytes.windows(key.len()).position(|w| w == key).expect("the architecture key") + key.len() - 5;
+    bytes[at..at + 5].copy_from_slice(b"\x1b[2J\x07");
+    std::fs::write(&gguf, bytes).unwrap();
+    let tok = fixture("tokenizer");
+    let o = chatvec(&["generate", "--model", gguf.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--prompt", "hi"]);
+    let err = fails_with_one_line(&o, &["\\u{1b}[2J\\u{7}"]);
+    assert!(!err.contains(['\u{1b}', '\u{7}']), "{err:?}");
+}

@@ -54,8 +54,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let cancel = interrupt_flag();
     let bar = Bar::new(a.quiet);
     let s = chatvec_gguf::export(&model.path, &a.output, ftype, a.force, &bar, &cancel)?;
-    let arch = super::common::terminal_safe(&s.arch);
-    eprintln!("wrote {} ({} tensors, {arch}, {:.1} MB)", a.output.display(), s.tensors, s.bytes as f64 / 1e6);
+    eprintln!("wrote {} ({} tensors, {}, {:.1} MB)", a.output.display(), s.tensors, s.arch, s.bytes as f64 / 1e6);
     Ok(ExitCode::SUCCESS)
 }
 
