@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod merge_gguf;
 
 /// Give a language-adapted LLM chat skills by weight arithmetic (the chat-vector method).
 #[derive(Parser)]
@@ -49,7 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // An input truncated under a run ends it with one line, and its temporary output removed.
-    chatvec_core::fault::install();
+    chatvec_format::fault::install();
     let result = match cli.command {
         Command::Merge(a) => cmd::merge::run(a),
         Command::Extract(a) => cmd::extract::run(a),
@@ -74,7 +75,7 @@ fn main() -> ExitCode {
             if err.chain().any(|e| {
                 matches!(
                     e.downcast_ref(),
-                    Some(chatvec_core::Error::Interrupted | chatvec_core::Error::DownloadInterrupted { .. })
+                    Some(chatvec_format::Error::Interrupted | chatvec_format::Error::DownloadInterrupted { .. })
                 )
             }) {
                 return ExitCode::from(cmd::common::interrupted_exit_code());

@@ -247,7 +247,15 @@ fn control_characters_in_a_gguf_architecture_name_are_escaped() {
     bytes[at..at + 5].copy_from_slice(b"\x1b[2J\x07");
     std::fs::write(&gguf, bytes).unwrap();
     let tok = fixture("tokenizer");
-    let o = chatvec(&["generate", "--model", gguf.to_str().unwrap(), "--tokenizer", tok.to_str().unwrap(), "--prompt", "hi"]);
+    let o = chatvec(&[
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
     let err = fails_with_one_line(&o, &["\\u{1b}[2J\\u{7}"]);
     assert!(!err.contains(['\u{1b}', '\u{7}']), "{err:?}");
 }

@@ -26,7 +26,7 @@ pub enum GenError {
     },
     /// A model file the checkpoint library refused (too large, unreadable, malformed).
     #[error("{0}")]
-    ModelFile(#[from] chatvec_core::Error),
+    ModelFile(#[from] chatvec_format::Error),
     /// The directory is not a model directory.
     #[error("{0}")]
     NotAModel(String),

@@ -11,7 +11,7 @@ use tokenizers::{
 use crate::error::{GenError, Result};
 
 /// The special tokens of `tokenizer_config.json` (and `special_tokens_map.json`), both optional.
-/// The chat template and the stop ids are read by chatvec-core (`modelfiles`).
+/// The chat template and the stop ids are read by chatvec-format (`modelfiles`).
 #[derive(Debug, Clone, Default)]
 pub struct TokenizerConfig {
     config: Value,
@@ -30,7 +30,7 @@ impl TokenizerConfig {
             if !path.is_file() {
                 return Ok(Value::Null);
             }
-            let text = chatvec_core::metadata::read_metadata(&path)?;
+            let text = chatvec_format::metadata::read_metadata(&path)?;
             serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))
         };
         Ok(TokenizerConfig { config: read("tokenizer_config.json")?, special_map: read("special_tokens_map.json")? })

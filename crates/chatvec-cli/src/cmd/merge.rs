@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use chatvec_core::{ops, MergeJob, OutputOptions};
+use chatvec_merge::{ops, MergeJob, OutputOptions};
 
 use super::common::{
     interrupt_flag, parse_gguf_type, parse_ratio, print_next_step, warn_if_swapped, Bar, HubArgs, OutputArgs, PairArgs,
@@ -117,7 +117,7 @@ fn merge_to_gguf(job: &MergeJob, ftype: Option<chatvec_gguf::FileType>, out: &Ou
     let ftype = super::export::file_type(ftype, &job.target.path)?;
     let cancel = interrupt_flag();
     let bar = Bar::new(out.quiet || out.json);
-    let s = chatvec_gguf::sink::merge_to_gguf(job, &out.output, ftype, out.force, &bar, &cancel)?;
+    let s = crate::merge_gguf::merge_to_gguf(job, &out.output, ftype, out.force, &bar, &cancel)?;
     for w in &s.warnings {
         eprintln!("warning: {}", super::common::terminal_safe(w));
     }
