@@ -82,7 +82,7 @@ impl GenerationDefaults {
         if !path.is_file() {
             return Ok(d);
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
+        let text = chatvec_format::metadata::read_metadata(&path)?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
         let field = |k: &str| v.get(k).filter(|x| !x.is_null());
         let wrong = |k: &str, what: &str| {
