@@ -22,6 +22,7 @@ use crate::dtype::{chat_vector_bytes, count_nonfinite, count_nonfinite_bytes, de
 use crate::kernel::{chat_vector, feature_porter, PorterParams, PorterRange};
 use crate::plan::{entry, Action, Override, Plan, PlannedTensor, Src, Term};
 use crate::reader::TensorReader;
+use crate::simd::SimdTier;
 use crate::writer::WRITE_CHUNK;
 use crate::writer::{TensorPlace, TensorSink};
 use crate::{DType, Error, Result};
@@ -508,7 +509,8 @@ impl<'a> Combine<'a> {
         let w = self.out.size();
         let bytes = (r.start - base) * w..(r.end - base) * w;
         for (k, (ratios, chunk)) in self.ratios.iter().zip(chunks.iter_mut()).enumerate() {
-            let nonfinite = chat_vector_bytes(self.out, t, c, b, ratios[0], &mut chunk[bytes.clone()]);
+            let nonfinite =
+                chat_vector_bytes(SimdTier::active(), self.out, t, c, b, ratios[0], &mut chunk[bytes.clone()]);
             self.record_nonfinite(k, nonfinite, r.clone(), &mut sc.chat, tally);
         }
     }

@@ -21,6 +21,7 @@ pub mod modelfiles;
 pub mod ops;
 pub mod plan;
 pub mod reader;
+pub mod simd;
 pub mod swapped;
 pub mod writer;
 
@@ -32,4 +33,5 @@ pub use exec::{NoProgress, Progress};
 pub use hub::{resolve_model, Hub, HubId, ResolvedModel};
 pub use ops::{prepare_merge, ApplyJob, ExtractJob, MergeJob, OutputOptions, PreparedMerge, Summary};
 pub use plan::{PlanOptions, Selection};
+pub use simd::SimdTier;
 pub use writer::TensorSink;
