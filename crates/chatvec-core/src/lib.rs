@@ -20,6 +20,7 @@ pub mod kernel;
 pub mod modelfiles;
 pub mod ops;
 pub mod plan;
+pub mod q8_0;
 pub mod reader;
 pub mod simd;
 pub mod swapped;
