@@ -92,12 +92,16 @@ pub(crate) fn matmul_q8_0_with(tier: SimdTier, m: usize, k: usize, lhs: &[f32], 
         #[cfg(target_arch = "x86_64")]
         SimdTier::Avx512 if x86::has_vnni() => {
             let tiles = Tiles { full: (4, 4), single: 4 };
-            tiled(m, n, dst, tiles, |j, r, (rm, rn), out| x86::q8_tile_vnni(rm, rn, &rows(j, n, weight_row), &x, r, out))
+            tiled(m, n, dst, tiles, |j, r, (rm, rn), out| {
+                x86::q8_tile_vnni(rm, rn, &rows(j, n, weight_row), &x, r, out)
+            })
         }
         #[cfg(target_arch = "x86_64")]
         SimdTier::Avx2 | SimdTier::Avx512 => {
             let tiles = Tiles { full: (2, 4), single: 4 };
-            tiled(m, n, dst, tiles, |j, r, (rm, rn), out| x86::q8_tile_avx2(rm, rn, &rows(j, n, weight_row), &x, r, out))
+            tiled(m, n, dst, tiles, |j, r, (rm, rn), out| {
+                x86::q8_tile_avx2(rm, rn, &rows(j, n, weight_row), &x, r, out)
+            })
         }
         _ => tiled(m, n, dst, Tiles { full: (1, 1), single: 1 }, |j, r, _, out| {
             let (q, d) = x.row(r);
@@ -152,7 +156,13 @@ type TileOut = [[f32; MAX_TILE]; MAX_TILE];
 /// Fills `dst (m, n)` tile by tile: `tile(j, r, (rm, rn), out)` computes weight rows `j..j+rm`
 /// against input rows `r..r+rn` (rows past the ends repeat the last) into `out`. Rectangles of
 /// weight rows × input rows run in parallel.
-fn tiled(m: usize, n: usize, dst: &mut [f32], tiles: Tiles, tile: impl Fn(usize, usize, (usize, usize), &mut TileOut) + Sync) {
+fn tiled(
+    m: usize,
+    n: usize,
+    dst: &mut [f32],
+    tiles: Tiles,
+    tile: impl Fn(usize, usize, (usize, usize), &mut TileOut) + Sync,
+) {
     if m == 0 || n == 0 {
         return;
     }

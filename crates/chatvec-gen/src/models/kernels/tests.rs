@@ -63,14 +63,24 @@ fn exact_q8_operands(rng: &mut Rng, m: usize, k: usize, n: usize, extreme: bool)
     for block in lhs.chunks_mut(32) {
         let scale = if rng.next_u64() & 1 == 0 { 1.0 } else { 2.0 };
         for v in block.iter_mut() {
-            *v = if extreme { 127.0 * if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 } } else { small_int(rng, 3) as f32 } * scale;
+            *v = if extreme {
+                127.0 * if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 }
+            } else {
+                small_int(rng, 3) as f32
+            } * scale;
         }
         block[(rng.next_u64() % 32) as usize] = if rng.next_u64() & 1 == 0 { 127.0 } else { -127.0 } * scale;
     }
     let w = (0..n * k / 32)
         .map(|_| Q8Block {
             d: f16::from_f32(if rng.next_u64() & 1 == 0 { 1.0 } else { 2.0 }).to_bits(),
-            qs: std::array::from_fn(|_| if extreme { [-128, 127][(rng.next_u64() & 1) as usize] } else { small_int(rng, 4) as i8 }),
+            qs: std::array::from_fn(|_| {
+                if extreme {
+                    [-128, 127][(rng.next_u64() & 1) as usize]
+                } else {
+                    small_int(rng, 4) as i8
+                }
+            }),
         })
         .collect();
     (lhs, w)
@@ -119,8 +129,15 @@ fn q8_0_gemm_equals_the_reference_and_candles_kernel_on_random_weights_at_every_
                     let row = &w[j * k / 32..(j + 1) * k / 32];
                     let (exact, mag) = q8_exact(row, &x, r);
                     let (q, d) = x.row(r);
-                    for (what, got) in [(tier.name(), dst[r * n + j]), ("scalar", dot_q8_0_scalar(row, q, d)), ("candle", candle[r * n + j])] {
-                        assert!((got as f64 - exact).abs() <= 1e-5 * mag, "{what}, {m}x{k}x{n} ({r}, {j}): {got} vs {exact}");
+                    for (what, got) in [
+                        (tier.name(), dst[r * n + j]),
+                        ("scalar", dot_q8_0_scalar(row, q, d)),
+                        ("candle", candle[r * n + j]),
+                    ] {
+                        assert!(
+                            (got as f64 - exact).abs() <= 1e-5 * mag,
+                            "{what}, {m}x{k}x{n} ({r}, {j}): {got} vs {exact}"
+                        );
                     }
                 }
             }
@@ -163,7 +180,10 @@ fn bf16_gemm_equals_the_widened_f64_product_at_every_tier() {
                     let exact: f64 = row.iter().zip(x).map(|(a, b)| a.to_f64() * *b as f64).sum();
                     let mag: f64 = row.iter().zip(x).map(|(a, b)| (a.to_f64() * *b as f64).abs()).sum();
                     let got = dst[r * n + j];
-                    assert!((got as f64 - exact).abs() <= 1e-5 * mag, "{tier}, {m}x{k}x{n} ({r}, {j}): {got} vs {exact}");
+                    assert!(
+                        (got as f64 - exact).abs() <= 1e-5 * mag,
+                        "{tier}, {m}x{k}x{n} ({r}, {j}): {got} vs {exact}"
+                    );
                     assert!((dot_bf16_scalar(row, x) as f64 - exact).abs() <= 1e-5 * mag);
                 }
             }

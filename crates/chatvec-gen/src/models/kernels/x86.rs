@@ -28,14 +28,7 @@ macro_rules! tile_shapes {
 /// The q8_0 tile for AVX2: products by `maddubs`, which multiplies unsigned by signed bytes, so
 /// the weights' signs move onto the inputs (`|w|·sign(x, w)`; |w| ≤ 128 and |x| ≤ 127 keep the
 /// pair sums below i16's limit).
-pub(super) fn q8_tile_avx2(
-    rm: usize,
-    rn: usize,
-    w: &[&[Q8Block]; MAX_TILE],
-    x: &Q8Rows,
-    r: usize,
-    out: &mut TileOut,
-) {
+pub(super) fn q8_tile_avx2(rm: usize, rn: usize, w: &[&[Q8Block]; MAX_TILE], x: &Q8Rows, r: usize, out: &mut TileOut) {
     assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"));
     // SAFETY: the CPU has the features (checked above; `std` caches the check).
     unsafe { tile_shapes!(rm, rn, q8_avx2, (w, x, r, out), [(2, 4), (4, 1)]) }
@@ -80,14 +73,7 @@ fn q8_avx2<const RM: usize, const RN: usize>(w: &[&[Q8Block]; MAX_TILE], x: &Q8R
 /// The q8_0 tile for AVX-512 VNNI: `dpbusd` multiplies unsigned by signed bytes into i32 lanes
 /// without saturating, so the inputs are offset to `x + 128` and `128·Σw` (one more `dpbusd`
 /// per weight block) is subtracted up front: exact.
-pub(super) fn q8_tile_vnni(
-    rm: usize,
-    rn: usize,
-    w: &[&[Q8Block]; MAX_TILE],
-    x: &Q8Rows,
-    r: usize,
-    out: &mut TileOut,
-) {
+pub(super) fn q8_tile_vnni(rm: usize, rn: usize, w: &[&[Q8Block]; MAX_TILE], x: &Q8Rows, r: usize, out: &mut TileOut) {
     assert!(has_vnni() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"));
     // SAFETY: the CPU has the features (checked above).
     unsafe { tile_shapes!(rm, rn, q8_vnni, (w, x, r, out), [(4, 4), (4, 1)]) }
@@ -133,13 +119,7 @@ fn q8_vnni<const RM: usize, const RN: usize>(w: &[&[Q8Block]; MAX_TILE], x: &Q8R
 }
 
 /// The bf16 tile for AVX2: eight weights widened per load (bf16 is the top half of an f32).
-pub(super) fn bf16_tile_avx2(
-    rm: usize,
-    rn: usize,
-    w: &[&[bf16]; MAX_TILE],
-    x: &[&[f32]; MAX_TILE],
-    out: &mut TileOut,
-) {
+pub(super) fn bf16_tile_avx2(rm: usize, rn: usize, w: &[&[bf16]; MAX_TILE], x: &[&[f32]; MAX_TILE], out: &mut TileOut) {
     assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
     // SAFETY: the CPU has the features (checked above).
     unsafe { tile_shapes!(rm, rn, bf16_avx2, (w, x, out), [(3, 4), (4, 1)]) }
