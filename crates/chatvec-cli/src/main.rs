@@ -44,6 +44,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A forced SIMD tier is checked before any work: a name that is not a tier, or one this
+    // CPU lacks, is refused (the kernels would otherwise fall back without saying so).
+    if let Err(e) = chatvec_core::SimdTier::from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Merge(a) => cmd::merge::run(a),
         Command::Extract(a) => cmd::extract::run(a),

@@ -10,7 +10,7 @@
 use std::io::Write;
 
 use chatvec_core::{dispatch_simd, DType, Error, Result, SimdTier};
-use half::{bf16, f16};
+use half::f16;
 use rayon::prelude::*;
 
 use chatvec_core::q8_0::{quantize_block, Q8_0_BLOCK};
@@ -293,6 +293,7 @@ mod tests {
     use crate::types::GgmlType;
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
+    use half::bf16;
 
     #[test]
     fn a_permuted_tensor_fed_in_odd_chunks_equals_the_whole_permutation() {
