@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use chatvec_bench::synth::{write_random_model, LlamaShape};
-use chatvec_core::writer::{plan_shards, ChunkedWrite, Shard, ShardWriter, TensorSpec};
-use chatvec_core::DType;
+use chatvec_format::writer::{plan_shards, ChunkedWrite, Shard, ShardWriter, TensorSpec};
+use chatvec_format::DType;
 use clap::Parser;
 
 /// Benchmarks for chatvec.
@@ -100,9 +100,9 @@ fn main() -> Result<()> {
     let bench = Bench::parse();
     // The chatvec binaries timed inherit CHATVEC_SIMD (`CHATVEC_SIMD=avx2` times the AVX2 kernels
     // on an AVX-512 machine); the line names the CPU and the tier they run at.
-    chatvec_core::SimdTier::from_env()?;
+    chatvec_format::SimdTier::from_env()?;
     if !matches!(bench, Bench::Synth { .. }) {
-        println!("CPU: {}", chatvec_core::simd::cpu_line());
+        println!("CPU: {}", chatvec_format::simd::cpu_line());
     }
     match bench {
         Bench::Merge(b) => b.run(),

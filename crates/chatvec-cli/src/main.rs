@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod merge_gguf;
 
 /// Give a language-adapted LLM chat skills by weight arithmetic (the chat-vector method).
 #[derive(Parser)]
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A forced SIMD tier is checked before any work: a name that is not a tier, or one this
     // CPU lacks, is refused (the kernels would otherwise fall back without saying so).
-    if let Err(e) = chatvec_core::SimdTier::from_env() {
+    if let Err(e) = chatvec_format::SimdTier::from_env() {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
@@ -74,7 +75,7 @@ fn main() -> ExitCode {
             if err.chain().any(|e| {
                 matches!(
                     e.downcast_ref(),
-                    Some(chatvec_core::Error::Interrupted | chatvec_core::Error::DownloadInterrupted { .. })
+                    Some(chatvec_format::Error::Interrupted | chatvec_format::Error::DownloadInterrupted { .. })
                 )
             }) {
                 return ExitCode::from(cmd::common::interrupted_exit_code());

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use chatvec_core::SimdTier;
+use chatvec_format::SimdTier;
 
 mod common;
 

@@ -28,9 +28,9 @@ fn num(name: &str, default: usize) -> usize {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    chatvec_core::SimdTier::from_env()?;
+    chatvec_format::SimdTier::from_env()?;
     if std::env::args().any(|a| a == "--bandwidth") {
-        let cpu = chatvec_core::simd::cpu_line();
+        let cpu = chatvec_format::simd::cpu_line();
         println!("{}", serde_json::json!({"read_gb_per_s": read_bandwidth(), "cpu": cpu}));
         return Ok(());
     }
@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "impl": "chatvec",
         "weights": weights.describe(DType::F32),
         "threads": candle_core::utils::get_num_threads(),
-        "cpu": chatvec_core::simd::cpu_line(),
+        "cpu": chatvec_format::simd::cpu_line(),
         "prompt_tokens": prompt.len(),
         "new_tokens": new_tokens,
         "load_s": load_s,

@@ -5,15 +5,15 @@
 //! since a permuted row comes from the other half of its head.
 //!
 //! The element loops (decoding bf16/f16/f64 to f32, encoding f32 to f16, bf16 and q8_0) run at
-//! the process's SIMD tier (`chatvec_core::simd`); k-quants are candle's.
+//! the process's SIMD tier (`chatvec_format::simd`); k-quants are candle's.
 
 use std::io::Write;
 
-use chatvec_core::{dispatch_simd, DType, Error, Result, SimdTier};
+use chatvec_format::{dispatch_simd, DType, Error, Result, SimdTier};
 use half::f16;
 use rayon::prelude::*;
 
-use chatvec_core::q8_0::{quantize_block, Q8_0_BLOCK};
+use chatvec_format::q8_0::{quantize_block, Q8_0_BLOCK};
 
 use crate::arch::{source_row, Transform};
 use crate::format::pad;

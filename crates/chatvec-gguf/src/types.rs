@@ -1,12 +1,12 @@
 //! Output types: the ggml element types a tensor can be stored in, the `--type` a user asks for
 //! (llama.cpp's "file type"), which tensor gets which element type, and the encoding of f32 rows.
 //!
-//! q8_0 blocks come from `chatvec_core::q8_0`, k-quant blocks from candle's quantizers
+//! q8_0 blocks come from `chatvec_format::q8_0`, k-quant blocks from candle's quantizers
 //! (`candle_core::quantized`); both follow ggml's reference `quantize_row_*` code.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use chatvec_core::{Error, Result, SimdTier};
+use chatvec_format::{Error, Result, SimdTier};
 
 use crate::encode;
 

@@ -21,7 +21,7 @@
 //! The baseline tier is the scalar reference itself.
 
 use candle_core::quantized::k_quants::BlockQ8_0;
-use chatvec_core::SimdTier;
+use chatvec_format::SimdTier;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -58,7 +58,7 @@ impl Q8Rows {
     pub(crate) fn quantize(tier: SimdTier, lhs: &[f32], k: usize) -> Q8Rows {
         let (mut qs, mut d) = (vec![0i8; lhs.len()], vec![0f32; lhs.len() / 32]);
         qs.par_chunks_mut(k).zip(d.par_chunks_mut(k / 32)).zip(lhs.par_chunks(k)).for_each(|((q, d), x)| {
-            chatvec_core::dispatch_simd!(tier, quantize_row, (), (x: &[f32], q: &mut [i8], d: &mut [f32]))
+            chatvec_format::dispatch_simd!(tier, quantize_row, (), (x: &[f32], q: &mut [i8], d: &mut [f32]))
         });
         Q8Rows { k, qs, d }
     }
@@ -68,11 +68,11 @@ impl Q8Rows {
     }
 }
 
-/// One row, block by block (the rule is `chatvec_core::q8_0`'s, inlined so it vectorizes).
+/// One row, block by block (the rule is `chatvec_format::q8_0`'s, inlined so it vectorizes).
 #[inline(always)]
 fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32]) {
     for ((x, q), d) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)).zip(d) {
-        *d = f16::from_bits(chatvec_core::q8_0::quantize_block(x, q)).to_f32();
+        *d = f16::from_bits(chatvec_format::q8_0::quantize_block(x, q)).to_f32();
     }
 }
 

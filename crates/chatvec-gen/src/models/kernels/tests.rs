@@ -3,7 +3,7 @@
 //! quantization against candle's (llama.cpp's) blocks.
 
 use candle_core::quantized::k_quants::{BlockQ8_0, GgmlType};
-use chatvec_core::SimdTier;
+use chatvec_format::SimdTier;
 use half::{bf16, f16};
 
 use super::*;
