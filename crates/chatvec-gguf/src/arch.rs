@@ -34,15 +34,27 @@ pub enum Transform {
 }
 
 impl Arch {
-    /// The architecture of a model, from `config.json`'s `architectures`.
+    /// The architecture of a model, from `config.json`'s `architectures`, or its `model_type` when
+    /// `architectures` is missing (transformers loads such models by `model_type`).
     pub fn of(config: &ModelConfig) -> Result<Self> {
-        match config.architecture() {
+        let by_model_type = || match config.model_type()? {
+            "llama" => Some("LlamaForCausalLM"),
+            "mistral" => Some("MistralForCausalLM"),
+            "qwen2" => Some("Qwen2ForCausalLM"),
+            "gemma" => Some("GemmaForCausalLM"),
+            _ => None,
+        };
+        match config.architecture().or_else(by_model_type) {
             Some("LlamaForCausalLM" | "MistralForCausalLM") => Ok(Arch::Llama),
             Some("Qwen2ForCausalLM") => Ok(Arch::Qwen2),
             Some("GemmaForCausalLM") => Ok(Arch::Gemma),
-            other => Err(Error::msg(format!(
-                "config.json: GGUF export supports Llama, Mistral, Qwen2 and Gemma, not {}",
-                other.unwrap_or("an unnamed architecture")
+            Some(other) => Err(Error::msg(format!(
+                "config.json: GGUF export supports Llama, Mistral, Qwen2 and Gemma, not {other:?}"
+            ))),
+            None => Err(Error::msg(format!(
+                "config.json: no `architectures`, and `model_type` {:?} is not one GGUF export supports \
+                 (llama, mistral, qwen2, gemma)",
+                config.model_type().unwrap_or("")
             ))),
         }
     }
@@ -61,33 +73,9 @@ impl Arch {
         if name.ends_with(".rotary_emb.inv_freq") || (self == Arch::Gemma && name == "lm_head.weight") {
             return Ok(None);
         }
-        let unknown = || Error::tensor(name, format!("has no GGUF name in llama.cpp's {} architecture", self.name()));
-        let (stem, suffix) =
-            name.rsplit_once('.').filter(|(_, s)| *s == "weight" || *s == "bias").ok_or_else(unknown)?;
-        let mapped = match stem {
-            "model.embed_tokens" => "token_embd".to_string(),
-            "model.norm" => "output_norm".to_string(),
-            "lm_head" => "output".to_string(),
-            _ => {
-                let rest = stem.strip_prefix("model.layers.").ok_or_else(unknown)?;
-                let (layer, part) = rest.split_once('.').ok_or_else(unknown)?;
-                let layer: usize = layer.parse().map_err(|_| unknown())?;
-                let part = match part {
-                    "input_layernorm" => "attn_norm",
-                    "self_attn.q_proj" => "attn_q",
-                    "self_attn.k_proj" => "attn_k",
-                    "self_attn.v_proj" => "attn_v",
-                    "self_attn.o_proj" => "attn_output",
-                    "post_attention_layernorm" => "ffn_norm",
-                    "mlp.gate_proj" => "ffn_gate",
-                    "mlp.up_proj" => "ffn_up",
-                    "mlp.down_proj" => "ffn_down",
-                    _ => return Err(unknown()),
-                };
-                format!("blk.{layer}.{part}")
-            }
-        };
-        Ok(Some(format!("{mapped}.{suffix}")))
+        hf_to_gguf(name)
+            .map(Some)
+            .ok_or_else(|| Error::tensor(name, format!("has no GGUF name in llama.cpp's {} architecture", self.name())))
     }
 
     /// What happens to the values of HF tensor `name`.
@@ -198,6 +186,53 @@ impl Arch {
     }
 }
 
+/// transformers' module names and llama.cpp's, outside the layers.
+const MODEL_TENSORS: [(&str, &str); 3] =
+    [("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("lm_head", "output")];
+
+/// transformers' module names and llama.cpp's, inside layer `i` (`model.layers.{i}.` and `blk.{i}.`).
+const LAYER_TENSORS: [(&str, &str); 9] = [
+    ("input_layernorm", "attn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// Splits `weight`/`bias` off a tensor name.
+fn split_suffix(name: &str) -> Option<(&str, &str)> {
+    name.rsplit_once('.').filter(|(_, s)| *s == "weight" || *s == "bias")
+}
+
+/// llama.cpp's name for transformers tensor `hf` (`model.layers.3.self_attn.q_proj.weight` →
+/// `blk.3.attn_q.weight`), if it has one.
+pub fn hf_to_gguf(hf: &str) -> Option<String> {
+    let (stem, suffix) = split_suffix(hf)?;
+    if let Some((_, g)) = MODEL_TENSORS.iter().find(|(h, _)| *h == stem) {
+        return Some(format!("{g}.{suffix}"));
+    }
+    let (layer, part) = stem.strip_prefix("model.layers.")?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (_, g) = LAYER_TENSORS.iter().find(|(h, _)| *h == part)?;
+    Some(format!("blk.{layer}.{g}.{suffix}"))
+}
+
+/// transformers' name for llama.cpp tensor `gguf`, the inverse of [`hf_to_gguf`].
+pub fn gguf_to_hf(gguf: &str) -> Option<String> {
+    let (stem, suffix) = split_suffix(gguf)?;
+    if let Some((h, _)) = MODEL_TENSORS.iter().find(|(_, g)| *g == stem) {
+        return Some(format!("{h}.{suffix}"));
+    }
+    let (layer, part) = stem.strip_prefix("blk.")?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (h, _) = LAYER_TENSORS.iter().find(|(_, g)| *g == part)?;
+    Some(format!("model.layers.{layer}.{h}.{suffix}"))
+}
+
 /// `head_dim`, or `hidden_size / num_attention_heads`.
 fn head_dim(config: &ModelConfig) -> usize {
     let get = |k: &str| config.get(k).and_then(Json::as_u64).map(|v| v as usize);
@@ -236,6 +271,18 @@ pub fn source_row(r: usize, rows: usize, heads: usize) -> usize {
     h * d + j * (d / 2) + i
 }
 
+/// Undoes [`Transform::Permute`] on stored rows of `row_bytes` bytes each (whole ggml blocks, so
+/// quantized rows move without dequantizing): stored row `r` goes back to row `source_row(r)`.
+pub fn unpermute_rows(stored: &[u8], row_bytes: usize, heads: usize) -> Vec<u8> {
+    let rows = stored.len() / row_bytes.max(1);
+    let mut out = vec![0u8; stored.len()];
+    for (r, row) in stored.chunks_exact(row_bytes.max(1)).enumerate() {
+        let to = source_row(r, rows, heads);
+        out[to * row_bytes..(to + 1) * row_bytes].copy_from_slice(row);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +302,20 @@ mod tests {
         assert_eq!(a.gguf_name("lm_head.weight").unwrap().unwrap(), "output.weight");
         assert_eq!(Arch::Gemma.gguf_name("lm_head.weight").unwrap(), None);
         assert!(a.gguf_name("model.vision.proj.weight").unwrap_err().to_string().contains("model.vision.proj.weight"));
+        for hf in ["model.layers.12.mlp.down_proj.weight", "model.norm.weight", "model.layers.0.self_attn.q_proj.bias"]
+        {
+            assert_eq!(gguf_to_hf(&hf_to_gguf(hf).unwrap()).as_deref(), Some(hf));
+        }
+        assert_eq!(gguf_to_hf("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn unpermuting_restores_the_rows_the_permutation_moved() {
+        let (rows, heads, row_bytes) = (16, 2, 3);
+        let hf: Vec<u8> = (0..rows * row_bytes).map(|i| i as u8).collect();
+        let stored: Vec<u8> =
+            (0..rows).flat_map(|r| hf[source_row(r, rows, heads) * row_bytes..][..row_bytes].to_vec()).collect();
+        assert_ne!(stored, hf);
+        assert_eq!(unpermute_rows(&stored, row_bytes, heads), hf);
     }
 }
