@@ -10,6 +10,7 @@
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod gguf_tokenizer;
 pub mod memory;
 pub mod models;
 pub mod sampling;
