@@ -53,7 +53,7 @@ fn node_dir() -> Option<PathBuf> {
 fn export(model: &Path, out: &Path) {
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let ftype = chatvec_gguf::FileType::Q8_0;
-    chatvec_gguf::export(model, out, ftype, false, &chatvec_core::NoProgress, &cancel).unwrap();
+    chatvec_gguf::export(model, out, ftype, false, &chatvec_format::NoProgress, &cancel).unwrap();
 }
 
 fn llama_cpp(node: &Path, gguf: &Path, texts: &[String], tmp: &Path) -> serde_json::Value {

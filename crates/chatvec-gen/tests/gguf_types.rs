@@ -50,7 +50,7 @@ fn requantized(tmp: &Path) -> Option<PathBuf> {
 fn write_f32_export(out: &Path) {
     let model = Path::new(ROOT).join("crates/chatvec-gguf/tests/data/mistral");
     let ftype = chatvec_gguf::FileType::F32;
-    let progress = chatvec_core::NoProgress;
+    let progress = chatvec_format::NoProgress;
     let cancel = std::sync::atomic::AtomicBool::new(false);
     chatvec_gguf::export(&model, out, ftype, false, &progress, &cancel).unwrap();
 }
