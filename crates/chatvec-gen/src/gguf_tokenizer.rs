@@ -130,7 +130,9 @@ impl Meta<'_> {
 /// Reads the tokenizer of a GGUF file; an error when it has none, or one chatvec cannot rebuild.
 pub fn from_gguf(index: &GgufIndex) -> Result<GgufTokenizer> {
     let meta = Meta { index };
-    let model = meta.str("tokenizer.ggml.model").ok_or_else(|| meta.err("no tokenizer in its metadata".into()))?;
+    let model = meta.str("tokenizer.ggml.model").ok_or_else(|| {
+        meta.err("no tokenizer in its metadata (pass --tokenizer DIR with Hugging Face files)".into())
+    })?;
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let types = meta.numbers("tokenizer.ggml.token_type", tokens.len())?;
     let eog = |i: usize| EOG_TEXTS.contains(&tokens[i].as_str());
