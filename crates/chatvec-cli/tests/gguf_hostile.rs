@@ -3,8 +3,8 @@
 //! key, with exit 1, never a panic or a run on wrong weights; llama.cpp (node-llama-cpp, the
 //! oracle) refuses the same files.
 //!
-//! The llama.cpp cross-check needs node with node-llama-cpp (CHATVEC_NODE_LLAMA_DIR); with `CI` set
-//! a missing tool fails the test, otherwise it is reported as skipped.
+//! The llama.cpp cross-check needs node with node-llama-cpp (CHATVEC_NODE_LLAMA_DIR); without it
+//! `cargo test` lists it as ignored (chatvec-testkit); under `CI` it runs and fails.
 
 mod common;
 
@@ -132,41 +132,46 @@ fn hostile_files(good: &[u8]) -> Vec<(&'static str, Vec<u8>, &'static str, bool)
     ]
 }
 
+/// The good export and each hostile file written beside it, with what chatvec's line must name
+/// and whether llama.cpp refuses it too.
+fn written(dir: &Path) -> (PathBuf, Vec<(PathBuf, &'static str, bool)>) {
+    let (good, good_bytes) = exported(dir);
+    let files = hostile_files(&good_bytes)
+        .into_iter()
+        .map(|(name, bytes, needle, llama_cpp_refuses)| {
+            let path = dir.join(format!("{name}.gguf"));
+            std::fs::write(&path, &bytes).unwrap();
+            (path, needle, llama_cpp_refuses)
+        })
+        .collect();
+    (good, files)
+}
+
 #[test]
 fn hostile_gguf_layouts_and_metadata_are_refused_naming_the_tensor_or_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let (good, good_bytes) = exported(tmp.path());
+    let (good, files) = written(tmp.path());
     let o = generate(&good);
     assert!(o.status.success(), "the unmodified export must run: {}", common::stderr(&o));
-    let mut files = vec![];
-    for (name, bytes, needle, llama_cpp_refuses) in hostile_files(&good_bytes) {
-        let path = tmp.path().join(format!("{name}.gguf"));
-        std::fs::write(&path, &bytes).unwrap();
-        let line = fails_with_one_line(&generate(&path), &[&format!("{name}.gguf"), needle]);
-        eprintln!("{name}: {}", line.trim_end());
-        if llama_cpp_refuses {
-            files.push(path);
-        }
+    for (path, needle, _) in files {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let line = fails_with_one_line(&generate(&path), &[name, needle]);
+        eprintln!("{}", line.trim_end());
     }
-    llama_cpp_refuses_them_too(&good, &files);
 }
 
-/// The oracle: llama.cpp loads the good file and refuses every hostile one.
-fn llama_cpp_refuses_them_too(good: &Path, hostile: &[PathBuf]) {
-    let dir =
-        std::env::var_os("CHATVEC_NODE_LLAMA_DIR").map(PathBuf::from).unwrap_or_else(|| root().join(".tools/node"));
-    if !dir.join("node_modules/node-llama-cpp").is_dir() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "node-llama-cpp is missing in {} (required when CI is set)",
-            dir.display()
-        );
-        eprintln!("SKIPPED: llama.cpp refuses the hostile GGUF files (no node-llama-cpp in {})", dir.display());
-        return;
-    }
-    assert!(llama_cpp_loads(&dir, good), "llama.cpp must load the unmodified file");
-    for h in hostile {
-        assert!(!llama_cpp_loads(&dir, h), "llama.cpp loads {}", h.display());
+/// The oracle: llama.cpp loads the good file and refuses every hostile one it checks.
+#[test]
+#[cfg_attr(not(have_node_llama), ignore = "needs node-llama-cpp 3.21.1 (CHATVEC_NODE_LLAMA_DIR)")]
+fn llama_cpp_refuses_the_same_hostile_layouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, files) = written(tmp.path());
+    let dir = chatvec_testkit::node_llama_dir();
+    assert!(llama_cpp_loads(&dir, &good), "llama.cpp must load the unmodified file");
+    for (path, _, llama_cpp_refuses) in files {
+        if llama_cpp_refuses {
+            assert!(!llama_cpp_loads(&dir, &path), "llama.cpp loads {}", path.display());
+        }
     }
 }
 

@@ -9,20 +9,12 @@ use std::path::Path;
 
 use common::{chatvec, copy_dir_files, root, stderr};
 
-fn generate(model: &Path) -> serde_json::Value {
-    let o = chatvec(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "헌법 제1조는? Answer in English.",
-        "--greedy",
-        "--max-new-tokens",
-        "12",
-        "--quantize",
-        "none",
-        "--json",
-    ]);
+fn generate(model: &Path, extra: &[&str]) -> serde_json::Value {
+    let prompt = "헌법 제1조는? Answer in English.";
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--greedy"];
+    args.extend(["--max-new-tokens", "12", "--quantize", "none", "--json"]);
+    args.extend(extra);
+    let o = chatvec(&args);
     assert!(o.status.success(), "{}: {}", model.display(), stderr(&o));
     serde_json::from_slice(&o.stdout).unwrap()
 }
@@ -47,7 +39,7 @@ fn a_gguf_without_tokenizer_files_answers_as_its_source_directory() {
         "-q",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let (want, got) = (generate(&source), generate(&gguf));
+    let (want, got) = (generate(&source, &[]), generate(&gguf, &[]));
     for key in ["prompt_text", "prompt_tokens"] {
         assert_eq!(got[key], want[key], "{key}");
     }
@@ -76,4 +68,40 @@ fn a_gguf_without_tokenizer_files_answers_as_its_source_directory() {
         "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Every architecture chatvec exports loads back from its f32 GGUF and answers as the directory
+/// does: Llama 3.1 (the fixture has `llama3` rope scaling, stored as `rope_freqs`), Mistral
+/// (written as llama, q/k rows permuted), Qwen2 and Gemma (norms stored as 1 + w). SentencePiece
+/// models run with `--tokenizer`, since transformers and llama.cpp put the space prefix
+/// differently after a special token (compared with llama.cpp in chatvec-gen's gguf_tokenizer).
+#[test]
+fn every_exported_architecture_loads_back_and_answers_as_its_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = root().join("crates/chatvec-gguf/tests/data");
+    for (arch, dir, spm) in [
+        ("llama", root().join("fixtures/llama-tiny/chat"), false),
+        ("mistral", data.join("mistral"), true),
+        ("qwen2", data.join("qwen2"), false),
+        ("gemma", data.join("gemma"), true),
+    ] {
+        let gguf = tmp.path().join(format!("{arch}.gguf"));
+        let o = chatvec(&[
+            "export",
+            "gguf",
+            "--model",
+            dir.to_str().unwrap(),
+            "-o",
+            gguf.to_str().unwrap(),
+            "--type",
+            "f32",
+            "-q",
+        ]);
+        assert!(o.status.success(), "{arch}: {}", stderr(&o));
+        let tokenizer = if spm { vec!["--tokenizer", dir.to_str().unwrap()] } else { vec![] };
+        let (want, got) = (generate(&dir, &[]), generate(&gguf, &tokenizer));
+        assert_eq!(got["prompt_text"], want["prompt_text"], "{arch}: prompt");
+        assert_eq!(got["prompt_tokens"], want["prompt_tokens"], "{arch}: prompt tokens");
+        assert_eq!(got["runs"][0]["token_ids"], want["runs"][0]["token_ids"], "{arch}: greedy tokens");
+    }
 }

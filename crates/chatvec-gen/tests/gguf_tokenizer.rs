@@ -4,8 +4,8 @@
 //! llama-bpe pre-tokenizers, and llama (SentencePiece, with and without the space prefix). Also:
 //! the special ids and add-bos flag agree, and an unknown pre-tokenizer is refused by name.
 //!
-//! Needs node with node-llama-cpp (`CHATVEC_NODE_LLAMA_DIR`); with `CI` set a missing tool fails
-//! the test, otherwise it is reported as skipped.
+//! The cross-check needs node with node-llama-cpp (`CHATVEC_NODE_LLAMA_DIR`); without it `cargo
+//! test` lists it as ignored (chatvec-testkit); under `CI` it runs and fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,16 +40,6 @@ fn fixtures() -> Vec<(&'static str, PathBuf, [&'static str; 2])> {
     ]
 }
 
-fn node_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(std::env::var("CHATVEC_NODE_LLAMA_DIR").unwrap_or_else(|_| format!("{ROOT}/.tools/node")));
-    if dir.join("node_modules/node-llama-cpp").is_dir() {
-        return Some(dir);
-    }
-    assert!(std::env::var_os("CI").is_none(), "CI: node-llama-cpp is missing in {}", dir.display());
-    eprintln!("SKIPPED: gguf_tokenizer llama.cpp cross-check (no node-llama-cpp in {})", dir.display());
-    None
-}
-
 fn export(model: &Path, out: &Path) {
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let ftype = chatvec_gguf::FileType::Q8_0;
@@ -72,8 +62,9 @@ fn llama_cpp(node: &Path, gguf: &Path, texts: &[String], tmp: &Path) -> serde_js
 }
 
 #[test]
+#[cfg_attr(not(have_node_llama), ignore = "needs node-llama-cpp 3.21.1 (CHATVEC_NODE_LLAMA_DIR)")]
 fn token_ids_from_gguf_metadata_equal_llama_cpps() {
-    let Some(node) = node_dir() else { return };
+    let node = chatvec_testkit::node_llama_dir();
     let tmp = tempfile::tempdir().unwrap();
     let mut report = vec![];
     for (name, dir, specials) in fixtures() {

@@ -7,8 +7,8 @@
 //!   a stated tolerance of its logits on the f32 file (candle's quantized matmuls round the
 //!   activations to 8 bits, as llama.cpp does, so they are not exact).
 //!
-//! Needs Python with gguf-py (`CHATVEC_PYTHON`); with `CI` set a missing tool fails the test,
-//! otherwise it is reported as skipped.
+//! Needs Python with gguf-py (`CHATVEC_PYTHON`); without it `cargo test` lists the test as
+//! ignored (chatvec-testkit); under `CI` it runs and fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,19 +23,12 @@ const TYPES: [&str; 13] =
 /// Largest logit difference allowed, as a fraction of the largest logit.
 const LOGIT_TOLERANCE: f32 = 0.05;
 
-/// The f32 export of the Mistral fixture, re-stored in every type by gguf-py; None (skip) when
-/// Python lacks gguf-py outside CI.
-fn requantized(tmp: &Path) -> Option<PathBuf> {
-    let python = std::env::var("CHATVEC_PYTHON").unwrap_or_else(|_| "python3".into());
-    if !Command::new(&python).args(["-c", "import gguf, numpy"]).output().is_ok_and(|o| o.status.success()) {
-        assert!(std::env::var_os("CI").is_none(), "CI: {python} lacks gguf-py");
-        eprintln!("SKIPPED: gguf_types (no gguf-py in {python})");
-        return None;
-    }
+/// The f32 export of the Mistral fixture, re-stored in every type by gguf-py.
+fn requantized(tmp: &Path) -> PathBuf {
     let src = tmp.join("f32.gguf");
     write_f32_export(&src);
     let out = tmp.join("types");
-    let o = Command::new(&python)
+    let o = Command::new(chatvec_testkit::python())
         .arg(format!("{ROOT}/scripts/gguf/requant.py"))
         .arg(&src)
         .arg(&out)
@@ -43,7 +36,7 @@ fn requantized(tmp: &Path) -> Option<PathBuf> {
         .output()
         .expect("python runs");
     assert!(o.status.success(), "requant.py: {}", String::from_utf8_lossy(&o.stderr));
-    Some(out)
+    out
 }
 
 /// chatvec's own f32 export, through the library (as `chatvec export gguf --type f32`).
@@ -84,9 +77,10 @@ fn logits(path: &Path) -> Tensor {
 }
 
 #[test]
+#[cfg_attr(not(all(have_py_gguf, have_py_numpy)), ignore = "needs Python with gguf-py and numpy (CHATVEC_PYTHON)")]
 fn every_common_type_reads_as_gguf_py_dequantizes_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(dir) = requantized(tmp.path()) else { return };
+    let dir = requantized(tmp.path());
     let mut report = vec![];
     for t in TYPES {
         let (file, dequantized) = (dir.join(format!("{t}.gguf")), dir.join(format!("{t}-dequantized.gguf")));

@@ -103,27 +103,13 @@ impl Arch {
         }
         let f = |k: &str, d: f64| scaling.get(k).and_then(Json::as_f64).unwrap_or(d);
         let base = config.rope_theta().unwrap_or(10000.0) as f32;
-        let dim = head_dim(config);
-        let (factor, low, high) = (f("factor", 8.0), f("low_freq_factor", 1.0), f("high_freq_factor", 4.0));
-        let old_ctx = f("original_max_position_embeddings", 8192.0);
-        let (low_wavelen, high_wavelen) = ((old_ctx / low) as f32, (old_ctx / high) as f32);
-        // The converter computes on float32 tensors: each Python float meets an f32 and becomes one.
-        let factors = (0..dim)
-            .step_by(2)
-            .map(|i| {
-                let freq = 1.0f32 / base.powf(i as f32 / dim as f32);
-                let wavelen = (2.0 * std::f64::consts::PI) as f32 / freq;
-                if wavelen < high_wavelen {
-                    1.0
-                } else if wavelen > low_wavelen {
-                    factor as f32
-                } else {
-                    let smooth = (old_ctx as f32 / wavelen - low as f32) / (high - low) as f32;
-                    1.0 / ((1.0 - smooth) / factor as f32 + smooth)
-                }
-            })
-            .collect();
-        Some(factors)
+        let scaling = Llama3Scaling {
+            factor: f("factor", 8.0),
+            low_freq_factor: f("low_freq_factor", 1.0),
+            high_freq_factor: f("high_freq_factor", 4.0),
+            original_context: f("original_max_position_embeddings", 8192.0),
+        };
+        Some(scaling.factors(base, head_dim(config)))
     }
 
     /// The hyper-parameter keys, in the order the converter writes them, ending with `file_type`
@@ -233,6 +219,76 @@ pub fn gguf_to_hf(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{h}.{suffix}"))
 }
 
+/// `llama3` rope scaling: transformers' `rope_scaling` fields, and the per-frequency divisors
+/// llama.cpp stores as `rope_freqs` instead (the GGUF writer and reader share this formula).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Scaling {
+    /// `factor`.
+    pub factor: f64,
+    /// `low_freq_factor`.
+    pub low_freq_factor: f64,
+    /// `high_freq_factor`.
+    pub high_freq_factor: f64,
+    /// `original_max_position_embeddings`.
+    pub original_context: f64,
+}
+
+impl Llama3Scaling {
+    /// The `rope_freqs` values for rotary dimension `dim` and base `base`, as the converter
+    /// computes them on float32 tensors (each Python float meets an f32 and becomes one).
+    pub fn factors(&self, base: f32, dim: usize) -> Vec<f32> {
+        let (factor, low, high, old_ctx) =
+            (self.factor, self.low_freq_factor, self.high_freq_factor, self.original_context);
+        let (low_wavelen, high_wavelen) = ((old_ctx / low) as f32, (old_ctx / high) as f32);
+        (0..dim)
+            .step_by(2)
+            .map(|i| {
+                let freq = 1.0f32 / base.powf(i as f32 / dim as f32);
+                let wavelen = (2.0 * std::f64::consts::PI) as f32 / freq;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor as f32
+                } else {
+                    let smooth = (old_ctx as f32 / wavelen - low as f32) / (high - low) as f32;
+                    1.0 / ((1.0 - smooth) / factor as f32 + smooth)
+                }
+            })
+            .collect()
+    }
+
+    /// The scaling that gives `factors` (a GGUF's `rope_freqs`), if it is a `llama3` one: low and
+    /// high frequency factors 1 and 4 (Llama 3.1's), the original context solved from the
+    /// factors and checked by recomputing them.
+    pub fn from_factors(factors: &[f32], base: f32, dim: usize) -> Option<Self> {
+        let factor = factors.iter().copied().fold(1.0f32, f32::max) as f64;
+        let wavelen = |i: usize| (2.0 * std::f64::consts::PI) * (base as f64).powf((2 * i) as f64 / dim as f64);
+        let smooth = factors.iter().position(|&f| f != 1.0 && f as f64 != factor);
+        let old_ctx = match smooth {
+            // 1/f = (1 - s)/factor + s with s = (old/w - 1)/3.
+            Some(i) => {
+                let s = (1.0 / factors[i] as f64 - 1.0 / factor) / (1.0 - 1.0 / factor);
+                (3.0 * s + 1.0) * wavelen(i)
+            }
+            // No factor between 1 and `factor`: any old with 4·(last w at 1) < old < (first w at
+            // factor) gives the same factors; take the geometric middle.
+            None => {
+                let low = 4.0 * factors.iter().rposition(|&f| f == 1.0).map_or(0.25, wavelen);
+                let high = factors.iter().position(|&f| f as f64 == factor).map_or(4.0 * low, wavelen);
+                (low * high).sqrt()
+            }
+        };
+        let candidate =
+            |old: f64| Llama3Scaling { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: old };
+        let matches = |s: &Llama3Scaling| {
+            let again = s.factors(base, dim);
+            again.len() == factors.len()
+                && again.iter().zip(factors).all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs().max(1.0))
+        };
+        [candidate(old_ctx.round()), candidate(old_ctx)].into_iter().find(matches)
+    }
+}
+
 /// `head_dim`, or `hidden_size / num_attention_heads`.
 fn head_dim(config: &ModelConfig) -> usize {
     let get = |k: &str| config.get(k).and_then(Json::as_u64).map(|v| v as usize);
@@ -307,6 +363,17 @@ mod tests {
             assert_eq!(gguf_to_hf(&hf_to_gguf(hf).unwrap()).as_deref(), Some(hf));
         }
         assert_eq!(gguf_to_hf("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn llama3_scaling_is_recovered_from_the_factors_it_makes() {
+        for (old, base, dim) in [(8192.0, 500_000.0, 128), (64.0, 500_000.0, 16), (8192.0, 10_000.0, 64)] {
+            let s = Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: old };
+            let factors = s.factors(base, dim);
+            let back = Llama3Scaling::from_factors(&factors, base, dim).unwrap();
+            assert_eq!(back.factors(base, dim), factors, "{old} {base} {dim}");
+        }
+        assert_eq!(Llama3Scaling::from_factors(&[1.0, 2.0, 0.5], 10_000.0, 6), None);
     }
 
     #[test]

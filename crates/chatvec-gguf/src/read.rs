@@ -493,7 +493,7 @@ fn tensor_bytes(dims: &[u64], stored: StoredType) -> Result<u64, String> {
     let numel = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).filter(|&n| n <= i64::MAX as u64);
     let numel = numel.ok_or_else(|| format!("shape {dims:?} overflows"))?;
     let row = *dims.last().expect("at least one dimension");
-    if row % stored.block_elements() != 0 {
+    if !row.is_multiple_of(stored.block_elements()) {
         return Err(format!(
             "rows of {row} elements are not whole {} blocks of {}",
             stored.name,
@@ -511,7 +511,7 @@ fn check_layout(infos: Vec<RawInfo>, data_start: u64, align: u64, len: u64) -> P
     for info in infos {
         let bad = |message: String| Problem::Tensor { tensor: info.name.clone(), message };
         let bytes = tensor_bytes(&info.dims, info.stored).map_err(bad)?;
-        if info.offset % align != 0 {
+        if !info.offset.is_multiple_of(align) {
             return Err(bad(format!("offset {} is not a multiple of the alignment {align}", info.offset)));
         }
         let end = data_start.checked_add(info.offset).and_then(|s| s.checked_add(bytes));

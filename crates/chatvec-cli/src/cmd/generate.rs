@@ -64,7 +64,7 @@ fn model_and_tokenizer_dir(args: &ModelArgs) -> Result<(PathBuf, Option<PathBuf>
 /// Which model to load, where, and how its prompts are built and ended.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
-    /// Model directory, hub id (org/name[@revision]), or a llama.cpp GGUF file (llama, qwen2).
+    /// Model directory, hub id (org/name[@revision]), or a llama.cpp GGUF file (llama, mistral, qwen2, gemma).
     #[arg(long, value_name = "MODEL")]
     pub model: String,
     /// For a GGUF model: a directory with Hugging Face tokenizer files (tokenizer.json,

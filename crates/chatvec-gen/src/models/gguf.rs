@@ -8,7 +8,7 @@ use std::path::Path;
 
 use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{Device, Tensor};
-use chatvec_gguf::arch::{hf_to_gguf, unpermute_rows};
+use chatvec_gguf::arch::{hf_to_gguf, unpermute_rows, Llama3Scaling};
 use chatvec_gguf::read::{GgufIndex, MetaValue};
 use serde_json::json;
 
@@ -53,19 +53,17 @@ impl GgufWeights {
         let architecture = match self.arch.as_str() {
             "llama" => "LlamaForCausalLM",
             "qwen2" => "Qwen2ForCausalLM",
+            "gemma" => "GemmaForCausalLM",
             other => {
-                return Err(self.err(format!("GGUF architecture {other:?} is not supported (supported: llama, qwen2)")));
+                return Err(
+                    self.err(format!("GGUF architecture {other:?} is not supported (supported: llama, qwen2, gemma)"))
+                );
             }
         };
-        if self.index.tensor("rope_freqs.weight").is_some() {
-            return Err(self.err(
-                "rope_freqs.weight (Llama-3.1 rope scaling) is not supported in GGUF yet; \
-                 run the Hugging Face directory instead"
-                    .into(),
-            ));
-        }
         let heads = self.meta_usize("attention.head_count")?;
         let hidden = self.meta_usize("embedding_length")?;
+        let head_dim = self.meta_usize_or("attention.key_length", hidden / heads.max(1))?;
+        let rope_theta = self.meta_f64_or("rope.freq_base", 10_000.0)?;
         let vocab = self.index.tensor("token_embd.weight").and_then(|t| t.shape.first().copied()).unwrap_or(0);
         Ok(json!({
             "architectures": [architecture],
@@ -74,13 +72,34 @@ impl GgufWeights {
             "num_hidden_layers": self.meta_usize("block_count")?,
             "num_attention_heads": heads,
             "num_key_value_heads": self.meta_usize_or("attention.head_count_kv", heads)?,
-            "head_dim": self.meta_usize_or("attention.key_length", hidden / heads.max(1))?,
+            "head_dim": head_dim,
             "vocab_size": vocab,
             "rms_norm_eps": self.meta_f64_or("attention.layer_norm_rms_epsilon", 1e-6)?,
-            "rope_theta": self.meta_f64_or("rope.freq_base", 10_000.0)?,
+            "rope_theta": rope_theta,
+            "rope_scaling": self.rope_scaling(rope_theta, self.meta_usize_or("rope.dimension_count", head_dim)?)?,
             "max_position_embeddings": self.meta_usize_or("context_length", 4096)?,
             "tie_word_embeddings": self.index.tensor("output.weight").is_none(),
         }))
+    }
+
+    /// transformers' `rope_scaling` for a `rope_freqs` tensor (llama.cpp's form of Llama 3.1's
+    /// `llama3` scaling), or null without one.
+    fn rope_scaling(&self, theta: f64, dim: usize) -> Result<serde_json::Value> {
+        let Some(entry) = self.index.tensor("rope_freqs.weight") else { return Ok(serde_json::Value::Null) };
+        if entry.stored.name != "F32" || entry.shape != [dim / 2] {
+            return Err(self.err(format!(
+                "rope_freqs.weight is {} {:?}; chatvec reads F32 [{}]",
+                entry.stored.name,
+                entry.shape,
+                dim / 2
+            )));
+        }
+        let bytes = self.index.read_bytes(entry).map_err(|e| self.err(e.problem.to_string()))?;
+        let factors: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let s = Llama3Scaling::from_factors(&factors, theta as f32, dim)
+            .ok_or_else(|| self.err("rope_freqs.weight is not a llama3 rope scaling chatvec can reproduce".into()))?;
+        Ok(json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                  "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_context}))
     }
 
     fn meta_usize(&self, key: &str) -> Result<usize> {
@@ -130,13 +149,31 @@ impl GgufWeights {
         };
         if let Some(heads) = heads {
             let rows = shape[0];
-            if heads == 0 || rows == 0 || rows % (2 * heads) != 0 {
+            if heads == 0 || rows == 0 || !rows.is_multiple_of(2 * heads) {
                 return Err(self.err(format!("{gguf}: {rows} rows do not split into {heads} heads of row pairs")));
             }
             bytes = unpermute_rows(&bytes, bytes.len() / rows, heads);
         }
+        if self.arch == "gemma" && gguf.ends_with("norm.weight") {
+            self.undo_plus_one(&gguf, entry.stored.name, &mut bytes)?;
+        }
         let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, entry.stored.candle)?;
         Ok(QTensor::new(storage, shape)?)
+    }
+}
+
+impl GgufWeights {
+    /// Gemma's norms are stored as `1 + w` (the converter adds the 1 transformers adds at run
+    /// time; chatvec's decoder adds it too): subtract it back.
+    fn undo_plus_one(&self, gguf: &str, type_name: &str, bytes: &mut [u8]) -> Result<()> {
+        if type_name != "F32" {
+            return Err(self.err(format!("{gguf}: Gemma norm weights stored as {type_name}; chatvec reads F32 ones")));
+        }
+        for x in bytes.chunks_exact_mut(4) {
+            let v = f32::from_le_bytes([x[0], x[1], x[2], x[3]]) - 1.0;
+            x.copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(())
     }
 }
 
