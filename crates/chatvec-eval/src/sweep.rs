@@ -57,11 +57,22 @@ pub struct SweepResult {
     pub rule: String,
 }
 
+/// The perplexity a merged setting may have to be eligible: the target's plus [`PPL_TOLERANCE`].
+fn perplexity_limit(rows: &[SweepRow]) -> f64 {
+    let target = rows.iter().find(|r| r.ratio.is_none()).map(SweepRow::ppl);
+    target.map_or(f64::INFINITY, |t| t * (1.0 + PPL_TOLERANCE))
+}
+
+/// Whether `best` was chosen by the rule's fallback (no setting within the perplexity tolerance),
+/// so it is only the lowest perplexity, whatever its stop rate.
+pub fn chosen_by_fallback(rows: &[SweepRow], best: Option<usize>) -> bool {
+    best.is_some_and(|i| rows[i].ppl() > perplexity_limit(rows))
+}
+
 /// Applies [`RULE`] to the merged rows (those with a ratio).
 pub fn pick_best(rows: &[SweepRow]) -> Option<usize> {
-    let target = rows.iter().find(|r| r.ratio.is_none()).map(SweepRow::ppl);
     let merged: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].ratio.is_some()).collect();
-    let limit = target.map_or(f64::INFINITY, |t| t * (1.0 + PPL_TOLERANCE));
+    let limit = perplexity_limit(rows);
     let eligible: Vec<usize> = merged.iter().copied().filter(|&i| rows[i].ppl() <= limit).collect();
     let ratio = |i: usize| rows[i].ratio.unwrap_or(0.0);
     if eligible.is_empty() {
@@ -99,6 +110,15 @@ pub fn to_text(r: &SweepResult) -> String {
         ));
     }
     o.push_str(&format!("* {}\n", r.rule));
+    if chosen_by_fallback(&r.rows, r.best) {
+        let stop = r.best.and_then(|i| r.rows[i].chat.as_ref()).map(|c| c.stop_rate);
+        o.push_str(&format!(
+            "note: no setting's perplexity is within {:.0}% of the target's, so * only marks the lowest \
+             perplexity (stop rate {}); judge the table yourself\n",
+            100.0 * PPL_TOLERANCE,
+            pct(stop)
+        ));
+    }
     o
 }
 
@@ -295,5 +315,19 @@ mod tests {
         // Nothing within 5%: lowest perplexity.
         let rows = vec![row(None, 10.0, 0.0, 1.0), row(Some(0.5), 12.0, 1.0, 1.0), row(Some(1.0), 11.0, 0.0, 0.0)];
         assert_eq!(pick_best(&rows), Some(2));
+        assert!(!text.contains("note:"), "{text}");
+    }
+
+    #[test]
+    fn a_best_chosen_by_the_fallback_says_so() {
+        // Nothing within 5%: the lowest perplexity is marked, with a 0 % stop rate, and the table says why.
+        let rows = vec![row(None, 10.0, 0.0, 1.0), row(Some(0.5), 12.0, 1.0, 1.0), row(Some(1.0), 11.0, 0.0, 0.0)];
+        let best = pick_best(&rows);
+        assert!(chosen_by_fallback(&rows, best));
+        let text = to_text(&SweepResult { best, rows, rule: RULE.into() });
+        assert!(
+            text.contains("note: no setting's perplexity is within 5%") && text.contains("stop rate 0.0%"),
+            "{text}"
+        );
     }
 }

@@ -58,8 +58,9 @@ fn quantized_perplexity_stays_close_to_f32() {
         assert!(change.abs() < tolerance, "{format}: perplexity changed by {:.3} %", change * 100.0);
         if format == "bf16" {
             // These weights are stored in bf16: bf16 holds them exactly and its kernel keeps the
-            // activations in f32, so it must give the f32 path's numbers. Every other format rounds.
-            assert_eq!(nll, base, "bf16 of bf16-stored weights differs from f32");
+            // activations in f32, so it gives the f32 path's numbers up to the order of the f32
+            // sums (its GEMM blocks them differently). Every other format rounds the weights.
+            assert!(change.abs() < 1e-6, "bf16 of bf16-stored weights differs from f32 by {change:e}");
         } else {
             assert!(change != 0.0, "{format}: identical to f32, so the weights were not converted");
         }

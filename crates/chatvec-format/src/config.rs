@@ -8,6 +8,13 @@ use serde_json::Value;
 
 use crate::{DType, Error, Result};
 
+/// `key` of a config.json object, or the same key in its `text_config` (multimodal wrappers
+/// keep the language model's settings there); `null` counts as absent. Every reader of
+/// config.json (the merge's checks, the GGUF export, the decoder) looks keys up through this.
+pub fn lookup<'a>(raw: &'a Value, key: &str) -> Option<&'a Value> {
+    raw.get(key).filter(|v| !v.is_null()).or_else(|| raw.get("text_config")?.get(key).filter(|v| !v.is_null()))
+}
+
 /// A model's `config.json`, kept whole so it can be written back unchanged.
 #[derive(Debug, Clone, Default)]
 pub struct ModelConfig {
@@ -30,10 +37,7 @@ impl ModelConfig {
 
     /// A top-level key, or the same key in `text_config` (multimodal wrappers keep it there).
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.raw
-            .get(key)
-            .filter(|v| !v.is_null())
-            .or_else(|| self.raw.get("text_config")?.get(key).filter(|v| !v.is_null()))
+        lookup(&self.raw, key)
     }
 
     fn usize(&self, key: &str) -> Option<usize> {

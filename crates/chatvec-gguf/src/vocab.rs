@@ -294,7 +294,7 @@ impl SpecialVocab {
         }
         for typ in sv.types.clone() {
             let key = format!("{typ}_token_id");
-            let id = src.config.get(&key).or_else(|| src.config.get("text_config")?.get(&key));
+            let id = chatvec_format::config::lookup(src.config, &key);
             if let Some(id) = id.and_then(Json::as_u64) {
                 sv.set_id(&typ, id as u32);
             }

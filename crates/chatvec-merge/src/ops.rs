@@ -502,10 +502,12 @@ fn refuse_empty_vector(plan: &Plan, inputs: &str) -> Result<()> {
     )))
 }
 
+/// One input of the recipe. The path is absolute (canonical), so `chatvec.json` means the same
+/// from any working directory; hub inputs also carry their id and commit.
 fn input_record(m: &ResolvedModel, c: &Checkpoint) -> Value {
     json!({
         "spec": m.spec,
-        "path": m.path,
+        "path": std::fs::canonicalize(&m.path).unwrap_or_else(|_| m.path.clone()),
         "hub_id": m.hub_id,
         "revision": m.revision,
         "config_sha256": c.config_sha256(),

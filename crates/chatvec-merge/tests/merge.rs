@@ -267,6 +267,10 @@ fn merged_model_is_complete_with_template_and_stop_ids() {
         serde_json::from_str(&std::fs::read_to_string(out.join("chatvec.json")).unwrap()).unwrap();
     assert_eq!(recipe["ratio"], 1.0);
     assert_eq!(recipe["inputs"]["chat"]["config_sha256"].as_str().unwrap().len(), 64);
+    // Input paths are absolute, so the recipe means the same from any working directory.
+    let chat_path = std::path::PathBuf::from(recipe["inputs"]["chat"]["path"].as_str().unwrap());
+    assert!(chat_path.is_absolute(), "{chat_path:?}");
+    assert_eq!(chat_path, fixture("chat").canonicalize().unwrap());
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");

@@ -253,8 +253,11 @@ pub fn print_chat_summary(e: &ChatEval) {
             pct(r.korean_ratio),
             pct(r.repetition),
             r.header_leaks,
-            r.eot_probability.map_or_else(|| "".into(), |p| format!("{p:.4}"))
+            r.eot_probability.map_or_else(|| "-".into(), |p| format!("{p:.4}"))
         );
+    }
+    if e.results.iter().any(|r| r.eot_probability.is_none()) {
+        println!("P(eot): the end-of-turn token's probability right after the prompt's reference answer; - where a prompt has no reference");
     }
     println!(
         "\n{} prompts: stop rate {}, Korean ratio {}, repetition {}, mean length {:.1} tokens / {:.0} chars, header leaks in {}, P({}) after references {}",

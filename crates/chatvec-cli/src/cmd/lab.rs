@@ -29,8 +29,8 @@ pub enum LabCommand {
         /// Korean text folder (its held-out files give the Korean dialog content).
         #[arg(long, default_value = "data/korean")]
         korean: PathBuf,
-        /// Output folder.
-        #[arg(long, default_value = "data/lab")]
+        /// Output folder (required: the bundled data/lab is the project's own, never overwritten by default).
+        #[arg(long)]
         out: PathBuf,
     },
     /// Train base (English), chat (English dialogs) and target (Korean) for one seed.
@@ -97,8 +97,9 @@ pub struct EvalArgs {
     /// Run folders (each with base/, chat/, target/), one per seed.
     #[arg(long, required = true, num_args = 1.., value_delimiter = ',')]
     pub run: Vec<PathBuf>,
-    /// Where results.md, results.json and ratio.png go.
-    #[arg(long, default_value = "docs/lab")]
+    /// Where results.md, results.json and ratio.png go (required: the bundled docs/lab is the
+    /// project's own, never overwritten by default).
+    #[arg(long)]
     pub out: PathBuf,
     /// Read a run's scores from its lab_scores.json (written by an earlier `lab eval`) instead of
     /// scoring it again: runs scored in parallel processes, then tabulated together.

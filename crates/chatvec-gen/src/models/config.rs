@@ -107,7 +107,7 @@ pub(crate) struct JsonConfig<'a> {
 
 impl JsonConfig<'_> {
     fn field(&self, key: &str) -> Option<&Value> {
-        self.value.get(key).filter(|v| !v.is_null())
+        chatvec_format::config::lookup(self.value, key)
     }
 
     pub fn usize(&self, key: &str) -> Result<usize> {
