@@ -48,7 +48,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     // An input truncated under a run ends it with one line, and its temporary output removed.
     chatvec_format::fault::install();
     let result = match cli.command {
@@ -83,6 +86,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A value a flag's parser refused (`--quantize q9`, `--ratio nan`, a `--text` file that does
+/// not exist) is one line, as every other bad input is: clap's own rendering adds a pointer to
+/// `--help`. Other clap errors (a missing flag, `--help` itself) print as clap prints them.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if err.kind() != ErrorKind::ValueValidation {
+        err.exit();
+    }
+    let text = err.to_string();
+    eprintln!("{}", cmd::common::terminal_safe(text.lines().next().unwrap_or_default()));
+    ExitCode::from(2)
 }
 
 /// The error and its causes on one line, each cause once: library errors often print their
