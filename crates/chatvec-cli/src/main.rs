@@ -52,6 +52,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),
     };
+    // A forced SIMD tier is checked before any work: a name that is not a tier, or one this
+    // CPU lacks, is refused (the kernels would otherwise fall back without saying so).
+    if let Err(e) = chatvec_format::SimdTier::from_env() {
+        eprintln!("error: {}", cmd::common::terminal_safe(&e.to_string()));
+        return ExitCode::FAILURE;
+    }
     // An input truncated under a run ends it with one line, and its temporary output removed.
     chatvec_format::fault::install();
     let result = match cli.command {

@@ -803,14 +803,9 @@ fn check_free_space(dir: &std::path::Path, need: u64) -> Result<()> {
     Ok(())
 }
 
-/// A byte count for people: `1.23 GB`, `4.5 MB`, `12.0 kB`, `300 bytes` (decimal units).
+/// A byte count for people in decimal units (`3.2 GB`, `4.5 MB`, `300 B`), as bytesize writes it.
 pub fn human_bytes(b: u64) -> String {
-    match b {
-        1_000_000_000.. => format!("{:.2} GB", b as f64 / 1e9),
-        1_000_000.. => format!("{:.1} MB", b as f64 / 1e6),
-        1_000.. => format!("{:.1} kB", b as f64 / 1e3),
-        _ => format!("{b} bytes"),
-    }
+    bytesize::ByteSize::b(b).display().si().to_string()
 }
 
 /// Feature-porter parameters from user flags.
@@ -824,9 +819,10 @@ mod tests {
 
     #[test]
     fn byte_counts_are_never_shown_as_zero_gigabytes() {
-        assert_eq!(human_bytes(3_200_000_000), "3.20 GB");
+        assert_eq!(human_bytes(3_200_000_000), "3.2 GB");
         assert_eq!(human_bytes(4_500_000), "4.5 MB");
         assert_eq!(human_bytes(12_000), "12.0 kB");
-        assert_eq!(human_bytes(300), "300 bytes");
+        assert_eq!(human_bytes(300), "300 B");
+        assert_eq!(human_bytes(40_000_000), "40.0 MB");
     }
 }

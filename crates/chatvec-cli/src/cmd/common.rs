@@ -279,27 +279,14 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
-/// Parses sizes like `5GB`, `500MB`, `2GiB`, `1000` (decimal units as transformers uses them).
+/// Parses sizes like `5GB`, `500MB`, `2GiB`, `1000` with bytesize (GB = 10^9 bytes, as
+/// transformers' `max_shard_size` counts; GiB = 2^30).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.trim().parse().map_err(|_| format!("{s}: expected a size like 5GB"))?;
-    let mult = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" | "k" => 1e3,
-        "mb" | "m" => 1e6,
-        "gb" | "g" => 1e9,
-        "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1048576.0,
-        "gib" => 1073741824.0,
-        _ => return Err(format!("{s}: unknown unit {unit}")),
-    };
-    if n <= 0.0 {
-        return Err(format!("{s}: must be positive"));
+    match s.trim().parse::<bytesize::ByteSize>() {
+        Ok(size) if size.as_u64() > 0 => Ok(size.as_u64()),
+        Ok(_) => Err(format!("{s}: must be positive")),
+        Err(_) => Err(format!("{s}: expected a size like 5GB, 500MB or 2GiB")),
     }
-    Ok((n * mult) as u64)
 }
 
 /// The signal (SIGINT, SIGTERM or SIGHUP) that stopped the run; 0 while none came.

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context, Result};
-use chatvec_eval::chat_eval::{bundled_prompts, load_prompts, run_chat_eval, ChatEval, ChatOptions, Prompt};
-use chatvec_eval::perplexity::{perplexity, Perplexity, Window};
+use chatvec_eval::chat_eval::{
+    bundled_prompts, load_prompts, run_chat_eval, ChatEval, ChatOptions, Prompt, DEFAULT_BATCH_SIZE,
+};
+use chatvec_eval::perplexity::{perplexity_in_batches, Perplexity, Window, DEFAULT_WINDOWS_PER_PASS};
 use chatvec_gen::{ChatModel, LoadOptions};
 
 use super::common::{existing_file, interrupt_flag, ComputeArgs, HubArgs};
@@ -60,6 +62,9 @@ pub struct PplArgs {
     pub text: PathBuf,
     #[command(flatten)]
     pub window: WindowArgs,
+    /// Windows scored together in one forward pass (the result does not depend on it).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOWS_PER_PASS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch_size: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Print JSON on stdout.
@@ -159,6 +164,10 @@ pub struct ChatGenArgs {
     /// Only the first N prompts.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Prompts answered together, one forward pass per token for all of them (the answers do
+    /// not depend on it).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH_SIZE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch_size: usize,
 }
 
 impl ChatGenArgs {
@@ -170,6 +179,7 @@ impl ChatGenArgs {
             top_p: self.top_p,
             top_k: self.top_k,
             seed: self.seed,
+            batch_size: self.batch_size,
         }
     }
 
@@ -192,14 +202,20 @@ pub fn read_text(path: &Path) -> Result<String> {
     Ok(t.replace("\r\n", "\n"))
 }
 
-/// Tokenizes `text` for `m` and scores it.
-pub fn score_text(m: &mut ChatModel, text: &str, w: &WindowArgs, cancel: &AtomicBool) -> Result<Perplexity> {
+/// Tokenizes `text` for `m` and scores it, `per_pass` windows per forward pass.
+pub fn score_text(
+    m: &ChatModel,
+    text: &str,
+    w: &WindowArgs,
+    per_pass: usize,
+    cancel: &AtomicBool,
+) -> Result<Perplexity> {
     let window = w.window(m.model.config().max_position_embeddings)?;
     let mut ids = m.encode_text(text)?;
     if let Some(n) = w.max_tokens {
         ids.truncate(n);
     }
-    perplexity(&mut m.model, &ids, window, cancel)
+    perplexity_in_batches(&m.model, &ids, window, per_pass, cancel)
 }
 
 /// One line per prompt, for people watching a run.
@@ -264,8 +280,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         What::Ppl(a) => {
             let text = read_text(&a.text)?;
             let dir = a.hub.resolve(&a.model)?.path;
-            let mut m = ChatModel::load(&dir, &a.device.options()?, None)?;
-            let r = score_text(&mut m, &text, &a.window, &interrupt_flag())?;
+            let m = ChatModel::load(&dir, &a.device.options()?, None)?;
+            let r = score_text(&m, &text, &a.window, a.batch_size, &interrupt_flag())?;
             if a.json {
                 let mut v = serde_json::to_value(&r)?;
                 v["model"] = dir.display().to_string().into();
