@@ -48,11 +48,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     // A forced SIMD tier is checked before any work: a name that is not a tier, or one this
     // CPU lacks, is refused (the kernels would otherwise fall back without saying so).
     if let Err(e) = chatvec_format::SimdTier::from_env() {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", cmd::common::terminal_safe(&e.to_string()));
         return ExitCode::FAILURE;
     }
     // An input truncated under a run ends it with one line, and its temporary output removed.
@@ -89,6 +92,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A value a flag's parser refused (`--quantize q9`, `--ratio nan`, a `--text` file that does
+/// not exist) is one line, as every other bad input is: clap's own rendering adds a pointer to
+/// `--help`. Other clap errors (a missing flag, `--help` itself) print as clap prints them.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if err.kind() != ErrorKind::ValueValidation {
+        err.exit();
+    }
+    let text = err.to_string();
+    eprintln!("{}", cmd::common::terminal_safe(text.lines().next().unwrap_or_default()));
+    ExitCode::from(2)
 }
 
 /// The error and its causes on one line, each cause once: library errors often print their

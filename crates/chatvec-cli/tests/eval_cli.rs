@@ -271,6 +271,6 @@ fn report_and_sweep_write_their_files() {
             "-o",
             sw.to_str().unwrap(),
         ],
-        &["ratio NaN"],
+        &["--ratios", "a ratio must be a finite number"],
     );
 }

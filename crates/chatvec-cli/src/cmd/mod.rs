@@ -9,6 +9,7 @@ pub mod export;
 pub mod extract;
 pub mod generate;
 pub mod inspect;
+pub mod judging;
 pub mod lab;
 pub mod merge;
 pub mod report;

@@ -9,7 +9,7 @@ use chatvec_eval::perplexity::BUNDLED_TEXT;
 use chatvec_eval::report::{build_report, ReportJob};
 
 use super::common::{existing_file, interrupt_flag, HubArgs};
-use super::eval::{max_positions, progress_line, read_text, ChatGenArgs, DeviceArgs, WindowArgs};
+use super::judging::{max_positions, progress_line, read_text, ChatGenArgs, DeviceArgs, WindowArgs};
 
 /// Report arguments.
 #[derive(clap::Args, Debug)]

@@ -11,7 +11,7 @@ use chatvec_eval::sweep::{plot, run_sweep, to_csv, to_text, SweepEval, SweepMerg
 use super::common::{
     existing_file, interrupt_flag, parse_ratio, warn_if_swapped, ComputeArgs, HubArgs, PairArgs, SelectArgs,
 };
-use super::eval::{max_positions, read_text, ChatGenArgs, DeviceArgs, WindowArgs};
+use super::judging::{max_positions, read_text, ChatGenArgs, DeviceArgs, WindowArgs};
 
 /// Sweep arguments.
 #[derive(clap::Args, Debug)]
