@@ -2,7 +2,8 @@
 llama.cpp (node-llama-cpp's prebuilt binaries) on GGUFs of the same weights made by llama.cpp's own
 convert_hf_to_gguf.py, and transformers in bf16. Synthetic Llama with random weights and Llama-3's
 real tokenizer; the same prompt ids (128 and 512 by default, a table each), greedy, the same
-thread count. Each engine runs in its own process per round (peak RSS from wait4); medians over the rounds. Driven by benches/gen/run.sh.
+thread count. Each engine runs in its own process per round (peak RSS from wait4); medians over
+the rounds. Driven by benches/gen/run.sh.
 """
 
 import argparse
