@@ -1,8 +1,9 @@
 """CPU generation side by side, in one interleaved run: chatvec at several weight formats,
 llama.cpp (node-llama-cpp's prebuilt binaries) on GGUFs of the same weights made by llama.cpp's own
 convert_hf_to_gguf.py, and transformers in bf16. Synthetic Llama with random weights and Llama-3's
-real tokenizer; the same prompt ids (128 and 512 by default, a table each), greedy, the same thread count. Each engine runs in its own
-process per round (peak RSS from wait4); medians over the rounds. Driven by benches/gen/run.sh.
+real tokenizer; the same prompt ids (128 and 512 by default, a table each), greedy, the same
+thread count. Each engine runs in its own process per round (peak RSS from wait4); medians over
+the rounds. Driven by benches/gen/run.sh.
 """
 
 import argparse
@@ -153,6 +154,30 @@ def report(a, model, bandwidth, runs, results, prompt):
     print("| engine | decode tok/s | bandwidth ceiling | of ceiling | vs llama.cpp | prefill tok/s | vs llama.cpp "
           "| peak RSS GiB | load s | greedy = chatvec f32 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print_rows(runs, med, model, bandwidth, results, ref)
+    print_cpu_time(runs, results)
+
+
+def print_cpu_time(runs, results):
+    """Tokens per CPU-second (user + system of all the engine's threads): what each engine gets
+    done per unit of CPU, which compares fairly on a machine other jobs share, where wall time
+    depends on them. llama.cpp's threads spin while they wait, which counts against it."""
+    med = {n: {k: statistics.median(r[k] for r in rs if k in r) for k in ("prefill_cpu_s", "decode_cpu_s")}
+           for n, rs in results.items() if all("prefill_cpu_s" in r for r in rs)}
+    print()
+    print("| engine | prefill tok per CPU-s | vs llama.cpp | decode tok per CPU-s | vs llama.cpp |")
+    print("|---|---:|---:|---:|---:|")
+    rate = {n: (results[n][0]["prompt_tokens"] / m["prefill_cpu_s"], results[n][0]["new_tokens"] / m["decode_cpu_s"])
+            for n, m in med.items()}
+    for name, fmt, _ in runs:
+        if name not in rate:
+            continue
+        peer = rate.get(f"llama.cpp {fmt}")
+        vs = [f"{rate[name][i] / peer[i]:.2f}x" if peer and "chatvec" in name else "" for i in (0, 1)]
+        print(f"| {name} | {rate[name][0]:.1f} | {vs[0]} | {rate[name][1]:.2f} | {vs[1]} |")
+
+
+def print_rows(runs, med, model, bandwidth, results, ref):
     for name, fmt, _ in runs:
         m = med[name]
         ceiling = bandwidth * 1e9 / weight_bytes_per_token(model, fmt)

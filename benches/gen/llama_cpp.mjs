@@ -31,16 +31,27 @@ const loadS = (performance.now() - t0) / 1000;
 const prompt = [128000];
 for (let k = 0; prompt.length < promptLen; k++) prompt.push(1000 + ((k * 7919) % 100000));
 
+// CPU seconds (user + system, all threads) of this process, as bench_gen reports its own.
+const cpuSeconds = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1e6;
+};
 const sequence = context.getSequence();
 const start = performance.now();
+const cpuStart = cpuSeconds();
 let firstAt = 0;
+let cpuFirst = 0;
 const tokens = [];
 for await (const token of sequence.evaluate(prompt, { temperature: 0 })) {
-    if (tokens.length === 0) firstAt = performance.now();
+    if (tokens.length === 0) {
+        firstAt = performance.now();
+        cpuFirst = cpuSeconds();
+    }
     tokens.push(token);
     if (tokens.length > newTokens) break;
 }
 const end = performance.now();
+const cpuEnd = cpuSeconds();
 const prefillS = (firstAt - start) / 1000;
 const decodeS = (end - firstAt) / 1000;
 console.log(JSON.stringify({
@@ -51,6 +62,8 @@ console.log(JSON.stringify({
     load_s: loadS,
     prefill_tokens_per_s: prompt.length / prefillS,
     decode_tokens_per_s: newTokens / decodeS,
+    prefill_cpu_s: cpuFirst - cpuStart,
+    decode_cpu_s: cpuEnd - cpuFirst,
     tokens: tokens.slice(0, newTokens),
 }));
 await context.dispose();

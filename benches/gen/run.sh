@@ -4,8 +4,12 @@
 # convert_hf_to_gguf.py (f16, bf16, q8_0; the converter writes no k-quants and node-llama-cpp ships
 # no llama-quantize); transformers in bf16. Synthetic Llama-3.2-1B shape with Llama-3's tokenizer.
 #
-#   bash benches/gen/run.sh                      # the README table (1B shape, 2 threads)
+#   bash benches/gen/run.sh                      # the README tables (1B shape, 2 threads, prompts 128 and 512)
 #   bash benches/gen/run.sh --shape 8b --chatvec q8_0 --llama-cpp '' --no-transformers --rounds 1
+#   CHATVEC_SIMD=avx2 bash benches/gen/run.sh --chatvec q8_0,bf16 --llama-cpp q8_0,bf16 --no-transformers
+#                                                # chatvec's AVX2 kernels on an AVX-512 machine
+#
+# The first line of output names the CPU, its SIMD features and the tier chatvec ran at.
 #
 # Needs: CHATVEC_PYTHON (default python3) with torch, transformers, tiktoken, numpy, sentencepiece;
 # node, and node-llama-cpp in CHATVEC_NODE_LLAMA_DIR (default .tools/node). Models, GGUFs and the

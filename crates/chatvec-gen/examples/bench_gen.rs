@@ -47,17 +47,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut prompt = vec![128000u32];
     prompt.extend((0..prompt_len as u32 - 1).map(|k| 1000 + (k * 7919) % 100_000));
 
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     let logits = model.forward_last(&prompt)?.to_vec1::<f32>()?;
-    let prefill_s = t.elapsed().as_secs_f64();
+    let (prefill_s, prefill_cpu_s) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     let mut tokens = vec![argmax(&logits)];
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     for _ in 0..new_tokens {
         let last = *tokens.last().expect("one token");
         let logits = model.forward_last(&[last])?.to_vec1::<f32>()?;
         tokens.push(argmax(&logits));
     }
-    let decode_s = t.elapsed().as_secs_f64();
+    let (decode_s, decode_cpu_s) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     let record = serde_json::json!({
         "impl": "chatvec",
         "weights": weights.describe(DType::F32),
@@ -68,10 +68,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "load_s": load_s,
         "prefill_tokens_per_s": prompt.len() as f64 / prefill_s,
         "decode_tokens_per_s": new_tokens as f64 / decode_s,
+        "prefill_cpu_s": prefill_cpu_s,
+        "decode_cpu_s": decode_cpu_s,
         "tokens": &tokens[..new_tokens],
     });
     println!("{record}");
     Ok(())
+}
+
+/// CPU seconds (user + system, all threads) this process has used: on a shared machine, work
+/// per token compares fairly where wall time depends on what else runs.
+fn cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain old data, filled by getrusage for this process.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// Memory read bandwidth in GB/s: the best of five parallel sums over 1 GiB, on the threads
