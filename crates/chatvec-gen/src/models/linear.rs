@@ -181,8 +181,8 @@ impl CustomOp1 for CompactMatMul {
         let data = self.0.data()?;
         let mkn = (m, k, n);
         match self.0.dtype() {
-            GgmlDType::Q8_0 => kernels::matmul_q8_0(m, k, lhs, typed::<Q8Block>(&data)?, &mut dst)?,
-            GgmlDType::BF16 => kernels::matmul_bf16(m, k, lhs, typed::<bf16>(&data)?, &mut dst)?,
+            GgmlDType::Q8_0 => kernels::matmul_q8_0(m, k, lhs, typed::<Q8Block>(&data)?, &mut dst),
+            GgmlDType::BF16 => kernels::matmul_bf16(m, k, lhs, typed::<bf16>(&data)?, &mut dst),
             GgmlDType::Q4K => matmul_blocks::<BlockQ4K>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::Q4_0 => matmul_blocks::<BlockQ4_0>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::Q5K => matmul_blocks::<BlockQ5K>(mkn, lhs, &data, &mut dst)?,
