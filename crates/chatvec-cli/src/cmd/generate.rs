@@ -173,6 +173,12 @@ impl Session {
     /// Resolves and loads the model; cheap checks (config, tokenizer, template) come before the
     /// weights so mistakes fail fast.
     pub fn open(args: &ModelArgs) -> Result<Self> {
+        Self::load(args, true)
+    }
+
+    /// As [`open`](Self::open); without `require_template` a model without a chat template
+    /// loads too (`serve` answers completions with it).
+    pub fn load(args: &ModelArgs, require_template: bool) -> Result<Self> {
         let (model_path, dir) = model_and_tokenizer_dir(args)?;
         let defaults = GenerationDefaults::for_model(&dir)?;
         let device = parse_device(&args.device)?;
@@ -185,7 +191,7 @@ impl Session {
             model: args.quantize.model_options(&device, dtype)?,
             chat_template: args.chat_template.clone(),
             stop: args.stop.clone(),
-            require_template: true,
+            require_template,
         };
         let chat = ChatModel::load_from(&model_path, &dir, &opts, None)?;
         Ok(Session { chat, defaults, device_name: args.device.clone() })

@@ -12,4 +12,5 @@ pub mod inspect;
 pub mod lab;
 pub mod merge;
 pub mod report;
+pub mod serve;
 pub mod sweep;

@@ -1,0 +1,402 @@
+//! `chatvec serve` end to end: the built binary on 127.0.0.1 (a free port), judged by the real
+//! clients — the `openai` package and lm-evaluation-harness 0.4.13 (Python via CHATVEC_PYTHON),
+//! headless Chromium for the page — and by raw HTTP for the error statuses. With `CI` set, a
+//! missing tool fails the test; otherwise the check is skipped by name.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::fixture;
+use serde_json::{json, Value};
+
+const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/serve");
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A running `chatvec serve`, killed when dropped.
+struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    base: String,
+}
+
+impl Server {
+    /// Starts `chatvec serve --port 0 ARGS` and waits for the address it prints.
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatvec"))
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let started = Instant::now();
+        let base = loop {
+            let line = log.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("no address: {seen:?}"));
+            if let Some(at) = line.find("http://") {
+                break line[at..].split_whitespace().next().unwrap().to_string();
+            }
+            seen.push(line);
+            assert!(started.elapsed() < Duration::from_secs(120), "{seen:?}");
+        };
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs `body` (raw bytes) and returns (status, parsed JSON body).
+    fn post(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        let mut resp = agent().post(self.url(path)).header("Content-Type", "application/json").send(body).unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post(path, body.to_string().as_bytes())
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut resp = agent().get(self.url(path)).call().unwrap();
+        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
+    }
+
+    /// Sends `signal` and waits for the exit status (at most `within`).
+    fn stop(mut self, signal: &str, within: Duration) -> Option<i32> {
+        Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("still running {within:?} after SIG{signal}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that returns 4xx/5xx answers instead of failing on them.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into()
+}
+
+/// Python with `modules`, or `None` (a skip outside CI, a failure under CI).
+fn python(modules: &str, check: &str) -> Option<String> {
+    let py = std::env::var("CHATVEC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&py).args(["-c", &format!("import {modules}")]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "CI: {py} lacks {modules} (set CHATVEC_PYTHON)");
+        eprintln!("SKIPPED: {check} ({py} lacks {modules})");
+        return None;
+    }
+    Some(py)
+}
+
+/// Runs `script` with `args` and parses the JSON record it prints last.
+fn run_script(py: &str, script: &str, args: &[&str]) -> Value {
+    let o = Command::new(py).arg(Path::new(SCRIPTS).join(script)).args(args).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{script} failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_str(out.trim().lines().last().unwrap_or_default()).unwrap()
+}
+
+/// `chatvec generate --greedy --json` on `model` with `prompt`.
+fn generate_greedy(model: &Path, prompt: &str, max_new_tokens: usize) -> Value {
+    let max = max_new_tokens.to_string();
+    let args =
+        ["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--greedy", "--max-new-tokens", &max];
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).args(["--quantize", "none", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn chat_model() -> PathBuf {
+    fixture("chat")
+}
+
+#[test]
+fn openai_client_greedy_chat_is_the_text_of_generate_greedy() {
+    let Some(py) = python("openai", "openai client vs chatvec generate") else { return };
+    let prompt = "안녕하세요! 자기소개를 해 주세요.";
+    let reference = generate_greedy(&chat_model(), prompt, 48);
+    let run = &reference["runs"][0];
+    let text = run["text"].as_str().unwrap();
+    assert!(text.chars().count() > 12, "the fixture's greedy answer is too short to test stops: {text:?}");
+    let stop: String = text.chars().skip(8).take(3).collect();
+    let server = Server::start(&["--model", &format!("tiny={}", chat_model().display()), "--quantize", "none"]);
+    let got = run_script(&py, "openai_chat.py", &[&server.url("/v1"), "tiny", prompt, "48", &stop]);
+
+    assert_eq!(got["whole"], text, "non-streaming");
+    assert_eq!(got["streamed"], text, "streaming");
+    assert!(got["streamed_chunks"].as_u64().unwrap() > 1, "the answer came in one chunk");
+    let finish = if run["stop"]["kind"] == "length" { "length" } else { "stop" };
+    assert_eq!((got["whole_finish"].as_str(), got["streamed_finish"].as_str()), (Some(finish), Some(finish)));
+    for usage in [&got["whole_usage"], &got["streamed_usage"]] {
+        assert_eq!(usage["prompt_tokens"], reference["prompt_tokens"]);
+        assert_eq!(usage["completion_tokens"], run["new_tokens"]);
+    }
+    // Greedy: every token is its position's most likely one.
+    for lp in got["logprobs"].as_array().unwrap() {
+        let top = &lp["top"][0];
+        assert_eq!((lp["token"].as_str(), lp["logprob"].as_f64()), (top[0].as_str(), top[1].as_f64()), "{lp}");
+    }
+    let before_stop = &text[..text.find(&stop).unwrap()];
+    assert_eq!((got["stopped"].as_str(), got["stopped_finish"].as_str()), (Some(before_stop), Some("stop")));
+    assert_eq!(got["stopped_streamed"].as_str(), Some(before_stop));
+}
+
+#[test]
+fn lm_eval_loglikelihoods_match_transformers_on_the_ids_sent() {
+    let Some(py) = python("lm_eval, transformers, torch", "lm-eval local-completions vs transformers") else {
+        return;
+    };
+    let server = Server::start(&["--model", &format!("tiny={}", chat_model().display()), "--quantize", "none"]);
+    let out = tempfile::tempdir().unwrap();
+    let model = chat_model();
+    let args = ["loglikelihood", &server.url("/v1"), "tiny", model.to_str().unwrap(), out.path().to_str().unwrap()];
+    let got = run_script(&py, "lm_eval_check.py", &args);
+    eprintln!("lm-eval local-completions: {got}");
+    assert_eq!((got["docs"].as_u64(), got["items"].as_u64()), (Some(8), Some(32)));
+    assert!(got["worst_position"].as_f64().unwrap() < 1e-4, "{got}");
+    assert!(got["worst_item"].as_f64().unwrap() < 1e-4, "{got}");
+    assert_eq!(got["acc_lm_eval"], got["acc_transformers"]);
+}
+
+#[test]
+fn lm_eval_chat_completions_runs_a_generate_until_task() {
+    let Some(py) = python("lm_eval", "lm-eval local-chat-completions") else { return };
+    let server = Server::start(&["--model", &format!("tiny={}", chat_model().display()), "--quantize", "none"]);
+    let out = tempfile::tempdir().unwrap();
+    let model = chat_model();
+    let args = ["generate", &server.url("/v1"), "tiny", model.to_str().unwrap(), out.path().to_str().unwrap()];
+    let got = run_script(&py, "lm_eval_check.py", &args);
+    assert!(got["results"]["exact_match,none"].is_number(), "{got}");
+    let answers: Vec<&str> = got["answers"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let responses = got["responses"].as_array().unwrap();
+    assert_eq!((responses.len(), answers.len()), (8, 8));
+    for r in responses {
+        let r = r[0].as_str().unwrap();
+        assert!(answers.iter().any(|a| a.starts_with(r) || *a == r), "{r:?} is not a server answer");
+    }
+}
+
+#[test]
+fn sixteen_concurrent_streams_get_the_answers_of_sequential_requests() {
+    let Some(py) = python("openai", "16 concurrent openai streams") else { return };
+    let server = Server::start(&["--model", &format!("tiny={}", chat_model().display()), "--quantize", "none"]);
+    let got = run_script(&py, "concurrent.py", &[&server.url("/v1"), "tiny", "64"]);
+    let (together, alone) = (got["concurrent"].as_array().unwrap(), got["sequential"].as_array().unwrap());
+    assert_eq!((together.len(), alone.len()), (16, 16));
+    for (t, a) in together.iter().zip(alone) {
+        assert_eq!(t, a);
+        assert!(!t[0].as_str().unwrap().is_empty() && t[1].is_string(), "{t}");
+    }
+    eprintln!(
+        "16 streaming clients: {:.2} s together, {:.2} s one after another ({})",
+        got["concurrent_s"].as_f64().unwrap(),
+        got["sequential_s"].as_f64().unwrap(),
+        cpu_name()
+    );
+}
+
+fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default()
+}
+
+/// The status and the `error` object of each bad request, and a good request afterwards.
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_stays_up() {
+    let server = Server::start(&["--model", &format!("tiny={}", chat_model().display()), "--max-body", "64KB"]);
+    let chat = |extra: Value| {
+        let mut body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        server.post_json("/v1/chat/completions", &body)
+    };
+    let error_of = |(status, body): (u16, Value)| (status, body["error"].clone());
+
+    let (status, e) = error_of(chat(json!({"model": "nope"})));
+    assert_eq!((status, e["code"].as_str()), (404, Some("model_not_found")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("tiny"), "{e}");
+    for (field, value) in [("temperature", json!("hot")), ("top_p", json!(2)), ("n", json!(0)), ("logprobs", json!(3))]
+    {
+        let (status, e) = error_of(chat(json!({ field: value })));
+        assert_eq!(
+            (status, e["param"].as_str(), e["type"].as_str()),
+            (400, Some(field), Some("invalid_request_error"))
+        );
+    }
+    let (status, e) = error_of(chat(json!({"max_tokens": 1000})));
+    let message = e["message"].as_str().unwrap();
+    assert_eq!((status, e["code"].as_str()), (400, Some("context_length_exceeded")), "{e}");
+    assert!(message.contains("256") && message.contains("1000 in the completion"), "{message}");
+    let (status, e) = error_of(server.post("/v1/completions", br#"{"model": "tiny", "prompt": "#));
+    assert!(status == 400 && e["message"].as_str().unwrap().contains("not valid JSON"), "{e}");
+    let big = json!({"model": "tiny", "prompt": "가".repeat(40_000)});
+    let (status, e) = error_of(server.post_json("/v1/completions", &big));
+    assert_eq!(status, 413, "{e}");
+    assert!(e["message"].is_string(), "{e}");
+    let (status, e) = error_of(server.post_json("/v1/completions", &json!({"model": "tiny", "prompt": [1, 99999]})));
+    assert_eq!((status, e["param"].as_str()), (400, Some("prompt")), "{e}");
+
+    let (status, body) = chat(json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(server.get("/health").0, 200);
+    let (status, models) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&models).unwrap()["data"][0]["id"], "tiny");
+}
+
+#[test]
+fn a_full_queue_answers_429_and_later_requests_succeed() {
+    let server =
+        Server::start(&["--model", &format!("tiny={}", chat_model().display()), "--max-seqs", "1", "--queue", "1"]);
+    let body = json!({"model": "tiny", "prompt": "하나 둘 셋", "max_tokens": 200, "n": 16, "temperature": 1.0});
+    let (status, e) = server.post_json("/v1/completions", &body);
+    assert_eq!((status, e["error"]["code"].as_str()), (429, Some("queue_full")), "{e}");
+    // The refused request's sequences leave the queue at the engine's next step.
+    let started = Instant::now();
+    loop {
+        let (status, ok) =
+            server.post_json("/v1/completions", &json!({"model": "tiny", "prompt": "하나", "max_tokens": 3}));
+        if status == 200 {
+            break;
+        }
+        assert!(status == 429 && started.elapsed() < Duration::from_secs(10), "{status} {ok}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Completions: a list of token-id prompts with echo and logprobs (lm-eval's request), and
+/// `max_tokens: 0` with echo.
+#[test]
+fn completions_echo_the_prompt_with_legacy_logprobs() {
+    let server = Server::start(&["--model", &format!("tiny={}", chat_model().display()), "--quantize", "none"]);
+    let body = json!({"model": "tiny", "prompt": [[2000, 300, 301, 302], [2000, 400]], "echo": true, "logprobs": 2,
+                      "max_tokens": 1, "temperature": 0});
+    let (status, got) = server.post_json("/v1/completions", &body);
+    assert_eq!(status, 200, "{got}");
+    let choices = got["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (choice, len) in choices.iter().zip([4, 2]) {
+        let lp = &choice["logprobs"];
+        assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), len + 1, "{lp}");
+        assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+        let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+        assert!(offsets.windows(2).all(|w| w[0] <= w[1]) && offsets[0] == 0, "{offsets:?}");
+        let tokens: String = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        assert_eq!(choice["text"].as_str(), Some(tokens.as_str()));
+        // Greedy: the generated token's logprob is its position's best.
+        let last = lp["top_logprobs"][len].as_object().unwrap();
+        let best = last.values().map(|v| v.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        assert_eq!(lp["token_logprobs"][len].as_f64(), Some(best));
+    }
+    assert_eq!(got["usage"]["prompt_tokens"], 6);
+    let body = json!({"model": "tiny", "prompt": "안녕", "echo": true, "max_tokens": 0, "logprobs": 0});
+    let (status, got) = server.post_json("/v1/completions", &body);
+    assert_eq!((status, got["choices"][0]["text"].as_str()), (200, Some("안녕")), "{got}");
+    assert_eq!(got["usage"]["completion_tokens"], 0);
+}
+
+#[test]
+fn sigterm_lets_the_answer_in_flight_finish_and_exits_143() {
+    let server = Server::start(&["--model", &format!("tiny={}", chat_model().display()), "--grace", "30"]);
+    let url = server.url("/v1/completions");
+    let body = json!({"model": "tiny", "prompt": "하나 둘 셋", "max_tokens": 200, "temperature": 0, "stream": true});
+    let in_flight = std::thread::spawn(move || {
+        let mut resp = agent().post(url).header("Content-Type", "application/json").send(body.to_string()).unwrap();
+        resp.body_mut().read_to_string().unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let base = server.base.clone();
+    assert_eq!(server.stop("TERM", Duration::from_secs(60)), Some(143));
+    let streamed = in_flight.join().unwrap();
+    assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+    assert!(agent().get(format!("{base}/health")).call().is_err(), "still accepting after SIGTERM");
+}
+
+#[test]
+fn other_addresses_need_a_key_and_the_key_is_checked() {
+    let o = common::chatvec(&["serve", "--model", chat_model().to_str().unwrap(), "--host", "0.0.0.0"]);
+    common::fails_with_one_line(&o, &["--api-key", "--insecure-no-key"]);
+    let server = Server::start(&["--model", &format!("tiny={}", chat_model().display()), "--api-key", "s3cret"]);
+    assert_eq!(server.get("/v1/models").0, 401);
+    let mut resp = agent().get(server.url("/v1/models")).header("Authorization", "Bearer s3cret").call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.body_mut().read_to_string().unwrap());
+    assert_eq!(server.get("/health").0, 200);
+}
+
+#[test]
+fn the_page_streams_two_models_side_by_side_in_chromium() {
+    if !Path::new(CHROMIUM).exists() {
+        assert!(std::env::var_os("CI").is_none(), "{CHROMIUM} not found, and CI is set: install chromium");
+        eprintln!("SKIPPED: the page in Chromium ({CHROMIUM} not found)");
+        return;
+    }
+    let prompt = "안녕하세요";
+    let tmp = tempfile::tempdir().unwrap();
+    let (chat, merge) = (chat_model(), common::oracle_model(tmp.path()));
+    let server = Server::start(&[
+        "--model",
+        &format!("chat={}", chat.display()),
+        "--model",
+        &format!("merge={}", merge.display()),
+        "--quantize",
+        "none",
+    ]);
+    let (_, page) = server.get("/");
+    assert!(page.contains("세종") || page.contains("const PROMPTS = ["), "the bundled prompts are missing");
+    assert!(!page.contains("http://") && !page.contains("https://"), "the page loads something from elsewhere");
+    let url = format!("{}/?models=chat,merge&prompt={prompt}&temperature=0&max_tokens=24&run=1", server.base);
+    let o = Command::new(CHROMIUM)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        .arg(format!("--user-data-dir={}", tmp.path().join("profile").display()))
+        .args(["--virtual-time-budget=30000", "--dump-dom", &url])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(dom.contains("data-done=\"1\""), "the page did not finish: {}\n{dom}", String::from_utf8_lossy(&o.stderr));
+    for model in [&chat, &merge] {
+        let expected = generate_greedy_24(model, prompt);
+        assert!(dom.contains(&expected), "{} answer {expected:?} missing from the page:\n{dom}", model.display());
+    }
+    assert_eq!(dom.matches("class=\"column\"").count(), 2, "{dom}");
+    assert!(dom.contains("tok/s") && dom.contains("stop: "), "{dom}");
+}
+
+/// The greedy answer of `model` as the page shows it (HTML-escaped).
+fn generate_greedy_24(model: &Path, prompt: &str) -> String {
+    let text = generate_greedy(model, prompt, 24)["runs"][0]["text"].as_str().unwrap().to_string();
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
