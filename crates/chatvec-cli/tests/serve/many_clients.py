@@ -1,7 +1,7 @@
 """16 streaming clients at once against `chatvec serve`, then the same 16 requests one after
 another. Prints one JSON record: every answer both ways, finish reasons, and the two wall times.
 
-usage: concurrent.py BASE_URL MODEL MAX_TOKENS
+usage: many_clients.py BASE_URL MODEL MAX_TOKENS
 """
 import asyncio
 import json
