@@ -377,27 +377,115 @@ fn the_page_streams_two_models_side_by_side_in_chromium() {
         "none",
     ]);
     let (_, page) = server.get("/");
-    assert!(page.contains("세종") || page.contains("const PROMPTS = ["), "the bundled prompts are missing");
+    assert!(page.contains("김치를 오래 맛있게"), "the bundled prompts are missing");
     assert!(!page.contains("http://") && !page.contains("https://"), "the page loads something from elsewhere");
+
     let url = format!("{}/?models=chat,merge&prompt={prompt}&temperature=0&max_tokens=24&run=1", server.base);
-    let o = Command::new(CHROMIUM)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
-        .arg(format!("--user-data-dir={}", tmp.path().join("profile").display()))
-        .args(["--virtual-time-budget=30000", "--dump-dom", &url])
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&o.stdout);
-    assert!(dom.contains("data-done=\"1\""), "the page did not finish: {}\n{dom}", String::from_utf8_lossy(&o.stderr));
-    for model in [&chat, &merge] {
-        let expected = generate_greedy_24(model, prompt);
-        assert!(dom.contains(&expected), "{} answer {expected:?} missing from the page:\n{dom}", model.display());
+    let mut browser = Browser::open(&tmp.path().join("profile"));
+    browser.call("Page.navigate", json!({ "url": url }));
+    let started = Instant::now();
+    while browser.eval("document.body.dataset.done") != "1" {
+        assert!(started.elapsed() < Duration::from_secs(120), "the page did not finish");
+        std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(dom.matches("class=\"column\"").count(), 2, "{dom}");
-    assert!(dom.contains("tok/s") && dom.contains("stop: "), "{dom}");
+    let columns: Value = serde_json::from_str(browser.eval(COLUMNS_JS).as_str().unwrap()).unwrap();
+    let columns = columns.as_array().unwrap();
+    assert_eq!(columns.len(), 2, "{columns:?}");
+    let (left, right) = (&columns[0], &columns[1]);
+    assert!(left["top"] == right["top"] && left["x"].as_f64() < right["x"].as_f64(), "not side by side: {columns:?}");
+    for (column, model) in columns.iter().zip([&chat, &merge]) {
+        let reference = &generate_greedy(model, prompt, 24)["runs"][0];
+        assert_eq!(column["text"], reference["text"], "{column}");
+        let finish = if reference["stop"]["kind"] == "length" { "length" } else { "stop" };
+        assert_eq!(
+            (column["finish"].as_str(), column["tokens"].as_str()),
+            (Some(finish), Some(reference["new_tokens"].to_string().as_str()))
+        );
+        assert!(column["stats"].as_str().unwrap().contains("tok/s"), "{column}");
+    }
 }
 
-/// The greedy answer of `model` as the page shows it (HTML-escaped).
-fn generate_greedy_24(model: &Path, prompt: &str) -> String {
-    let text = generate_greedy(model, prompt, 24)["runs"][0]["text"].as_str().unwrap().to_string();
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+/// Each answer column: model, text, stats, finish reason, token count and position.
+const COLUMNS_JS: &str = "JSON.stringify([...document.querySelectorAll('.column')].map(c => ({model: c.dataset.model, \
+    text: c.querySelector('.answer').textContent, stats: c.querySelector('.stats').textContent, \
+    finish: c.dataset.finish, tokens: c.dataset.tokens, x: c.getBoundingClientRect().x, \
+    top: c.getBoundingClientRect().top})))";
+
+/// Headless Chromium driven over the DevTools protocol (a page's streamed answers arrive after
+/// `--dump-dom` would have printed it), killed when dropped.
+struct Browser {
+    child: Child,
+    socket: tungstenite::WebSocket<std::net::TcpStream>,
+    next_id: u64,
+}
+
+impl Browser {
+    fn open(profile: &Path) -> Browser {
+        let child = Command::new(CHROMIUM)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+            .args(["--remote-debugging-port=0", "--window-size=1200,900"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let port_file = profile.join("DevToolsActivePort");
+        let started = Instant::now();
+        let port = loop {
+            if let Some(port) =
+                std::fs::read_to_string(&port_file).ok().and_then(|t| t.lines().next().map(str::to_string))
+            {
+                break port;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "Chromium wrote no DevToolsActivePort");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let targets: Value = serde_json::from_str(
+            &agent()
+                .get(format!("http://127.0.0.1:{port}/json/list"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let page = targets.as_array().unwrap().iter().find(|t| t["type"] == "page").expect("a page target");
+        let ws = page["webSocketDebuggerUrl"].as_str().unwrap();
+        let stream = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        let (socket, _) = tungstenite::client(ws, stream).unwrap();
+        Browser { child, socket, next_id: 0 }
+    }
+
+    /// Sends a DevTools command and returns its result.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.socket
+            .send(tungstenite::Message::text(json!({"id": id, "method": method, "params": params}).to_string()))
+            .unwrap();
+        loop {
+            let message = self.socket.read().unwrap();
+            let Ok(text) = message.to_text() else { continue };
+            let reply: Value = serde_json::from_str(text).unwrap_or_default();
+            if reply["id"] == id {
+                assert!(reply["error"].is_null(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expression` in the page and returns its value.
+    fn eval(&mut self, expression: &str) -> Value {
+        self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true}))["result"]["value"]
+            .clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
