@@ -1,6 +1,6 @@
-"""Records which chat template transformers finds in a model directory, for chatvec-core's
+"""Records which chat template transformers finds in a model directory, for chatvec-format's
 test of `modelfiles::chat_template` and `ChatTemplate::pick`
-(the tests of crates/chatvec-core/src/modelfiles.rs).
+(the tests of crates/chatvec-format/src/modelfiles.rs).
 
 Each case is a model directory's template files (chat_template.jinja and/or tokenizer_config.json);
 the script loads it with transformers (the tokenizer is the llama-tiny fixture's) and records

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the PyTorch checkpoint fixtures read by crates/chatvec-core/src/pickle.rs's tests.
+"""Writes the PyTorch checkpoint fixtures read by crates/chatvec-pickle's tests.
 
 Run once from the repository root with real torch (CPU build is enough) and safetensors:
 

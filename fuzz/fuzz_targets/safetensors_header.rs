@@ -4,4 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| chatvec_core::fuzzing::checkpoint_dir(data));
+fuzz_target!(|data: &[u8]| chatvec_format::fuzzing::checkpoint_dir(data));

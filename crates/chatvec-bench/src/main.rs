@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use chatvec_bench::synth::{write_random_model, LlamaShape};
-use chatvec_core::writer::{plan_shards, ChunkedWrite, Shard, ShardWriter, TensorSpec};
-use chatvec_core::DType;
+use chatvec_format::writer::{plan_shards, ChunkedWrite, Shard, ShardWriter, TensorSpec};
+use chatvec_format::DType;
 use clap::Parser;
 
 /// Benchmarks for chatvec.

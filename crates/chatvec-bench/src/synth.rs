@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde_json::json;
 
-use chatvec_core::dtype::encode;
-use chatvec_core::writer::{plan_shards, write_index, write_json, ShardWriter, TensorSpec};
-use chatvec_core::{DType, Result};
+use chatvec_format::dtype::encode;
+use chatvec_format::writer::{plan_shards, write_index, write_json, ShardWriter, TensorSpec};
+use chatvec_format::{DType, Result};
 use chatvec_gen::sampling::Rng;
 
 /// The dimensions of a Llama-architecture model.
@@ -130,7 +130,7 @@ pub fn write_random_model(dir: &Path, shape: &LlamaShape, dtype: DType, seed: u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatvec_core::Checkpoint;
+    use chatvec_format::Checkpoint;
 
     #[test]
     fn synthetic_model_opens_with_the_expected_tensors() {

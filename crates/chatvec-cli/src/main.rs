@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod merge_gguf;
 
 /// Give a language-adapted LLM chat skills by weight arithmetic (the chat-vector method).
 #[derive(Parser)]
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
             if err.chain().any(|e| {
                 matches!(
                     e.downcast_ref(),
-                    Some(chatvec_core::Error::Interrupted | chatvec_core::Error::DownloadInterrupted { .. })
+                    Some(chatvec_format::Error::Interrupted | chatvec_format::Error::DownloadInterrupted { .. })
                 )
             }) {
                 return ExitCode::from(cmd::common::interrupted_exit_code());

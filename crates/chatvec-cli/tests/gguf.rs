@@ -5,7 +5,8 @@
 //! chatvec's stop ids; Python transformers reads the f16 file back to the same weights.
 //!
 //! Needs node + node-llama-cpp (CHATVEC_NODE_LLAMA_DIR, default <repo>/.tools/node) and Python
-//! with transformers + gguf (CHATVEC_PYTHON); with `CI` set a missing tool fails the test.
+//! with transformers + gguf (CHATVEC_PYTHON). Without them `cargo test` lists the checks as ignored
+//! (chatvec-testkit); with `CI` set they run, and a missing tool fails them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,25 +21,6 @@ fn fixture_models() -> Vec<(&'static str, PathBuf)> {
         ("qwen2", data.join("qwen2")),
         ("gemma", data.join("gemma")),
     ]
-}
-
-/// A tool is missing: fail under CI, otherwise say so and skip.
-fn missing(what: &str) -> bool {
-    assert!(std::env::var_os("CI").is_none(), "{what} is missing (required when CI is set)");
-    eprintln!("skipped: {what} is missing");
-    true
-}
-
-fn node_llama_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("CHATVEC_NODE_LLAMA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join(".tools/node"));
-    let node_ok = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !node_ok || !dir.join("node_modules/node-llama-cpp").is_dir() {
-        missing(&format!("node with node-llama-cpp in {}", dir.display()));
-        return None;
-    }
-    Some(dir)
 }
 
 fn chatvec(args: &[&str]) -> String {
@@ -83,8 +65,9 @@ struct Case {
 const TYPES: [&str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_k_m"];
 
 #[test]
+#[cfg_attr(not(have_node_llama), ignore = "needs node-llama-cpp 3.21.1 (CHATVEC_NODE_LLAMA_DIR)")]
 fn llama_cpp_runs_chatvecs_gguf_like_chatvec_generate() {
-    let Some(node_dir) = node_llama_dir() else { return };
+    let node_dir = chatvec_testkit::node_llama_dir();
     let tmp = tempfile::tempdir().unwrap();
     let messages = serde_json::json!([{"role": "user", "content": "헌법 제1조는?"}]);
     let msg_file = tmp.path().join("messages.json");
@@ -155,20 +138,13 @@ fn llama_cpp_runs_chatvecs_gguf_like_chatvec_generate() {
     eprintln!("{}", report.join("\n"));
 }
 
-fn python() -> Option<String> {
-    let py = std::env::var("CHATVEC_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok =
-        Command::new(&py).args(["-c", "import transformers, gguf, torch"]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        missing(&format!("{py} with transformers, gguf and torch"));
-        return None;
-    }
-    Some(py)
-}
-
 #[test]
+#[cfg_attr(
+    not(all(have_py_transformers, have_py_gguf, have_py_torch)),
+    ignore = "needs Python with transformers, gguf and torch (CHATVEC_PYTHON)"
+)]
 fn transformers_reads_the_f16_gguf_back_to_the_same_weights() {
-    let Some(py) = python() else { return };
+    let py = chatvec_testkit::python();
     let tmp = tempfile::tempdir().unwrap();
     // transformers 5.24 reads llama, mistral and qwen2 GGUF files, not gemma (v1).
     for (arch, dir) in fixture_models().into_iter().filter(|(a, _)| *a != "gemma") {

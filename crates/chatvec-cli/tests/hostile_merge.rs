@@ -57,7 +57,7 @@ fn big_inputs(dir: &Path) {
         LlamaShape { hidden: 512, intermediate: 2048, layers: 8, heads: 8, kv_heads: 2, vocab: 8000, tie: false };
     let base = dir.join("base");
     std::fs::create_dir(&base).unwrap();
-    write_random_model(&base, &shape, chatvec_core::DType::BF16, 1, 40_000_000).unwrap();
+    write_random_model(&base, &shape, chatvec_format::DType::BF16, 1, 40_000_000).unwrap();
     for m in ["chat", "target"] {
         let to = dir.join(m);
         std::fs::create_dir(&to).unwrap();

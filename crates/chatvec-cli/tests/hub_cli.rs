@@ -383,18 +383,6 @@ fn revisions_cannot_load_a_folder_outside_the_cache() {
     assert!(!out.exists());
 }
 
-/// The Python interpreter with `huggingface_hub`, or `None` (a failure under `CI`).
-fn python_with_hub() -> Option<String> {
-    let py = std::env::var("CHATVEC_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py).args(["-c", "import huggingface_hub"]).output().is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    assert!(std::env::var_os("CI").is_none(), "CI: {py} has no huggingface_hub (set CHATVEC_PYTHON)");
-    eprintln!("skipped: {py} has no huggingface_hub (set CHATVEC_PYTHON)");
-    None
-}
-
 fn python(env: &Env, py: &str, script: &str, extra: &[(&str, &str)]) -> String {
     let o = env.command(py, &["-c", script], extra).output().unwrap();
     assert!(o.status.success(), "python: {}", stderr(&o));
@@ -402,8 +390,9 @@ fn python(env: &Env, py: &str, script: &str, extra: &[(&str, &str)]) -> String {
 }
 
 #[test]
+#[cfg_attr(not(have_py_huggingface_hub), ignore = "needs Python with huggingface_hub (CHATVEC_PYTHON)")]
 fn python_finds_what_chatvec_downloaded_offline() {
-    let Some(py) = python_with_hub() else { return };
+    let py = chatvec_testkit::python();
     let env = Env::new();
     let snap = env.download("org/chat", &[]);
     let script = r#"
@@ -426,8 +415,9 @@ for f in sorted(os.listdir(path)):
 }
 
 #[test]
+#[cfg_attr(not(have_py_huggingface_hub), ignore = "needs Python with huggingface_hub (CHATVEC_PYTHON)")]
 fn chatvec_uses_what_python_downloaded_without_a_request() {
-    let Some(py) = python_with_hub() else { return };
+    let py = chatvec_testkit::python();
     let env = Env::new();
     let script = r#"
 from huggingface_hub import snapshot_download
@@ -450,8 +440,9 @@ for m in ["org/base", "org/chat", "org/target"]:
 /// The mock hub's refusals are the ones `huggingface_hub` knows, so chatvec is tested against
 /// what the real Hub sends.
 #[test]
+#[cfg_attr(not(have_py_huggingface_hub), ignore = "needs Python with huggingface_hub (CHATVEC_PYTHON)")]
 fn python_reads_the_mock_hubs_refusals_as_the_hubs() {
-    let Some(py) = python_with_hub() else { return };
+    let py = chatvec_testkit::python();
     let env = Env::new();
     env.hub.gate("org/chat", "hf_granted");
     env.hub.withhold("org/target", "tokenizer.json");

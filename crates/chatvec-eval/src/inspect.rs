@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use chatvec_core::reader::TensorReader;
-use chatvec_core::{Checkpoint, Progress};
+use chatvec_format::reader::TensorReader;
+use chatvec_format::{Checkpoint, Progress};
 use rayon::prelude::*;
 use serde::Serialize;
 

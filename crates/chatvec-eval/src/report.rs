@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
-use chatvec_core::{Checkpoint, NoProgress};
+use chatvec_format::{Checkpoint, NoProgress};
 use serde::Serialize;
 
 use crate::chat_eval::{run_chat_eval, ChatEval, ChatOptions, Prompt, PromptResult};

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Result};
-use chatvec_core::{ops, MergeJob, NoProgress, OutputOptions, PlanOptions, ResolvedModel};
+use chatvec_format::{NoProgress, ResolvedModel};
+use chatvec_merge::{ops, MergeJob, OutputOptions, PlanOptions};
 use serde::Serialize;
 
 use crate::chat_eval::{run_chat_eval, ChatOptions, ChatSummary, Prompt};

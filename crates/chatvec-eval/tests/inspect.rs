@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use chatvec_core::{Checkpoint, NoProgress};
 use chatvec_eval::inspect::{inspect, InspectInput, VectorInput, WeightsRef};
 use chatvec_eval::modules::ModuleKind;
+use chatvec_format::{Checkpoint, NoProgress};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny");
 

@@ -77,13 +77,13 @@ impl StopSet {
 }
 
 /// The eos ids `dir` declares (`generation_config.json`, then `config.json`), read by
-/// chatvec-core as `merge` reads them; none for a directory without config (a GGUF's).
+/// chatvec-format as `merge` reads them; none for a directory without config (a GGUF's).
 fn declared_eos_ids(dir: &Path) -> Result<Vec<u32>> {
     let config = match dir.join("config.json").is_file() {
-        true => chatvec_core::ModelConfig::load(dir),
-        false => Ok(chatvec_core::ModelConfig::default()),
+        true => chatvec_format::ModelConfig::load(dir),
+        false => Ok(chatvec_format::ModelConfig::default()),
     };
     config
-        .and_then(|config| chatvec_core::modelfiles::eos_ids(dir, &config))
+        .and_then(|config| chatvec_format::modelfiles::eos_ids(dir, &config))
         .map_err(|e| GenError::NotAModel(e.to_string()))
 }

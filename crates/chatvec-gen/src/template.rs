@@ -8,7 +8,7 @@ use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-use chatvec_core::modelfiles::{self, ChatTemplate as StoredTemplate};
+use chatvec_format::modelfiles::{self, ChatTemplate as StoredTemplate};
 
 use crate::error::{GenError, Result};
 use crate::tokenizer::TokenizerConfig;
@@ -66,7 +66,7 @@ const RENDER_STACK_BYTES: usize = 1 << 30;
 pub const MAX_RENDERED_BYTES: usize = 16 << 20;
 
 impl ChatTemplate {
-    /// Finds the template of the model in `dir` as transformers does (chatvec-core's
+    /// Finds the template of the model in `dir` as transformers does (chatvec-format's
     /// [`modelfiles::chat_template`]). `override_file` wins over it.
     pub fn for_model(dir: &Path, tokenizer: &TokenizerConfig, override_file: Option<&Path>) -> Result<Self> {
         if let Some(file) = override_file {
@@ -86,7 +86,7 @@ impl ChatTemplate {
     /// (another model's when the template is lent to it); `None` when it stores none. Of a list
     /// of named templates, `default` renders, and `tool_use` (if named) when tools are passed.
     pub fn stored(dir: &Path, tokenizer: &TokenizerConfig) -> Result<Option<Self>> {
-        let stored_error = |e: chatvec_core::Error| GenError::Template(e.to_string());
+        let stored_error = |e: chatvec_format::Error| GenError::Template(e.to_string());
         let Some(stored) = modelfiles::chat_template(dir).map_err(stored_error)? else {
             return Ok(None);
         };

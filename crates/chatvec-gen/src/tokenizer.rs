@@ -11,7 +11,7 @@ use tokenizers::{
 use crate::error::{GenError, Result};
 
 /// The special tokens of `tokenizer_config.json` (and `special_tokens_map.json`), both optional.
-/// The chat template and the stop ids are read by chatvec-core (`modelfiles`).
+/// The chat template and the stop ids are read by chatvec-format (`modelfiles`).
 #[derive(Debug, Clone, Default)]
 pub struct TokenizerConfig {
     config: Value,

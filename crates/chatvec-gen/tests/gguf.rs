@@ -4,7 +4,7 @@
 //!
 //! Needs Python (`CHATVEC_PYTHON`) with numpy, torch, sentencepiece, and the llama.cpp source
 //! that node-llama-cpp ships (`CHATVEC_NODE_LLAMA_DIR`, default `<repo>/.tools/node`). Without
-//! them the test is skipped, except under `CI`, where it fails.
+//! them `cargo test` lists it as ignored (chatvec-testkit); under `CI` it runs and fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,39 +14,25 @@ use chatvec_gen::{Model, ModelOptions, WeightFormat};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
-/// A llama.cpp checkout cloned from node-llama-cpp's bundle into `dir`, or None (skip) when the
-/// tools are missing outside CI.
-fn llama_cpp(dir: &Path) -> Option<PathBuf> {
-    let node = std::env::var("CHATVEC_NODE_LLAMA_DIR").unwrap_or_else(|_| format!("{ROOT}/.tools/node"));
-    let bundle = Path::new(&node).join("node_modules/node-llama-cpp/llama/gitRelease.bundle");
-    if !bundle.is_file() {
-        assert!(std::env::var_os("CI").is_none(), "CI: {} is missing", bundle.display());
-        eprintln!("skipped: {} is missing", bundle.display());
-        return None;
-    }
+/// A llama.cpp checkout cloned from node-llama-cpp's bundle into `dir`.
+fn llama_cpp(dir: &Path) -> PathBuf {
+    let bundle = chatvec_testkit::llama_cpp_bundle();
     let out = dir.join("llama.cpp");
     let ok = Command::new("git").args(["clone", "-q"]).arg(&bundle).arg(&out).status().expect("git runs").success();
     assert!(ok, "git clone of {} failed", bundle.display());
-    Some(out)
+    out
 }
 
-/// Converts `model` to GGUF at each outtype; None (skip) when Python lacks what the converter needs.
-fn convert(llama: &Path, model: &Path, work: &Path, outtypes: &[&str]) -> Option<Vec<PathBuf>> {
-    let python = std::env::var("CHATVEC_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = Command::new(&python).args(["-c", "import numpy, torch, sentencepiece"]).output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        assert!(std::env::var_os("CI").is_none(), "CI: {python} lacks numpy, torch or sentencepiece");
-        eprintln!("skipped: {python} lacks numpy, torch or sentencepiece");
-        return None;
-    }
-    let out = Command::new(&python)
+/// Converts `model` to GGUF at each outtype with llama.cpp's convert_hf_to_gguf.py.
+fn convert(llama: &Path, model: &Path, work: &Path, outtypes: &[&str]) -> Vec<PathBuf> {
+    let out = Command::new(chatvec_testkit::python())
         .arg(format!("{ROOT}/crates/chatvec-gen/tests/data/make_gguf.py"))
         .args([llama, model, work])
         .args(outtypes)
         .output()
         .expect("python runs");
     assert!(out.status.success(), "make_gguf.py failed: {}", String::from_utf8_lossy(&out.stderr));
-    Some(outtypes.iter().map(|t| work.join(format!("model-{t}.gguf"))).collect())
+    outtypes.iter().map(|t| work.join(format!("model-{t}.gguf"))).collect()
 }
 
 fn load(path: &Path, weights: &str) -> Model {
@@ -69,9 +55,13 @@ fn logits(m: &mut Model) -> Tensor {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(have_node_llama, have_py_numpy, have_py_torch, have_py_sentencepiece)),
+    ignore = "needs node-llama-cpp's llama.cpp source and Python with numpy, torch, sentencepiece"
+)]
 fn gguf_from_llama_cpp_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(llama) = llama_cpp(tmp.path()) else { return };
+    let llama = llama_cpp(tmp.path());
     let data = |name: &str| PathBuf::from(format!("{ROOT}/crates/chatvec-gen/tests/data/{name}"));
     // Mistral's fixture has 4 query and 2 key/value heads: the converter writes it as `llama`
     // with permuted q/k rows (the sliding window is dropped on both sides: 12 tokens > window 5
@@ -82,7 +72,7 @@ fn gguf_from_llama_cpp_matches_its_safetensors() {
         ("lab chat", PathBuf::from(format!("{ROOT}/models/lab/chat"))),
     ] {
         let work = tmp.path().join(name.replace(' ', "-"));
-        let Some(ggufs) = convert(&llama, &dir, &work, &["f32"]) else { return };
+        let ggufs = convert(&llama, &dir, &work, &["f32"]);
         let mut reference = load(&work.join("hf"), "none");
         let mut from_gguf = load(&ggufs[0], "none");
         let diff = max_abs_diff(&logits(&mut reference), &logits(&mut from_gguf));
@@ -91,9 +81,7 @@ fn gguf_from_llama_cpp_matches_its_safetensors() {
     // q8_0 blocks as llama.cpp's converter rounds them, against chatvec's own q8_0 of the same
     // weights: the same format, so nearly the same logits (rounding ties may differ).
     let work = tmp.path().join("lab-q8");
-    let Some(ggufs) = convert(&llama, Path::new(&format!("{ROOT}/models/lab/chat")), &work, &["q8_0"]) else {
-        return;
-    };
+    let ggufs = convert(&llama, Path::new(&format!("{ROOT}/models/lab/chat")), &work, &["q8_0"]);
     let mut ours = load(&work.join("hf"), "q8_0");
     let mut theirs = load(&ggufs[0], "none");
     let (a, b) = (logits(&mut ours), logits(&mut theirs));

@@ -2,7 +2,7 @@
 //! names, the Q/K row permutation of Llama-family attention, Gemma's `norm + 1`, the tensors it
 //! leaves out or adds (`rope_freqs` for `llama3` rope scaling), and the hyper-parameter keys.
 
-use chatvec_core::{Error, ModelConfig, Result};
+use chatvec_format::{Error, ModelConfig, Result};
 use serde_json::Value as Json;
 
 use crate::format::{Metadata, Value};

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use chatvec_core::{DType, Error, Result};
+use chatvec_format::{DType, Error, Result};
 use half::{bf16, f16};
 use rayon::prelude::*;
 

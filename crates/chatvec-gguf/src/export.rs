@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use chatvec_core::{Checkpoint, Error, Progress, Result};
+use chatvec_format::{Checkpoint, Error, Progress, Result};
 
 use crate::encode::TensorEncoder;
 use crate::output::GgufFile;
@@ -28,7 +28,7 @@ pub struct ExportSummary {
 /// The converter's tensor order for `ckpt`: files by name, then tensors by name.
 pub fn converter_order(ckpt: &Checkpoint) -> Result<Vec<SourceTensor>> {
     let mut entries: Vec<_> = ckpt.tensors().iter().collect();
-    if ckpt.format == chatvec_core::WeightFormat::Safetensors {
+    if ckpt.format == chatvec_format::WeightFormat::Safetensors {
         entries.sort_by(|a, b| (ckpt.file_of(a), &a.name).cmp(&(ckpt.file_of(b), &b.name)));
     }
     entries
@@ -46,7 +46,7 @@ pub fn plan_export(ckpt: &Checkpoint, ftype: FileType) -> Result<(GgufPlan, Vec<
     let sources = converter_order(ckpt)?;
     let dir = ckpt.dir.canonicalize().unwrap_or_else(|_| ckpt.dir.clone());
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let stop_ids = chatvec_core::modelfiles::eos_ids(&ckpt.dir, &ckpt.config)?;
+    let stop_ids = chatvec_format::modelfiles::eos_ids(&ckpt.dir, &ckpt.config)?;
     let info = ModelInfo { config: &ckpt.config, dir: &ckpt.dir, name: &name, fallback_template: None, stop_ids };
     Ok((plan(&info, &sources, ftype)?, sources))
 }
@@ -100,9 +100,9 @@ pub fn export(
 }
 
 /// The element type of the bytes fed for `t` (computed tensors are f32).
-pub fn sources_dtype(t: &crate::plan::OutputTensor, sources: &[SourceTensor]) -> chatvec_core::DType {
+pub fn sources_dtype(t: &crate::plan::OutputTensor, sources: &[SourceTensor]) -> chatvec_format::DType {
     match t.origin {
         Origin::Input(i) => sources[i].dtype,
-        Origin::Computed(_) => chatvec_core::DType::F32,
+        Origin::Computed(_) => chatvec_format::DType::F32,
     }
 }

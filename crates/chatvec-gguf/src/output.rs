@@ -5,8 +5,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use chatvec_core::writer::{ChunkedWrite, WRITE_CHUNK};
-use chatvec_core::{Error, Result};
+use chatvec_format::writer::{ChunkedWrite, WRITE_CHUNK};
+use chatvec_format::{Error, Result};
 
 /// A GGUF file being written.
 pub struct GgufFile {

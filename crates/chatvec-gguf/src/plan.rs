@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use chatvec_core::{DType, Error, ModelConfig, Result};
+use chatvec_format::{DType, Error, ModelConfig, Result};
 use serde_json::Value as Json;
 
 use crate::arch::{Arch, Transform};

@@ -6,7 +6,7 @@
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use chatvec_core::{Error, Result};
+use chatvec_format::{Error, Result};
 use half::{bf16, f16};
 
 /// A ggml element type chatvec writes.

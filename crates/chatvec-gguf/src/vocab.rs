@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use chatvec_core::{Error, Result};
+use chatvec_format::{Error, Result};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 

@@ -1,11 +1,12 @@
 //! chatvec's GGUF export against llama.cpp's own converter (convert_hf_to_gguf.py, the version
 //! node-llama-cpp 3.21.1 bundles), whose outputs' hashes `scripts/gguf/make_fixtures.sh` recorded
-//! in tests/data/converter.json; and `merge --gguf` against merging then exporting.
+//! in tests/data/converter.json. (`merge --gguf` against merging then exporting is tested in the CLI,
+//! where the merge-to-GGUF glue lives.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use chatvec_core::{Checkpoint, NoProgress};
+use chatvec_format::{Checkpoint, NoProgress};
 use chatvec_gguf::{export, FileType};
 use sha2::{Digest, Sha256};
 
@@ -96,79 +97,18 @@ fn every_output_tensor_sits_at_its_planned_aligned_offset() {
 }
 
 #[test]
-fn merge_to_gguf_equals_merging_then_exporting() {
-    use chatvec_core::{hub::resolve_model, MergeJob, OutputOptions, PlanOptions};
-    let tmp = tempfile::tempdir().unwrap();
-    let model = |n: &str| resolve_model(Path::new(LLAMA_TINY).join(n).to_str().unwrap(), None).unwrap();
-    let merged_dir = tmp.path().join("merged");
-    let job = MergeJob {
-        base: model("base"),
-        chat: model("chat"),
-        target: model("target"),
-        ratio: 1.0,
-        plan: PlanOptions::default(),
-        output: OutputOptions { path: merged_dir.clone(), force: false, shard_size: u64::MAX, dry_run: false },
-    };
-    chatvec_core::ops::merge(&job, &NoProgress, &AtomicBool::new(false)).unwrap();
-    let cancel = AtomicBool::new(false);
-    for t in ["f16", "q8_0", "q4_k_m"] {
-        let ftype = FileType::parse(t).unwrap();
-        let direct = tmp.path().join(format!("direct-{t}/merged.gguf"));
-        std::fs::create_dir_all(direct.parent().unwrap()).unwrap();
-        chatvec_gguf::sink::merge_to_gguf(&job, &direct, ftype, false, &NoProgress, &cancel).unwrap();
-        let two_step = tmp.path().join(format!("two-step-{t}.gguf"));
-        export(&merged_dir, &two_step, ftype, false, &NoProgress, &cancel).unwrap();
-        assert_eq!(sha256(&direct), sha256(&two_step), "{t}");
-    }
-}
-
-#[test]
 fn an_interrupted_or_failed_export_leaves_no_file() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m.gguf");
     let err = export(&Path::new(DATA).join("mistral"), &out, FileType::F16, false, &NoProgress, &AtomicBool::new(true))
         .unwrap_err();
-    assert!(matches!(err, chatvec_core::Error::Interrupted));
+    assert!(matches!(err, chatvec_format::Error::Interrupted));
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     std::fs::write(&out, "x").unwrap();
     let err =
         export(&Path::new(DATA).join("mistral"), &out, FileType::F16, false, &NoProgress, &AtomicBool::new(false))
             .unwrap_err();
     assert!(err.to_string().contains("--force"), "{err}");
-}
-
-#[test]
-fn merge_to_gguf_writes_every_architecture_and_type() {
-    // base = chat: the vector is zero, so the merge is the target exactly and its GGUF must be the
-    // target's export, byte for byte (the name comes from the file stem, as from the directory).
-    use chatvec_core::{hub::resolve_model, MergeJob, OutputOptions, PlanOptions};
-    let tmp = tempfile::tempdir().unwrap();
-    let cancel = AtomicBool::new(false);
-    for (name, dir) in models().into_iter().skip(1) {
-        let m = resolve_model(dir.to_str().unwrap(), None).unwrap();
-        let job = MergeJob {
-            base: m.clone(),
-            chat: m.clone(),
-            target: m,
-            ratio: 1.0,
-            plan: PlanOptions::default(),
-            output: OutputOptions {
-                path: tmp.path().join("unused"),
-                force: false,
-                shard_size: u64::MAX,
-                dry_run: false,
-            },
-        };
-        for t in ["f16", "bf16", "q8_0", "q4_k_m"] {
-            let ftype = FileType::parse(t).unwrap();
-            let sub = tmp.path().join(format!("{name}-{t}"));
-            std::fs::create_dir_all(&sub).unwrap();
-            let merged = sub.join(format!("{name}.gguf"));
-            chatvec_gguf::sink::merge_to_gguf(&job, &merged, ftype, false, &NoProgress, &cancel).unwrap();
-            let exported = export_to(tmp.path(), &dir, t);
-            assert_eq!(sha256(&merged), sha256(&exported), "{name} {t}");
-        }
-    }
 }
 
 #[test]

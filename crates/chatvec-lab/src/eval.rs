@@ -1,4 +1,4 @@
-//! Merging the family with `chatvec_core::ops::merge` and measuring every model: task accuracy,
+//! Merging the family with `chatvec_merge::ops::merge` and measuring every model: task accuracy,
 //! stop rate and Korean ratio of greedy answers (chatvec-gen's `generate`), and Korean
 //! perplexity on held-out prose.
 
@@ -8,11 +8,11 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use chatvec_core::ops::{self, MergeJob, OutputOptions};
-use chatvec_core::PlanOptions;
 use chatvec_eval::metrics;
 use chatvec_eval::perplexity::{perplexity, Window};
 use chatvec_gen::{generate, GenError, GenerationConfig, Model, SamplingParams, StopReason, StopSet};
+use chatvec_merge::ops::{self, MergeJob, OutputOptions};
+use chatvec_merge::PlanOptions;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -66,14 +66,14 @@ pub fn merge_entry(run: &Path, entry: &Entry) -> Result<()> {
     let (Some(ratio), Some(porter)) = (entry.ratio, entry.merge) else { return Ok(()) };
     let resolve = |name: &str| {
         let p = run.join(name);
-        chatvec_core::resolve_model(&p.to_string_lossy(), None).with_context(|| format!("resolving {}", p.display()))
+        chatvec_hub::resolve_model(&p.to_string_lossy(), None).with_context(|| format!("resolving {}", p.display()))
     };
     let mut plan = PlanOptions::default();
     if let Some(x) = &entry.exclude {
-        plan.selection = chatvec_core::Selection::new(None, Some(x))?;
+        plan.selection = chatvec_merge::Selection::new(None, Some(x))?;
     }
     if porter {
-        plan.porter = Some(chatvec_core::kernel::PorterParams::default());
+        plan.porter = Some(chatvec_merge::kernel::PorterParams::default());
     }
     let job = MergeJob {
         base: resolve("base")?,
@@ -83,7 +83,7 @@ pub fn merge_entry(run: &Path, entry: &Entry) -> Result<()> {
         plan,
         output: OutputOptions { path: run.join(&entry.folder), force: true, shard_size: 5_000_000_000, dry_run: false },
     };
-    ops::merge(&job, &chatvec_core::NoProgress, &AtomicBool::new(false))
+    ops::merge(&job, &chatvec_format::NoProgress, &AtomicBool::new(false))
         .with_context(|| format!("merging into {}", run.join(&entry.folder).display()))?;
     Ok(())
 }

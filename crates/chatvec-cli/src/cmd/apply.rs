@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use chatvec_core::{ops, ApplyJob};
+use chatvec_merge::{ops, ApplyJob};
 
 use super::common::{check_ratio, print_next_step, HubArgs, OutputArgs, SelectArgs};
 

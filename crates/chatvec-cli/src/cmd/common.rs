@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
-use chatvec_core::{DType, OutputOptions, PlanOptions, ResolvedModel, Selection, Summary};
+use chatvec_format::{DType, ResolvedModel};
+use chatvec_merge::{OutputOptions, PlanOptions, Selection, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Where hub ids are looked up, and whether they may be downloaded.
@@ -31,8 +32,8 @@ impl HubArgs {
     }
 
     /// The hub settings: these flags over the HF_* environment variables.
-    pub fn hub(&self) -> chatvec_core::Hub {
-        chatvec_core::Hub::from_env(self.cache_dir.as_deref(), self.offline)
+    pub fn hub(&self) -> chatvec_hub::Hub {
+        chatvec_hub::Hub::from_env(self.cache_dir.as_deref(), self.offline)
     }
 
     /// Resolves a model argument (directory or `org/name[@revision]`), downloading what the cache
@@ -51,7 +52,7 @@ pub struct DownloadBar {
     pub label: String,
 }
 
-impl chatvec_core::Progress for DownloadBar {
+impl chatvec_format::Progress for DownloadBar {
     fn begin(&self, total: u64) {
         self.bar.0.set_message(format!("downloading {}", self.label));
         self.bar.0.set_length(total);
@@ -169,7 +170,7 @@ impl OutputArgs {
     /// Runs a weight job with a progress bar and Ctrl-C handling, then prints its summary.
     pub fn run_job(
         &self,
-        job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_core::Result<Summary>,
+        job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_format::Result<Summary>,
         extra: &str,
     ) -> Result<std::process::ExitCode> {
         self.run_jobs(|bar, cancel| job(bar, cancel).map(|s| vec![s]), &[extra.to_string()])
@@ -179,7 +180,7 @@ impl OutputArgs {
     /// summary of output `i`.
     pub fn run_jobs(
         &self,
-        job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_core::Result<Vec<Summary>>,
+        job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_format::Result<Vec<Summary>>,
         extras: &[String],
     ) -> Result<std::process::ExitCode> {
         let cancel = interrupt_flag();
@@ -295,7 +296,7 @@ impl Bar {
     }
 }
 
-impl chatvec_core::Progress for Bar {
+impl chatvec_format::Progress for Bar {
     fn begin(&self, total: u64) {
         self.0.set_length(total);
     }
@@ -308,7 +309,7 @@ impl chatvec_core::Progress for Bar {
 }
 
 fn gb(b: u64) -> String {
-    chatvec_core::ops::human_bytes(b)
+    chatvec_merge::ops::human_bytes(b)
 }
 
 fn ids(v: &[usize]) -> String {
@@ -387,9 +388,9 @@ pub fn check_ratio(r: f64) -> Result<()> {
     Ok(())
 }
 
-/// Warns on stderr when `--base` and `--chat` look swapped (see [`chatvec_core::swapped`]).
+/// Warns on stderr when `--base` and `--chat` look swapped (see [`chatvec_format::swapped`]).
 pub fn warn_if_swapped(base: &ResolvedModel, chat: &ResolvedModel) {
-    if let Some(w) = chatvec_core::swapped::swapped_pair_warning(&base.path, &chat.path) {
+    if let Some(w) = chatvec_format::swapped::swapped_pair_warning(&base.path, &chat.path) {
         eprintln!("warning: {w}");
     }
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use chatvec_core::HubId;
+use chatvec_hub::HubId;
 
 use super::common::{interrupt_flag, Bar, DownloadBar, HubArgs};
 

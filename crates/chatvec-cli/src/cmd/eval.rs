@@ -84,7 +84,7 @@ const DEFAULT_CONTEXT: usize = 1024;
 /// them can score. A config without the key does not limit it.
 pub fn max_positions(models: &[&Path]) -> Result<usize> {
     models.iter().try_fold(usize::MAX, |least, dir| {
-        let config = chatvec_core::ModelConfig::load(dir)?;
+        let config = chatvec_format::ModelConfig::load(dir)?;
         Ok(least.min(config.max_position_embeddings().unwrap_or(usize::MAX)))
     })
 }

@@ -64,6 +64,6 @@ pub fn file_type(name: Option<&str>, model_dir: &Path) -> Result<FileType> {
         return Ok(FileType::parse(n)?);
     }
     // A missing or broken config is reported by the export itself, naming the file.
-    let dtype = chatvec_core::ModelConfig::load(model_dir).ok().and_then(|c| c.dtype());
-    Ok(if dtype == Some(chatvec_core::DType::BF16) { FileType::BF16 } else { FileType::F16 })
+    let dtype = chatvec_format::ModelConfig::load(model_dir).ok().and_then(|c| c.dtype());
+    Ok(if dtype == Some(chatvec_format::DType::BF16) { FileType::BF16 } else { FileType::F16 })
 }

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use chatvec_core::{ops, DType, ExtractJob};
+use chatvec_format::DType;
+use chatvec_merge::{ops, ExtractJob};
 
 use super::common::{warn_if_swapped, HubArgs, OutputArgs, PairArgs, SelectArgs};
 

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use chatvec_core::Checkpoint;
 use chatvec_eval::inspect::{inspect, to_csv, to_text, InspectInput, VectorInput, WeightsRef};
 use chatvec_eval::plots::{write_heatmap, Size};
+use chatvec_format::Checkpoint;
 
 use super::common::{interrupt_flag, Bar, HubArgs};
 

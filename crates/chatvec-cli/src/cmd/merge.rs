@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use chatvec_core::{ops, MergeJob, OutputOptions};
+use chatvec_merge::{ops, MergeJob, OutputOptions};
 
 use super::common::{
     check_ratio, interrupt_flag, print_next_step, warn_if_swapped, Bar, HubArgs, OutputArgs, PairArgs, SelectArgs,
@@ -109,7 +109,7 @@ fn merge_to_gguf(job: &MergeJob, ftype: Option<&str>, out: &OutputArgs) -> Resul
     let ftype = super::export::file_type(ftype, &job.target.path)?;
     let cancel = interrupt_flag();
     let bar = Bar::new(out.quiet || out.json);
-    let s = chatvec_gguf::sink::merge_to_gguf(job, &out.output, ftype, out.force, &bar, &cancel)?;
+    let s = crate::merge_gguf::merge_to_gguf(job, &out.output, ftype, out.force, &bar, &cancel)?;
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }

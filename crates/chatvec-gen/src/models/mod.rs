@@ -109,7 +109,7 @@ pub fn read_config(dir: &Path) -> Result<(Architecture, DecoderConfig)> {
     if !path.is_file() {
         return Err(GenError::NotAModel(format!("{}: no config.json (not a model directory)", dir.display())));
     }
-    let config = chatvec_core::ModelConfig::load(dir).map_err(|e| GenError::NotAModel(e.to_string()))?;
+    let config = chatvec_format::ModelConfig::load(dir).map_err(|e| GenError::NotAModel(e.to_string()))?;
     config_from_json(&config.raw, &path)
 }
 

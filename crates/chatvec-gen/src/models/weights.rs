@@ -1,4 +1,4 @@
-//! Where decoder weights come from: a model directory opened by chatvec-core (safetensors or
+//! Where decoder weights come from: a model directory opened by chatvec-format (safetensors or
 //! PyTorch `.bin`, the same files, index checks and path rules as `merge`), or tensors built in
 //! memory (benchmarks, tests).
 
@@ -8,7 +8,7 @@ use std::path::Path;
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
-use chatvec_core::{Checkpoint, TensorEntry};
+use chatvec_format::{Checkpoint, TensorEntry};
 
 use crate::error::{GenError, Result};
 
@@ -30,7 +30,7 @@ pub trait WeightSource: Sync {
     }
 }
 
-/// A model directory's weights, memory-mapped by [`chatvec_core::Checkpoint`].
+/// A model directory's weights, memory-mapped by [`chatvec_format::Checkpoint`].
 pub struct CheckpointWeights {
     ckpt: Checkpoint,
 }
@@ -85,12 +85,12 @@ impl WeightSource for CheckpointWeights {
     }
 }
 
-fn candle_dtype(d: chatvec_core::DType) -> DType {
+fn candle_dtype(d: chatvec_format::DType) -> DType {
     match d {
-        chatvec_core::DType::BF16 => DType::BF16,
-        chatvec_core::DType::F16 => DType::F16,
-        chatvec_core::DType::F32 => DType::F32,
-        chatvec_core::DType::F64 => DType::F64,
+        chatvec_format::DType::BF16 => DType::BF16,
+        chatvec_format::DType::F16 => DType::F16,
+        chatvec_format::DType::F32 => DType::F32,
+        chatvec_format::DType::F64 => DType::F64,
     }
 }
 
