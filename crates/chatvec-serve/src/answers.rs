@@ -130,7 +130,7 @@ impl Answers {
     }
 
     /// Number of choices.
-    pub fn len(&self) -> usize {
+    pub fn choices(&self) -> usize {
         self.choices.len()
     }
 

@@ -124,7 +124,7 @@ async fn whole(
     echoes: Vec<String>,
     logprobs: bool,
 ) -> Result<Response, ApiError> {
-    let count = answers.len();
+    let count = answers.choices();
     let mut texts: Vec<String> = (0..count).map(|i| echoes.get(i).cloned().unwrap_or_default()).collect();
     let mut tokens: Vec<Vec<TokenLogprob>> = vec![Vec::new(); count];
     let mut finish = vec![None; count];
