@@ -2,15 +2,18 @@
 //! leaked chat headers, and how likely is its end-of-turn token after a good answer.
 //!
 //! Every prompt is answered from an empty cache with the same sampling settings and seed, so a
-//! run reproduces exactly and models are compared on equal terms.
+//! run reproduces exactly and models are compared on equal terms. The prompts are answered
+//! together, `batch_size` at a time, by `chatvec_gen::batch`: each answer is the one the prompt
+//! would get alone.
 
-use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use chatvec_gen::{generate, GenerationConfig, Message, SamplingParams, StopReason};
+use chatvec_gen::batch::{Batch, SeqOutput, SeqRequest};
+use chatvec_gen::models::{KvCache, Logits, SeqInput};
+use chatvec_gen::{GenError, Message, SamplingParams, StopReason};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{header_leaks, korean_ratio, repetition, strip_markers};
@@ -82,11 +85,26 @@ pub struct ChatOptions {
     pub top_k: usize,
     /// Seed, the same for every prompt.
     pub seed: u64,
+    /// Prompts answered together (one forward pass per token for all of them); the answers do
+    /// not depend on it.
+    #[serde(skip)]
+    pub batch_size: usize,
 }
+
+/// Prompts answered together unless told otherwise: enough rows for the matrix products to
+/// reuse each weight many times, few enough that the KV caches stay small.
+pub const DEFAULT_BATCH_SIZE: usize = 16;
 
 impl Default for ChatOptions {
     fn default() -> Self {
-        ChatOptions { max_new_tokens: 256, temperature: 0.7, top_p: 0.9, top_k: 50, seed: 1234 }
+        ChatOptions {
+            max_new_tokens: 256,
+            temperature: 0.7,
+            top_p: 0.9,
+            top_k: 50,
+            seed: 1234,
+            batch_size: DEFAULT_BATCH_SIZE,
+        }
     }
 }
 
@@ -132,7 +150,8 @@ pub struct PromptResult {
     pub eot_probability: Option<f64>,
     /// The end-of-turn token measured.
     pub eot_token: Option<String>,
-    /// Seconds for this prompt.
+    /// Seconds from the start of the evaluation to this answer's end (prompts are answered
+    /// together).
     pub seconds: f64,
 }
 
@@ -210,11 +229,11 @@ fn messages(p: &Prompt) -> Vec<Message> {
 /// no template or tokenizer treats specially).
 const END_MARK: &str = "\u{F8FF}END\u{F8FF}";
 
-/// P(end-of-turn) right after `reference` as the assistant's turn: the template renders the
-/// conversation with the reference answer; the model reads it up to the answer's end; the
-/// end-of-turn token is the first stop id the template writes after the answer.
-/// Returns the probability and the token's text.
-pub fn eot_probability(m: &mut ChatModel, p: &Prompt, reference: &str) -> Result<Option<(f64, String)>> {
+/// The conversation up to the end of `reference` as the assistant's turn, and the end-of-turn
+/// token: the template renders the conversation with the reference answer, and the end-of-turn
+/// token is the first stop id it writes after the answer. None when there is no template or
+/// the template writes no stop id there.
+fn eot_prefix(m: &ChatModel, p: &Prompt, reference: &str) -> Result<Option<(Vec<u32>, u32)>> {
     let Some(template) = &m.template else { return Ok(None) };
     let mut msgs = messages(p);
     msgs.push(Message::new("assistant", format!("{}{END_MARK}", reference.trim())));
@@ -223,19 +242,60 @@ pub fn eot_probability(m: &mut ChatModel, p: &Prompt, reference: &str) -> Result
     let prefix = m.tokenizer.encode(&text[..at], false)?;
     let rest = m.tokenizer.encode(&text[at + END_MARK.len()..], false)?;
     let Some(&eot) = rest.iter().find(|id| m.stops.contains(**id)) else { return Ok(None) };
-    if prefix.is_empty() {
-        return Ok(None);
-    }
-    m.model.reset();
-    let logits: Vec<f32> = m.model.forward_last(&prefix)?.to_vec1()?;
-    m.model.reset();
-    let nll = crate::perplexity::token_nll(&logits, eot);
-    Ok(Some(((-nll).exp(), m.tokenizer.id_to_token(eot).unwrap_or_else(|| eot.to_string()))))
+    Ok((!prefix.is_empty()).then_some((prefix, eot)))
 }
 
-/// Answers one prompt.
-pub fn answer(m: &mut ChatModel, p: &Prompt, opts: &ChatOptions, cancel: &AtomicBool) -> Result<PromptResult> {
-    let started = Instant::now();
+/// P(end-of-turn) right after `reference` as the assistant's turn (see [`eot_probabilities`]).
+/// Returns the probability and the token's text.
+pub fn eot_probability(m: &ChatModel, p: &Prompt, reference: &str) -> Result<Option<(f64, String)>> {
+    let one = [(p.clone(), reference.to_string())];
+    Ok(eot_probabilities(m, one.iter().map(|(p, r)| (p, r.as_str())), 1)?.pop().flatten())
+}
+
+/// Prompt tokens per forward pass when the end-of-turn prefixes are read together.
+const EOT_ROWS_PER_PASS: usize = 2048;
+
+/// P(end-of-turn) after each `(prompt, reference)`: the model reads the conversation up to the
+/// reference answer's end, several conversations per forward pass (`per_pass` at most), and
+/// the probability of the end-of-turn token comes from the last position's logits.
+pub fn eot_probabilities<'a>(
+    m: &ChatModel,
+    items: impl Iterator<Item = (&'a Prompt, &'a str)>,
+    per_pass: usize,
+) -> Result<Vec<Option<(f64, String)>>> {
+    let prefixes = items.map(|(p, r)| eot_prefix(m, p, r)).collect::<Result<Vec<_>>>()?;
+    let mut out = vec![None; prefixes.len()];
+    let todo: Vec<(usize, &Vec<u32>, u32)> =
+        prefixes.iter().enumerate().filter_map(|(i, x)| x.as_ref().map(|(p, e)| (i, p, *e))).collect();
+    let mut rest = todo.as_slice();
+    while !rest.is_empty() {
+        let mut n = 1;
+        let mut rows = rest[0].1.len();
+        while n < rest.len() && n < per_pass.max(1) && rows + rest[n].1.len() <= EOT_ROWS_PER_PASS {
+            rows += rest[n].1.len();
+            n += 1;
+        }
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        let mut caches: Vec<KvCache> = group.iter().map(|_| KvCache::new()).collect();
+        let mut inputs: Vec<SeqInput> = group
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|((_, prefix, _), cache)| SeqInput { tokens: prefix, cache, logits: Logits::Last })
+            .collect();
+        let logits = m.model.forward_batch(&mut inputs)?;
+        for (&(i, _, eot), row) in group.iter().zip(logits) {
+            let row: Vec<f32> = row.expect("last-row logits were asked for").squeeze(0)?.to_vec1()?;
+            let nll = crate::perplexity::token_nll(&row, eot);
+            out[i] = Some(((-nll).exp(), m.tokenizer.id_to_token(eot).unwrap_or_else(|| eot.to_string())));
+        }
+    }
+    Ok(out)
+}
+
+/// The request for prompt `p`: its templated tokens, with the answer's length cut to what the
+/// context leaves (an answer that reaches it ends there, as `generate` ends it).
+fn request(m: &ChatModel, p: &Prompt, opts: &ChatOptions) -> Result<SeqRequest> {
     let Some(template) = &m.template else {
         bail!(
             "{} has no chat template; pass --chat-template FILE (or evaluate it in `chatvec report`, which borrows the merged model's)",
@@ -244,28 +304,32 @@ pub fn answer(m: &mut ChatModel, p: &Prompt, opts: &ChatOptions, cancel: &Atomic
     };
     let prompt_text = template.render(&messages(p), true)?;
     let ids = m.tokenizer.encode(&prompt_text, false)?;
-    let config = GenerationConfig { max_new_tokens: opts.max_new_tokens, sampling: opts.sampling() };
-    m.model.reset();
-    let out = generate::<anyhow::Error, _>(&mut m.model, &ids, &config, &m.stops, |_| {
-        Ok(if cancel.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
-    })?;
-    m.model.reset();
-    if out.stop == StopReason::Cancelled {
-        bail!("interrupted");
+    let limit = m.model.config().max_position_embeddings;
+    if ids.is_empty() || ids.len() > limit {
+        return Err(GenError::ContextFull { tokens: ids.len(), limit }.into());
     }
-    let (body, stop_token) = match out.stop {
+    let max_new_tokens = opts.max_new_tokens.min(limit - ids.len());
+    Ok(SeqRequest::new(ids, max_new_tokens, opts.sampling(), m.stops.clone()))
+}
+
+/// The result for prompt `p` from its answer and its end-of-turn probability.
+fn prompt_result(
+    m: &ChatModel,
+    p: &Prompt,
+    out: &SeqOutput,
+    eot: Option<(f64, String)>,
+    seconds: f64,
+) -> Result<PromptResult> {
+    let tokens = &out.output.tokens;
+    let (body, stop_token) = match out.output.stop {
         StopReason::StopToken { id } => {
-            (&out.tokens[..out.tokens.len() - 1], Some(m.tokenizer.id_to_token(id).unwrap_or_else(|| id.to_string())))
+            (&tokens[..tokens.len() - 1], Some(m.tokenizer.id_to_token(id).unwrap_or_else(|| id.to_string())))
         }
-        _ => (&out.tokens[..], None),
+        _ => (&tokens[..], None),
     };
     // Decoded with special tokens, so leaked headers stay visible to the leak count.
     let raw = m.tokenizer.decode(body, false)?;
     let text = strip_markers(&raw).trim().to_string();
-    let eot = match &p.reference {
-        Some(r) => eot_probability(m, p, r)?,
-        None => None,
-    };
     Ok(PromptResult {
         id: p.id.clone(),
         category: p.category.clone(),
@@ -275,16 +339,23 @@ pub fn answer(m: &mut ChatModel, p: &Prompt, opts: &ChatOptions, cancel: &Atomic
         repetition: repetition(&text),
         header_leaks: header_leaks(&raw),
         answer: text,
-        tokens: out.tokens.len(),
+        tokens: tokens.len(),
         stopped: stop_token.is_some(),
         stop_token,
         eot_probability: eot.as_ref().map(|e| e.0),
         eot_token: eot.map(|e| e.1),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
     })
 }
 
-/// Runs every prompt; `on_result` sees each result as it is made.
+/// Answers one prompt.
+pub fn answer(m: &mut ChatModel, p: &Prompt, opts: &ChatOptions, cancel: &AtomicBool) -> Result<PromptResult> {
+    let e = run_chat_eval(m, std::slice::from_ref(p), opts, cancel, &mut |_, _| {})?;
+    Ok(e.results.into_iter().next().expect("one prompt, one result"))
+}
+
+/// Runs every prompt, `opts.batch_size` at a time; `on_result` sees each result as it is made
+/// (in the order the answers end).
 pub fn run_chat_eval(
     m: &mut ChatModel,
     prompts: &[Prompt],
@@ -293,15 +364,35 @@ pub fn run_chat_eval(
     on_result: &mut dyn FnMut(usize, &PromptResult),
 ) -> Result<ChatEval> {
     let started = Instant::now();
-    let mut results = Vec::with_capacity(prompts.len());
-    for (i, p) in prompts.iter().enumerate() {
-        if cancel.load(Ordering::Relaxed) {
-            bail!("interrupted");
+    let m = &*m;
+    let requests = prompts
+        .iter()
+        .map(|p| request(m, p, opts).with_context(|| format!("prompt {}", p.id)))
+        .collect::<Result<Vec<_>>>()?;
+    let with_reference = prompts.iter().filter_map(|p| p.reference.as_deref().map(|r| (p, r)));
+    let mut eots = eot_probabilities(m, with_reference, opts.batch_size)?.into_iter();
+    let mut eot: Vec<Option<(f64, String)>> =
+        prompts.iter().map(|p| p.reference.as_ref().and_then(|_| eots.next().flatten())).collect();
+    let mut results: Vec<Option<PromptResult>> = vec![None; prompts.len()];
+    let mut failed = None;
+    let mut batch = Batch::new(&m.model, opts.batch_size);
+    batch.run(requests, &|| cancel.load(Ordering::Relaxed), &mut |i, out| {
+        if out.output.stop == StopReason::Cancelled || failed.is_some() {
+            return;
         }
-        let r = answer(m, p, opts, cancel).with_context(|| format!("prompt {}", p.id))?;
-        on_result(i, &r);
-        results.push(r);
+        let seconds = started.elapsed().as_secs_f64();
+        match prompt_result(m, &prompts[i], out, eot[i].take(), seconds) {
+            Ok(r) => {
+                on_result(i, &r);
+                results[i] = Some(r);
+            }
+            Err(e) => failed = Some(e.context(format!("prompt {}", prompts[i].id))),
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
     }
+    let Some(results) = results.into_iter().collect::<Option<Vec<_>>>() else { bail!("interrupted") };
     Ok(ChatEval {
         model: m.dir.display().to_string(),
         template_from: m.template_from.clone(),

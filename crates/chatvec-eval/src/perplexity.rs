@@ -7,11 +7,14 @@
 //! the start); with `stride = context` the windows are disjoint chunks and each chunk's first
 //! token, having no history, is not scored. The result is the
 //! mean negative log-likelihood (natural log) over all scored tokens and its exponential. With
-//! `context` ≥ the text's length it is one forward pass over the whole text.
+//! `context` ≥ the text's length it is one forward pass over the whole text. Several windows go
+//! through the model in one pass (each with its own KV cache), which changes nothing but the
+//! speed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Result};
+use chatvec_gen::models::{KvCache, Logits, SeqInput};
 use chatvec_gen::Model;
 use serde::Serialize;
 
@@ -86,9 +89,29 @@ pub fn windows(n: usize, w: Window) -> Vec<(usize, usize, usize)> {
     out
 }
 
-/// Scores `ids` with `model`; `cancel` stops between windows. A window longer than the model's
-/// positions (`max_position_embeddings`) is refused: the model was never trained that far.
+/// Windows scored in one forward pass unless told otherwise.
+pub const DEFAULT_WINDOWS_PER_PASS: usize = 4;
+
+/// Most logits (rows × vocabulary) one pass may hold, 1 GiB of f32: a window alone may exceed it.
+const MAX_LOGITS_PER_PASS: usize = 1 << 28;
+
+/// Scores `ids` with `model`, [`DEFAULT_WINDOWS_PER_PASS`] windows per forward pass; see
+/// [`perplexity_in_batches`]. (The model's own cache is neither used nor changed; `&mut` keeps
+/// the signature its callers know.)
 pub fn perplexity(model: &mut Model, ids: &[u32], w: Window, cancel: &AtomicBool) -> Result<Perplexity> {
+    perplexity_in_batches(model, ids, w, DEFAULT_WINDOWS_PER_PASS, cancel)
+}
+
+/// Scores `ids` with `model`, up to `per_pass` windows in one forward pass; `cancel` stops
+/// between passes. A window longer than the model's positions (`max_position_embeddings`) is
+/// refused: the model was never trained that far.
+pub fn perplexity_in_batches(
+    model: &Model,
+    ids: &[u32],
+    w: Window,
+    per_pass: usize,
+    cancel: &AtomicBool,
+) -> Result<Perplexity> {
     if ids.len() < 2 {
         bail!("the text has {} token(s); perplexity needs at least 2", ids.len());
     }
@@ -106,22 +129,59 @@ pub fn perplexity(model: &mut Model, ids: &[u32], w: Window, cancel: &AtomicBool
         );
     }
     let (mut total, mut scored) = (0.0f64, 0usize);
-    for &(begin, end, first) in &plan {
+    let mut rest = plan.as_slice();
+    while !rest.is_empty() {
         if cancel.load(Ordering::Relaxed) {
             bail!("interrupted");
         }
-        model.reset();
-        let logits = model.forward_all(&ids[begin..end])?;
-        // Rows first-1-begin .. end-1-begin predict tokens first..end.
-        let rows = logits.narrow(0, first - 1 - begin, end - first)?.to_vec2::<f32>()?;
-        for (row, &target) in rows.iter().zip(&ids[first..end]) {
-            total += token_nll(row, target);
+        let n = windows_in_pass(rest, per_pass, vocab);
+        let (group, tail) = rest.split_at(n);
+        rest = tail;
+        for nll in window_nlls(model, ids, group)? {
+            total += nll;
             scored += 1;
         }
     }
-    model.reset();
     let mean = total / scored as f64;
     Ok(Perplexity { tokens: ids.len(), scored, windows: plan.len(), window: w, mean_nll: mean, perplexity: mean.exp() })
+}
+
+/// How many of the next `windows` one pass takes: at most `per_pass`, and no more logits than
+/// [`MAX_LOGITS_PER_PASS`] unless the first window alone needs more.
+fn windows_in_pass(windows: &[(usize, usize, usize)], per_pass: usize, vocab: usize) -> usize {
+    let mut rows = 0;
+    let mut n = 0;
+    for &(_, end, first) in windows.iter().take(per_pass.max(1)) {
+        rows += end - first + 1;
+        if n > 0 && rows * vocab > MAX_LOGITS_PER_PASS {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// The negative log-likelihoods of the scored tokens of `windows`, read in one forward pass,
+/// in order.
+fn window_nlls(model: &Model, ids: &[u32], windows: &[(usize, usize, usize)]) -> Result<Vec<f64>> {
+    let mut caches: Vec<KvCache> = windows.iter().map(|_| KvCache::new()).collect();
+    // Rows first-1-begin .. end-1-begin predict tokens first..end.
+    let mut inputs: Vec<SeqInput> = windows
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(&(begin, end, first), cache)| SeqInput {
+            tokens: &ids[begin..end],
+            cache,
+            logits: Logits::From(first - 1 - begin),
+        })
+        .collect();
+    let logits = model.forward_batch(&mut inputs)?;
+    let mut nlls = Vec::new();
+    for (&(_, end, first), logits) in windows.iter().zip(logits) {
+        let rows = logits.expect("scored rows were asked for").to_vec2::<f32>()?;
+        nlls.extend(rows.iter().zip(&ids[first..end]).map(|(row, &target)| token_nll(row, target)));
+    }
+    Ok(nlls)
 }
 
 #[cfg(test)]

@@ -13,8 +13,10 @@ pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod error;
+pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metadata;
 pub mod modelfiles;
 pub mod progress;
 pub mod reader;

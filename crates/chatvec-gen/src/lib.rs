@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod device;
 pub mod error;
 pub mod generate;
@@ -18,6 +19,7 @@ pub mod stops;
 pub mod template;
 pub mod tokenizer;
 
+pub use batch::{Batch, SeqEvent, SeqId, SeqOutput, SeqRequest, TokenLogprob};
 pub use candle_core::{DType, Device};
 pub use device::{parse_device, parse_dtype, resolve_dtype, WeightFormat};
 pub use error::{GenError, Result};

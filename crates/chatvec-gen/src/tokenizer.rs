@@ -30,7 +30,7 @@ impl TokenizerConfig {
             if !path.is_file() {
                 return Ok(Value::Null);
             }
-            let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
+            let text = chatvec_format::metadata::read_metadata(&path)?;
             serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))
         };
         Ok(TokenizerConfig { config: read("tokenizer_config.json")?, special_map: read("special_tokens_map.json")? })

@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context, Result};
-use chatvec_eval::chat_eval::{bundled_prompts, load_prompts, run_chat_eval, ChatEval, ChatOptions, Prompt};
+use chatvec_eval::chat_eval::{
+    bundled_prompts, load_prompts, run_chat_eval, ChatEval, ChatOptions, Prompt, DEFAULT_BATCH_SIZE,
+};
 use chatvec_eval::endpoint::{run_chat_eval_endpoint, Endpoint};
-use chatvec_eval::perplexity::{perplexity, Perplexity, Window};
+use chatvec_eval::perplexity::{perplexity_in_batches, Perplexity, Window, DEFAULT_WINDOWS_PER_PASS};
 use chatvec_gen::{ChatModel, LoadOptions};
 
-use super::common::{interrupt_flag, HubArgs, QuantizeArgs};
+use super::common::{existing_file, interrupt_flag, ComputeArgs, HubArgs};
 
 /// Eval arguments.
 #[derive(clap::Args, Debug)]
@@ -32,26 +34,18 @@ pub enum What {
 /// Where and how models are computed.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
-    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute dtype: f32, bf16 or f16 (default f32, which the perplexity oracle is).
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// A Jinja chat template for models without one (or to override theirs).
-    #[arg(long, value_name = "FILE")]
-    pub chat_template: Option<PathBuf>,
     #[command(flatten)]
-    pub quantize: QuantizeArgs,
+    pub compute: ComputeArgs,
+    /// A Jinja chat template for models without one (or to override theirs).
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
+    pub chat_template: Option<PathBuf>,
 }
 
 impl DeviceArgs {
     /// Load options from the flags.
     pub fn options(&self) -> Result<LoadOptions> {
-        let device = chatvec_gen::parse_device(&self.device)?;
-        let dtype = chatvec_gen::parse_dtype(&self.dtype)?;
         Ok(LoadOptions {
-            model: self.quantize.model_options(&device, dtype)?,
+            model: self.compute.model_options(self.compute.eval_dtype()),
             chat_template: self.chat_template.clone(),
             ..LoadOptions::default()
         })
@@ -65,10 +59,13 @@ pub struct PplArgs {
     #[arg(long, value_name = "MODEL")]
     pub model: String,
     /// UTF-8 text in the target language (CRLF read as LF, as Python does).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub text: PathBuf,
     #[command(flatten)]
     pub window: WindowArgs,
+    /// Windows scored together in one forward pass (the result does not depend on it).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_WINDOWS_PER_PASS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch_size: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Print JSON on stdout.
@@ -121,7 +118,7 @@ pub struct ChatArgs {
     pub api_key: Option<String>,
     /// A JSON-lines prompt set ({"id", "prompt", "category"?, "system"?, "reference"?} per line);
     /// default: the bundled 33 Korean prompts.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub prompts: Option<PathBuf>,
     #[command(flatten)]
     pub gen: ChatGenArgs,
@@ -175,6 +172,10 @@ pub struct ChatGenArgs {
     /// Only the first N prompts.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Prompts answered together, one forward pass per token for all of them (the answers do
+    /// not depend on it).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH_SIZE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch_size: usize,
 }
 
 impl ChatGenArgs {
@@ -186,6 +187,7 @@ impl ChatGenArgs {
             top_p: self.top_p,
             top_k: self.top_k,
             seed: self.seed,
+            batch_size: self.batch_size,
         }
     }
 
@@ -208,14 +210,20 @@ pub fn read_text(path: &Path) -> Result<String> {
     Ok(t.replace("\r\n", "\n"))
 }
 
-/// Tokenizes `text` for `m` and scores it.
-pub fn score_text(m: &mut ChatModel, text: &str, w: &WindowArgs, cancel: &AtomicBool) -> Result<Perplexity> {
+/// Tokenizes `text` for `m` and scores it, `per_pass` windows per forward pass.
+pub fn score_text(
+    m: &ChatModel,
+    text: &str,
+    w: &WindowArgs,
+    per_pass: usize,
+    cancel: &AtomicBool,
+) -> Result<Perplexity> {
     let window = w.window(m.model.config().max_position_embeddings)?;
     let mut ids = m.encode_text(text)?;
     if let Some(n) = w.max_tokens {
         ids.truncate(n);
     }
-    perplexity(&mut m.model, &ids, window, cancel)
+    perplexity_in_batches(&m.model, &ids, window, per_pass, cancel)
 }
 
 /// One line per prompt, for people watching a run.
@@ -278,10 +286,10 @@ pub fn print_chat_summary(e: &ChatEval) {
 pub fn run(a: Args) -> Result<ExitCode> {
     match a.what {
         What::Ppl(a) => {
-            let dir = a.hub.resolve(&a.model)?.path;
             let text = read_text(&a.text)?;
-            let mut m = ChatModel::load(&dir, &a.device.options()?, None)?;
-            let r = score_text(&mut m, &text, &a.window, &interrupt_flag())?;
+            let dir = a.hub.resolve(&a.model)?.path;
+            let m = ChatModel::load(&dir, &a.device.options()?, None)?;
+            let r = score_text(&m, &text, &a.window, a.batch_size, &interrupt_flag())?;
             if a.json {
                 let mut v = serde_json::to_value(&r)?;
                 v["model"] = dir.display().to_string().into();

@@ -1,6 +1,6 @@
-//! `chatvec generate`: answer one prompt through the model's chat template, streaming the text,
-//! once per requested temperature. Also holds what `chat` shares: model loading and sampling
-//! flags.
+//! `chatvec generate`: answer prompts through the model's chat template, once per requested
+//! temperature: one answer streams its text; several are generated together as one batch and
+//! printed in order. Also holds what `chat` shares: model loading and sampling flags.
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -10,14 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use chatvec_gen::batch::{Batch, SeqRequest};
 use chatvec_gen::models::{is_gguf, read_config};
 use chatvec_gen::{
-    parse_device, parse_dtype, resolve_dtype, ChatModel, ChatTemplate, GenerationConfig, GenerationDefaults,
-    GenerationOutput, LoadOptions, SamplingParams, StopReason,
+    ChatModel, ChatTemplate, GenError, GenerationConfig, GenerationDefaults, GenerationOutput, LoadOptions,
+    SamplingParams, StopReason,
 };
 use serde_json::json;
 
-use super::common::{HubArgs, QuantizeArgs};
+use super::common::{existing_file, ComputeArgs, HubArgs};
 
 /// Generate arguments.
 #[derive(clap::Args, Debug)]
@@ -27,11 +28,11 @@ pub struct Args {
     /// System prompt (put before the messages).
     #[arg(long)]
     pub system: Option<String>,
-    /// The user's message.
+    /// The user's message; repeat it to answer several prompts together.
     #[arg(long, required_unless_present = "messages", conflicts_with = "messages")]
-    pub prompt: Option<String>,
+    pub prompt: Vec<String>,
     /// A JSON file with a list of {"role", "content"} messages, instead of --prompt.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub messages: Option<PathBuf>,
     /// Sampling temperature; a comma-separated list runs once per value (e.g. 0.6,0.1,1.0).
     /// Default: generation_config.json's (sampling only if it sets do_sample).
@@ -39,6 +40,10 @@ pub struct Args {
     pub temperature: Vec<f64>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// With several prompts or temperatures: how many answers are generated together (one
+    /// forward pass per token for all of them; the answers do not depend on it).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub batch_size: usize,
     /// Print one JSON record at the end instead of streaming text and statistics.
     #[arg(long)]
     pub json: bool,
@@ -77,21 +82,14 @@ pub struct ModelArgs {
     /// tokenizer_config.json); default: the GGUF's directory.
     #[arg(long, value_name = "DIR")]
     pub tokenizer: Option<PathBuf>,
-    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute dtype: f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA; bf16 on CPU runs as
-    /// f32 because candle has no fast bf16 matmul there).
-    #[arg(long)]
-    pub dtype: Option<String>,
     /// A Jinja chat template to use instead of the model's.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub chat_template: Option<PathBuf>,
     /// Another token that ends the answer, as written in the vocabulary (repeatable).
     #[arg(long = "stop", value_name = "TOKEN")]
     pub stop: Vec<String>,
     #[command(flatten)]
-    pub quantize: QuantizeArgs,
+    pub compute: ComputeArgs,
     #[command(flatten)]
     pub hub: HubArgs,
 }
@@ -167,6 +165,9 @@ pub struct Session {
     pub chat: ChatModel,
     pub defaults: GenerationDefaults,
     pub device_name: String,
+    /// The longest token of the vocabulary in UTF-8 bytes: a text of N bytes has at least
+    /// N / this many tokens, which bounds the work spent on a prompt too long for the context.
+    pub longest_token: usize,
 }
 
 impl Session {
@@ -181,20 +182,19 @@ impl Session {
     pub fn load(args: &ModelArgs, require_template: bool) -> Result<Self> {
         let (model_path, dir) = model_and_tokenizer_dir(args)?;
         let defaults = GenerationDefaults::for_model(&dir)?;
-        let device = parse_device(&args.device)?;
-        let requested = args.dtype.as_deref().map(parse_dtype).transpose()?;
-        let (dtype, note) = resolve_dtype(requested, &device);
+        let (dtype, note) = args.compute.generation_dtype();
         if let Some(note) = note {
             eprintln!("note: {note}");
         }
         let opts = LoadOptions {
-            model: args.quantize.model_options(&device, dtype)?,
+            model: args.compute.model_options(dtype),
             chat_template: args.chat_template.clone(),
             stop: args.stop.clone(),
             require_template,
         };
         let chat = ChatModel::load_from(&model_path, &dir, &opts, None)?;
-        Ok(Session { chat, defaults, device_name: args.device.clone() })
+        let longest_token = chat.tokenizer.inner().get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
+        Ok(Session { chat, defaults, device_name: args.compute.device.name.clone(), longest_token })
     }
 
     /// The chat template (loading refused models without one).
@@ -218,6 +218,31 @@ impl Session {
             }
             Ok(if interrupt.swap(false, Ordering::SeqCst) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
         })
+    }
+
+    /// The token ids of the rendered prompt `text`, cut to the context as `--truncate` asks
+    /// ([`fit_context`](Self::fit_context)). The work is bounded by the context first: a text
+    /// of more bytes than the context can hold (positions × the longest token, doubled for
+    /// normalizers that shrink text) is refused with `error`, and only its last that many
+    /// bytes are tokenized with `left` (they hold more tokens than the context keeps).
+    pub fn encode_prompt(&self, text: &str, truncate: Truncate, max_new_tokens: usize) -> Result<Vec<u32>> {
+        let limit = self.chat.model.config().max_position_embeddings;
+        let bound = limit.saturating_mul(self.longest_token).saturating_mul(2);
+        let text = match (text.len() > bound, truncate) {
+            (false, _) => text,
+            (true, Truncate::Error) => bail!(
+                "the prompt's {} bytes make at least {} tokens, which do not fit the model's context of \
+                 {limit} positions; shorten it or pass --truncate left",
+                text.len(),
+                text.len() / (2 * self.longest_token)
+            ),
+            (true, Truncate::Left) => {
+                let cut = (text.len() - bound..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+                &text[cut..]
+            }
+        };
+        let prompt = self.chat.tokenizer.encode(text, false)?;
+        Ok(self.fit_context(prompt, truncate, max_new_tokens))
     }
 
     /// `prompt` cut to the model's context as `--truncate` asks: unchanged when it fits or when
@@ -264,16 +289,22 @@ fn read_messages(path: &Path) -> Result<Vec<serde_json::Value>> {
     Ok(list)
 }
 
+/// One answer to produce: which prompt, at which temperature.
+struct Run {
+    prompt: usize,
+    sampling: SamplingParams,
+}
+
 /// Runs `chatvec generate`.
 pub fn run(a: Args) -> Result<ExitCode> {
-    let mut messages = Vec::new();
-    if let Some(system) = &a.system {
-        messages.push(json!({"role": "system", "content": system}));
-    }
-    match (&a.prompt, &a.messages) {
-        (Some(prompt), None) => messages.push(json!({"role": "user", "content": prompt})),
-        (None, Some(file)) => messages.extend(read_messages(file)?),
+    let mut conversations = Vec::new();
+    match (a.prompt.as_slice(), &a.messages) {
+        ([_, ..], None) => conversations.extend(a.prompt.iter().map(|p| vec![json!({"role": "user", "content": p})])),
+        ([], Some(file)) => conversations.push(read_messages(file)?),
         _ => bail!("give exactly one of --prompt and --messages"),
+    }
+    if let Some(system) = &a.system {
+        conversations.iter_mut().for_each(|c| c.insert(0, json!({"role": "system", "content": system})));
     }
     // Validate the sampling flags before the (slow) model load.
     let seed = a.sampling.seed();
@@ -284,54 +315,148 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
 
     let mut session = Session::open(&a.model)?;
-    let prompt_text = session.template()?.render_json(&serde_json::Value::Array(messages), true)?;
-    let prompt = session.chat.tokenizer.encode(&prompt_text, false)?;
-    let prompt = session.fit_context(prompt, a.sampling.truncate, a.sampling.max_new_tokens);
-    let interrupt = super::common::interrupt_flag();
-
+    let mut prompts = Vec::with_capacity(conversations.len());
+    for messages in conversations {
+        let text = session.template()?.render_json(&serde_json::Value::Array(messages), true)?;
+        let ids = session.encode_prompt(&text, a.sampling.truncate, a.sampling.max_new_tokens)?;
+        prompts.push((text, ids));
+    }
     let mut runs = Vec::new();
-    let stdout = std::io::stdout();
-    for (i, temperature) in temperatures.iter().enumerate() {
-        let sampling = a.sampling.params(&session.defaults, *temperature, seed)?;
-        let config = GenerationConfig { max_new_tokens: a.sampling.max_new_tokens, sampling: sampling.clone() };
-        if !a.json && temperatures.len() > 1 {
-            eprintln!("[temperature {}]", sampling.temperature);
-        }
-        let (out, text) = if a.json {
-            session.answer(&prompt, &config, None, &interrupt)?
-        } else {
-            let mut lock = stdout.lock();
-            let result = session.answer(&prompt, &config, Some(&mut lock), &interrupt)?;
-            writeln!(lock)?;
-            lock.flush()?;
-            result
-        };
-        if !a.json {
-            eprintln!(
-                "{}{}",
-                session.stats_line(&out, config.max_new_tokens),
-                if i == 0 && !sampling.is_greedy() { format!(", seed {seed}") } else { String::new() }
-            );
-        }
-        runs.push(run_record(&session, &sampling, &out, &text));
-        if out.stop == StopReason::Cancelled {
-            break;
+    for prompt in 0..prompts.len() {
+        for t in &temperatures {
+            runs.push(Run { prompt, sampling: a.sampling.params(&session.defaults, *t, seed)? });
         }
     }
+    let interrupt = super::common::interrupt_flag();
+    let outputs = if runs.len() == 1 {
+        stream_one(&mut session, &prompts[0].1, &runs[0].sampling, &a, &interrupt)?
+    } else {
+        batched(&session, &prompts, &runs, &a, &interrupt)?
+    };
+    let records: Vec<serde_json::Value> = runs
+        .iter()
+        .zip(&outputs)
+        .map(|(run, (out, text))| {
+            let mut r = run_record(&session, &run.sampling, out, text);
+            if prompts.len() > 1 {
+                r["prompt_index"] = run.prompt.into();
+            }
+            r
+        })
+        .collect();
     if a.json {
-        let record = json!({
+        let mut record = json!({
             "model": session.chat.dir.display().to_string(),
             "architecture": session.chat.model.architecture().to_string(),
             "device": session.device_name,
             "dtype": format!("{:?}", session.chat.model.dtype()).to_lowercase(),
-            "prompt_text": prompt_text,
-            "prompt_tokens": prompt.len(),
             "stop_ids": session.chat.stops.ids(),
-            "runs": runs,
+            "runs": records,
         });
+        if let [(text, ids)] = prompts.as_slice() {
+            record["prompt_text"] = text.as_str().into();
+            record["prompt_tokens"] = ids.len().into();
+        } else {
+            record["prompts"] =
+                prompts.iter().map(|(t, ids)| json!({"prompt_text": t, "prompt_tokens": ids.len()})).collect();
+        }
         println!("{}", serde_json::to_string_pretty(&record)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One answer, its text streamed to stdout as it is made (unless --json).
+fn stream_one(
+    session: &mut Session,
+    prompt: &[u32],
+    sampling: &SamplingParams,
+    a: &Args,
+    interrupt: &AtomicBool,
+) -> Result<Vec<(GenerationOutput, String)>> {
+    let config = GenerationConfig { max_new_tokens: a.sampling.max_new_tokens, sampling: sampling.clone() };
+    let (out, text) = if a.json {
+        session.answer(prompt, &config, None, interrupt)?
+    } else {
+        let stdout = std::io::stdout();
+        let mut lock = stdout.lock();
+        let result = session.answer(prompt, &config, Some(&mut lock), interrupt)?;
+        writeln!(lock)?;
+        lock.flush()?;
+        result
+    };
+    if !a.json {
+        let seed = if sampling.is_greedy() { String::new() } else { format!(", seed {}", sampling.seed) };
+        eprintln!("{}{seed}", super::common::terminal_safe(&session.stats_line(&out, config.max_new_tokens)));
+    }
+    Ok(vec![(out, text)])
+}
+
+/// Several answers generated together, `--batch-size` at a time; each is printed (unless
+/// --json) once all are done, in order.
+fn batched(
+    session: &Session,
+    prompts: &[(String, Vec<u32>)],
+    runs: &[Run],
+    a: &Args,
+    interrupt: &AtomicBool,
+) -> Result<Vec<(GenerationOutput, String)>> {
+    let chat = &session.chat;
+    let limit = chat.model.config().max_position_embeddings;
+    let mut requests = Vec::with_capacity(runs.len());
+    for run in runs {
+        let ids = &prompts[run.prompt].1;
+        if ids.len() > limit {
+            return Err(GenError::ContextFull { tokens: ids.len(), limit }.into());
+        }
+        // An answer that reaches the end of the context stops there, as `generate` stops it.
+        let max_new_tokens = a.sampling.max_new_tokens.min(limit - ids.len());
+        requests.push(SeqRequest::new(ids.clone(), max_new_tokens, run.sampling.clone(), chat.stops.clone()));
+    }
+    let mut batch = Batch::new(&chat.model, a.batch_size);
+    let outputs = batch.run(requests, &|| interrupt.load(Ordering::SeqCst), &mut |_, _| {})?;
+    let mut done = Vec::with_capacity(outputs.len());
+    for (i, (run, seq)) in runs.iter().zip(outputs).enumerate() {
+        let mut out = seq.output;
+        let ids = &prompts[run.prompt].1;
+        if out.stop == StopReason::Length
+            && out.tokens.len() < a.sampling.max_new_tokens
+            && ids.len() + out.tokens.len() >= limit
+        {
+            out.stop = StopReason::Context;
+        }
+        let text = answer_text(chat, &out)?;
+        if !a.json {
+            eprintln!("[prompt {}, temperature {}]", run.prompt + 1, run.sampling.temperature);
+            println!("{text}");
+            let seed = if i == 0 && !run.sampling.is_greedy() {
+                format!(", seed {}", run.sampling.seed)
+            } else {
+                String::new()
+            };
+            eprintln!("{}{seed}", super::common::terminal_safe(&session.stats_line(&out, a.sampling.max_new_tokens)));
+        }
+        done.push((out, text));
+    }
+    Ok(done)
+}
+
+/// The answer's text as [`ChatModel::answer`] streams it: every token but a final stop id.
+fn answer_text(chat: &ChatModel, out: &GenerationOutput) -> Result<String> {
+    let body = match out.stop {
+        StopReason::StopToken { .. } => &out.tokens[..out.tokens.len() - 1],
+        _ => &out.tokens[..],
+    };
+    let mut stream = chat.tokenizer.stream();
+    let mut text = String::new();
+    for &id in body {
+        if let Some(chunk) = stream.step(id)? {
+            text.push_str(&chunk);
+        }
+    }
+    if let Some(rest) = stream.finish()? {
+        text.push_str(&rest);
+    }
+    Ok(text)
 }
 
 fn run_record(session: &Session, sampling: &SamplingParams, out: &GenerationOutput, text: &str) -> serde_json::Value {

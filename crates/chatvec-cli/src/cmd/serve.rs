@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use chatvec_serve::{EngineOptions, ServeOptions, ServedModel};
 
-use super::common::{parse_size, HubArgs, QuantizeArgs};
+use super::common::{parse_size, ComputeArgs, HubArgs};
 use super::generate::{ModelArgs, Session};
 
 /// Serve arguments.
@@ -30,14 +30,8 @@ pub struct Args {
     /// Listen on a non-loopback address without an API key.
     #[arg(long)]
     pub insecure_no_key: bool,
-    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute dtype: f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA).
-    #[arg(long)]
-    pub dtype: Option<String>,
     #[command(flatten)]
-    pub quantize: QuantizeArgs,
+    pub compute: ComputeArgs,
     #[command(flatten)]
     pub hub: HubArgs,
     /// Sequences each model decodes at once.
@@ -73,11 +67,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let args = ModelArgs {
             model,
             tokenizer: None,
-            device: a.device.clone(),
-            dtype: a.dtype.clone(),
             chat_template: None,
             stop: Vec::new(),
-            quantize: a.quantize.clone(),
+            compute: a.compute.clone(),
             hub: a.hub.clone(),
         };
         let session = Session::load(&args, false)?;

@@ -38,7 +38,6 @@ struct Attention {
     num_kv_heads: usize,
     head_dim: usize,
     sliding_window: Option<usize>,
-    kv: KvCache,
 }
 
 #[derive(Debug, Clone)]
@@ -84,7 +83,8 @@ impl Embeddings {
     }
 }
 
-/// A loaded decoder with its KV cache.
+/// A loaded decoder: the weights only. Each sequence's keys and values live in its own
+/// [`KvCache`], so one decoder serves many sequences at once ([`Decoder::forward`]).
 #[derive(Debug)]
 pub struct Decoder {
     cfg: DecoderConfig,
@@ -97,8 +97,6 @@ pub struct Decoder {
     rope: Rope,
     dtype: DType,
     device: Device,
-    /// Number of positions held in the KV cache.
-    position: usize,
 }
 
 struct Loader<'a> {
@@ -246,7 +244,6 @@ impl Decoder {
                 num_kv_heads: cfg.num_kv_heads,
                 head_dim: hd,
                 sliding_window: cfg.sliding_window,
-                kv: KvCache::default(),
             };
             let mlp = Mlp {
                 gate_up: ld.stacked(
@@ -290,7 +287,6 @@ impl Decoder {
             format,
             dtype,
             device: device.clone(),
-            position: 0,
         })
     }
 
@@ -314,90 +310,180 @@ impl Decoder {
         &self.device
     }
 
-    /// Number of positions in the KV cache.
-    pub fn position(&self) -> usize {
-        self.position
+    /// Runs every sequence's `tokens` after its cached positions in one pass: the linear layers
+    /// see the rows of all sequences together, attention runs per sequence over its own cache.
+    /// Returns, per input, float32 logits `(rows, vocab)` for the rows its [`Logits`] asks for.
+    pub fn forward(&self, inputs: &mut [SeqInput<'_>]) -> Result<Vec<Option<Tensor>>> {
+        if inputs.iter().any(|i| i.tokens.is_empty()) {
+            return Err(crate::GenError::InvalidArgument("forward needs at least one token".into()));
+        }
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let h = self.hidden(inputs)?;
+        let mut picks = Vec::new();
+        let mut wanted = Vec::with_capacity(inputs.len());
+        let mut offset = 0;
+        for input in inputs.iter() {
+            let s = input.tokens.len();
+            let rows = match input.logits {
+                Logits::None => 0..0,
+                Logits::Last => s - 1..s,
+                Logits::All => 0..s,
+                Logits::From(first) => first.min(s)..s,
+            };
+            wanted.push(rows.len());
+            picks.extend(rows.map(|r| (offset + r) as u32));
+            offset += s;
+        }
+        let logits = match picks.len() {
+            0 => None,
+            n if n == offset => Some(self.lm_head.forward(&h)?.to_dtype(DType::F32)?),
+            _ => {
+                let rows = h.index_select(&Tensor::new(picks.as_slice(), &self.device)?, 0)?;
+                Some(self.lm_head.forward(&rows)?.to_dtype(DType::F32)?)
+            }
+        };
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut start = 0;
+        for n in wanted {
+            out.push(match (&logits, n) {
+                (Some(l), n) if n > 0 => Some(l.narrow(0, start, n)?),
+                _ => None,
+            });
+            start += n;
+        }
+        Ok(out)
     }
 
-    /// Empties the KV cache.
-    pub fn reset(&mut self) {
-        for layer in &mut self.layers {
-            layer.attn.kv = KvCache::default();
-        }
-        self.position = 0;
-    }
-
-    /// Keeps the first `len` cached positions and drops the rest.
-    pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len >= self.position {
-            return Ok(());
-        }
-        if len == 0 {
-            self.reset();
-            return Ok(());
-        }
-        for layer in &mut self.layers {
-            layer.attn.kv.len = len;
-        }
-        self.position = len;
-        Ok(())
-    }
-
-    /// Runs `tokens` after the cached positions and returns the final hidden states `(1, s, hidden)`.
-    fn hidden(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        let s = tokens.len();
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.lookup(&ids, self.dtype)?.unsqueeze(0)?;
+    /// Runs the inputs' tokens and returns the final hidden states `(rows, hidden)`, the rows of
+    /// all inputs in order; every cache grows by its input's tokens.
+    fn hidden(&self, inputs: &mut [SeqInput<'_>]) -> Result<Tensor> {
+        let ids: Vec<u32> = inputs.iter().flat_map(|i| i.tokens.iter().copied()).collect();
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
+        let mut x = self.embed.lookup(&ids, self.dtype)?;
         if let Some(scale) = self.embed_scale {
             x = (x * scale)?;
         }
-        let (cos, sin) = self.rope.tables(self.position, s, self.dtype, &self.device)?;
-        for layer in &mut self.layers {
-            let residual = &x;
+        let mut seqs = Vec::with_capacity(inputs.len());
+        for input in inputs.iter_mut() {
+            let (start, s) = (input.cache.len, input.tokens.len());
+            let (cos, sin) = self.rope.tables(start, s, self.dtype, &self.device)?;
+            input.cache.layers.resize_with(self.layers.len(), LayerKv::default);
+            seqs.push(SeqRows { start, len: s, cos, sin, kv: &mut input.cache.layers });
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x)?;
-            let h = layer.attn.forward(&h, self.position, &cos, &sin)?;
-            let x1 = (residual + h)?;
+            let h = layer.attn.forward(&h, l, &mut seqs)?;
+            let x1 = (&x + h)?;
             let h = layer.post_attention_norm.forward(&x1)?;
             let h = layer.mlp.forward(&h)?;
             x = (x1 + h)?;
         }
-        self.position += s;
+        drop(seqs);
+        for input in inputs.iter_mut() {
+            input.cache.len += input.tokens.len();
+        }
         self.norm.forward(&x)
     }
+}
 
-    /// Feeds `tokens` and returns float32 logits `(vocab,)` of the last one.
-    pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        let s = tokens.len();
-        if s == 0 {
-            return Err(crate::GenError::InvalidArgument("forward needs at least one token".into()));
-        }
-        let h = self.hidden(tokens)?.narrow(1, s - 1, 1)?.squeeze(0)?;
-        let logits = self.lm_head.forward(&h)?;
-        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
+/// Which logits a sequence wants from a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a prompt chunk that is not the last).
+    None,
+    /// The last row's (the next token's distribution).
+    Last,
+    /// Every row's (perplexity, prompt log-probabilities).
+    All,
+    /// The rows from this one on (a perplexity window's scored tokens).
+    From(usize),
+}
+
+/// One sequence's part of a [`Decoder::forward`]: its new tokens and its cache.
+#[derive(Debug)]
+pub struct SeqInput<'a> {
+    /// Tokens that follow the cached positions.
+    pub tokens: &'a [u32],
+    /// The sequence's keys and values; grows by `tokens`.
+    pub cache: &'a mut KvCache,
+    /// Which logits to return.
+    pub logits: Logits,
+}
+
+/// One sequence inside a layer's attention: where its rows start in its cache, its rotary
+/// tables, and its per-layer keys and values.
+struct SeqRows<'a> {
+    start: usize,
+    len: usize,
+    cos: Tensor,
+    sin: Tensor,
+    kv: &'a mut Vec<LayerKv>,
+}
+
+/// One sequence's keys and values at every layer, and how many positions they hold.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache (its buffers are allocated on the first forward).
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Feeds `tokens` and returns float32 logits `(len, vocab)` for every one of them.
-    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        if tokens.is_empty() {
-            return Err(crate::GenError::InvalidArgument("forward needs at least one token".into()));
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps the first `len` positions (for reusing a shared prompt prefix); 0 frees the buffers.
+    pub fn truncate(&mut self, len: usize) {
+        if len == 0 {
+            *self = KvCache::default();
+        } else if len < self.len {
+            self.layers.iter_mut().for_each(|l| l.len = len);
+            self.len = len;
         }
-        let h = self.hidden(tokens)?.squeeze(0)?;
-        Ok(self.lm_head.forward(&h)?.to_dtype(DType::F32)?)
     }
 }
 
 impl Attention {
-    fn forward(&mut self, x: &Tensor, start: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+    /// Attention for the rows `x (rows, hidden)` of all sequences at layer `layer`: one qkv and
+    /// one output projection over every row, the attention itself per sequence.
+    fn forward(&self, x: &Tensor, layer: usize, seqs: &mut [SeqRows<'_>]) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
+        let mut ys = Vec::with_capacity(seqs.len());
+        let mut offset = 0;
+        for seq in seqs.iter_mut() {
+            let rows = qkv.narrow(0, offset, seq.len)?;
+            ys.push(self.attend(&rows, seq.start, &seq.cos, &seq.sin, &mut seq.kv[layer])?);
+            offset += seq.len;
+        }
+        let y = if ys.len() == 1 { ys.pop().expect("one sequence") } else { Tensor::cat(&ys, 0)? };
+        self.o.forward(&y)
+    }
+
+    /// One sequence's attention: `qkv (s, ...)` are its projected rows at positions
+    /// `start..start + s`; returns `(s, heads * head_dim)`.
+    fn attend(&self, qkv: &Tensor, start: usize, cos: &Tensor, sin: &Tensor, kv: &mut LayerKv) -> Result<Tensor> {
+        let s = qkv.dim(0)?;
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |offset: usize, heads: usize| -> Result<Tensor> {
-            Ok(qkv.narrow(2, offset * hd, heads * hd)?.reshape((b, s, heads, hd))?.transpose(1, 2)?.contiguous()?)
+            Ok(qkv.narrow(1, offset * hd, heads * hd)?.reshape((1, s, heads, hd))?.transpose(1, 2)?.contiguous()?)
         };
         let q = candle_nn::rotary_emb::rope(&split(0, nh)?, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&split(nh, nkv)?, cos, sin)?;
         let v = split(nh + nkv, nkv)?;
-        let (k, v) = self.kv.append(&k, &v)?;
+        let (k, v) = kv.append(&k, &v)?;
         let total = start + s;
 
         // With one query and a window shorter than the cache, attending to the window's keys
@@ -411,18 +497,17 @@ impl Attention {
         // Grouped-query attention without copying K/V: the n_rep query heads that share a KV
         // head are laid out as extra query rows of that head.
         let rep = nh / nkv;
-        let q = q.reshape((b, nkv, rep * s, hd))?;
+        let q = q.reshape((1, nkv, rep * s, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
         let att = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
         let att = if s > 1 || first_key > 0 {
-            let mask = self.mask(rep, s, start, first_key, t, x.device())?;
+            let mask = self.mask(rep, s, start, first_key, t, qkv.device())?;
             att.broadcast_add(&mask)?
         } else {
             att
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(v.dtype())?;
-        let y = att.matmul(&v.contiguous()?)?.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-        self.o.forward(&y)
+        Ok(att.matmul(&v.contiguous()?)?.reshape((1, nh, s, hd))?.transpose(1, 2)?.reshape((s, nh * hd))?)
     }
 
     /// Additive mask `(rep * s, t)`: row `r` is the query at position `start + r % s`, column `j`
@@ -443,16 +528,16 @@ impl Attention {
     }
 }
 
-/// The keys and values `(b, kv heads, positions, head_dim)` of the cached positions, in buffers
-/// with room to spare: a decode step writes one position instead of copying the whole cache
-/// (what `Tensor::cat` did, a cost that grew with the context).
+/// One layer's keys and values `(1, kv heads, positions, head_dim)` of the cached positions, in
+/// buffers with room to spare: a decode step writes one position instead of copying the whole
+/// cache (what `Tensor::cat` did, a cost that grew with the context).
 #[derive(Debug, Default)]
-struct KvCache {
+struct LayerKv {
     buffers: Option<(Tensor, Tensor)>,
     len: usize,
 }
 
-impl KvCache {
+impl LayerKv {
     /// Appends `k`, `v` (`s` new positions) and returns views of every cached position.
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let need = self.len + k.dim(2)?;

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 pub use config::{Activation, DecoderConfig, RopeConfig, RopeScaling};
-pub use decoder::Decoder;
+pub use decoder::{Decoder, KvCache, Logits, SeqInput};
 pub use gguf::{is_gguf, GgufWeights};
 pub use rope::Rope;
 pub use weights::{CheckpointWeights, WeightSource};
@@ -127,13 +127,17 @@ pub fn config_from_json(value: &serde_json::Value, path: &Path) -> Result<(Archi
     Ok((arch, decoder))
 }
 
-/// A causal LM with its KV cache: feed tokens, read logits.
+/// A causal LM with the KV cache of one sequence (the single-sequence API: [`Model::forward_last`],
+/// [`Model::forward_all`]); [`Model::forward_batch`] runs any number of sequences, each with
+/// its own [`KvCache`], in one pass.
 #[derive(Debug)]
 pub struct Model {
     arch: Architecture,
     dir: Option<PathBuf>,
     decoder: Decoder,
-    /// The token ids whose keys and values are in the cache, in order.
+    /// The single-sequence API's keys and values.
+    cache: KvCache,
+    /// The token ids whose keys and values are in `cache`, in order.
     cached: Vec<u32>,
 }
 
@@ -159,7 +163,7 @@ impl Model {
         }
         let weights = CheckpointWeights::open(dir)?;
         let decoder = Decoder::load(&cfg, &weights, &opts.device, opts.dtype, opts.weights.ggml())?;
-        Ok(Model { arch, dir: Some(dir.to_path_buf()), decoder, cached: Vec::new() })
+        Ok(Model { arch, dir: Some(dir.to_path_buf()), decoder, cache: KvCache::new(), cached: Vec::new() })
     }
 
     /// Loads a GGUF file: hyperparameters from its metadata, weights in their stored formats
@@ -174,7 +178,7 @@ impl Model {
             }
         }
         let decoder = Decoder::load(&cfg, &weights, &opts.device, opts.dtype, None)?;
-        Ok(Model { arch, dir: Some(path.to_path_buf()), decoder, cached: Vec::new() })
+        Ok(Model { arch, dir: Some(path.to_path_buf()), decoder, cache: KvCache::new(), cached: Vec::new() })
     }
 
     /// Builds a model from a config and any weight source (in-memory tensors for benchmarks).
@@ -196,7 +200,7 @@ impl Model {
         opts: &ModelOptions,
     ) -> Result<Self> {
         let decoder = Decoder::load(cfg, weights, &opts.device, opts.dtype, opts.weights.ggml())?;
-        Ok(Model { arch, dir: None, decoder, cached: Vec::new() })
+        Ok(Model { arch, dir: None, decoder, cache: KvCache::new(), cached: Vec::new() })
     }
 
     /// The architecture read from config.json.
@@ -231,7 +235,7 @@ impl Model {
 
     /// Number of positions in the KV cache.
     pub fn position(&self) -> usize {
-        self.decoder.position()
+        self.cache.len()
     }
 
     /// The token ids in the KV cache, in order.
@@ -241,39 +245,52 @@ impl Model {
 
     /// Empties the KV cache.
     pub fn reset(&mut self) {
-        self.decoder.reset();
+        self.cache = KvCache::new();
         self.cached.clear();
     }
 
     /// Keeps the first `len` cached positions (for reusing a shared prompt prefix).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        self.decoder.truncate(len)?;
+        self.cache.truncate(len);
         self.cached.truncate(len);
         Ok(())
     }
 
     /// Appends `tokens` to the cache and returns float32 logits `(vocab,)` at the last one.
     pub fn forward_last(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        self.check_tokens(tokens)?;
-        let logits = self.decoder.forward_last(tokens)?;
-        self.cached.extend_from_slice(tokens);
-        Ok(logits)
+        Ok(self.forward_own(tokens, Logits::Last)?.squeeze(0)?)
     }
 
     /// Appends `tokens` to the cache and returns float32 logits `(len, vocab)` at every one
     /// (what perplexity needs). Call [`Model::reset`] first to score a fresh sequence.
     pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        self.forward_own(tokens, Logits::All)
+    }
+
+    /// Runs several sequences in one pass, each after the positions in its own cache; returns
+    /// each input's float32 logits `(rows, vocab)` for the rows it asks for. The model's own
+    /// single-sequence cache is not touched.
+    pub fn forward_batch(&self, inputs: &mut [SeqInput<'_>]) -> Result<Vec<Option<Tensor>>> {
+        for input in inputs.iter() {
+            self.check_tokens(input.tokens)?;
+        }
+        self.decoder.forward(inputs)
+    }
+
+    /// The single-sequence API as a batch of one over the model's own cache.
+    fn forward_own(&mut self, tokens: &[u32], logits: Logits) -> Result<Tensor> {
         self.check_tokens(tokens)?;
-        let logits = self.decoder.forward_all(tokens)?;
+        let mut input = [SeqInput { tokens, cache: &mut self.cache, logits }];
+        let out = self.decoder.forward(&mut input)?.pop().flatten().expect("logits were asked for");
         self.cached.extend_from_slice(tokens);
-        Ok(logits)
+        Ok(out)
     }
 }
 
 impl Model {
     /// Refuses ids the embedding has no row for, which would otherwise fail deep inside a
     /// tensor op with an index error.
-    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         let cfg = self.config();
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= cfg.vocab_size) {
             return Err(GenError::InvalidArgument(format!(
