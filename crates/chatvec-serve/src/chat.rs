@@ -47,15 +47,9 @@ fn seq_requests(
 ) -> Vec<SeqRequest> {
     (0..p.n)
         .map(|i| SeqRequest {
-            prompt: prompt.to_vec(),
-            max_new_tokens: max_tokens,
-            sampling: chatvec_gen::SamplingParams {
-                seed: p.sampling.seed.wrapping_add(i as u64),
-                ..p.sampling.clone()
-            },
-            stops: model.stops.clone(),
-            prompt_logprobs: false,
+            seed: p.sampling.seed.wrapping_add(i as u64),
             top_logprobs: top.unwrap_or(0),
+            ..SeqRequest::new(prompt.to_vec(), max_tokens, p.sampling.clone(), model.stops.clone())
         })
         .collect()
 }

@@ -67,15 +67,10 @@ fn seq_request(
     top: Option<usize>,
 ) -> SeqRequest {
     SeqRequest {
-        prompt: ids.to_vec(),
-        max_new_tokens: max_tokens,
-        sampling: chatvec_gen::SamplingParams {
-            seed: p.sampling.seed.wrapping_add(choice as u64),
-            ..p.sampling.clone()
-        },
-        stops: model.stops.clone(),
+        seed: p.sampling.seed.wrapping_add(choice as u64),
         prompt_logprobs,
         top_logprobs: top.unwrap_or(0),
+        ..SeqRequest::new(ids.to_vec(), max_tokens, p.sampling.clone(), model.stops.clone())
     }
 }
 

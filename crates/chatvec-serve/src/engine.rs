@@ -214,19 +214,12 @@ mod tests {
         fn step(&mut self) -> Result<Vec<SeqEvent>, GenError> {
             std::thread::sleep(Duration::from_millis(1));
             let token = TokenLogprob { token: 7, logprob: -0.5, top: Vec::new() };
-            Ok(self.live.iter().map(|&id| SeqEvent::Token { id, logprob: token.clone() }).collect())
+            Ok(self.live.iter().map(|&id| SeqEvent::Token { id, token: 7, logprob: token.clone() }).collect())
         }
     }
 
     fn request() -> SeqRequest {
-        SeqRequest {
-            prompt: vec![1],
-            max_new_tokens: 1000,
-            sampling: SamplingParams::default(),
-            stops: StopSet::new(),
-            prompt_logprobs: false,
-            top_logprobs: 0,
-        }
+        SeqRequest::new(vec![1], 1000, SamplingParams::default(), StopSet::new())
     }
 
     fn wait_until(what: &str, cond: impl Fn() -> bool) {

@@ -15,7 +15,6 @@ pub mod chat;
 pub mod completions;
 pub mod engine;
 pub mod error;
-pub mod logprobs;
 pub mod model;
 pub mod request;
 pub mod routes;

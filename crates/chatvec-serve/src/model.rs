@@ -3,7 +3,7 @@
 
 use chatvec_gen::{ChatModel, ChatTemplate, GenerationDefaults, ModelTokenizer, StopSet};
 
-use crate::batch::OneAtATime;
+use crate::batch::Batch;
 use crate::engine::EngineHandle;
 use crate::error::ServeError;
 
@@ -52,7 +52,7 @@ impl ServedModel {
         let template = template.and_then(|()| stored.ok_or_else(String::new));
         let context = model.config().max_position_embeddings;
         let vocab = model.config().vocab_size;
-        let engine = EngineHandle::start(&name, OneAtATime::new(model), opts.max_seqs, opts.queue)
+        let engine = EngineHandle::start(&name, Batch::new(model, opts.max_seqs), opts.max_seqs, opts.queue)
             .map_err(|source| ServeError::Io { what: format!("cannot start the engine of {name}"), source })?;
         let created =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
