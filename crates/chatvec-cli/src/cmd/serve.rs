@@ -34,11 +34,11 @@ pub struct Args {
     pub compute: ComputeArgs,
     #[command(flatten)]
     pub hub: HubArgs,
-    /// Sequences each model decodes at once.
-    #[arg(long, default_value_t = 16)]
+    /// Sequences each model decodes at once (1 to 1024).
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub max_seqs: usize,
-    /// Sequences that may wait per model; past that, requests get 429.
-    #[arg(long, default_value_t = 64)]
+    /// Sequences that may wait per model (1 to 65536); past that, requests get 429.
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
     pub queue: usize,
     /// Largest request body (e.g. 16MB); larger ones get 413.
     #[arg(long, default_value = "16MB", value_parser = parse_size)]
@@ -56,7 +56,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         bail!("--grace {}: expected seconds >= 0", a.grace);
     }
     let opts = ServeOptions {
-        engine: EngineOptions { max_seqs: a.max_seqs.max(1), queue: a.queue.max(1) },
+        engine: EngineOptions { max_seqs: a.max_seqs, queue: a.queue },
         max_body_bytes: usize::try_from(a.max_body).unwrap_or(usize::MAX),
         api_key: a.api_key.clone(),
         grace: Duration::from_secs_f64(a.grace),
