@@ -1,7 +1,7 @@
 """CPU generation side by side, in one interleaved run: chatvec at several weight formats,
 llama.cpp (node-llama-cpp's prebuilt binaries) on GGUFs of the same weights made by llama.cpp's own
 convert_hf_to_gguf.py, and transformers in bf16. Synthetic Llama with random weights and Llama-3's
-real tokenizer; the same 128 prompt ids, greedy, the same thread count. Each engine runs in its own
+real tokenizer; the same prompt ids (128 and 512 by default, a table each), greedy, the same thread count. Each engine runs in its own
 process per round (peak RSS from wait4); medians over the rounds. Driven by benches/gen/run.sh.
 """
 
@@ -21,6 +21,7 @@ BENCH_GEN = ROOT / "target/release/examples/bench_gen"
 CHATVEC_BENCH = ROOT / "target/release/chatvec-bench"
 PY = os.environ.get("CHATVEC_PYTHON", sys.executable)
 NODE_DIR = pathlib.Path(os.environ.get("CHATVEC_NODE_LLAMA_DIR", ROOT / ".tools/node"))
+SIMD_ENV = "CHATVEC_SIMD"
 BUNDLE = NODE_DIR / "node_modules/node-llama-cpp/llama/gitRelease.bundle"
 
 
@@ -78,8 +79,8 @@ def prepare(work, shape, llama_formats):
     return model, ggufs
 
 
-def engines(a, model, ggufs):
-    common = ["--prompt", str(a.prompt), "--new", str(a.new)]
+def engines(a, model, ggufs, prompt):
+    common = ["--prompt", str(prompt), "--new", str(a.new)]
     out = [(f"chatvec {f}", f, [BENCH_GEN, "--model", model, "--quantize", "none" if f == "f32" else f, *common])
            for f in a.chatvec]
     node = ["node", ROOT / "benches/gen/llama_cpp.mjs", "--threads", str(a.threads), *common]
@@ -109,7 +110,8 @@ def main():
     ap.add_argument("--shape", default="1b", choices=["1b", "8b"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--prompt", default="128,512", type=lambda s: [int(x) for x in s.split(",") if x],
+                    help="prompt lengths, each a table")
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--chatvec", default="f32,bf16,q8_0,q4_k", type=lambda s: [x for x in s.split(",") if x])
     ap.add_argument("--llama-cpp", default="f16,bf16,q8_0", type=lambda s: [x for x in s.split(",") if x])
@@ -120,41 +122,47 @@ def main():
     model, ggufs = prepare(work, a.shape, a.llama_cpp)
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
                CHATVEC_NODE_LLAMA_DIR=str(NODE_DIR))
-    bandwidth = measure([BENCH_GEN, "--bandwidth"], env)[0]["read_gb_per_s"]
-    runs = engines(a, model, ggufs)
-    results = {name: [] for name, _, _ in runs}
+    probe = measure([BENCH_GEN, "--bandwidth"], env)[0]
+    bandwidth = probe["read_gb_per_s"]
+    runs = {p: engines(a, model, ggufs, p) for p in a.prompt}
+    results = {p: {name: [] for name, _, _ in rs} for p, rs in runs.items()}
     for r in range(a.rounds):
-        for name, _, cmd in runs:
-            rec, wall, rss = measure(list(map(str, cmd)), env)
-            rec.update(wall_s=wall, peak_rss=rss)
-            results[name].append(rec)
-            log(f"round {r + 1} {name}: decode {rec['decode_tokens_per_s']:.2f} tok/s, prefill "
-                f"{rec['prefill_tokens_per_s']:.1f} tok/s, peak RSS {rss / 2**30:.2f} GiB")
-    report(a, model, bandwidth, runs, results)
+        for p, rs in runs.items():
+            for name, _, cmd in rs:
+                rec, wall, rss = measure(list(map(str, cmd)), env)
+                rec.update(wall_s=wall, peak_rss=rss)
+                results[p][name].append(rec)
+                log(f"round {r + 1}, prompt {p}, {name}: decode {rec['decode_tokens_per_s']:.2f} tok/s, prefill "
+                    f"{rec['prefill_tokens_per_s']:.1f} tok/s, peak RSS {rss / 2**30:.2f} GiB")
+    print(f"CPU: {probe['cpu']} (chatvec's tier; {SIMD_ENV}={os.environ.get(SIMD_ENV, '')!r}; llama.cpp picks its own)")
+    for p, rs in runs.items():
+        print()
+        report(a, model, bandwidth, rs, results[p], p)
 
 
-def report(a, model, bandwidth, runs, results):
+def report(a, model, bandwidth, runs, results, prompt):
     med = {n: {k: statistics.median(r[k] for r in rs) for k in ("decode_tokens_per_s", "prefill_tokens_per_s",
                                                                  "peak_rss", "load_s")}
            for n, rs in results.items()}
     cfg = json.loads((model / "config.json").read_text())
     ref = next((rs[0]["tokens"] for n, rs in results.items() if n == "chatvec f32"), None)
     print(f"synthetic Llama ({a.shape} shape: hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, vocab "
-          f"{cfg['vocab_size']}, random weights, Llama-3 tokenizer), {a.threads} threads, prompt {a.prompt} tokens, "
+          f"{cfg['vocab_size']}, random weights, Llama-3 tokenizer), {a.threads} threads, prompt {prompt} tokens, "
           f"{a.new} new, greedy; medians of {a.rounds} interleaved rounds; read bandwidth {bandwidth:.1f} GB/s")
     print()
-    print("| engine | decode tok/s | bandwidth ceiling | of ceiling | vs llama.cpp | prefill tok/s | peak RSS GiB "
-          "| load s | greedy = chatvec f32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| engine | decode tok/s | bandwidth ceiling | of ceiling | vs llama.cpp | prefill tok/s | vs llama.cpp "
+          "| peak RSS GiB | load s | greedy = chatvec f32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, fmt, _ in runs:
         m = med[name]
         ceiling = bandwidth * 1e9 / weight_bytes_per_token(model, fmt)
         peer = med.get(f"llama.cpp {fmt}")
         ratio = f"{m['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x" if peer and "chatvec" in name else ""
+        pre = f"{m['prefill_tokens_per_s'] / peer['prefill_tokens_per_s']:.2f}x" if peer and "chatvec" in name else ""
         toks = results[name][0].get("tokens")
         agree = "" if ref is None or toks is None else f"{sum(1 for x, y in zip(toks, ref) if x == y)}/{len(ref)}"
         print(f"| {name} | {m['decode_tokens_per_s']:.2f} | {ceiling:.1f} | {m['decode_tokens_per_s'] / ceiling:.0%} "
-              f"| {ratio} | {m['prefill_tokens_per_s']:.1f} | {m['peak_rss'] / 2**30:.2f} | {m['load_s']:.1f} "
+              f"| {ratio} | {m['prefill_tokens_per_s']:.1f} | {pre} | {m['peak_rss'] / 2**30:.2f} | {m['load_s']:.1f} "
               f"| {agree} |")
 
 

@@ -51,6 +51,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A forced SIMD tier is checked before any work: a name that is not a tier, or one this
+    // CPU lacks, is refused (the kernels would otherwise fall back without saying so).
+    if let Err(e) = chatvec_format::SimdTier::from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     // An input truncated under a run ends it with one line, and its temporary output removed.
     chatvec_format::fault::install();
     let result = match cli.command {

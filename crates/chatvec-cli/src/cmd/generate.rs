@@ -50,36 +50,30 @@ pub struct Args {
 }
 
 /// The model path (a directory or a GGUF file) and the directory its tokenizer, chat template
-/// and generation config are read from; the config is checked first so mistakes fail fast.
-fn model_and_tokenizer_dir(args: &ModelArgs) -> Result<(PathBuf, PathBuf)> {
+/// and generation config are read from (None: a GGUF's own metadata); the config is checked
+/// first so mistakes fail fast.
+fn model_and_tokenizer_dir(args: &ModelArgs) -> Result<(PathBuf, Option<PathBuf>)> {
     let path = Path::new(&args.model);
     if !is_gguf(path) {
         let dir = args.hub.resolve(&args.model)?.path;
         read_config(&dir)?;
-        return Ok((dir.clone(), dir));
+        return Ok((dir.clone(), Some(dir)));
     }
-    let dir = match &args.tokenizer {
-        Some(d) => d.clone(),
-        None => path.parent().map(Path::to_path_buf).unwrap_or_default(),
-    };
+    let Some(dir) = &args.tokenizer else { return Ok((path.to_path_buf(), None)) };
     if !dir.join("tokenizer.json").is_file() {
-        bail!(
-            "{}: chatvec reads a GGUF's tokenizer from Hugging Face files; pass --tokenizer DIR \
-             (a directory with tokenizer.json and tokenizer_config.json)",
-            path.display()
-        );
+        bail!("--tokenizer {}: no tokenizer.json there", dir.display());
     }
-    Ok((path.to_path_buf(), dir))
+    Ok((path.to_path_buf(), Some(dir.clone())))
 }
 
 /// Which model to load, where, and how its prompts are built and ended.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
-    /// Model directory, hub id (org/name[@revision]), or a llama.cpp GGUF file (llama, qwen2).
+    /// Model directory, hub id (org/name[@revision]), or a llama.cpp GGUF file (llama, mistral, qwen2, gemma).
     #[arg(long, value_name = "MODEL")]
     pub model: String,
-    /// For a GGUF model: the directory with its Hugging Face tokenizer files (tokenizer.json,
-    /// tokenizer_config.json); default: the GGUF's directory.
+    /// For a GGUF model: a directory with Hugging Face tokenizer files (tokenizer.json,
+    /// tokenizer_config.json) to use instead of the tokenizer in the file's metadata.
     #[arg(long, value_name = "DIR")]
     pub tokenizer: Option<PathBuf>,
     /// A Jinja chat template to use instead of the model's.
@@ -181,7 +175,7 @@ impl Session {
     /// loads too (`serve` answers completions with it).
     pub fn load(args: &ModelArgs, require_template: bool) -> Result<Self> {
         let (model_path, dir) = model_and_tokenizer_dir(args)?;
-        let defaults = GenerationDefaults::for_model(&dir)?;
+        let defaults = dir.as_deref().map(GenerationDefaults::for_model).transpose()?.unwrap_or_default();
         let (dtype, note) = args.compute.generation_dtype();
         if let Some(note) = note {
             eprintln!("note: {note}");
@@ -192,7 +186,10 @@ impl Session {
             stop: args.stop.clone(),
             require_template,
         };
-        let chat = ChatModel::load_from(&model_path, &dir, &opts, None)?;
+        let chat = match &dir {
+            Some(dir) => ChatModel::load_from(&model_path, dir, &opts, None)?,
+            None => ChatModel::load_gguf(&model_path, &opts)?,
+        };
         let longest_token = chat.tokenizer.inner().get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
         Ok(Session { chat, defaults, device_name: args.compute.device.name.clone(), longest_token })
     }
