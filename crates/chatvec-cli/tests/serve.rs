@@ -265,6 +265,9 @@ fn bad_requests_get_openai_errors_and_the_server_stays_up() {
     assert!(e["message"].is_string(), "{e}");
     let (status, e) = error_of(server.post_json("/v1/completions", &json!({"model": "tiny", "prompt": [1, 99999]})));
     assert_eq!((status, e["param"].as_str()), (400, Some("prompt")), "{e}");
+    let many = json!({"model": "tiny", "prompt": vec![vec![1]; 1025]});
+    let (status, e) = error_of(server.post_json("/v1/completions", &many));
+    assert!(status == 400 && e["message"].as_str().unwrap().contains("at most 1024 prompts"), "{e}");
 
     let (status, body) = chat(json!({}));
     assert_eq!(status, 200, "{body}");

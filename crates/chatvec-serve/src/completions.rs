@@ -16,6 +16,10 @@ use crate::routes::{into_sse, Meta, Reply};
 /// OpenAI's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: usize = 16;
 
+/// Most prompts in one request: each becomes queued sequences, so a body of a million tiny
+/// prompts is refused before it is tokenized.
+pub const MAX_PROMPTS: usize = 1024;
+
 /// One prompt: its ids and the text echoed for it.
 struct Prompt {
     ids: Vec<u32>,
@@ -95,6 +99,9 @@ fn prompts(model: &ServedModel, prompt: Option<&Value>) -> Result<Vec<Prompt>, A
         None => return Err(bad("`prompt` is required".into())),
         Some(Value::String(s)) => vec![from_text(s)?],
         Some(Value::Array(list)) if !list.is_empty() && list.iter().all(Value::is_number) => vec![from_ids(list)?],
+        Some(Value::Array(list)) if list.len() > MAX_PROMPTS => {
+            return Err(bad(format!("at most {MAX_PROMPTS} prompts per request, got {}", list.len())))
+        }
         Some(Value::Array(list)) if !list.is_empty() => list
             .iter()
             .map(|item| match item {
