@@ -629,3 +629,23 @@ fn eval_chat_through_chatvec_serve_answers_as_the_local_run() {
         }
     }
 }
+
+/// `n` sampled choices: choice i samples with seed + i, whatever else shares the batch, so it is
+/// the answer of a lone request with that seed.
+#[test]
+fn each_choice_samples_with_its_own_seed() {
+    let server = Server::start(&["--model", &format!("tiny={}", chat_model().display()), "--quantize", "none"]);
+    let ask = |n: usize, seed: u64| {
+        let body =
+            json!({"model": "tiny", "prompt": "하나 둘", "n": n, "seed": seed, "temperature": 1.0, "max_tokens": 12});
+        let (status, got) = server.post_json("/v1/completions", &body);
+        assert_eq!(status, 200, "{got}");
+        got["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    let together = ask(3, 11);
+    assert_eq!(together.len(), 3);
+    for (i, text) in together.iter().enumerate() {
+        assert_eq!(ask(1, 11 + i as u64), vec![text.clone()], "choice {i}");
+    }
+    assert!(together[0] != together[1] || together[1] != together[2], "three seeds, one answer: {together:?}");
+}
