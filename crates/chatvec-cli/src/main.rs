@@ -39,6 +39,8 @@ enum Command {
     Eval(cmd::eval::Args),
     /// Evaluate target, merged (and chat/base) models into one HTML report.
     Report(cmd::report::Args),
+    /// Serve models behind an OpenAI-compatible API, with a side-by-side page at /.
+    Serve(cmd::serve::Args),
     /// Merge at several ratios and evaluate each, to pick the best setting.
     Sweep(cmd::sweep::Args),
     /// Fetch a hub model (org/name[@revision]) into the Hugging Face cache ahead of time.
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Eval(a) => cmd::eval::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Sweep(a) => cmd::sweep::run(a),
         Command::Download(a) => cmd::download::run(a),
         Command::Lab(a) => cmd::lab::run(a),

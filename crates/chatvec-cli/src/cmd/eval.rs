@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use chatvec_eval::chat_eval::{run_chat_eval, ChatEval};
+use chatvec_eval::endpoint::{run_chat_eval_endpoint, Endpoint};
 use chatvec_eval::perplexity::{perplexity_in_batches, Perplexity, DEFAULT_WINDOWS_PER_PASS};
 use chatvec_gen::ChatModel;
 
@@ -55,9 +56,16 @@ pub struct PplArgs {
 /// Chat-eval arguments.
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
-    /// Model directory or hub id.
+    /// Model directory or hub id; with --endpoint, the served model's name.
     #[arg(long, value_name = "MODEL")]
     pub model: String,
+    /// Ask an OpenAI-compatible server (chatvec serve, vLLM, llama.cpp) at URL instead of
+    /// loading the model (http://host:port or http://host:port/v1).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Bearer token for --endpoint.
+    #[arg(long, requires = "endpoint")]
+    pub api_key: Option<String>,
     /// A JSON-lines prompt set ({"id", "prompt", "category"?, "system"?, "reference"?} per line);
     /// default: the bundled 33 Korean prompts.
     #[arg(long, value_name = "FILE", value_parser = existing_file)]
@@ -160,15 +168,31 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         What::Chat(a) => {
             let prompts = a.gen.prompts(a.prompts.as_deref())?;
-            let dir = a.hub.resolve(&a.model)?.path;
-            let mut m = ChatModel::load(&dir, &a.device.options()?, None)?;
             let n = prompts.len();
             let quiet = a.json;
-            let e = run_chat_eval(&mut m, &prompts, &a.gen.options(), &interrupt_flag(), &mut |i, r| {
+            let mut progress = |i, r: &_| {
                 if !quiet {
                     progress_line(i, n, r)
                 }
-            })?;
+            };
+            let e = match &a.endpoint {
+                Some(url) => {
+                    let endpoint = Endpoint::new(url, a.api_key.clone());
+                    run_chat_eval_endpoint(
+                        &endpoint,
+                        &a.model,
+                        &prompts,
+                        &a.gen.options(),
+                        &interrupt_flag(),
+                        &mut progress,
+                    )?
+                }
+                None => {
+                    let dir = a.hub.resolve(&a.model)?.path;
+                    let mut m = ChatModel::load(&dir, &a.device.options()?, None)?;
+                    run_chat_eval(&mut m, &prompts, &a.gen.options(), &interrupt_flag(), &mut progress)?
+                }
+            };
             if let Some(path) = &a.output {
                 std::fs::write(path, serde_json::to_string_pretty(&e)?)
                     .with_context(|| format!("{}: cannot write", path.display()))?;

@@ -168,6 +168,12 @@ impl Session {
     /// Resolves and loads the model; cheap checks (config, tokenizer, template) come before the
     /// weights so mistakes fail fast.
     pub fn open(args: &ModelArgs) -> Result<Self> {
+        Self::load(args, true)
+    }
+
+    /// As [`open`](Self::open); without `require_template` a model without a chat template
+    /// loads too (`serve` answers completions with it).
+    pub fn load(args: &ModelArgs, require_template: bool) -> Result<Self> {
         let (model_path, dir) = model_and_tokenizer_dir(args)?;
         let defaults = dir.as_deref().map(GenerationDefaults::for_model).transpose()?.unwrap_or_default();
         let (dtype, note) = args.compute.generation_dtype();
@@ -178,7 +184,7 @@ impl Session {
             model: args.compute.model_options(dtype),
             chat_template: args.chat_template.clone(),
             stop: args.stop.clone(),
-            require_template: true,
+            require_template,
         };
         let chat = match &dir {
             Some(dir) => ChatModel::load_from(&model_path, dir, &opts, None)?,

@@ -13,4 +13,5 @@ pub mod judging;
 pub mod lab;
 pub mod merge;
 pub mod report;
+pub mod serve;
 pub mod sweep;
