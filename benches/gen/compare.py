@@ -3,6 +3,10 @@ llama.cpp (node-llama-cpp's prebuilt binaries) on GGUFs of the same weights made
 convert_hf_to_gguf.py, and transformers in bf16. Synthetic Llama with random weights and Llama-3's
 real tokenizer; the same 128 prompt ids, greedy, the same thread count. Each engine runs in its own
 process per round (peak RSS from wait4); medians over the rounds. Driven by benches/gen/run.sh.
+
+With --eval-chat FORMATS, each round also runs the whole `chatvec eval chat --limit 8
+--max-new-tokens 32 --temperature 0` command (the 8 prompts answered as one batch) and reports its
+new tokens over its wall time, load included, against llama.cpp's single-stream decode.
 """
 
 import argparse
@@ -19,6 +23,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BENCH_GEN = ROOT / "target/release/examples/bench_gen"
 CHATVEC_BENCH = ROOT / "target/release/chatvec-bench"
+CHATVEC = ROOT / "target/release/chatvec"
 PY = os.environ.get("CHATVEC_PYTHON", sys.executable)
 NODE_DIR = pathlib.Path(os.environ.get("CHATVEC_NODE_LLAMA_DIR", ROOT / ".tools/node"))
 BUNDLE = NODE_DIR / "node_modules/node-llama-cpp/llama/gitRelease.bundle"
@@ -28,8 +33,9 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def measure(cmd, env):
-    """Runs cmd in a child, returns (record, wall s, peak RSS bytes of that child)."""
+def measure(cmd, env, whole=False):
+    """Runs cmd in a child, returns (record, wall s, peak RSS bytes of that child). The record is
+    the last line of stdout as JSON, or all of stdout with `whole`."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     # Read output on threads so the child never blocks on a full pipe while we wait4 it.
@@ -49,7 +55,8 @@ def measure(cmd, env):
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{chunks['err'][-2000:]}")
-    return json.loads(chunks["out"].strip().splitlines()[-1]), wall, usage.ru_maxrss * 1024
+    out = chunks["out"] if whole else chunks["out"].strip().splitlines()[-1]
+    return json.loads(out), wall, usage.ru_maxrss * 1024
 
 
 def prepare(work, shape, llama_formats):
@@ -84,6 +91,10 @@ def engines(a, model, ggufs):
            for f in a.chatvec]
     node = ["node", ROOT / "benches/gen/llama_cpp.mjs", "--threads", str(a.threads), *common]
     out += [(f"llama.cpp {f}", f, [*node, "--model", g]) for f, g in ggufs.items()]
+    for f in a.eval_chat:
+        out.append((f"chatvec eval chat {f}", f, [CHATVEC, "eval", "chat", "--model", model, "--limit", "8",
+                                                  "--max-new-tokens", str(a.new), "--temperature", "0",
+                                                  "--batch-size", str(a.batch_size), "--quantize", f, "--json"]))
     if a.transformers:
         out.append(("transformers bf16", "bf16", [PY, ROOT / "benches/gen/bench_transformers.py", "--model", model,
                                                   "--dtype", "bf16", *common]))
@@ -114,6 +125,9 @@ def main():
     ap.add_argument("--chatvec", default="f32,bf16,q8_0,q4_k", type=lambda s: [x for x in s.split(",") if x])
     ap.add_argument("--llama-cpp", default="f16,bf16,q8_0", type=lambda s: [x for x in s.split(",") if x])
     ap.add_argument("--no-transformers", dest="transformers", action="store_false")
+    ap.add_argument("--eval-chat", default="q8_0", type=lambda s: [x for x in s.split(",") if x],
+                    help="formats for the batched `eval chat` row ('' for none)")
+    ap.add_argument("--batch-size", type=int, default=4, help="eval chat --batch-size")
     a = ap.parse_args()
     work = pathlib.Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -125,18 +139,32 @@ def main():
     results = {name: [] for name, _, _ in runs}
     for r in range(a.rounds):
         for name, _, cmd in runs:
-            rec, wall, rss = measure(list(map(str, cmd)), env)
+            rec, wall, rss = measure(list(map(str, cmd)), env, whole="eval chat" in name)
             rec.update(wall_s=wall, peak_rss=rss)
             results[name].append(rec)
+            if "eval chat" in name:
+                rec["new_tokens"] = sum(x["tokens"] for x in rec["results"])
+                log(f"round {r + 1} {name}: {rec['new_tokens']} new tokens in {wall:.1f} s wall, "
+                    f"peak RSS {rss / 2**30:.2f} GiB")
+                continue
             log(f"round {r + 1} {name}: decode {rec['decode_tokens_per_s']:.2f} tok/s, prefill "
                 f"{rec['prefill_tokens_per_s']:.1f} tok/s, peak RSS {rss / 2**30:.2f} GiB")
     report(a, model, bandwidth, runs, results)
 
 
+def cpu_name():
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def report(a, model, bandwidth, runs, results):
-    med = {n: {k: statistics.median(r[k] for r in rs) for k in ("decode_tokens_per_s", "prefill_tokens_per_s",
-                                                                 "peak_rss", "load_s")}
-           for n, rs in results.items()}
+    chat_runs = [(n, f) for n, f, _ in runs if "eval chat" in n]
+    runs = [r for r in runs if "eval chat" not in r[0]]
+    med = {n: {k: statistics.median(r[k] for r in results[n]) for k in ("decode_tokens_per_s",
+                                                                         "prefill_tokens_per_s", "peak_rss", "load_s")}
+           for n, _, _ in runs}
     cfg = json.loads((model / "config.json").read_text())
     ref = next((rs[0]["tokens"] for n, rs in results.items() if n == "chatvec f32"), None)
     print(f"synthetic Llama ({a.shape} shape: hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, vocab "
@@ -156,6 +184,29 @@ def report(a, model, bandwidth, runs, results):
         print(f"| {name} | {m['decode_tokens_per_s']:.2f} | {ceiling:.1f} | {m['decode_tokens_per_s'] / ceiling:.0%} "
               f"| {ratio} | {m['prefill_tokens_per_s']:.1f} | {m['peak_rss'] / 2**30:.2f} | {m['load_s']:.1f} "
               f"| {agree} |")
+    if chat_runs:
+        eval_chat_table(a, chat_runs, results, med)
+
+
+def eval_chat_table(a, chat_runs, results, med):
+    """The batched `eval chat` rows: new tokens of the 8 answers over the command's wall time."""
+    print()
+    print(f"`chatvec eval chat --limit 8 --max-new-tokens {a.new} --temperature 0 --batch-size {a.batch_size}`, "
+          f"whole command (load, prefill, decode) on {cpu_name()}, {a.threads} threads; medians of {a.rounds}")
+    print()
+    print("| command | wall s | new tokens | new tokens / wall s | llama.cpp single-stream decode tok/s | ratio "
+          "| peak RSS GiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, fmt in chat_runs:
+        rs = results[name]
+        wall = statistics.median(r["wall_s"] for r in rs)
+        toks = rs[0]["new_tokens"]
+        rate = statistics.median(r["new_tokens"] / r["wall_s"] for r in rs)
+        peer = med.get(f"llama.cpp {fmt}")
+        peer_rate = f"{peer['decode_tokens_per_s']:.2f}" if peer else "-"
+        ratio = f"{rate / peer['decode_tokens_per_s']:.2f}x" if peer else "-"
+        rss = statistics.median(r["peak_rss"] for r in rs)
+        print(f"| {name} | {wall:.1f} | {toks} | {rate:.2f} | {peer_rate} | {ratio} | {rss / 2**30:.2f} |")
 
 
 if __name__ == "__main__":
