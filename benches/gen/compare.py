@@ -1,7 +1,7 @@
 """CPU generation side by side, in one interleaved run: chatvec at several weight formats,
 llama.cpp (node-llama-cpp's prebuilt binaries) on GGUFs of the same weights made by llama.cpp's own
 convert_hf_to_gguf.py, and transformers in bf16. Synthetic Llama with random weights and Llama-3's
-real tokenizer; the same 128 prompt ids, greedy, the same thread count. Each engine runs in its own
+real tokenizer; the same prompt ids (128 and 512 by default, a table each), greedy, the same thread count. Each engine runs in its own
 process per round (peak RSS from wait4); medians over the rounds. Driven by benches/gen/run.sh.
 
 With --eval-chat FORMATS, each round also runs the whole `chatvec eval chat --limit 8
@@ -26,6 +26,7 @@ CHATVEC_BENCH = ROOT / "target/release/chatvec-bench"
 CHATVEC = ROOT / "target/release/chatvec"
 PY = os.environ.get("CHATVEC_PYTHON", sys.executable)
 NODE_DIR = pathlib.Path(os.environ.get("CHATVEC_NODE_LLAMA_DIR", ROOT / ".tools/node"))
+SIMD_ENV = "CHATVEC_SIMD"
 BUNDLE = NODE_DIR / "node_modules/node-llama-cpp/llama/gitRelease.bundle"
 
 
@@ -85,20 +86,24 @@ def prepare(work, shape, llama_formats):
     return model, ggufs
 
 
-def engines(a, model, ggufs):
-    common = ["--prompt", str(a.prompt), "--new", str(a.new)]
+def engines(a, model, ggufs, prompt):
+    common = ["--prompt", str(prompt), "--new", str(a.new)]
     out = [(f"chatvec {f}", f, [BENCH_GEN, "--model", model, "--quantize", "none" if f == "f32" else f, *common])
            for f in a.chatvec]
     node = ["node", ROOT / "benches/gen/llama_cpp.mjs", "--threads", str(a.threads), *common]
     out += [(f"llama.cpp {f}", f, [*node, "--model", g]) for f, g in ggufs.items()]
-    for f in a.eval_chat:
-        out.append((f"chatvec eval chat {f}", f, [CHATVEC, "eval", "chat", "--model", model, "--limit", "8",
-                                                  "--max-new-tokens", str(a.new), "--temperature", "0",
-                                                  "--batch-size", str(a.batch_size), "--quantize", f, "--json"]))
     if a.transformers:
         out.append(("transformers bf16", "bf16", [PY, ROOT / "benches/gen/bench_transformers.py", "--model", model,
                                                   "--dtype", "bf16", *common]))
     return out
+
+
+def chat_engines(a, model):
+    """The whole batched `eval chat` command, once per format."""
+    return [(f"chatvec eval chat {f}", f, [CHATVEC, "eval", "chat", "--model", model, "--limit", "8",
+                                           "--max-new-tokens", str(a.new), "--temperature", "0",
+                                           "--batch-size", str(a.batch_size), "--quantize", f, "--json"])
+            for f in a.eval_chat]
 
 
 def weight_bytes_per_token(model, fmt):
@@ -120,91 +125,95 @@ def main():
     ap.add_argument("--shape", default="1b", choices=["1b", "8b"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--prompt", default="128,512", type=lambda s: [int(x) for x in s.split(",") if x],
+                    help="prompt lengths, each a table")
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--chatvec", default="f32,bf16,q8_0,q4_k", type=lambda s: [x for x in s.split(",") if x])
     ap.add_argument("--llama-cpp", default="f16,bf16,q8_0", type=lambda s: [x for x in s.split(",") if x])
     ap.add_argument("--no-transformers", dest="transformers", action="store_false")
     ap.add_argument("--eval-chat", default="q8_0", type=lambda s: [x for x in s.split(",") if x],
                     help="formats for the batched `eval chat` row ('' for none)")
-    ap.add_argument("--batch-size", type=int, default=4, help="eval chat --batch-size")
+    ap.add_argument("--batch-size", type=int, default=8, help="eval chat --batch-size")
     a = ap.parse_args()
     work = pathlib.Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     model, ggufs = prepare(work, a.shape, a.llama_cpp)
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
                CHATVEC_NODE_LLAMA_DIR=str(NODE_DIR))
-    bandwidth = measure([BENCH_GEN, "--bandwidth"], env)[0]["read_gb_per_s"]
-    runs = engines(a, model, ggufs)
-    results = {name: [] for name, _, _ in runs}
+    probe = measure([BENCH_GEN, "--bandwidth"], env)[0]
+    bandwidth = probe["read_gb_per_s"]
+    runs = {p: engines(a, model, ggufs, p) for p in a.prompt}
+    results = {p: {name: [] for name, _, _ in rs} for p, rs in runs.items()}
+    chat_runs = chat_engines(a, model)
+    chat_results = {name: [] for name, _, _ in chat_runs}
     for r in range(a.rounds):
-        for name, _, cmd in runs:
-            rec, wall, rss = measure(list(map(str, cmd)), env, whole="eval chat" in name)
-            rec.update(wall_s=wall, peak_rss=rss)
-            results[name].append(rec)
-            if "eval chat" in name:
-                rec["new_tokens"] = sum(x["tokens"] for x in rec["results"])
-                log(f"round {r + 1} {name}: {rec['new_tokens']} new tokens in {wall:.1f} s wall, "
-                    f"peak RSS {rss / 2**30:.2f} GiB")
-                continue
-            log(f"round {r + 1} {name}: decode {rec['decode_tokens_per_s']:.2f} tok/s, prefill "
-                f"{rec['prefill_tokens_per_s']:.1f} tok/s, peak RSS {rss / 2**30:.2f} GiB")
-    report(a, model, bandwidth, runs, results)
+        for p, rs in runs.items():
+            for name, _, cmd in rs:
+                rec, wall, rss = measure(list(map(str, cmd)), env)
+                rec.update(wall_s=wall, peak_rss=rss)
+                results[p][name].append(rec)
+                log(f"round {r + 1}, prompt {p}, {name}: decode {rec['decode_tokens_per_s']:.2f} tok/s, prefill "
+                    f"{rec['prefill_tokens_per_s']:.1f} tok/s, peak RSS {rss / 2**30:.2f} GiB")
+        for name, _, cmd in chat_runs:
+            rec, wall, rss = measure(list(map(str, cmd)), env, whole=True)
+            rec.update(wall_s=wall, peak_rss=rss, new_tokens=sum(x["tokens"] for x in rec["results"]))
+            chat_results[name].append(rec)
+            log(f"round {r + 1} {name}: {rec['new_tokens']} new tokens in {wall:.1f} s wall, "
+                f"peak RSS {rss / 2**30:.2f} GiB")
+    print(f"CPU: {probe['cpu']} (chatvec's tier; {SIMD_ENV}={os.environ.get(SIMD_ENV, '')!r}; llama.cpp picks its own)")
+    for p, rs in runs.items():
+        print()
+        report(a, model, bandwidth, rs, results[p], p)
+    if chat_runs:
+        eval_chat_table(a, chat_runs, chat_results, results[a.prompt[0]], probe["cpu"])
 
 
-def cpu_name():
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
-def report(a, model, bandwidth, runs, results):
-    chat_runs = [(n, f) for n, f, _ in runs if "eval chat" in n]
-    runs = [r for r in runs if "eval chat" not in r[0]]
-    med = {n: {k: statistics.median(r[k] for r in results[n]) for k in ("decode_tokens_per_s",
-                                                                         "prefill_tokens_per_s", "peak_rss", "load_s")}
-           for n, _, _ in runs}
+def report(a, model, bandwidth, runs, results, prompt):
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in ("decode_tokens_per_s", "prefill_tokens_per_s",
+                                                                 "peak_rss", "load_s")}
+           for n, rs in results.items()}
     cfg = json.loads((model / "config.json").read_text())
     ref = next((rs[0]["tokens"] for n, rs in results.items() if n == "chatvec f32"), None)
     print(f"synthetic Llama ({a.shape} shape: hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} layers, vocab "
-          f"{cfg['vocab_size']}, random weights, Llama-3 tokenizer), {a.threads} threads, prompt {a.prompt} tokens, "
+          f"{cfg['vocab_size']}, random weights, Llama-3 tokenizer), {a.threads} threads, prompt {prompt} tokens, "
           f"{a.new} new, greedy; medians of {a.rounds} interleaved rounds; read bandwidth {bandwidth:.1f} GB/s")
     print()
-    print("| engine | decode tok/s | bandwidth ceiling | of ceiling | vs llama.cpp | prefill tok/s | peak RSS GiB "
-          "| load s | greedy = chatvec f32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| engine | decode tok/s | bandwidth ceiling | of ceiling | vs llama.cpp | prefill tok/s | vs llama.cpp "
+          "| peak RSS GiB | load s | greedy = chatvec f32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, fmt, _ in runs:
         m = med[name]
         ceiling = bandwidth * 1e9 / weight_bytes_per_token(model, fmt)
         peer = med.get(f"llama.cpp {fmt}")
         ratio = f"{m['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x" if peer and "chatvec" in name else ""
+        pre = f"{m['prefill_tokens_per_s'] / peer['prefill_tokens_per_s']:.2f}x" if peer and "chatvec" in name else ""
         toks = results[name][0].get("tokens")
         agree = "" if ref is None or toks is None else f"{sum(1 for x, y in zip(toks, ref) if x == y)}/{len(ref)}"
         print(f"| {name} | {m['decode_tokens_per_s']:.2f} | {ceiling:.1f} | {m['decode_tokens_per_s'] / ceiling:.0%} "
-              f"| {ratio} | {m['prefill_tokens_per_s']:.1f} | {m['peak_rss'] / 2**30:.2f} | {m['load_s']:.1f} "
+              f"| {ratio} | {m['prefill_tokens_per_s']:.1f} | {pre} | {m['peak_rss'] / 2**30:.2f} | {m['load_s']:.1f} "
               f"| {agree} |")
-    if chat_runs:
-        eval_chat_table(a, chat_runs, results, med)
 
 
-def eval_chat_table(a, chat_runs, results, med):
-    """The batched `eval chat` rows: new tokens of the 8 answers over the command's wall time."""
+def eval_chat_table(a, chat_runs, results, peers, cpu):
+    """The batched `eval chat` rows: new tokens of the 8 answers over the command's wall time,
+    against llama.cpp's single-stream decode (at the first prompt length) from the same rounds."""
     print()
     print(f"`chatvec eval chat --limit 8 --max-new-tokens {a.new} --temperature 0 --batch-size {a.batch_size}`, "
-          f"whole command (load, prefill, decode) on {cpu_name()}, {a.threads} threads; medians of {a.rounds}")
+          f"whole command (load, prefill, decode) on {cpu}, {a.threads} threads; medians of {a.rounds}; llama.cpp "
+          f"decode at a {a.prompt[0]}-token prompt")
     print()
     print("| command | wall s | new tokens | new tokens / wall s | llama.cpp single-stream decode tok/s | ratio "
           "| peak RSS GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, fmt in chat_runs:
+    for name, fmt, _ in chat_runs:
         rs = results[name]
         wall = statistics.median(r["wall_s"] for r in rs)
         toks = rs[0]["new_tokens"]
         rate = statistics.median(r["new_tokens"] / r["wall_s"] for r in rs)
-        peer = med.get(f"llama.cpp {fmt}")
-        peer_rate = f"{peer['decode_tokens_per_s']:.2f}" if peer else "-"
-        ratio = f"{rate / peer['decode_tokens_per_s']:.2f}x" if peer else "-"
+        peer = peers.get(f"llama.cpp {fmt}")
+        peer_decode = statistics.median(r["decode_tokens_per_s"] for r in peer) if peer else None
+        peer_rate = f"{peer_decode:.2f}" if peer else "-"
+        ratio = f"{rate / peer_decode:.2f}x" if peer else "-"
         rss = statistics.median(r["peak_rss"] for r in rs)
         print(f"| {name} | {wall:.1f} | {toks} | {rate:.2f} | {peer_rate} | {ratio} | {rss / 2**30:.2f} |")
 

@@ -23,7 +23,8 @@ const { getLlama } = await import(require.resolve("node-llama-cpp"));
 const t0 = performance.now();
 const llama = await getLlama({ gpu: false, build: "never", maxThreads: threads });
 const model = await llama.loadModel({ modelPath, gpuLayers: 0 });
-const context = await model.createContext({ contextSize: 512, batchSize: 512, threads });
+const contextSize = Math.max(512, promptLen + newTokens + 8);
+const context = await model.createContext({ contextSize, batchSize: contextSize, threads });
 const loadS = (performance.now() - t0) / 1000;
 
 // The bench_gen prompt: BOS, then ids spread over the vocabulary.

@@ -97,7 +97,14 @@ struct MergeBench {
 }
 
 fn main() -> Result<()> {
-    match Bench::parse() {
+    let bench = Bench::parse();
+    // The chatvec binaries timed inherit CHATVEC_SIMD (`CHATVEC_SIMD=avx2` times the AVX2 kernels
+    // on an AVX-512 machine); the line names the CPU and the tier they run at.
+    chatvec_format::SimdTier::from_env()?;
+    if !matches!(bench, Bench::Synth { .. }) {
+        println!("CPU: {}", chatvec_format::simd::cpu_line());
+    }
+    match bench {
         Bench::Merge(b) => b.run(),
         Bench::Export { dir, types, chatvec, llama_cpp, python } => {
             let python = python.or_else(|| std::env::var_os("CHATVEC_PYTHON").map(PathBuf::from));

@@ -59,6 +59,16 @@ impl LlamaShape {
         out
     }
 
+    /// The bos and eos ids: Llama-3's when the vocabulary has them, else its last two ids (stop
+    /// ids beyond the vocabulary are refused).
+    pub fn special_ids(&self) -> (usize, usize) {
+        if self.vocab > 128001 {
+            (128000, 128001)
+        } else {
+            (self.vocab.saturating_sub(2), self.vocab.saturating_sub(1))
+        }
+    }
+
     /// A Llama-3-style `config.json`.
     pub fn config(&self, dtype: DType) -> serde_json::Value {
         json!({
@@ -76,8 +86,9 @@ impl LlamaShape {
             "rope_theta": 500000.0,
             "hidden_act": "silu",
             "tie_word_embeddings": self.tie,
-            "bos_token_id": 128000,
-            "eos_token_id": 128001,
+            // Llama-3's ids where the vocabulary has them; the last two ids of a smaller one.
+            "bos_token_id": self.special_ids().0,
+            "eos_token_id": self.special_ids().1,
             "torch_dtype": dtype.torch_name(),
         })
     }
@@ -124,7 +135,8 @@ pub fn write_random_model(dir: &Path, shape: &LlamaShape, dtype: DType, seed: u6
     writer.finish()?;
     write_index(dir, &shards, "model")?;
     write_json(&dir.join("config.json"), &shape.config(dtype))?;
-    write_json(&dir.join("generation_config.json"), &json!({"bos_token_id": 128000, "eos_token_id": 128001}))
+    let (bos, eos) = shape.special_ids();
+    write_json(&dir.join("generation_config.json"), &json!({"bos_token_id": bos, "eos_token_id": eos}))
 }
 
 #[cfg(test)]

@@ -28,6 +28,10 @@ enum Command {
     /// Generate an answer with the model's chat template and sampling.
     Generate(cmd::generate::Args),
     /// Chat with a model in the terminal (or over piped stdin).
+    ///
+    /// Piped, each line is one message and each answer one line. A line that cannot be answered
+    /// (longer than the model's context can hold, not UTF-8, refused by the chat template) is
+    /// skipped with an error naming its number; the chat goes on, and exits with status 1.
     Chat(cmd::chat::Args),
     /// Show what a chat vector changes: per-tensor and per-layer norms, heatmap.
     Inspect(cmd::inspect::Args),
@@ -45,6 +49,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A forced SIMD tier is checked before any work: a name that is not a tier, or one this
+    // CPU lacks, is refused (the kernels would otherwise fall back without saying so).
+    if let Err(e) = chatvec_format::SimdTier::from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    // An input truncated under a run ends it with one line, and its temporary output removed.
+    chatvec_format::fault::install();
     let result = match cli.command {
         Command::Merge(a) => cmd::merge::run(a),
         Command::Extract(a) => cmd::extract::run(a),
@@ -92,7 +104,7 @@ fn one_line(err: &anyhow::Error) -> String {
         }
         line.push_str(&cause);
     }
-    line.replace('\n', " ")
+    cmd::common::terminal_safe(&line.replace('\n', " ")).into_owned()
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -73,7 +73,8 @@ pub fn merge_to_gguf(
             Origin::Computed(_) => None,
         })
         .collect();
-    let file = GgufFile::create(out, force, gguf.file_bytes())?;
+    let inputs = [job.base.path.as_path(), &job.chat.path, &job.target.path];
+    let file = GgufFile::create(out, force, gguf.file_bytes(), &inputs)?;
     let mut sink = GgufSink::start(&gguf, &sources, file)?;
     progress.begin(
         order
@@ -84,6 +85,7 @@ pub fn merge_to_gguf(
             .sum(),
     );
     let bytes_read = merge.stream(&order, &mut sink, progress, cancel)?;
+    merge.check_inputs_unchanged()?;
     sink.finish()?;
     progress.finish();
     Ok(MergeGgufSummary {

@@ -7,7 +7,7 @@ use std::process::Output;
 
 mod common;
 
-use common::{chatvec, fails_with_one_line, fixture, oracle_model};
+use common::{chatvec, fails_with_one_line, fixture, oracle_model, stderr};
 
 fn oracle_messages(dir: &Path) -> PathBuf {
     let oracle: serde_json::Value =
@@ -181,4 +181,81 @@ fn an_answer_ending_inside_a_character_prints_its_last_bytes_as_transformers_dec
     assert_eq!(run["text"], "\u{FFFD}", "{run}");
     let o = generate(&model, &["--messages", msgs.to_str().unwrap(), "--max-new-tokens", "1"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "\u{FFFD}\n");
+}
+
+#[test]
+fn a_huge_prompt_is_refused_by_its_length_before_it_is_tokenized() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = oracle_model(tmp.path());
+    let messages = tmp.path().join("big.json");
+    let content = "가나다라 ".repeat(100_000);
+    std::fs::write(&messages, serde_json::json!([{"role": "user", "content": content}]).to_string()).unwrap();
+    let started = std::time::Instant::now();
+    let o = generate(&model, &["--messages", messages.to_str().unwrap(), "--max-new-tokens", "4"]);
+    fails_with_one_line(&o, &["the prompt's", "bytes make at least", "the model's context of 256 positions"]);
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+}
+
+/// Runs `chat` on `model` with `input` piped in.
+fn chat_piped(model: &Path, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chatvec"))
+        .args(["chat", "--model", model.to_str().unwrap(), "--greedy", "--max-new-tokens", "3"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    o
+}
+
+#[test]
+fn piped_chat_skips_a_line_too_long_or_not_text_answers_the_rest_and_exits_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = oracle_model(tmp.path());
+    let mut input = "가".repeat(5_000_000).into_bytes();
+    input.extend(b"\nhi\n\xff\xfe\nhello\n");
+    let o = chat_piped(&model, &input);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(out.lines().count(), 2, "two answers expected: {out:?}");
+    assert!(err.contains("error: line 1: 15000001 bytes, more than the model's context can hold; skipped"), "{err}");
+    assert!(err.contains("error: line 3: not UTF-8 text; skipped"), "{err}");
+    assert!(err.contains("2 line(s) could not be answered"), "{err}");
+    // Without bad lines, exit 0.
+    let o = chat_piped(&model, b"hi\nhello\n");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn control_characters_in_a_gguf_architecture_name_are_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("m.gguf");
+    let o = chatvec(&["export", "gguf", "--model", fixture("target").to_str().unwrap(), "-o", gguf.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // general.architecture = "llama" (a string, type 8, of 5 bytes) becomes ESC [ 2 J BEL.
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    let key = [&b"general.architecture"[..], &8u32.to_le_bytes(), &5u64.to_le_bytes(), b"llama"].concat();
+    let at = bytes.windows(key.len()).position(|w| w == key).expect("the architecture key") + key.len() - 5;
+    bytes[at..at + 5].copy_from_slice(b"\x1b[2J\x07");
+    std::fs::write(&gguf, bytes).unwrap();
+    let tok = fixture("tokenizer");
+    let o = chatvec(&[
+        "generate",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    let err = fails_with_one_line(&o, &["\\u{1b}[2J\\u{7}"]);
+    assert!(!err.contains(['\u{1b}', '\u{7}']), "{err:?}");
 }

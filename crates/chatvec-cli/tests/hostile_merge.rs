@@ -165,3 +165,96 @@ fn errors_name_the_right_file_once_without_debug_text() {
     let err = fails_with_one_line(&o, &["model.safetensors.index.json", "not a plain relative path"]);
     assert!(!err.contains("missing"), "{err}");
 }
+
+#[test]
+fn a_metadata_file_over_the_size_cap_is_refused_naming_it() {
+    let work = tempfile::tempdir().unwrap();
+    let b = copy_model(work.path(), "base", "b");
+    let index = std::fs::OpenOptions::new().write(true).open(b.join("model.safetensors.index.json")).unwrap();
+    index.set_len(33 << 20).unwrap();
+    let o = merge(&b, &fixture("chat"), &fixture("target"), &work.path().join("o"), &[]);
+    fails_with_one_line(&o, &["model.safetensors.index.json", "34603008 bytes, larger than"]);
+    let t = copy_model(work.path(), "target", "t");
+    std::fs::OpenOptions::new().write(true).open(t.join("config.json")).unwrap().set_len(40 << 20).unwrap();
+    let o = merge_into(&t, &work.path().join("o"), &[]);
+    fails_with_one_line(&o, &["config.json", "larger than"]);
+    assert!(!work.path().join("o").exists());
+}
+
+#[test]
+fn control_characters_in_shard_names_are_escaped() {
+    let work = tempfile::tempdir().unwrap();
+    let b = copy_model(work.path(), "base", "b");
+    let index = b.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap().replace("model-00001-of-00004", "\\u001b[2J\\u0007evil\\r");
+    std::fs::write(&index, text).unwrap();
+    let o = merge(&b, &fixture("chat"), &fixture("target"), &work.path().join("o"), &[]);
+    let err = fails_with_one_line(&o, &["\\u{1b}[2J\\u{7}evil\\r.safetensors"]);
+    assert!(!err.contains(['\u{1b}', '\u{7}', '\r']), "{err:?}");
+}
+
+#[test]
+fn a_gguf_output_inside_an_input_model_is_refused_through_symlinks_too() {
+    let work = tempfile::tempdir().unwrap();
+    let t = copy_model(work.path(), "target", "t");
+    let c = copy_model(work.path(), "chat", "c");
+    std::os::unix::fs::symlink(&t, work.path().join("link")).unwrap();
+    let (before_t, before_c) = (listing(&t), listing(&c));
+    let ts = t.to_str().unwrap();
+    for out in [t.join("model.safetensors"), t.join("new.gguf"), work.path().join("link/x.gguf")] {
+        let o = chatvec(&["export", "gguf", "--model", ts, "-o", out.to_str().unwrap(), "--force", "--quiet"]);
+        fails_with_one_line(&o, &["the output lies inside the input model"]);
+    }
+    for out in [c.join("model-00001-of-00003.safetensors"), c.join("merged.gguf")] {
+        let o = merge(&fixture("base"), &c, &fixture("target"), &out, &["--gguf", "f16", "--force"]);
+        fails_with_one_line(&o, &["the output lies inside the input model"]);
+    }
+    assert!(before_t == listing(&t) && before_c == listing(&c), "an input changed");
+    // Beside the inputs it is written.
+    let o = chatvec(&["export", "gguf", "--model", ts, "-o", work.path().join("t.gguf").to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `file` of `model` with `key` set to `value`.
+fn set_json(model: &Path, file: &str, key: &str, value: serde_json::Value) {
+    let path = model.join(file);
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v[key] = value;
+    std::fs::write(&path, v.to_string()).unwrap();
+}
+
+#[test]
+fn stop_ids_beyond_32_bits_or_the_vocabulary_are_refused_naming_file_and_key() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("o");
+    for (file, id, why) in [
+        ("generation_config.json", 4294967296u64, "not a token id"),
+        ("config.json", 4294967296, "not a token id"),
+        ("generation_config.json", 999_999, "beyond the vocabulary"),
+    ] {
+        let t = copy_model(work.path(), "target", "t");
+        set_json(&t, file, "eos_token_id", serde_json::json!([2001, id]));
+        let o = merge_into(&t, &out, &[]);
+        fails_with_one_line(&o, &[&format!("t/{file}"), "`eos_token_id`", why]);
+        std::fs::remove_dir_all(&t).unwrap();
+    }
+    // A vector's manifest, read by `apply`.
+    let v = work.path().join("v");
+    let (b, c) = (fixture("base"), fixture("chat"));
+    let o =
+        chatvec(&["extract", "--base", b.to_str().unwrap(), "--chat", c.to_str().unwrap(), "-o", v.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    set_json(&v, "chatvec.json", "chat_eos_token_ids", serde_json::json!([4294967296u64]));
+    let t = fixture("target");
+    let o = chatvec(&[
+        "apply",
+        "--target",
+        t.to_str().unwrap(),
+        "--vector",
+        v.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    fails_with_one_line(&o, &["v/chatvec.json", "`chat_eos_token_ids`", "not a token id"]);
+    assert!(!out.exists());
+}

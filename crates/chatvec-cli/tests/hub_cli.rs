@@ -460,3 +460,150 @@ for repo, rev, f in [("org/chat", "main", "config.json"), ("org/nothing", "main"
     let got: Vec<&str> = out.lines().collect();
     assert_eq!(got, ["GatedRepoError", "RepositoryNotFoundError", "RevisionNotFoundError", "RemoteEntryNotFoundError"]);
 }
+
+/// Files under `dir`, recursively, by path relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Nothing of `file` (nor any partial download) is in the cache.
+fn not_cached(env: &Env, file: &str) {
+    let files = files_under(&env.cache());
+    assert!(!files.iter().any(|f| f.ends_with(file) || f.ends_with(".incomplete")), "{files:?}");
+}
+
+#[test]
+fn bad_compute_flags_fail_before_any_request_for_every_command() {
+    let env = Env::new();
+    let out = env.dir.path().join("out");
+    let (o, text) = (out.to_str().unwrap(), fixture("base/config.json"));
+    let t = text.to_str().unwrap();
+    let pair = ["--base", "org/base", "--chat", "org/chat", "--target", "org/target", "-o", o];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["generate", "--model", "org/chat", "--prompt", "hi", "--quantize", "q9"], "q8_0"),
+        (vec!["generate", "--model", "org/chat", "--prompt", "hi", "--device", "tpu"], "cuda"),
+        (vec!["generate", "--model", "org/chat", "--prompt", "hi", "--dtype", "f8"], "bf16"),
+        (vec!["generate", "--model", "org/chat", "--messages", "/no/such.json"], "No such file"),
+        (vec!["chat", "--model", "org/chat", "--quantize", "q9"], "q8_0"),
+        (vec!["chat", "--model", "org/chat", "--chat-template", "/no/such.jinja"], "No such file"),
+        (vec!["eval", "ppl", "--model", "org/chat", "--text", t, "--quantize", "q9"], "q8_0"),
+        (vec!["eval", "ppl", "--model", "org/chat", "--text", "/no/such.txt"], "No such file"),
+        (vec!["eval", "chat", "--model", "org/chat", "--device", "cuda:x"], "cuda:N"),
+        (vec!["report", "--target", "org/target", "--merged", "org/chat", "-o", o, "--dtype", "f8"], "bf16"),
+        ([&["sweep"], &pair[..], &["--compute-dtype", "f8"]].concat(), "bf16"),
+        ([&["sweep"], &pair[..], &["--quantize", "q9"]].concat(), "q8_0"),
+        ([&["sweep"], &pair[..], &["--ratio", "nan"]].concat(), "finite"),
+        ([&["merge"], &pair[..], &["--ratios", "inf"]].concat(), "finite"),
+        ([&["merge"], &pair[..], &["--gguf", "q9"]].concat(), "q8_0"),
+        (vec!["export", "gguf", "--model", "org/chat", "-o", "x.gguf", "--type", "q9"], "q8_0"),
+        (vec!["apply", "--target", "org/target", "--vector", "org/chat", "-o", o, "--ratio", "nan"], "finite"),
+    ];
+    for (args, needle) in cases {
+        let r = env.run(&args, &[]);
+        let err = stderr(&r);
+        assert!(!r.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle) && !err.contains("unexpected argument"), "{args:?}: {err}");
+        assert!(env.hub.requests().is_empty(), "{args:?} asked the hub {:?}", env.hub.requests());
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_body_longer_than_announced_is_refused_and_not_cached() {
+    let env = Env::new();
+    env.hub.oversize("config.json", &[b' '; 65536]);
+    let o = env.run(&["download", "org/chat", "--quiet"], &[]);
+    fails_with(&o, &["org/chat@main/config.json", "more than the", "bytes it announced"]);
+    not_cached(&env, "config.json");
+}
+
+#[test]
+#[cfg_attr(not(have_py_huggingface_hub), ignore = "needs Python with huggingface_hub (CHATVEC_PYTHON)")]
+fn huggingface_hub_too_refuses_a_body_longer_than_announced() {
+    let py = chatvec_testkit::python();
+    let env = Env::new();
+    env.hub.oversize("config.json", &[b' '; 65536]);
+    let script =
+        "import huggingface_hub as h\ntry:\n    h.hf_hub_download('org/chat', 'config.json')\n    print('ok')\n\
+                  except Exception as e:\n    print(type(e).__name__, e)";
+    let out = python(&env, &py, script, &[]);
+    assert!(out.contains("Consistency check failed"), "huggingface_hub: {out}");
+}
+
+#[test]
+fn an_endless_body_stops_at_the_announced_size() {
+    let env = Env::new();
+    env.hub.endless("config.json");
+    let started = std::time::Instant::now();
+    let o = env.run(&["download", "org/chat", "--quiet"], &[]);
+    fails_with(&o, &["config.json", "more than the"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    not_cached(&env, "config.json");
+}
+
+#[test]
+fn an_etag_that_is_not_the_files_git_blob_id_is_refused() {
+    let env = Env::new();
+    env.hub.wrong_etag("tokenizer_config.json");
+    let o = env.run(&["download", "org/chat", "--quiet"], &[]);
+    fails_with(&o, &["tokenizer_config.json", "git blob id"]);
+    not_cached(&env, "tokenizer_config.json");
+    // The ids the mock gives are git's own.
+    let bytes = std::fs::read(fixture("chat/config.json")).unwrap();
+    let git = Command::new("git").args(["hash-object", fixture("chat/config.json").to_str().unwrap()]).output();
+    if let Some(g) = git.ok().filter(|g| g.status.success()) {
+        assert_eq!(String::from_utf8_lossy(&g.stdout).trim(), mockhub::git_etag(&bytes));
+    }
+}
+
+#[test]
+fn a_stalled_body_is_resumed_after_the_read_timeout_then_refused_in_one_line() {
+    let shard = std::fs::read(fixture("chat/model-00001-of-00003.safetensors")).unwrap();
+    let timeout = [("HF_HUB_DOWNLOAD_TIMEOUT", "1")];
+    let env = Env::new();
+    env.hub.stall_after(&shard, 1000, 1);
+    let snap = env.download("org/chat", &timeout);
+    assert_eq!(std::fs::read(snap.join("model-00001-of-00003.safetensors")).unwrap(), shard);
+    assert!(env.hub.requests().iter().any(|r| r.range.as_deref() == Some("bytes=1000-")), "no resume");
+
+    let env = Env::new();
+    env.hub.stall_after(&shard, 1000, 100);
+    let started = std::time::Instant::now();
+    let o = env.run(&["download", "org/chat", "--quiet"], &timeout);
+    fails_with(&o, &["model-00001-of-00003.safetensors", "kept dropping", "run again to resume"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+
+    let o = env.run(&["download", "org/chat", "--quiet"], &[("HF_HUB_DOWNLOAD_TIMEOUT", "soon")]);
+    fails_with(&o, &["HF_HUB_DOWNLOAD_TIMEOUT", "seconds"]);
+}
+
+#[test]
+fn a_metadata_file_announced_over_the_cap_is_never_downloaded() {
+    let env = Env::new();
+    env.hub.announce("model.safetensors.index.json", 1 << 30);
+    let o = env.run(&["download", "org/chat", "--quiet"], &[]);
+    fails_with(&o, &["model.safetensors.index.json", "1073741824 bytes", "nothing was downloaded"]);
+    assert!(!env.hub.requests().iter().any(|r| r.method == "GET" && r.path.ends_with("index.json")));
+    not_cached(&env, "index.json");
+}
+
+#[test]
+fn control_characters_from_the_hub_are_escaped() {
+    let env = Env::new();
+    env.hub.commit_value("\u{1b}]0;owned\u{7}\u{1b}[2J\r");
+    let o = env.run(&["download", "org/chat", "--quiet"], &[]);
+    let err = fails_with(&o, &["is not a commit hash", "\\u{1b}]0;owned\\u{7}\\u{1b}[2J\\r"]);
+    assert!(!err.contains(['\u{1b}', '\u{7}', '\r']), "{err:?}");
+}

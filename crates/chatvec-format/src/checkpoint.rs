@@ -55,15 +55,60 @@ impl TensorEntry {
 
 struct WeightFile {
     path: PathBuf,
-    map: Arc<Mmap>,
+    map: Arc<WatchedMap>,
+    /// The file as it was when opened, to tell that it changed before an output is committed.
+    stamp: FileStamp,
     /// What was odd about the file but did not stop reading it (for the run's summary).
     warning: Option<String>,
+}
+
+/// A weight file's map, registered with the SIGBUS handler of [`crate::fault`] while alive.
+struct WatchedMap {
+    // Declared first so that it is dropped (unregistered) before the map is unmapped.
+    _guard: crate::fault::MapGuard,
+    map: Mmap,
+}
+
+impl std::ops::Deref for WatchedMap {
+    type Target = Mmap;
+    fn deref(&self) -> &Mmap {
+        &self.map
+    }
+}
+
+/// What identifies a file's contents without reading them: size, modification time, and the
+/// inode (a file replaced by a rename has another).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    mtime: (i64, i64),
+    ino: (u64, u64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp { len: meta.len(), mtime: (meta.mtime(), meta.mtime_nsec()), ino: (meta.dev(), meta.ino()) }
+    }
+
+    /// How `now` differs from `self`, in words; `None` when it does not.
+    fn change(&self, now: &FileStamp) -> Option<String> {
+        if now.ino != self.ino {
+            Some("it was replaced by another file".into())
+        } else if now.len != self.len {
+            Some(format!("its size went from {} to {} bytes", self.len, now.len))
+        } else if now.mtime != self.mtime {
+            Some("it was rewritten (its modification time changed)".into())
+        } else {
+            None
+        }
+    }
 }
 
 /// Bytes of a weight file that stay mapped while held ([`Checkpoint::mapped`]); when dropped,
 /// their pages leave this process's memory (they stay in the page cache).
 pub struct MappedBytes {
-    map: Arc<Mmap>,
+    map: Arc<WatchedMap>,
     range: Range<usize>,
 }
 
@@ -145,8 +190,9 @@ impl Checkpoint {
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let stamp = FileStamp::of(&file.metadata().map_err(|e| Error::io(path, e))?);
         // SAFETY: the map is read-only; chatvec never writes its inputs. A file truncated by another
-        // process while mapped can still fault, as with every mmap-based loader (transformers too).
+        // process while mapped faults on reading; `crate::fault` turns that into an error line.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let _ = map.advise(Advice::Sequential);
         let idx = self.files.len();
@@ -154,13 +200,31 @@ impl Checkpoint {
             WeightFormat::Safetensors => (safetensors_entries(path, &map, idx)?, None),
             WeightFormat::Torch => torch_entries(path, &map, idx)?,
         };
-        self.files.push(WeightFile { path: path.to_path_buf(), map: Arc::new(map), warning });
+        let map = WatchedMap { _guard: crate::fault::guard_map(map.as_ptr(), map.len(), path), map };
+        self.files.push(WeightFile { path: path.to_path_buf(), map: Arc::new(map), stamp, warning });
         for e in entries {
             if self.by_name.contains_key(&e.name) {
                 return Err(Error::format(path, format!("tensor {} also appears in another shard", e.name)));
             }
             self.by_name.insert(e.name.clone(), self.tensors.len());
             self.tensors.push(e);
+        }
+        Ok(())
+    }
+
+    /// Refuses, naming the file, when a weight file is no longer as it was when opened (another
+    /// size, modification time or inode): what was read from it may mix old and new bytes.
+    /// Checked before an output is moved into place.
+    pub fn check_unchanged(&self) -> Result<()> {
+        for f in &self.files {
+            let now = std::fs::metadata(&f.path).map(|m| FileStamp::of(&m));
+            let change = match now {
+                Ok(now) => f.stamp.change(&now),
+                Err(e) => Some(format!("it can no longer be read ({e})")),
+            };
+            if let Some(what) = change {
+                return Err(Error::InputChanged { path: f.path.clone(), what });
+            }
         }
         Ok(())
     }
@@ -309,7 +373,7 @@ fn hub_blobs(snapshot: &Path) -> Option<PathBuf> {
 }
 
 fn read_index(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::metadata::read_metadata(path)?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
     let map =

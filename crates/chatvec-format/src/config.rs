@@ -19,7 +19,7 @@ impl ModelConfig {
     /// Reads `dir/config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = crate::metadata::read_metadata(&path)?;
         let raw: Value =
             serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
         if !raw.is_object() {
@@ -78,9 +78,10 @@ impl ModelConfig {
         (!p.is_empty() && !default).then_some(Value::Object(p))
     }
 
-    /// Token ids under `key` (`eos_token_id`, `bos_token_id`), an int or a list.
-    pub fn token_ids(&self, key: &str) -> Vec<u32> {
-        ids_of(self.get(key))
+    /// Token ids under `key` (`eos_token_id`, `bos_token_id`), an int or a list, checked as
+    /// [`ids_of`] checks them; `dir` is the model directory, for messages.
+    pub fn token_ids(&self, key: &str, dir: &Path) -> Result<Vec<u32>> {
+        ids_of(self.get(key), &dir.join("config.json"), key, self.vocab_size())
     }
 
     /// `tie_word_embeddings`; `None` when the config does not say.
@@ -94,13 +95,27 @@ impl ModelConfig {
     }
 }
 
-/// Token ids from a JSON int or list of ints.
-pub fn ids_of(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|n| n as u32).collect(),
-        _ => vec![],
-    }
+/// Token ids under `key` of the JSON file `file`: an int, a list of ints, or null. Each must be
+/// a whole number below 2^32 and, when `vocab` is known, below it; anything else is refused
+/// naming the file and the key (a truncated id would stop generation at an unrelated token).
+pub fn ids_of(v: Option<&Value>, file: &Path, key: &str, vocab: Option<usize>) -> Result<Vec<u32>> {
+    let items: Vec<&Value> = match v {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(one) => vec![one],
+    };
+    let id_of = |item: &Value| -> Result<u32> {
+        let id = item.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
+            Error::format(file, format!("`{key}`: {item} is not a token id (a whole number below 2^32)"))
+        })?;
+        match vocab {
+            Some(v) if id as usize >= v => {
+                Err(Error::format(file, format!("`{key}`: token id {id} is beyond the vocabulary of {v} tokens")))
+            }
+            _ => Ok(id),
+        }
+    };
+    items.into_iter().map(id_of).collect()
 }
 
 #[cfg(test)]
@@ -121,8 +136,8 @@ mod tests {
         assert_eq!(new.rope_theta(), Some(500000.0));
         assert_eq!(old.rope_scaling(), new.rope_scaling());
         assert_eq!(new.dtype(), Some(DType::BF16));
-        assert_eq!(old.token_ids("eos_token_id"), vec![1, 2]);
-        assert_eq!(new.token_ids("eos_token_id"), vec![7]);
+        assert_eq!(old.token_ids("eos_token_id", Path::new("m")).unwrap(), vec![1, 2]);
+        assert_eq!(new.token_ids("eos_token_id", Path::new("m")).unwrap(), vec![7]);
         let plain =
             ModelConfig { raw: serde_json::json!({"rope_parameters": {"rope_theta": 1e4, "rope_type": "default"}}) };
         assert_eq!(plain.rope_scaling(), None);

@@ -7,6 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dispatch_simd;
+use crate::simd::SimdTier;
+
 /// A tensor element type chatvec can compute with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -85,35 +88,15 @@ impl std::fmt::Display for DType {
     }
 }
 
-/// Runs `$generic($args)` compiled for AVX-512 (8 f64 lanes) when the CPU has it, else for the
-/// baseline target (2 lanes): the same source, so the same results. `std` caches the CPU check.
-/// Hand-written because the portable-SIMD and multiversioning crates need nightly or pull in
-/// macros for what is one `#[target_feature]` wrapper here.
-#[macro_export]
-macro_rules! dispatch_simd {
-    ($avx512:ident, $generic:path, $ret:ty, ($($arg:ident: $ty:ty),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-            fn $avx512($($arg: $ty),*) -> $ret {
-                $generic($($arg),*)
-            }
-            if std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-            {
-                // SAFETY: the CPU has every feature the function is compiled for.
-                return unsafe { $avx512($($arg),*) };
-            }
-        }
-        $generic($($arg),*)
-    }};
-}
-
 /// Decodes little-endian `bytes` of type `dtype` into `out` (which must hold exactly the elements).
 /// Every conversion is exact and branch-free, so the loops vectorize.
 pub fn decode(dtype: DType, bytes: &[u8], out: &mut [f64]) {
-    dispatch_simd!(decode_avx512, decode_lanes, (), (dtype: DType, bytes: &[u8], out: &mut [f64]))
+    decode_with(SimdTier::active(), dtype, bytes, out)
+}
+
+/// [`decode`] at a given tier (one the CPU supports), for the tests and benches of each tier.
+pub fn decode_with(tier: SimdTier, dtype: DType, bytes: &[u8], out: &mut [f64]) {
+    dispatch_simd!(tier, decode_lanes, (), (dtype: DType, bytes: &[u8], out: &mut [f64]))
 }
 
 #[inline(always)]
@@ -250,7 +233,12 @@ fn round_to_16(x: f64, f: &Fields16) -> u16 {
 /// Encodes `vals` as little-endian `dtype`, each rounded once, into `out`; returns how many of
 /// the written values are NaN or infinite (counted in the same pass, so checking costs nothing).
 pub fn encode(dtype: DType, vals: &[f64], out: &mut [u8]) -> usize {
-    dispatch_simd!(encode_avx512, encode_lanes, usize, (dtype: DType, vals: &[f64], out: &mut [u8]))
+    encode_with(SimdTier::active(), dtype, vals, out)
+}
+
+/// [`encode`] at a given tier (one the CPU supports).
+pub fn encode_with(tier: SimdTier, dtype: DType, vals: &[f64], out: &mut [u8]) -> usize {
+    dispatch_simd!(tier, encode_lanes, usize, (dtype: DType, vals: &[f64], out: &mut [u8]))
 }
 
 #[inline(always)]
@@ -402,19 +390,19 @@ pub(crate) mod tests {
         let mut g = Bits(0x2545_F491_4F6C_DD1D);
         let vals: Vec<f64> = (0..2_000_000).map(|_| f64::from_bits(g.f64_bits())).collect();
         for dtype in [DType::BF16, DType::F16] {
-            // Through `encode` (the SIMD build this CPU picks) and the baseline build.
-            let (mut simd, mut base) = (vec![0u8; vals.len() * 2], vec![0u8; vals.len() * 2]);
-            let nonfinite = encode(dtype, &vals, &mut simd);
-            assert_eq!(encode_lanes(dtype, &vals, &mut base), nonfinite);
-            let mut counted = 0;
-            for (i, x) in vals.iter().enumerate() {
-                let want = if dtype == DType::BF16 { bf16_reference(*x) } else { f16_reference(*x) };
-                let got = u16::from_le_bytes([simd[2 * i], simd[2 * i + 1]]);
-                assert_eq!(got, want, "{dtype} of {x:e} ({:#018x})", x.to_bits());
-                assert_eq!(u16::from_le_bytes([base[2 * i], base[2 * i + 1]]), want, "{dtype} of {x:e}");
-                counted += (got & want_inf(dtype) == want_inf(dtype)) as usize;
+            // Through every tier this CPU runs (each compiled from the same source).
+            for tier in SimdTier::available() {
+                let mut simd = vec![0u8; vals.len() * 2];
+                let nonfinite = encode_with(tier, dtype, &vals, &mut simd);
+                let mut counted = 0;
+                for (i, x) in vals.iter().enumerate() {
+                    let want = if dtype == DType::BF16 { bf16_reference(*x) } else { f16_reference(*x) };
+                    let got = u16::from_le_bytes([simd[2 * i], simd[2 * i + 1]]);
+                    assert_eq!(got, want, "{tier} {dtype} of {x:e} ({:#018x})", x.to_bits());
+                    counted += (got & want_inf(dtype) == want_inf(dtype)) as usize;
+                }
+                assert_eq!(nonfinite, counted, "{tier} {dtype}");
             }
-            assert_eq!(nonfinite, counted, "{dtype}");
         }
     }
 
@@ -452,16 +440,16 @@ pub(crate) mod tests {
     fn decoding_equals_half_for_every_16_bit_pattern() {
         let bytes: Vec<u8> = (0..=u16::MAX).flat_map(|b| b.to_le_bytes()).collect();
         for dtype in [DType::BF16, DType::F16] {
-            let (mut simd, mut base) = (vec![0f64; 65536], vec![0f64; 65536]);
-            decode(dtype, &bytes, &mut simd);
-            decode_lanes(dtype, &bytes, &mut base);
-            for bits in 0..=u16::MAX {
-                let want = match dtype {
-                    DType::BF16 => bf16::from_bits(bits).to_f64(),
-                    _ => f16::from_bits(bits).to_f64(),
-                };
-                assert_eq!(simd[bits as usize].to_bits(), want.to_bits(), "{dtype} {bits:#06x}");
-                assert_eq!(base[bits as usize].to_bits(), want.to_bits(), "{dtype} {bits:#06x}");
+            for tier in SimdTier::available() {
+                let mut simd = vec![0f64; 65536];
+                decode_with(tier, dtype, &bytes, &mut simd);
+                for bits in 0..=u16::MAX {
+                    let want = match dtype {
+                        DType::BF16 => bf16::from_bits(bits).to_f64(),
+                        _ => f16::from_bits(bits).to_f64(),
+                    };
+                    assert_eq!(simd[bits as usize].to_bits(), want.to_bits(), "{tier} {dtype} {bits:#06x}");
+                }
             }
         }
     }

@@ -29,6 +29,24 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A JSON metadata file over the size cap (see [`crate::metadata`]).
+    #[error("{}: {size} bytes, larger than the {cap} bytes a model's JSON metadata file may have", path.display())]
+    MetadataTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size (or the bytes read before stopping).
+        size: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// An input file changed while the run read it; the output was not written.
+    #[error("{}: changed while it was read ({what}); the output was not written", path.display())]
+    InputChanged {
+        /// The input file.
+        path: PathBuf,
+        /// How it changed.
+        what: String,
+    },
     /// The run was stopped by the user (Ctrl-C).
     #[error("interrupted; nothing was written")]
     Interrupted,

@@ -5,7 +5,9 @@
 //! [`ModelConfig`] is the one interpreter of `config.json` spellings; [`writer`] writes sharded
 //! safetensors into a temporary directory that becomes the output only when complete;
 //! [`modelfiles`] copies and reads the files around the weights (tokenizer, chat template,
-//! generation config). Everything here is what merging, exporting and generating share.
+//! generation config); [`simd`] picks the instruction-set tier every hot loop runs at, and
+//! [`q8_0`] holds ggml's q8_0 block rule. Everything here is what merging, exporting and
+//! generating share.
 
 #![deny(missing_docs)]
 
@@ -13,12 +15,16 @@ pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod error;
+pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod metadata;
 pub mod modelfiles;
 pub mod progress;
+pub mod q8_0;
 pub mod reader;
 pub mod resolved;
+pub mod simd;
 pub mod swapped;
 #[doc(hidden)]
 pub mod testing;
@@ -30,4 +36,5 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use progress::{NoProgress, Progress};
 pub use resolved::ResolvedModel;
+pub use simd::SimdTier;
 pub use writer::TensorSink;

@@ -25,7 +25,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::metadata::read_metadata(path)?;
     serde_json::from_str(&text).map(Some).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
 }
 
@@ -152,10 +152,14 @@ pub fn install_chat_template(out: &Path, template: &ChatTemplate) -> Result<()> 
 }
 
 /// Stop ids a model declares: `generation_config.json`'s `eos_token_id` and the config's.
+/// Each must be a token id of the model's vocabulary (see [`ids_of`]).
 pub fn eos_ids(dir: &Path, config: &ModelConfig) -> Result<Vec<u32>> {
-    let mut ids =
-        read_json(&dir.join("generation_config.json"))?.map(|g| ids_of(g.get("eos_token_id"))).unwrap_or_default();
-    for id in config.token_ids("eos_token_id") {
+    let gen_path = dir.join("generation_config.json");
+    let mut ids = match read_json(&gen_path)? {
+        Some(g) => ids_of(g.get("eos_token_id"), &gen_path, "eos_token_id", config.vocab_size())?,
+        None => vec![],
+    };
+    for id in config.token_ids("eos_token_id", dir)? {
         if !ids.contains(&id) {
             ids.push(id);
         }
@@ -219,8 +223,8 @@ pub fn write_generation_config(out: &Path, target: &ModelConfig, extra: &[u32]) 
             g
         }
     };
-    let mut ids = ids_of(gen.get("eos_token_id"));
-    for id in target.token_ids("eos_token_id").into_iter().chain(extra.iter().copied()) {
+    let mut ids = ids_of(gen.get("eos_token_id"), &path, "eos_token_id", target.vocab_size())?;
+    for id in target.token_ids("eos_token_id", out)?.into_iter().chain(extra.iter().copied()) {
         let in_vocab = target.vocab_size().is_none_or(|v| (id as usize) < v);
         if in_vocab && !ids.contains(&id) {
             ids.push(id);

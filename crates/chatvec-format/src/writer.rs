@@ -23,6 +23,8 @@ pub struct OutputDir {
     tmp_path: PathBuf,
     force: bool,
     committed: bool,
+    /// Removes the temporary directory if a truncated input ends the process (see `fault`).
+    _fault_guard: crate::fault::OutputGuard,
 }
 
 impl OutputDir {
@@ -47,7 +49,8 @@ impl OutputDir {
         let tmp_path = parent.join(format!("{prefix}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp_path);
         std::fs::create_dir(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
-        Ok(OutputDir { final_path: out.to_path_buf(), tmp_path, force, committed: false })
+        let _fault_guard = crate::fault::guard_output(&tmp_path, true);
+        Ok(OutputDir { final_path: out.to_path_buf(), tmp_path, force, committed: false, _fault_guard })
     }
 
     /// The directory being written (the temporary one).
@@ -450,6 +453,53 @@ impl TensorSink for ShardWriter {
         let slot = self.slots.get(&index)?;
         Some(TensorPlace { file: &self.files[slot.shard], offset: slot.offset, len: slot.len, name: &slot.name })
     }
+}
+
+/// `path` with symlinks resolved as far as it exists: its longest existing ancestor
+/// canonicalized, then the components that do not exist yet.
+pub fn resolve_existing_prefix(path: &std::path::Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut missing = vec![];
+    let mut cur = absolute.as_path();
+    loop {
+        if let Ok(real) = cur.canonicalize() {
+            return missing.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (cur.file_name(), cur.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Refuses a one-file output (a GGUF) at `out` that lies inside one of the model directories
+/// `inputs`, a new file there included, whether reached directly or through symlinks: its parent
+/// is resolved as far as it exists (the temporary file is written there, and the rename would
+/// replace a file of the input). An existing `out` is also refused when it resolves into an
+/// input (a hub snapshot's files link into its `blobs/`).
+pub fn refuse_file_inside_inputs(inputs: &[&Path], out: &Path) -> Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = out.file_name().unwrap_or_default();
+    let placed = resolve_existing_prefix(parent).join(name);
+    let target = out.canonicalize().ok();
+    for dir in inputs {
+        let real = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let inside = |p: &Path| p.starts_with(&real);
+        if inside(&placed) || target.as_deref().is_some_and(inside) {
+            return Err(Error::msg(format!(
+                "{}: the output lies inside the input model {}; write it elsewhere",
+                out.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

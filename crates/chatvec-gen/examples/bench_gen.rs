@@ -1,6 +1,7 @@
 //! Load time, prefill and decode speed of chatvec's decoder on a model directory, with linear
 //! weights in a chosen format; or the machine's memory read bandwidth. `benches/gen/run.sh`
-//! runs it beside llama.cpp and transformers.
+//! runs it beside llama.cpp and transformers. `CHATVEC_SIMD=avx2` times the AVX2 kernels on an
+//! AVX-512 machine; every record names the CPU and the tier.
 //!
 //! ```text
 //! cargo run --release -p chatvec-gen --example bench_gen -- --model DIR [--quantize q8_0] \
@@ -27,8 +28,10 @@ fn num(name: &str, default: usize) -> usize {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    chatvec_format::SimdTier::from_env()?;
     if std::env::args().any(|a| a == "--bandwidth") {
-        println!("{}", serde_json::json!({"read_gb_per_s": read_bandwidth()}));
+        let cpu = chatvec_format::simd::cpu_line();
+        println!("{}", serde_json::json!({"read_gb_per_s": read_bandwidth(), "cpu": cpu}));
         return Ok(());
     }
     let dir = PathBuf::from(arg("--model").ok_or("--model DIR is required")?);
@@ -59,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "impl": "chatvec",
         "weights": weights.describe(DType::F32),
         "threads": candle_core::utils::get_num_threads(),
+        "cpu": chatvec_format::simd::cpu_line(),
         "prompt_tokens": prompt.len(),
         "new_tokens": new_tokens,
         "load_s": load_s,

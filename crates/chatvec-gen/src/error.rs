@@ -24,6 +24,9 @@ pub enum GenError {
         /// What is wrong with it.
         message: String,
     },
+    /// A model file the checkpoint library refused (too large, unreadable, malformed).
+    #[error("{0}")]
+    ModelFile(#[from] chatvec_format::Error),
     /// The directory is not a model directory.
     #[error("{0}")]
     NotAModel(String),

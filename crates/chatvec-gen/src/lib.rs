@@ -11,6 +11,7 @@ pub mod batch;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod gguf_tokenizer;
 pub mod memory;
 pub mod models;
 pub mod sampling;

@@ -44,28 +44,16 @@ fn head_bytes_per_weight(d: GgmlDType) -> f64 {
     head.type_size() as f64 / head.block_size() as f64
 }
 
-/// Memory this process may still use: `MemAvailable`, lowered by a cgroup limit when one is set.
+/// Memory this process may still use: the system's available memory (sysinfo: `MemAvailable`
+/// on Linux), lowered by the cgroup's free memory when a limit is set; `None` when unknown.
 pub fn available_bytes() -> Option<f64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let available = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())?
-        * 1024.0;
-    Some(cgroup_headroom().map_or(available, |c| c.min(available)))
-}
-
-/// `limit - usage` of this process's cgroup (v2, else v1), when a limit is set.
-fn cgroup_headroom() -> Option<f64> {
-    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<f64>().ok());
-    let (limit, usage) = match read("/sys/fs/cgroup/memory.max") {
-        Some(limit) => (limit, read("/sys/fs/cgroup/memory.current")?),
-        None => {
-            (read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?, read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?)
-        }
-    };
-    // v1 reports "no limit" as a huge number.
-    (limit < 1e18).then(|| (limit - usage).max(0.0))
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    let available = sys.available_memory() as f64;
+    if available == 0.0 {
+        return None;
+    }
+    Some(sys.cgroup_limits().map_or(available, |c| (c.free_memory as f64).min(available)))
 }
 
 /// Refuses, in one line naming the formats that would fit, a model that needs more than

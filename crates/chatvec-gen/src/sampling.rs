@@ -2,6 +2,8 @@
 //! and top-p (in that order), then a draw from a seeded generator; or argmax when greedy.
 
 use crate::error::{GenError, Result};
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro256StarStar;
 
 /// How to pick each token.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +82,7 @@ impl GenerationDefaults {
         if !path.is_file() {
             return Ok(d);
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
+        let text = chatvec_format::metadata::read_metadata(&path)?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))?;
         let field = |k: &str| v.get(k).filter(|x| !x.is_null());
         let wrong = |k: &str, what: &str| {
@@ -110,38 +112,20 @@ impl GenerationDefaults {
     }
 }
 
-/// A small, fast, seedable generator (xoshiro256**), so runs reproduce across platforms
-/// without another dependency.
+/// A small, fast, seedable generator (rand_xoshiro's xoshiro256**, seeded through splitmix64 as
+/// its authors recommend), so runs reproduce across platforms.
 #[derive(Debug, Clone)]
-pub struct Rng {
-    s: [u64; 4],
-}
+pub struct Rng(Xoshiro256StarStar);
 
 impl Rng {
-    /// Seeds the state with splitmix64, as the xoshiro authors recommend.
+    /// The generator for `seed`.
     pub fn new(seed: u64) -> Self {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng(Xoshiro256StarStar::seed_from_u64(seed))
     }
 
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
@@ -285,6 +269,42 @@ pub fn argmax(logits: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The generator chatvec used before it took rand_xoshiro's, kept as the reference: the same
+    /// seeds must give the same streams, or every recorded sampled output would change.
+    fn xoshiro_reference(seed: u64, n: usize) -> Vec<u64> {
+        let mut x = seed;
+        let mut splitmix = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let mut s = [splitmix(), splitmix(), splitmix(), splitmix()];
+        (0..n)
+            .map(|_| {
+                let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+                let t = s[1] << 17;
+                s[2] ^= s[0];
+                s[3] ^= s[1];
+                s[1] ^= s[2];
+                s[0] ^= s[3];
+                s[2] ^= t;
+                s[3] = s[3].rotate_left(45);
+                result
+            })
+            .collect()
+    }
+
+    #[test]
+    fn seeded_streams_are_the_ones_chatvec_always_gave() {
+        for seed in [0, 1, 42, 299792458, u64::MAX] {
+            let mut rng = Rng::new(seed);
+            let got: Vec<u64> = (0..1000).map(|_| rng.next_u64()).collect();
+            assert_eq!(got, xoshiro_reference(seed, 1000), "seed {seed}");
+        }
+    }
 
     fn close(a: &[f64], b: &[f64]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)

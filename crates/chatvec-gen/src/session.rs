@@ -82,6 +82,43 @@ impl ChatModel {
         Ok(ChatModel { dir: dir.to_path_buf(), model, tokenizer, template, template_from, stops, no_template })
     }
 
+    /// Loads a GGUF file with the tokenizer, special tokens, chat template and stop ids its
+    /// metadata carries (no Hugging Face files needed).
+    pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let index =
+            chatvec_gguf::read::GgufIndex::open(path).map_err(|e| GenError::bad_file(path, e.problem.to_string()))?;
+        let parts = crate::gguf_tokenizer::from_gguf(&index)?;
+        drop(index);
+        let template_text = parts.config.get("chat_template").and_then(|t| t.as_str()).map(str::to_string);
+        let tokenizer = ModelTokenizer::from_parts(parts.tokenizer, TokenizerConfig::from_value(parts.config));
+        let mut stops = StopSet::new();
+        for (id, text) in parts.stops {
+            stops.insert(id, text);
+        }
+        for token in &opts.stop {
+            let id = tokenizer.token_to_id(token).ok_or_else(|| {
+                GenError::InvalidArgument(format!("--stop {token}: not a single token of this tokenizer"))
+            })?;
+            stops.insert(id, token.clone());
+        }
+        let template = match (&opts.chat_template, template_text) {
+            (Some(file), _) => Some((ChatTemplate::from_file(file, tokenizer.config())?, file.display().to_string())),
+            (None, Some(text)) => {
+                let source = crate::template::TemplateSource::File(path.to_path_buf());
+                Some((ChatTemplate::compile(text, tokenizer.config(), source)?, "the model".to_string()))
+            }
+            (None, None) => None,
+        };
+        let why = format!("{}: no tokenizer.chat_template in its metadata; pass --chat-template FILE", path.display());
+        if template.is_none() && opts.require_template {
+            return Err(GenError::NoChatTemplate(why));
+        }
+        let model = Model::load_with(path, &opts.model)?;
+        let (template, template_from) = template.map_or((None, None), |(t, f)| (Some(t), Some(f)));
+        let no_template = template.is_none().then_some(why);
+        Ok(ChatModel { dir: path.to_path_buf(), model, tokenizer, template, template_from, stops, no_template })
+    }
+
     /// The chat template, or an error saying the model has none and what to do.
     pub fn chat_template(&self) -> Result<&ChatTemplate> {
         self.template.as_ref().ok_or_else(|| GenError::NoChatTemplate(self.no_template.clone().unwrap_or_default()))

@@ -30,10 +30,15 @@ impl TokenizerConfig {
             if !path.is_file() {
                 return Ok(Value::Null);
             }
-            let text = std::fs::read_to_string(&path).map_err(|e| GenError::io(&path, e))?;
+            let text = chatvec_format::metadata::read_metadata(&path)?;
             serde_json::from_str(&text).map_err(|e| GenError::bad_file(&path, e.to_string()))
         };
         Ok(TokenizerConfig { config: read("tokenizer_config.json")?, special_map: read("special_tokens_map.json")? })
+    }
+
+    /// A config held in memory (a GGUF file's), shaped as `tokenizer_config.json`.
+    pub fn from_value(config: Value) -> Self {
+        TokenizerConfig { config, special_map: Value::Null }
     }
 
     /// A special token such as `eos_token`, written as a string or an `{"content": ...}` object.
@@ -77,6 +82,11 @@ impl ModelTokenizer {
         let inner = Tokenizer::from_file(&path)
             .map_err(|e| GenError::bad_file(&path, format!("cannot load tokenizer: {e}")))?;
         Ok(ModelTokenizer { inner, config: TokenizerConfig::load(dir)? })
+    }
+
+    /// A tokenizer built elsewhere (from a GGUF file's metadata) with its configuration.
+    pub fn from_parts(inner: Tokenizer, config: TokenizerConfig) -> Self {
+        ModelTokenizer { inner, config }
     }
 
     /// The tokenizer configuration (special tokens).

@@ -3,12 +3,17 @@
 //!
 //! Memory: one batch of rows (a few MiB) plus, for the Q/K permutation, the rows of one head,
 //! since a permuted row comes from the other half of its head.
+//!
+//! The element loops (decoding bf16/f16/f64 to f32, encoding f32 to f16, bf16 and q8_0) run at
+//! the process's SIMD tier (`chatvec_format::simd`); k-quants are candle's.
 
 use std::io::Write;
 
-use chatvec_format::{DType, Error, Result};
-use half::{bf16, f16};
+use chatvec_format::{dispatch_simd, DType, Error, Result, SimdTier};
+use half::f16;
 use rayon::prelude::*;
+
+use chatvec_format::q8_0::{quantize_block, Q8_0_BLOCK};
 
 use crate::arch::{source_row, Transform};
 use crate::format::pad;
@@ -117,12 +122,142 @@ fn write(out: &mut dyn Write, bytes: &[u8], name: &str) -> Result<()> {
 
 /// Source bytes to f32, as the converter's `to(torch.float32)` (f64 rounds to nearest).
 fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    let mut out = vec![0f32; bytes.len() / dtype.size()];
+    decode_with(SimdTier::active(), dtype, bytes, &mut out);
+    out
+}
+
+/// [`decode`] into `out` at a given tier (one the CPU supports).
+pub(crate) fn decode_with(tier: SimdTier, dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if dtype == DType::F16 && tier >= SimdTier::Avx2 {
+        return x86::f16_to_f32(bytes, out);
+    }
+    dispatch_simd!(tier, decode_lanes, (), (dtype: DType, bytes: &[u8], out: &mut [f32]))
+}
+
+#[inline(always)]
+fn decode_lanes(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     match dtype {
-        DType::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        DType::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect(),
+        DType::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+        DType::F16 => {
+            out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = f16::from_le_bytes([b[0], b[1]]).to_f32())
+        }
+        DType::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
         DType::F64 => {
-            bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect()
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32;
+            }
+        }
+    }
+}
+
+/// Appends `values` as little-endian bf16, rounded to nearest even (NaN made quiet), the bits of
+/// `half::bf16::from_f32`.
+pub(crate) fn encode_bf16(tier: SimdTier, values: &[f32], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + 2 * values.len(), 0);
+    let out = &mut out[start..];
+    dispatch_simd!(tier, bf16_lanes, (), (values: &[f32], out: &mut [u8]))
+}
+
+#[inline(always)]
+fn bf16_lanes(values: &[f32], out: &mut [u8]) {
+    for (o, v) in out.chunks_exact_mut(2).zip(values) {
+        let b = v.to_bits();
+        let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+        let h = if v.is_nan() { (b >> 16) as u16 | 0x40 } else { rounded };
+        o.copy_from_slice(&h.to_le_bytes());
+    }
+}
+
+/// Appends `values` as little-endian f16, rounded to nearest even (F16C's `vcvtps2ph` from AVX2
+/// on, `half::f16::from_f32` below; they differ only in NaN payloads).
+pub(crate) fn encode_f16(tier: SimdTier, values: &[f32], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + 2 * values.len(), 0);
+    let out = &mut out[start..];
+    #[cfg(target_arch = "x86_64")]
+    if tier >= SimdTier::Avx2 {
+        return x86::f32_to_f16(values, out);
+    }
+    out.chunks_exact_mut(2).zip(values).for_each(|(o, v)| o.copy_from_slice(&f16::from_f32(*v).to_le_bytes()));
+}
+
+/// Appends `values` (whole blocks) as q8_0 blocks: the f16 scale, then 32 quants.
+pub(crate) fn encode_q8_0(tier: SimdTier, values: &[f32], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + values.len() / Q8_0_BLOCK * 34, 0);
+    let out = &mut out[start..];
+    dispatch_simd!(tier, q8_0_lanes, (), (values: &[f32], out: &mut [u8]))
+}
+
+#[inline(always)]
+fn q8_0_lanes(values: &[f32], out: &mut [u8]) {
+    for (o, x) in out.chunks_exact_mut(34).zip(values.chunks_exact(Q8_0_BLOCK)) {
+        let mut q = [0i8; Q8_0_BLOCK];
+        let d = quantize_block(x, &mut q);
+        o[..2].copy_from_slice(&d.to_le_bytes());
+        o[2..].iter_mut().zip(q).for_each(|(o, q)| *o = q as u8);
+    }
+}
+
+/// The F16C conversions, eight values at a time, for the AVX2 and AVX-512 tiers.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    pub(super) fn f16_to_f32(bytes: &[u8], out: &mut [f32]) {
+        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"));
+        // SAFETY: the CPU has the features (checked above).
+        unsafe { f16_to_f32_f16c(bytes, out) }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn f16_to_f32_f16c(bytes: &[u8], out: &mut [f32]) {
+        let n = out.len().min(bytes.len() / 2);
+        let whole = n / 8 * 8;
+        for i in (0..whole).step_by(8) {
+            // SAFETY: elements i..i+8 of both buffers exist (i + 8 ≤ n).
+            unsafe {
+                let h = _mm_loadu_si128(bytes.as_ptr().add(2 * i) as *const __m128i);
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+        }
+        for i in whole..n {
+            out[i] = f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32();
+        }
+    }
+
+    pub(super) fn f32_to_f16(values: &[f32], out: &mut [u8]) {
+        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"));
+        // SAFETY: the CPU has the features (checked above).
+        unsafe { f32_to_f16_f16c(values, out) }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn f32_to_f16_f16c(values: &[f32], out: &mut [u8]) {
+        let n = values.len().min(out.len() / 2);
+        let whole = n / 8 * 8;
+        for i in (0..whole).step_by(8) {
+            // SAFETY: elements i..i+8 of both buffers exist (i + 8 ≤ n).
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(values.as_ptr().add(i)));
+                _mm_storeu_si128(out.as_mut_ptr().add(2 * i) as *mut __m128i, h);
+            }
+        }
+        for i in whole..n {
+            out[2 * i..2 * i + 2].copy_from_slice(&f16::from_f32(values[i]).to_le_bytes());
         }
     }
 }
@@ -156,6 +291,9 @@ mod tests {
     use crate::format::TensorInfo;
     use crate::plan::Origin;
     use crate::types::GgmlType;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use half::bf16;
 
     #[test]
     fn a_permuted_tensor_fed_in_odd_chunks_equals_the_whole_permutation() {
@@ -181,5 +319,80 @@ mod tests {
         let mut short = TensorEncoder::new(&t, DType::F32);
         short.feed(&src[..10], &mut vec![]).unwrap();
         assert!(short.finish(32, &mut vec![]).unwrap_err().to_string().contains("got 10 of 96 bytes"));
+    }
+
+    /// xorshift64 bit patterns: every f32 and f16 class (NaN, ±infinity, subnormals, ties).
+    fn bit_patterns(n: usize) -> Vec<u32> {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s as u32
+            })
+            .collect()
+    }
+
+    fn same_or_both_nan_f32(a: f32, b: f32) -> bool {
+        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+    }
+
+    #[test]
+    fn decoding_equals_half_and_casts_at_every_tier() {
+        let bits = bit_patterns(100_003);
+        let b16: Vec<u8> = bits.iter().flat_map(|b| (*b as u16).to_le_bytes()).collect();
+        let f64s: Vec<u8> = bits.iter().flat_map(|b| (f32::from_bits(*b) as f64 * 1.000001).to_le_bytes()).collect();
+        for tier in SimdTier::available() {
+            let mut out = vec![0f32; bits.len()];
+            decode_with(tier, DType::BF16, &b16, &mut out);
+            assert!(
+                out.iter().zip(&bits).all(|(o, b)| same_or_both_nan_f32(*o, bf16::from_bits(*b as u16).to_f32())),
+                "{tier} bf16"
+            );
+            decode_with(tier, DType::F16, &b16, &mut out);
+            assert!(
+                out.iter().zip(&bits).all(|(o, b)| same_or_both_nan_f32(*o, f16::from_bits(*b as u16).to_f32())),
+                "{tier} f16"
+            );
+            decode_with(tier, DType::F64, &f64s, &mut out);
+            for (o, c) in out.iter().zip(f64s.chunks(8)) {
+                assert!(same_or_both_nan_f32(*o, f64::from_le_bytes(c.try_into().unwrap()) as f32), "{tier} f64");
+            }
+        }
+    }
+
+    #[test]
+    fn f16_and_bf16_encoding_equals_half_at_every_tier() {
+        let values: Vec<f32> = bit_patterns(100_003).into_iter().map(f32::from_bits).collect();
+        for tier in SimdTier::available() {
+            let (mut b, mut h) = (vec![], vec![]);
+            encode_bf16(tier, &values, &mut b);
+            encode_f16(tier, &values, &mut h);
+            for (i, v) in values.iter().enumerate() {
+                let (gb, gh) =
+                    (bf16::from_le_bytes([b[2 * i], b[2 * i + 1]]), f16::from_le_bytes([h[2 * i], h[2 * i + 1]]));
+                assert_eq!(gb.to_bits(), bf16::from_f32(*v).to_bits(), "{tier} bf16 of {v:e}");
+                let want = f16::from_f32(*v);
+                assert!(gh.to_bits() == want.to_bits() || (gh.is_nan() && want.is_nan()), "{tier} f16 of {v:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_encoding_equals_candles_quantizer_at_every_tier() {
+        let mut values: Vec<f32> = bit_patterns(32 * 500)
+            .into_iter()
+            .map(|b| (b as i32 as f32) * 1e-9 * if b % 7 == 0 { 1e-30 } else { 1.0 })
+            .collect();
+        values[..32].fill(0.0);
+        values[32..64].iter_mut().enumerate().for_each(|(i, v)| *v = (i as f32 - 16.0) * 0.5);
+        let t = Tensor::from_slice(&values, (values.len() / 64, 64), &Device::Cpu).unwrap();
+        let want = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap().data().unwrap().to_vec();
+        for tier in SimdTier::available() {
+            let mut got = vec![];
+            encode_q8_0(tier, &values, &mut got);
+            assert!(got == want, "{tier}");
+        }
     }
 }

@@ -62,7 +62,7 @@ pub fn export(
 ) -> Result<ExportSummary> {
     let ckpt = Checkpoint::open(dir)?;
     let (plan, sources) = plan_export(&ckpt, ftype)?;
-    let mut file = GgufFile::create(out, force, plan.file_bytes())?;
+    let mut file = GgufFile::create(out, force, plan.file_bytes(), &[dir])?;
     progress.begin(plan.file_bytes());
     file.writer().write_all(&plan.header).map_err(|e| Error::io(out, e))?;
     let align = plan.meta.alignment();
@@ -94,6 +94,7 @@ pub fn export(
         enc.finish(align, file.writer())?;
         progress.advance(t.info.bytes);
     }
+    ckpt.check_unchanged()?;
     file.commit()?;
     progress.finish();
     Ok(ExportSummary { tensors: plan.tensors.len(), bytes: plan.file_bytes(), arch: plan.arch.name() })

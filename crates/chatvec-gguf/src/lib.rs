@@ -16,8 +16,10 @@ pub mod output;
 pub mod plan;
 mod pre_hashes;
 pub mod pretok;
+pub mod read;
 pub mod sink;
 pub mod spm;
+pub mod stored;
 pub mod types;
 pub mod vocab;
 

@@ -13,11 +13,15 @@ pub struct GgufFile {
     final_path: PathBuf,
     tmp_path: PathBuf,
     out: Option<BufWriter<ChunkedWrite<File>>>,
+    /// Removes the temporary file if a truncated input ends the process (see `chatvec_format::fault`).
+    _fault_guard: chatvec_format::fault::OutputGuard,
 }
 
 impl GgufFile {
-    /// Starts writing `path` (refused if it exists, unless `force`); checks that `bytes` fit on the disk.
-    pub fn create(path: &Path, force: bool, bytes: u64) -> Result<Self> {
+    /// Starts writing `path` (refused if it exists, unless `force`, and refused inside any of the
+    /// model directories `inputs`); checks that `bytes` fit on the disk.
+    pub fn create(path: &Path, force: bool, bytes: u64, inputs: &[&Path]) -> Result<Self> {
+        chatvec_format::writer::refuse_file_inside_inputs(inputs, path)?;
         if path.exists() && !force {
             return Err(Error::msg(format!("{}: already exists (use --force to replace it)", path.display())));
         }
@@ -46,6 +50,7 @@ impl GgufFile {
         let file = File::create(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
         Ok(GgufFile {
             final_path: path.to_path_buf(),
+            _fault_guard: chatvec_format::fault::guard_output(&tmp_path, false),
             tmp_path,
             out: Some(BufWriter::with_capacity(WRITE_CHUNK, ChunkedWrite(file))),
         })

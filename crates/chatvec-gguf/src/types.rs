@@ -1,13 +1,14 @@
 //! Output types: the ggml element types a tensor can be stored in, the `--type` a user asks for
 //! (llama.cpp's "file type"), which tensor gets which element type, and the encoding of f32 rows.
 //!
-//! Quantized blocks come from candle's quantizers (`candle_core::quantized`), which follow ggml's
-//! reference `quantize_row_*` code.
+//! q8_0 blocks come from `chatvec_format::q8_0`, k-quant blocks from candle's quantizers
+//! (`candle_core::quantized`); both follow ggml's reference `quantize_row_*` code.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use chatvec_format::{Error, Result};
-use half::{bf16, f16};
+use chatvec_format::{Error, Result, SimdTier};
+
+use crate::encode;
 
 /// A ggml element type chatvec writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,8 +82,9 @@ impl GgmlType {
     pub fn encode(self, values: &[f32], cols: usize, out: &mut Vec<u8>) -> Result<()> {
         match self {
             GgmlType::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
-            GgmlType::F16 => values.iter().for_each(|v| out.extend(f16::from_f32(*v).to_le_bytes())),
-            GgmlType::BF16 => values.iter().for_each(|v| out.extend(bf16::from_f32(*v).to_le_bytes())),
+            GgmlType::F16 => encode::encode_f16(SimdTier::active(), values, out),
+            GgmlType::BF16 => encode::encode_bf16(SimdTier::active(), values, out),
+            GgmlType::Q8_0 => encode::encode_q8_0(SimdTier::active(), values, out),
             _ => {
                 let rows = values.len() / cols.max(1);
                 let q = Tensor::from_slice(values, (rows, cols), &Device::Cpu)
@@ -217,6 +219,7 @@ pub fn tensor_type(ftype: FileType, shape: &[usize], role: Role) -> GgmlType {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     fn role(name: &str) -> Role<'_> {
         Role { name, layer: Some(0), n_layers: 16, tied: false }

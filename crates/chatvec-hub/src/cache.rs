@@ -202,8 +202,13 @@ mod tests {
     }
 
     fn offline_resolve(spec: &str, root: &Path) -> Result<chatvec_format::ResolvedModel> {
-        let hub =
-            crate::Hub { cache: root.to_path_buf(), endpoint: "http://127.0.0.1:9".into(), token: None, offline: true };
+        let hub = crate::Hub {
+            cache: root.to_path_buf(),
+            endpoint: "http://127.0.0.1:9".into(),
+            token: None,
+            offline: true,
+            download_timeout: Ok(crate::DEFAULT_DOWNLOAD_TIMEOUT),
+        };
         hub.resolve(spec, &chatvec_format::NoProgress, &std::sync::atomic::AtomicBool::new(false))
     }
 

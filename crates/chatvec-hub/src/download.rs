@@ -48,6 +48,9 @@ struct FileMeta {
     size: u64,
     /// The sha256 the bytes must have (LFS files, whose etag is their sha256).
     sha256: Option<String>,
+    /// The git blob id the bytes must have (regular files, whose ETag is it):
+    /// sha1 of `blob {len}\0` followed by the bytes.
+    git_blob: Option<String>,
 }
 
 /// Fetches what the cache lacks of `id` and returns its snapshot folder and commit hash.
@@ -93,6 +96,9 @@ impl<'a> Client<'a> {
             .max_redirects(0)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
+            // A stalled body counts as a dropped connection (and is resumed) after this long
+            // without bytes, as `huggingface_hub`'s read timeout.
+            .timeout_per_read(hub.download_timeout.clone().ok())
             .user_agent(concat!("chatvec/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -176,9 +182,27 @@ impl<'a> Client<'a> {
         {
             return Err(bad("ETag"));
         }
-        let size = header("x-linked-size").or_else(|| header("content-length")).and_then(|s| s.parse().ok());
-        let sha256 = linked.filter(|e| e.len() == 64 && e.bytes().all(|b| b.is_ascii_hexdigit()));
-        Ok(FileMeta { file: file.to_string(), location, etag, size: size.ok_or_else(|| bad("size"))?, sha256 })
+        // A file without an announced size is refused rather than read up to a cap: the size
+        // is what bounds the transfer and proves it complete.
+        let size: u64 = header("x-linked-size")
+            .or_else(|| header("content-length"))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("size"))?;
+        if chatvec_format::metadata::is_capped_metadata(file) && size > chatvec_format::metadata::MAX_METADATA_BYTES {
+            return Err(Error::msg(format!(
+                "{}/{file}: the hub announces {size} bytes, more than the {} bytes a model's JSON metadata file \
+                 may have; nothing was downloaded",
+                self.id,
+                chatvec_format::metadata::MAX_METADATA_BYTES
+            )));
+        }
+        let is_hex = |e: &String, len: usize| e.len() == len && e.bytes().all(|b| b.is_ascii_hexdigit());
+        let git_blob = match &linked {
+            None => Some(etag.to_ascii_lowercase()).filter(|e| is_hex(e, 40)),
+            Some(_) => None,
+        };
+        let sha256 = linked.map(|e| e.to_ascii_lowercase()).filter(|e| is_hex(e, 64));
+        Ok(FileMeta { file: file.to_string(), location, etag, size, sha256, git_blob })
     }
 
     /// Fetches one file into `blobs/{etag}`: under Python's lock, through `{etag}.incomplete`,
@@ -234,7 +258,10 @@ impl<'a> Client<'a> {
         let resp = self.send(req, &m.location, with_token).map_err(|e| Attempt::Dropped(e.to_string()))?;
         match resp.status().as_u16() {
             206 => {}
-            200 => out.set_len(0).map_err(|e| Error::io(part, e))?,
+            200 => {
+                out.set_len(0).map_err(|e| Error::io(part, e))?;
+                have = 0;
+            }
             416 => {
                 out.set_len(0).map_err(|e| Error::io(part, e))?;
                 return Err(Attempt::Dropped("the partial file did not match the hub's".into()));
@@ -242,8 +269,18 @@ impl<'a> Client<'a> {
             _ => return Err(Attempt::Fatal(self.status_error(&resp, Some(&m.file)))),
         }
         out.seek(SeekFrom::End(0)).map_err(|e| Error::io(part, e))?;
-        copy_body(resp.into_body().into_reader(), &mut out, part, progress, cancel)?;
+        // One byte past the announced size is enough to know the hub sent too much.
+        let body = resp.into_body().into_reader().take(m.size - have + 1);
+        copy_body(body, &mut out, part, progress, cancel)?;
         let len = out.metadata().map_err(|e| Error::io(part, e))?.len();
+        if len > m.size {
+            drop(out);
+            let _ = std::fs::remove_file(part);
+            return Err(Attempt::Fatal(Error::msg(format!(
+                "{}/{}: the hub sent more than the {} bytes it announced; the partial file was removed",
+                self.id, m.file, m.size
+            ))));
+        }
         if len < m.size {
             return Err(Attempt::Dropped(format!("the transfer ended after {len} of {} bytes", m.size)));
         }
@@ -355,15 +392,20 @@ fn copy_body(
     }
 }
 
-/// Checks the size (and the sha256 of an LFS file) and renames the partial file into place; a
-/// file with the wrong bytes is removed so that the next run starts it afresh.
+/// Checks the hash the hub gave (the sha256 of an LFS file, the git blob id of a regular one)
+/// and renames the partial file into place; a file with the wrong bytes is removed so that the
+/// next run starts it afresh. (`resume` has already checked the size.)
 fn finish_blob(part: &Path, blob: &Path, m: &FileMeta) -> Result<()> {
-    if let Some(want) = &m.sha256 {
-        let got = sha256_of(part)?;
+    let check = match (&m.sha256, &m.git_blob) {
+        (Some(want), _) => Some(("sha256", want, hash_file(part, Sha256::new(), None)?)),
+        (None, Some(want)) => Some(("git blob id", want, hash_file(part, sha1::Sha1::new(), Some(m.size))?)),
+        (None, None) => None,
+    };
+    if let Some((kind, want, got)) = check {
         if &got != want {
             let _ = std::fs::remove_file(part);
             return Err(Error::msg(format!(
-                "{}: the downloaded bytes have sha256 {got}, the hub says {want}; the file was removed, run again",
+                "{}: the downloaded bytes have {kind} {got}, the hub says {want}; the file was removed, run again",
                 m.file
             )));
         }
@@ -371,9 +413,13 @@ fn finish_blob(part: &Path, blob: &Path, m: &FileMeta) -> Result<()> {
     std::fs::rename(part, blob).map_err(|e| Error::io(blob, e))
 }
 
-fn sha256_of(path: &Path) -> Result<String> {
+/// The hex digest of the file at `path`; with `git_len`, of git's blob object for it
+/// (`blob {len}\0` then the bytes), which is what the hub's ETag of a regular file is.
+fn hash_file(path: &Path, mut hasher: impl Digest, git_len: Option<u64>) -> Result<String> {
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
+    if let Some(len) = git_len {
+        hasher.update(format!("blob {len}\0").as_bytes());
+    }
     let mut buf = vec![0u8; CHUNK];
     loop {
         match f.read(&mut buf).map_err(|e| Error::io(path, e))? {

@@ -87,6 +87,10 @@ pub struct Hub {
     pub token: Option<String>,
     /// Never touch the network.
     pub offline: bool,
+    /// The longest wait for the next bytes of a download before the transfer counts as dropped
+    /// and is resumed (`HF_HUB_DOWNLOAD_TIMEOUT`, seconds, default 10 as in `huggingface_hub`);
+    /// the error when the variable is not a number of seconds.
+    pub download_timeout: std::result::Result<std::time::Duration, String>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -97,6 +101,7 @@ impl std::fmt::Debug for Hub {
             .field("endpoint", &self.endpoint)
             .field("token", &token)
             .field("offline", &self.offline)
+            .field("download_timeout", &self.download_timeout)
             .finish()
     }
 }
@@ -137,6 +142,18 @@ fn offline_from_env() -> bool {
     env("HF_HUB_OFFLINE").is_some_and(|v| ["1", "true", "yes", "on"].contains(&v.to_ascii_lowercase().as_str()))
 }
 
+/// The default of `HF_HUB_DOWNLOAD_TIMEOUT`, as in `huggingface_hub`.
+pub const DEFAULT_DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `HF_HUB_DOWNLOAD_TIMEOUT` in seconds (a positive number), else 10.
+fn download_timeout_from_env() -> std::result::Result<std::time::Duration, String> {
+    let Some(v) = env("HF_HUB_DOWNLOAD_TIMEOUT") else { return Ok(DEFAULT_DOWNLOAD_TIMEOUT) };
+    match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(format!("HF_HUB_DOWNLOAD_TIMEOUT={:?}: expected a positive number of seconds", v)),
+    }
+}
+
 impl Hub {
     /// Settings from the environment (`HF_HUB_CACHE`, `HF_HOME`, `HF_ENDPOINT`, `HF_TOKEN`, the
     /// token file, `HF_HUB_OFFLINE`); `cache_dir` and `offline` are the command-line overrides.
@@ -146,6 +163,7 @@ impl Hub {
             endpoint: env("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into()).trim_end_matches('/').to_string(),
             token: token_from_env(),
             offline: offline || offline_from_env(),
+            download_timeout: download_timeout_from_env(),
         }
     }
 
@@ -191,6 +209,9 @@ impl Hub {
                 "{spec}: {} (offline: HF_HUB_OFFLINE or --offline is set)",
                 repo.why_missing(&id.revision)
             )));
+        }
+        if let Err(e) = &self.download_timeout {
+            return Err(Error::msg(e.clone()));
         }
         let (path, commit) = download::fetch_snapshot(self, id, progress, cancel)?;
         Ok(resolved(spec, id, path, commit))

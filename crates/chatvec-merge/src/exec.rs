@@ -21,7 +21,7 @@ use chatvec_format::checkpoint::{Checkpoint, TensorEntry};
 use chatvec_format::dtype::{count_nonfinite, count_nonfinite_bytes, decode, encode};
 use chatvec_format::reader::TensorReader;
 use chatvec_format::writer::{TensorPlace, TensorSink, WRITE_CHUNK};
-use chatvec_format::{DType, Error, Progress, Result};
+use chatvec_format::{DType, Error, Progress, Result, SimdTier};
 
 use crate::kernel::{chat_vector, feature_porter, PorterParams, PorterRange};
 use crate::one_pass::chat_vector_bytes;
@@ -495,7 +495,8 @@ impl<'a> Combine<'a> {
         let w = self.out.size();
         let bytes = (r.start - base) * w..(r.end - base) * w;
         for (k, (ratios, chunk)) in self.ratios.iter().zip(chunks.iter_mut()).enumerate() {
-            let nonfinite = chat_vector_bytes(self.out, t, c, b, ratios[0], &mut chunk[bytes.clone()]);
+            let nonfinite =
+                chat_vector_bytes(SimdTier::active(), self.out, t, c, b, ratios[0], &mut chunk[bytes.clone()]);
             self.record_nonfinite(k, nonfinite, r.clone(), &mut sc.chat, tally);
         }
     }

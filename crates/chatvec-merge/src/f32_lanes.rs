@@ -109,7 +109,9 @@ fn tail(t: &[u8], c: &[u8], b: &[u8], out: &mut [u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::one_pass::chat_vector_bytes;
     use chatvec_format::testing::Bits;
+    use chatvec_format::{DType, SimdTier};
 
     fn same_bits_or_both_nan(a: u16, b: u16) -> bool {
         a == b || (a & 0x7fff > 0x7f80 && b & 0x7fff > 0x7f80)
@@ -197,15 +199,18 @@ mod tests {
                 })
                 .collect();
             let bytes = |k: usize| -> Vec<u8> { words.iter().flat_map(|w| w[k].to_le_bytes()).collect() };
-            let mut out = vec![0u8; 2 * n];
-            let nonfinite = unit_ratio(&bytes(0), &bytes(1), &bytes(2), &mut out);
-            let mut counted = 0;
-            for (i, w) in words.iter().enumerate() {
-                let (got, want) = (u16::from_le_bytes([out[2 * i], out[2 * i + 1]]), f64_lane(w[0], w[1], w[2]));
-                assert!(same_bits_or_both_nan(got, want), "round {round}, element {i}: {w:04x?}");
-                counted += (want & 0x7f80 == 0x7f80) as usize;
+            // Each tier this CPU runs, through the merge's entry point.
+            for tier in SimdTier::available() {
+                let mut out = vec![0u8; 2 * n];
+                let nonfinite = chat_vector_bytes(tier, DType::BF16, &bytes(0), &bytes(1), &bytes(2), 1.0, &mut out);
+                let mut counted = 0;
+                for (i, w) in words.iter().enumerate() {
+                    let (got, want) = (u16::from_le_bytes([out[2 * i], out[2 * i + 1]]), f64_lane(w[0], w[1], w[2]));
+                    assert!(same_bits_or_both_nan(got, want), "{tier}, round {round}, element {i}: {w:04x?}");
+                    counted += (want & 0x7f80 == 0x7f80) as usize;
+                }
+                assert_eq!(nonfinite, counted, "{tier}, round {round}");
             }
-            assert_eq!(nonfinite, counted, "round {round}");
         }
     }
 

@@ -2,8 +2,8 @@
 //! formula ([`chat_vector`]) in f64, round once, with no f64 scratch buffer. The bf16 ratio-1
 //! case runs in f32 lanes proven exact ([`crate::f32_lanes`]).
 
-use chatvec_format::dispatch_simd;
 use chatvec_format::dtype::{bf16_to_f64, f16_to_f64, round_bf16, round_f16, DType, F64_INF};
+use chatvec_format::{dispatch_simd, SimdTier};
 
 use crate::f32_lanes;
 use crate::kernel::chat_vector;
@@ -14,6 +14,7 @@ use crate::kernel::chat_vector;
 /// case (one vector, every input in the output's dtype) in one pass through registers, with no
 /// f64 scratch; returns how many results are NaN or infinite.
 pub(crate) fn chat_vector_bytes(
+    tier: SimdTier,
     dtype: DType,
     target: &[u8],
     chat: &[u8],
@@ -24,14 +25,14 @@ pub(crate) fn chat_vector_bytes(
     // The most common case, in f32 lanes proven exact element by element.
     if dtype == DType::BF16 && ratio == 1.0 {
         return dispatch_simd!(
-            bf16_unit_ratio_avx512,
+            tier,
             f32_lanes::unit_ratio,
             usize,
             (target: &[u8], chat: &[u8], base: &[u8], out: &mut [u8])
         );
     }
     dispatch_simd!(
-        chat_vector_bytes_avx512,
+        tier,
         chat_vector_bytes_lanes,
         usize,
         (dtype: DType, target: &[u8], chat: &[u8], base: &[u8], ratio: f64, out: &mut [u8])
@@ -141,14 +142,16 @@ mod tests {
                 let v: Vec<f64> = (0..n).map(|i| chat_vector(tv[i], cv[i], bv[i], ratio)).collect();
                 let mut want = vec![0u8; n * w];
                 let want_nonfinite = encode(dtype, &v, &mut want);
-                let (mut simd, mut baseline) = (vec![0u8; n * w], vec![0u8; n * w]);
-                assert_eq!(chat_vector_bytes(dtype, &t, &c, &b, ratio, &mut simd), want_nonfinite, "{dtype}");
-                assert_eq!(chat_vector_bytes_lanes(dtype, &t, &c, &b, ratio, &mut baseline), want_nonfinite);
-                for i in 0..n {
-                    let e = i * w..(i + 1) * w;
-                    let what = || format!("{dtype}, ratio {ratio}: {} + r·({} − {})", tv[i], cv[i], bv[i]);
-                    assert!(same_value(dtype, &simd[e.clone()], &want[e.clone()]), "{}", what());
-                    assert!(same_value(dtype, &baseline[e.clone()], &want[e]), "{}", what());
+                // Every tier this CPU runs.
+                for tier in SimdTier::available() {
+                    let mut simd = vec![0u8; n * w];
+                    let nonfinite = chat_vector_bytes(tier, dtype, &t, &c, &b, ratio, &mut simd);
+                    assert_eq!(nonfinite, want_nonfinite, "{tier} {dtype}");
+                    for i in 0..n {
+                        let e = i * w..(i + 1) * w;
+                        let what = || format!("{tier} {dtype}, ratio {ratio}: {} + r·({} − {})", tv[i], cv[i], bv[i]);
+                        assert!(same_value(dtype, &simd[e.clone()], &want[e]), "{}", what());
+                    }
                 }
             }
         }

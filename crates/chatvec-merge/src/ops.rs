@@ -244,8 +244,9 @@ pub(crate) fn target_warnings(base: &Checkpoint, target: &Checkpoint) -> Vec<Str
         ));
     }
     for k in ["bos_token_id", "eos_token_id"] {
-        if b.token_ids(k) != t.token_ids(k) {
-            w.push(format!("target {k} {:?} differs from base {:?}", t.token_ids(k), b.token_ids(k)));
+        if b.get(k) != t.get(k) {
+            let show = |v: Option<&Value>| v.map_or_else(|| "none".to_string(), Value::to_string);
+            w.push(format!("target {k} {} differs from base {}", show(t.get(k)), show(b.get(k))));
         }
     }
     if b.max_position_embeddings() != t.max_position_embeddings() {
@@ -277,6 +278,8 @@ pub struct PreparedMerge {
 /// Opens the three models of `job`, runs the pre-flight checks and plans the merge.
 pub fn prepare_merge(job: &MergeJob) -> Result<PreparedMerge> {
     let inputs = MergeRoles { target: open(&job.target)?, chat: open(&job.chat)?, base: open(&job.base)? };
+    // The stop ids the output's generation_config.json gets, checked before any work.
+    modelfiles::eos_ids(&job.target.path, &inputs.target.config)?;
     check_base_chat(&inputs.base, &inputs.chat)?;
     let warnings = target_warnings(&inputs.base, &inputs.target);
     let models = inputs.into_list();
@@ -300,6 +303,12 @@ impl PreparedMerge {
     /// The target model (its config and tokenizer describe the merged model).
     pub fn target(&self) -> &Checkpoint {
         &self.models[MERGE.target]
+    }
+
+    /// Refuses when an input file changed since it was opened (see
+    /// [`Checkpoint::check_unchanged`]); for a sink to call before it commits its output.
+    pub fn check_inputs_unchanged(&self) -> Result<()> {
+        self.models.iter().try_for_each(Checkpoint::check_unchanged)
     }
 
     /// Streams the planned tensors at `order` (indices into `plan.tensors`) into `sink`;
@@ -388,6 +397,7 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
     }
     // The target first (every merge plan reads it as model `plan::TARGET`), then the vectors.
     let mut models = vec![open(&job.target)?];
+    modelfiles::eos_ids(&job.target.path, &models[0].config)?;
     let mut vectors = vec![];
     let mut manifests = vec![];
     for (v, _) in &job.vectors {
@@ -403,7 +413,9 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
     let target = &models[plan::TARGET];
     let first = &manifests[0];
     let template = first.get("chat_template").cloned().and_then(|t| serde_json::from_value(t).ok());
-    let eos = chatvec_format::config::ids_of(first.get("chat_eos_token_ids"));
+    let manifest_path = job.vectors[0].0.path.join("chatvec.json");
+    let eos =
+        chatvec_format::config::ids_of(first.get("chat_eos_token_ids"), &manifest_path, "chat_eos_token_ids", None)?;
     for (m, (v, _)) in manifests.iter().zip(&job.vectors) {
         if let Some(arch) = m.pointer("/architecture").and_then(Value::as_str) {
             if Some(arch) != target.config.architecture() {
@@ -434,7 +446,7 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
 /// The `chatvec.json` of a stored vector, refused unless `chatvec extract` wrote it.
 fn read_vector_manifest(dir: &std::path::Path) -> Result<Value> {
     let path = dir.join("chatvec.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = chatvec_format::metadata::read_metadata(&path)?;
     let manifest: Value =
         serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
     if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
@@ -686,6 +698,7 @@ impl Job<'_> {
             summary.eos_token_ids = modelfiles::write_generation_config(dir.path(), &files_from.config, &carry.eos)?;
         }
         write_json(&dir.path().join("chatvec.json"), &self.recipe(recipe, summary))?;
+        self.models.iter().try_for_each(Checkpoint::check_unchanged)?;
         dir.commit()
     }
 
@@ -748,7 +761,7 @@ fn write_order(shards: &[Shard]) -> Vec<usize> {
 /// `--force` must never replace (or write into) a model being read, directly or through a
 /// symlink, whether or not the output exists yet.
 fn refuse_input_as_output(models: &[Checkpoint], out: &std::path::Path) -> Result<()> {
-    let out = resolve_existing_prefix(out);
+    let out = chatvec_format::writer::resolve_existing_prefix(out);
     for m in models {
         let dir = m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone());
         if out == dir || dir.starts_with(&out) || out.starts_with(&dir) {
@@ -760,26 +773,6 @@ fn refuse_input_as_output(models: &[Checkpoint], out: &std::path::Path) -> Resul
         }
     }
     Ok(())
-}
-
-/// `path` with symlinks resolved as far as it exists: its longest existing ancestor
-/// canonicalized, then the components that do not exist yet.
-fn resolve_existing_prefix(path: &std::path::Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut missing = vec![];
-    let mut cur = absolute.as_path();
-    loop {
-        if let Ok(real) = cur.canonicalize() {
-            return missing.iter().rev().fold(real, |acc, c| acc.join(c));
-        }
-        match (cur.file_name(), cur.parent()) {
-            (Some(name), Some(parent)) => {
-                missing.push(name.to_os_string());
-                cur = parent;
-            }
-            _ => return absolute,
-        }
-    }
 }
 
 fn plan_read_bytes(models: &[Checkpoint], plan: &Plan) -> u64 {
@@ -810,14 +803,9 @@ fn check_free_space(dir: &std::path::Path, need: u64) -> Result<()> {
     Ok(())
 }
 
-/// A byte count for people: `1.23 GB`, `4.5 MB`, `12.0 kB`, `300 bytes` (decimal units).
+/// A byte count for people in decimal units (`3.2 GB`, `4.5 MB`, `300 B`), as bytesize writes it.
 pub fn human_bytes(b: u64) -> String {
-    match b {
-        1_000_000_000.. => format!("{:.2} GB", b as f64 / 1e9),
-        1_000_000.. => format!("{:.1} MB", b as f64 / 1e6),
-        1_000.. => format!("{:.1} kB", b as f64 / 1e3),
-        _ => format!("{b} bytes"),
-    }
+    bytesize::ByteSize::b(b).display().si().to_string()
 }
 
 /// Feature-porter parameters from user flags.
@@ -831,9 +819,10 @@ mod tests {
 
     #[test]
     fn byte_counts_are_never_shown_as_zero_gigabytes() {
-        assert_eq!(human_bytes(3_200_000_000), "3.20 GB");
+        assert_eq!(human_bytes(3_200_000_000), "3.2 GB");
         assert_eq!(human_bytes(4_500_000), "4.5 MB");
         assert_eq!(human_bytes(12_000), "12.0 kB");
-        assert_eq!(human_bytes(300), "300 bytes");
+        assert_eq!(human_bytes(300), "300 B");
+        assert_eq!(human_bytes(40_000_000), "40.0 MB");
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use chatvec_merge::{ops, ApplyJob};
 
-use super::common::{check_ratio, print_next_step, HubArgs, OutputArgs, SelectArgs};
+use super::common::{parse_ratio, print_next_step, HubArgs, OutputArgs, SelectArgs};
 
 /// Apply arguments.
 #[derive(clap::Args, Debug)]
@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR", required = true)]
     pub vector: Vec<String>,
     /// Ratio of each vector, in the order given (one ratio for all, or one per vector).
-    #[arg(long, default_values_t = [1.0], allow_negative_numbers = true)]
+    #[arg(long, default_values_t = [1.0], allow_negative_numbers = true, value_parser = parse_ratio)]
     pub ratio: Vec<f64>,
     #[command(flatten)]
     pub select: SelectArgs,
@@ -35,7 +35,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
         (r, n) if r == n => a.ratio.clone(),
         (r, n) => bail!("{n} vectors but {r} ratios: give one ratio, or one per vector"),
     };
-    ratios.iter().try_for_each(|r| check_ratio(*r))?;
     let vectors = a.vector.iter().zip(&ratios).map(|(v, r)| Ok((hub.resolve(v)?, *r))).collect::<Result<Vec<_>>>()?;
     let job =
         ApplyJob { target: hub.resolve(&a.target)?, vectors, plan: a.select.plan_options()?, output: a.out.options() };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use chatvec_format::{DType, ResolvedModel};
 use chatvec_merge::{OutputOptions, PlanOptions, Selection, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -39,7 +39,7 @@ impl HubArgs {
     /// Resolves a model argument (directory or `org/name[@revision]`), downloading what the cache
     /// lacks with a progress bar by bytes. Every command resolves its models here.
     pub fn resolve(&self, spec: &str) -> Result<ResolvedModel> {
-        let bar = DownloadBar { bar: Bar::new(self.quiet), label: spec.to_string() };
+        let bar = DownloadBar { bar: Bar::new(self.quiet), label: terminal_safe(spec).into_owned() };
         Ok(self.hub().resolve(spec, &bar, &interrupt_flag())?)
     }
 }
@@ -65,31 +65,99 @@ impl chatvec_format::Progress for DownloadBar {
     }
 }
 
-/// How a loaded model holds its weights (generate, chat, eval, report, sweep).
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct QuantizeArgs {
+/// Where and how a loaded model computes: shared by generate, chat, eval, report, sweep and
+/// serve (`#[command(flatten)]`). Every value is parsed into its type by clap, so a mistake
+/// fails before any model is resolved or downloaded.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ComputeArgs {
+    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu", value_parser = parse_device, value_name = "DEVICE")]
+    pub device: DeviceArg,
+    /// Compute dtype: f32, bf16 or f16. Default: f32 (eval, report, sweep: the perplexity oracle's);
+    /// generate, chat and serve use bf16 on CUDA. bf16 on CPU runs as f32 in generate and chat
+    /// because candle has no fast bf16 matmul there.
+    #[arg(long = "dtype", id = "compute_dtype", value_parser = parse_compute_dtype, value_name = "DTYPE")]
+    pub compute_dtype: Option<chatvec_gen::DType>,
     /// Linear weights in memory: q8_0, q4_k, q4_0, bf16, f16, or none (dense in the compute
     /// dtype: f32 on CPU, exact but 4 bytes a weight). Default: q8_0 on CPU (an 8B model in
     /// about 9 GB), none on CUDA (bf16).
-    #[arg(long, value_name = "FORMAT")]
-    pub quantize: Option<String>,
+    #[arg(long, value_parser = parse_weight_format, value_name = "FORMAT")]
+    pub quantize: Option<chatvec_gen::WeightFormat>,
     /// Load even when the memory estimate exceeds the memory available.
     #[arg(long)]
     pub no_memory_check: bool,
 }
 
-impl QuantizeArgs {
-    /// Model options for `device` computing in `dtype`.
-    pub fn model_options(
-        &self,
-        device: &chatvec_gen::Device,
-        dtype: chatvec_gen::DType,
-    ) -> Result<chatvec_gen::ModelOptions> {
-        let weights = match &self.quantize {
-            Some(spec) => chatvec_gen::WeightFormat::parse(spec)?,
-            None => chatvec_gen::WeightFormat::default_for(device),
-        };
-        Ok(chatvec_gen::ModelOptions { device: device.clone(), dtype, weights, check_memory: !self.no_memory_check })
+impl ComputeArgs {
+    /// Model options computing in `dtype`.
+    pub fn model_options(&self, dtype: chatvec_gen::DType) -> chatvec_gen::ModelOptions {
+        let device = &self.device.device;
+        chatvec_gen::ModelOptions {
+            device: device.clone(),
+            dtype,
+            weights: self.quantize.unwrap_or_else(|| chatvec_gen::WeightFormat::default_for(device)),
+            check_memory: !self.no_memory_check,
+        }
+    }
+
+    /// The compute dtype of generation: `--dtype`, else f32 on CPU and bf16 on CUDA; bf16 on CPU
+    /// becomes f32 with a note to print.
+    pub fn generation_dtype(&self) -> (chatvec_gen::DType, Option<String>) {
+        chatvec_gen::resolve_dtype(self.compute_dtype, &self.device.device)
+    }
+
+    /// The compute dtype of evaluations: `--dtype`, else f32.
+    pub fn eval_dtype(&self) -> chatvec_gen::DType {
+        self.compute_dtype.unwrap_or(chatvec_gen::DType::F32)
+    }
+}
+
+/// A parsed `--device`: the device and the name it was given as.
+#[derive(Debug, Clone)]
+pub struct DeviceArg {
+    /// As written: cpu, cuda, cuda:1.
+    pub name: String,
+    /// The device (for CUDA, already opened, so a missing GPU fails here).
+    pub device: chatvec_gen::Device,
+}
+
+/// Parses `--device` for clap.
+pub fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    let device = chatvec_gen::parse_device(s).map_err(|e| e.to_string())?;
+    Ok(DeviceArg { name: s.to_string(), device })
+}
+
+/// Parses the compute dtype for clap.
+pub fn parse_compute_dtype(s: &str) -> Result<chatvec_gen::DType, String> {
+    chatvec_gen::parse_dtype(s).map_err(|_| "expected f32, bf16 or f16".to_string())
+}
+
+/// Parses `--quantize` for clap.
+pub fn parse_weight_format(s: &str) -> Result<chatvec_gen::WeightFormat, String> {
+    chatvec_gen::WeightFormat::parse(s).map_err(|_| format!("expected one of {}", chatvec_gen::device::WEIGHT_FORMATS))
+}
+
+/// Parses a merge ratio for clap (`merge --ratio`, `sweep --ratios`): a finite number.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() => Ok(r),
+        Ok(_) => Err("a ratio must be a finite number".to_string()),
+        Err(_) => Err("expected a number like 0.5".to_string()),
+    }
+}
+
+/// Parses a GGUF element type (`export gguf --type`, `merge --gguf`) for clap.
+pub fn parse_gguf_type(s: &str) -> Result<chatvec_gguf::FileType, String> {
+    chatvec_gguf::FileType::parse(s).map_err(|e| e.to_string())
+}
+
+/// Checks for clap that a file given as input exists, so that a typo fails before a download.
+pub fn existing_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() => Ok(p),
+        Ok(_) => Err("not a file".to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -211,27 +279,14 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
-/// Parses sizes like `5GB`, `500MB`, `2GiB`, `1000` (decimal units as transformers uses them).
+/// Parses sizes like `5GB`, `500MB`, `2GiB`, `1000` with bytesize (GB = 10^9 bytes, as
+/// transformers' `max_shard_size` counts; GiB = 2^30).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.trim().parse().map_err(|_| format!("{s}: expected a size like 5GB"))?;
-    let mult = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" | "k" => 1e3,
-        "mb" | "m" => 1e6,
-        "gb" | "g" => 1e9,
-        "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1048576.0,
-        "gib" => 1073741824.0,
-        _ => return Err(format!("{s}: unknown unit {unit}")),
-    };
-    if n <= 0.0 {
-        return Err(format!("{s}: must be positive"));
+    match s.trim().parse::<bytesize::ByteSize>() {
+        Ok(size) if size.as_u64() > 0 => Ok(size.as_u64()),
+        Ok(_) => Err(format!("{s}: must be positive")),
+        Err(_) => Err(format!("{s}: expected a size like 5GB, 500MB or 2GiB")),
     }
-    Ok((n * mult) as u64)
 }
 
 /// The signal (SIGINT, SIGTERM or SIGHUP) that stopped the run; 0 while none came.
@@ -354,13 +409,13 @@ pub fn report(s: &Summary, json: bool, extra: &str) -> Result<()> {
         eprintln!("  not selected (copied from the target): {}", s.not_selected.len());
     }
     for (t, rows) in &s.special_rows {
-        eprintln!("  special-token rows from the chat model: {t} ids {}", ids(rows));
+        eprintln!("  special-token rows from the chat model: {} ids {}", terminal_safe(t), ids(rows));
     }
     if !s.only_in_target.is_empty() {
-        eprintln!("  only in the target (copied): {}", s.only_in_target.join(", "));
+        eprintln!("  only in the target (copied): {}", terminal_safe(&s.only_in_target.join(", ")));
     }
     if !s.missing_from_target.is_empty() {
-        eprintln!("  missing from the target (not written): {}", s.missing_from_target.join(", "));
+        eprintln!("  missing from the target (not written): {}", terminal_safe(&s.missing_from_target.join(", ")));
     }
     if let Some(from) = &s.chat_template_from {
         eprintln!("  chat template carried over from the {from}");
@@ -375,15 +430,7 @@ pub fn report(s: &Summary, json: bool, extra: &str) -> Result<()> {
         );
     }
     for w in &s.warnings {
-        eprintln!("  warning: {w}");
-    }
-    Ok(())
-}
-
-/// Fails with a one-line message when a ratio is not a finite number.
-pub fn check_ratio(r: f64) -> Result<()> {
-    if !r.is_finite() {
-        bail!("ratio {r} is not a finite number");
+        eprintln!("  warning: {}", terminal_safe(w));
     }
     Ok(())
 }
@@ -391,7 +438,7 @@ pub fn check_ratio(r: f64) -> Result<()> {
 /// Warns on stderr when `--base` and `--chat` look swapped (see [`chatvec_format::swapped`]).
 pub fn warn_if_swapped(base: &ResolvedModel, chat: &ResolvedModel) {
     if let Some(w) = chatvec_format::swapped::swapped_pair_warning(&base.path, &chat.path) {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", terminal_safe(&w));
     }
 }
 
@@ -400,4 +447,28 @@ pub fn print_next_step(out: &OutputArgs, model: &std::path::Path) {
     if !out.json && !out.dry_run {
         eprintln!("next: chatvec generate --model {} --prompt \"...\"", model.display());
     }
+}
+
+/// `text` safe to print on a terminal: every control character (C0, DEL, C1) and every
+/// bidirectional override escaped as Rust's `escape_debug` writes it (`\n`, `\u{1b}`), so that
+/// text from models, files or the hub (a GGUF's architecture name, a commit value, a shard name,
+/// a vocabulary token) cannot move the cursor, recolour or rewrite what is shown. Everything
+/// else (Korean, quotes, backslashes) is kept as it is. Every message with such text in it goes
+/// through here (errors in `main`, warnings, progress labels, the chat).
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }

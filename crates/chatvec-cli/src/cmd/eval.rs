@@ -12,7 +12,7 @@ use chatvec_eval::chat_eval::{
 use chatvec_eval::perplexity::{perplexity_in_batches, Perplexity, Window, DEFAULT_WINDOWS_PER_PASS};
 use chatvec_gen::{ChatModel, LoadOptions};
 
-use super::common::{interrupt_flag, HubArgs, QuantizeArgs};
+use super::common::{existing_file, interrupt_flag, ComputeArgs, HubArgs};
 
 /// Eval arguments.
 #[derive(clap::Args, Debug)]
@@ -33,26 +33,18 @@ pub enum What {
 /// Where and how models are computed.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
-    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute dtype: f32, bf16 or f16 (default f32, which the perplexity oracle is).
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// A Jinja chat template for models without one (or to override theirs).
-    #[arg(long, value_name = "FILE")]
-    pub chat_template: Option<PathBuf>,
     #[command(flatten)]
-    pub quantize: QuantizeArgs,
+    pub compute: ComputeArgs,
+    /// A Jinja chat template for models without one (or to override theirs).
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
+    pub chat_template: Option<PathBuf>,
 }
 
 impl DeviceArgs {
     /// Load options from the flags.
     pub fn options(&self) -> Result<LoadOptions> {
-        let device = chatvec_gen::parse_device(&self.device)?;
-        let dtype = chatvec_gen::parse_dtype(&self.dtype)?;
         Ok(LoadOptions {
-            model: self.quantize.model_options(&device, dtype)?,
+            model: self.compute.model_options(self.compute.eval_dtype()),
             chat_template: self.chat_template.clone(),
             ..LoadOptions::default()
         })
@@ -66,7 +58,7 @@ pub struct PplArgs {
     #[arg(long, value_name = "MODEL")]
     pub model: String,
     /// UTF-8 text in the target language (CRLF read as LF, as Python does).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub text: PathBuf,
     #[command(flatten)]
     pub window: WindowArgs,
@@ -118,7 +110,7 @@ pub struct ChatArgs {
     pub model: String,
     /// A JSON-lines prompt set ({"id", "prompt", "category"?, "system"?, "reference"?} per line);
     /// default: the bundled 33 Korean prompts.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub prompts: Option<PathBuf>,
     #[command(flatten)]
     pub gen: ChatGenArgs,
@@ -286,8 +278,8 @@ pub fn print_chat_summary(e: &ChatEval) {
 pub fn run(a: Args) -> Result<ExitCode> {
     match a.what {
         What::Ppl(a) => {
-            let dir = a.hub.resolve(&a.model)?.path;
             let text = read_text(&a.text)?;
+            let dir = a.hub.resolve(&a.model)?.path;
             let m = ChatModel::load(&dir, &a.device.options()?, None)?;
             let r = score_text(&m, &text, &a.window, a.batch_size, &interrupt_flag())?;
             if a.json {
@@ -303,8 +295,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             }
         }
         What::Chat(a) => {
-            let dir = a.hub.resolve(&a.model)?.path;
             let prompts = a.gen.prompts(a.prompts.as_deref())?;
+            let dir = a.hub.resolve(&a.model)?.path;
             let mut m = ChatModel::load(&dir, &a.device.options()?, None)?;
             let n = prompts.len();
             let quiet = a.json;

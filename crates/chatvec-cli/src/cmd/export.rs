@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use chatvec_gguf::FileType;
 
-use super::common::{interrupt_flag, Bar, HubArgs};
+use super::common::{interrupt_flag, parse_gguf_type, Bar, HubArgs};
 
 /// Export arguments.
 #[derive(clap::Args, Debug)]
@@ -34,8 +34,8 @@ pub struct GgufArgs {
     pub output: PathBuf,
     /// Element type: f32, f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k. Default: the model's own
     /// float type (bf16 stays bf16, anything else f16), as the converter's `auto`.
-    #[arg(long = "type", value_name = "TYPE")]
-    pub ftype: Option<String>,
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_gguf_type)]
+    pub ftype: Option<FileType>,
     /// Replace OUTPUT if it exists.
     #[arg(long)]
     pub force: bool,
@@ -50,7 +50,7 @@ pub struct GgufArgs {
 pub fn run(a: Args) -> Result<ExitCode> {
     let Format::Gguf(a) = a.format;
     let model = a.hub.resolve(&a.model)?;
-    let ftype = file_type(a.ftype.as_deref(), &model.path)?;
+    let ftype = file_type(a.ftype, &model.path)?;
     let cancel = interrupt_flag();
     let bar = Bar::new(a.quiet);
     let s = chatvec_gguf::export(&model.path, &a.output, ftype, a.force, &bar, &cancel)?;
@@ -59,9 +59,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
 }
 
 /// `--type`, or the converter's `auto` choice from the model's config dtype.
-pub fn file_type(name: Option<&str>, model_dir: &Path) -> Result<FileType> {
-    if let Some(n) = name {
-        return Ok(FileType::parse(n)?);
+pub fn file_type(given: Option<FileType>, model_dir: &Path) -> Result<FileType> {
+    if let Some(t) = given {
+        return Ok(t);
     }
     // A missing or broken config is reported by the export itself, naming the file.
     let dtype = chatvec_format::ModelConfig::load(model_dir).ok().and_then(|c| c.dtype());

@@ -13,12 +13,12 @@ use anyhow::{bail, Context, Result};
 use chatvec_gen::batch::{Batch, SeqRequest};
 use chatvec_gen::models::{is_gguf, read_config};
 use chatvec_gen::{
-    parse_device, parse_dtype, resolve_dtype, ChatModel, ChatTemplate, GenError, GenerationConfig, GenerationDefaults,
-    GenerationOutput, LoadOptions, SamplingParams, StopReason,
+    ChatModel, ChatTemplate, GenError, GenerationConfig, GenerationDefaults, GenerationOutput, LoadOptions,
+    SamplingParams, StopReason,
 };
 use serde_json::json;
 
-use super::common::{HubArgs, QuantizeArgs};
+use super::common::{existing_file, ComputeArgs, HubArgs};
 
 /// Generate arguments.
 #[derive(clap::Args, Debug)]
@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, required_unless_present = "messages", conflicts_with = "messages")]
     pub prompt: Vec<String>,
     /// A JSON file with a list of {"role", "content"} messages, instead of --prompt.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub messages: Option<PathBuf>,
     /// Sampling temperature; a comma-separated list runs once per value (e.g. 0.6,0.1,1.0).
     /// Default: generation_config.json's (sampling only if it sets do_sample).
@@ -50,53 +50,40 @@ pub struct Args {
 }
 
 /// The model path (a directory or a GGUF file) and the directory its tokenizer, chat template
-/// and generation config are read from; the config is checked first so mistakes fail fast.
-fn model_and_tokenizer_dir(args: &ModelArgs) -> Result<(PathBuf, PathBuf)> {
+/// and generation config are read from (None: a GGUF's own metadata); the config is checked
+/// first so mistakes fail fast.
+fn model_and_tokenizer_dir(args: &ModelArgs) -> Result<(PathBuf, Option<PathBuf>)> {
     let path = Path::new(&args.model);
     if !is_gguf(path) {
         let dir = args.hub.resolve(&args.model)?.path;
         read_config(&dir)?;
-        return Ok((dir.clone(), dir));
+        return Ok((dir.clone(), Some(dir)));
     }
-    let dir = match &args.tokenizer {
-        Some(d) => d.clone(),
-        None => path.parent().map(Path::to_path_buf).unwrap_or_default(),
-    };
+    let Some(dir) = &args.tokenizer else { return Ok((path.to_path_buf(), None)) };
     if !dir.join("tokenizer.json").is_file() {
-        bail!(
-            "{}: chatvec reads a GGUF's tokenizer from Hugging Face files; pass --tokenizer DIR \
-             (a directory with tokenizer.json and tokenizer_config.json)",
-            path.display()
-        );
+        bail!("--tokenizer {}: no tokenizer.json there", dir.display());
     }
-    Ok((path.to_path_buf(), dir))
+    Ok((path.to_path_buf(), Some(dir.clone())))
 }
 
 /// Which model to load, where, and how its prompts are built and ended.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
-    /// Model directory, hub id (org/name[@revision]), or a llama.cpp GGUF file (llama, qwen2).
+    /// Model directory, hub id (org/name[@revision]), or a llama.cpp GGUF file (llama, mistral, qwen2, gemma).
     #[arg(long, value_name = "MODEL")]
     pub model: String,
-    /// For a GGUF model: the directory with its Hugging Face tokenizer files (tokenizer.json,
-    /// tokenizer_config.json); default: the GGUF's directory.
+    /// For a GGUF model: a directory with Hugging Face tokenizer files (tokenizer.json,
+    /// tokenizer_config.json) to use instead of the tokenizer in the file's metadata.
     #[arg(long, value_name = "DIR")]
     pub tokenizer: Option<PathBuf>,
-    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute dtype: f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA; bf16 on CPU runs as
-    /// f32 because candle has no fast bf16 matmul there).
-    #[arg(long)]
-    pub dtype: Option<String>,
     /// A Jinja chat template to use instead of the model's.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub chat_template: Option<PathBuf>,
     /// Another token that ends the answer, as written in the vocabulary (repeatable).
     #[arg(long = "stop", value_name = "TOKEN")]
     pub stop: Vec<String>,
     #[command(flatten)]
-    pub quantize: QuantizeArgs,
+    pub compute: ComputeArgs,
     #[command(flatten)]
     pub hub: HubArgs,
 }
@@ -172,6 +159,9 @@ pub struct Session {
     pub chat: ChatModel,
     pub defaults: GenerationDefaults,
     pub device_name: String,
+    /// The longest token of the vocabulary in UTF-8 bytes: a text of N bytes has at least
+    /// N / this many tokens, which bounds the work spent on a prompt too long for the context.
+    pub longest_token: usize,
 }
 
 impl Session {
@@ -179,21 +169,23 @@ impl Session {
     /// weights so mistakes fail fast.
     pub fn open(args: &ModelArgs) -> Result<Self> {
         let (model_path, dir) = model_and_tokenizer_dir(args)?;
-        let defaults = GenerationDefaults::for_model(&dir)?;
-        let device = parse_device(&args.device)?;
-        let requested = args.dtype.as_deref().map(parse_dtype).transpose()?;
-        let (dtype, note) = resolve_dtype(requested, &device);
+        let defaults = dir.as_deref().map(GenerationDefaults::for_model).transpose()?.unwrap_or_default();
+        let (dtype, note) = args.compute.generation_dtype();
         if let Some(note) = note {
             eprintln!("note: {note}");
         }
         let opts = LoadOptions {
-            model: args.quantize.model_options(&device, dtype)?,
+            model: args.compute.model_options(dtype),
             chat_template: args.chat_template.clone(),
             stop: args.stop.clone(),
             require_template: true,
         };
-        let chat = ChatModel::load_from(&model_path, &dir, &opts, None)?;
-        Ok(Session { chat, defaults, device_name: args.device.clone() })
+        let chat = match &dir {
+            Some(dir) => ChatModel::load_from(&model_path, dir, &opts, None)?,
+            None => ChatModel::load_gguf(&model_path, &opts)?,
+        };
+        let longest_token = chat.tokenizer.inner().get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
+        Ok(Session { chat, defaults, device_name: args.compute.device.name.clone(), longest_token })
     }
 
     /// The chat template (loading refused models without one).
@@ -217,6 +209,31 @@ impl Session {
             }
             Ok(if interrupt.swap(false, Ordering::SeqCst) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
         })
+    }
+
+    /// The token ids of the rendered prompt `text`, cut to the context as `--truncate` asks
+    /// ([`fit_context`](Self::fit_context)). The work is bounded by the context first: a text
+    /// of more bytes than the context can hold (positions × the longest token, doubled for
+    /// normalizers that shrink text) is refused with `error`, and only its last that many
+    /// bytes are tokenized with `left` (they hold more tokens than the context keeps).
+    pub fn encode_prompt(&self, text: &str, truncate: Truncate, max_new_tokens: usize) -> Result<Vec<u32>> {
+        let limit = self.chat.model.config().max_position_embeddings;
+        let bound = limit.saturating_mul(self.longest_token).saturating_mul(2);
+        let text = match (text.len() > bound, truncate) {
+            (false, _) => text,
+            (true, Truncate::Error) => bail!(
+                "the prompt's {} bytes make at least {} tokens, which do not fit the model's context of \
+                 {limit} positions; shorten it or pass --truncate left",
+                text.len(),
+                text.len() / (2 * self.longest_token)
+            ),
+            (true, Truncate::Left) => {
+                let cut = (text.len() - bound..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+                &text[cut..]
+            }
+        };
+        let prompt = self.chat.tokenizer.encode(text, false)?;
+        Ok(self.fit_context(prompt, truncate, max_new_tokens))
     }
 
     /// `prompt` cut to the model's context as `--truncate` asks: unchanged when it fits or when
@@ -292,8 +309,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut prompts = Vec::with_capacity(conversations.len());
     for messages in conversations {
         let text = session.template()?.render_json(&serde_json::Value::Array(messages), true)?;
-        let ids = session.chat.tokenizer.encode(&text, false)?;
-        prompts.push((text, session.fit_context(ids, a.sampling.truncate, a.sampling.max_new_tokens)));
+        let ids = session.encode_prompt(&text, a.sampling.truncate, a.sampling.max_new_tokens)?;
+        prompts.push((text, ids));
     }
     let mut runs = Vec::new();
     for prompt in 0..prompts.len() {
@@ -360,7 +377,7 @@ fn stream_one(
     };
     if !a.json {
         let seed = if sampling.is_greedy() { String::new() } else { format!(", seed {}", sampling.seed) };
-        eprintln!("{}{seed}", session.stats_line(&out, config.max_new_tokens));
+        eprintln!("{}{seed}", super::common::terminal_safe(&session.stats_line(&out, config.max_new_tokens)));
     }
     Ok(vec![(out, text)])
 }
@@ -407,7 +424,7 @@ fn batched(
             } else {
                 String::new()
             };
-            eprintln!("{}{seed}", session.stats_line(&out, a.sampling.max_new_tokens));
+            eprintln!("{}{seed}", super::common::terminal_safe(&session.stats_line(&out, a.sampling.max_new_tokens)));
         }
         done.push((out, text));
     }

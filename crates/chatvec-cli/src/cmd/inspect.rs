@@ -91,7 +91,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         if !a.json {
             let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-            eprintln!("heatmap: {}", names.join(", "));
+            eprintln!("heatmap: {}", super::common::terminal_safe(&names.join(", ")));
         }
     }
     if a.json {

@@ -7,7 +7,8 @@ use anyhow::{bail, Result};
 use chatvec_merge::{ops, MergeJob, OutputOptions};
 
 use super::common::{
-    check_ratio, interrupt_flag, print_next_step, warn_if_swapped, Bar, HubArgs, OutputArgs, PairArgs, SelectArgs,
+    interrupt_flag, parse_gguf_type, parse_ratio, print_next_step, warn_if_swapped, Bar, HubArgs, OutputArgs, PairArgs,
+    SelectArgs,
 };
 
 /// Merge arguments.
@@ -21,7 +22,15 @@ pub struct Args {
     /// How much of the chat vector to add. Several, comma-separated (0.3,0.5,1.0), write one
     /// model per ratio in one pass over the inputs: to OUTPUT-r0.3, OUTPUT-r0.5, ..., or where
     /// `{ratio}` stands in OUTPUT.
-    #[arg(long, default_value = "1.0", value_delimiter = ',', num_args = 1.., allow_negative_numbers = true)]
+    #[arg(
+        long,
+        visible_alias = "ratios",
+        default_value = "1.0",
+        value_delimiter = ',',
+        num_args = 1..,
+        allow_negative_numbers = true,
+        value_parser = parse_ratio
+    )]
     pub ratio: Vec<f64>,
     /// chat-vector: T + r·(C − B); feature-porter: the vector damped where T moved far from B.
     #[arg(long, value_enum, default_value_t = Method::ChatVector)]
@@ -38,8 +47,8 @@ pub struct Args {
     pub out: OutputArgs,
     /// Write the merged model as one GGUF file of this type (f32, f16, bf16, q8_0, q4_k_m, ...)
     /// at OUTPUT instead of a safetensors directory; an OUTPUT ending in .gguf implies it.
-    #[arg(long, value_name = "TYPE")]
-    pub gguf: Option<String>,
+    #[arg(long, value_name = "TYPE", value_parser = parse_gguf_type)]
+    pub gguf: Option<chatvec_gguf::FileType>,
     #[command(flatten)]
     pub hub: HubArgs,
 }
@@ -56,7 +65,6 @@ pub enum Method {
 /// Runs the merge.
 pub fn run(a: Args) -> Result<ExitCode> {
     let hub = a.hub.quiet(a.out.quiet || a.out.json);
-    a.ratio.iter().try_for_each(|r| check_ratio(*r))?;
     let mut plan = a.select.plan_options()?;
     if a.method == Method::FeaturePorter {
         plan.porter = Some(ops::porter(a.porter_steepness, a.porter_shift));
@@ -75,7 +83,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         bail!("--gguf writes one ratio; give a single --ratio");
     }
     if to_gguf && !a.out.dry_run {
-        return merge_to_gguf(&job, a.gguf.as_deref(), &a.out);
+        return merge_to_gguf(&job, a.gguf, &a.out);
     }
     if let [ratio] = a.ratio[..] {
         let code = a.out.run_job(|bar, cancel| ops::merge(&job, bar, cancel), &format!(", ratio {ratio}"))?;
@@ -105,13 +113,13 @@ pub fn ratio_output(out: &Path, ratio: f64) -> Result<PathBuf> {
 }
 
 /// `merge --gguf`: the merged tensors go straight into one GGUF file.
-fn merge_to_gguf(job: &MergeJob, ftype: Option<&str>, out: &OutputArgs) -> Result<ExitCode> {
+fn merge_to_gguf(job: &MergeJob, ftype: Option<chatvec_gguf::FileType>, out: &OutputArgs) -> Result<ExitCode> {
     let ftype = super::export::file_type(ftype, &job.target.path)?;
     let cancel = interrupt_flag();
     let bar = Bar::new(out.quiet || out.json);
     let s = crate::merge_gguf::merge_to_gguf(job, &out.output, ftype, out.force, &bar, &cancel)?;
     for w in &s.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", super::common::terminal_safe(w));
     }
     eprintln!(
         "wrote {} ({} tensors, {:.1} MB; read {:.1} MB), ratio {}",

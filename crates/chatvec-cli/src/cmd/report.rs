@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use chatvec_eval::perplexity::BUNDLED_TEXT;
 use chatvec_eval::report::{build_report, ReportJob};
 
-use super::common::{interrupt_flag, HubArgs};
+use super::common::{existing_file, interrupt_flag, HubArgs};
 use super::eval::{max_positions, progress_line, read_text, ChatGenArgs, DeviceArgs, WindowArgs};
 
 /// Report arguments.
@@ -30,10 +30,10 @@ pub struct Args {
     #[arg(long, short, value_name = "DIR")]
     pub output: PathBuf,
     /// Text for perplexity (default: the bundled opening of the Korean Constitution).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub text: Option<PathBuf>,
     /// Prompt set (default: the bundled Korean prompts).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub prompts: Option<PathBuf>,
     /// Prompts whose answers are shown side by side.
     #[arg(long, default_value_t = 8)]
@@ -86,9 +86,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         load: a.device.options()?,
         samples: a.samples,
     };
-    let report = build_report(&job, &a.output, &interrupt_flag(), &mut |l| eprintln!("{l}"), &mut |i, n, r| {
-        progress_line(i, n, r)
-    })?;
+    let report = build_report(
+        &job,
+        &a.output,
+        &interrupt_flag(),
+        &mut |l| eprintln!("{}", super::common::terminal_safe(l)),
+        &mut |i, n, r| progress_line(i, n, r),
+    )?;
     let pct = |v: Option<f64>| v.map_or_else(|| "-".into(), |x| format!("{:.1}%", 100.0 * x));
     for m in &report.models {
         let s = m.chat.as_ref().map(|c| &c.summary);

@@ -8,11 +8,16 @@ use chatvec_eval::perplexity::BUNDLED_TEXT;
 use chatvec_eval::plots::Size;
 use chatvec_eval::sweep::{plot, run_sweep, to_csv, to_text, SweepEval, SweepMerge};
 
-use super::common::{interrupt_flag, warn_if_swapped, HubArgs, PairArgs, QuantizeArgs, SelectArgs};
+use super::common::{
+    existing_file, interrupt_flag, parse_ratio, warn_if_swapped, ComputeArgs, HubArgs, PairArgs, SelectArgs,
+};
 use super::eval::{max_positions, read_text, ChatGenArgs, DeviceArgs, WindowArgs};
 
 /// Sweep arguments.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("compute_dtype", |a| a.long("compute-dtype").help(
+    "Compute dtype of the evaluations: f32, bf16 or f16 (default f32; --dtype is the merged models' dtype)"
+)))]
 pub struct Args {
     #[command(flatten)]
     pub pair: PairArgs,
@@ -20,7 +25,15 @@ pub struct Args {
     #[arg(long, value_name = "MODEL")]
     pub target: String,
     /// Ratios to try, comma-separated.
-    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "0.3,0.5,0.7,1.0", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        visible_alias = "ratio",
+        value_delimiter = ',',
+        num_args = 1..,
+        default_value = "0.3,0.5,0.7,1.0",
+        allow_negative_numbers = true,
+        value_parser = parse_ratio
+    )]
     pub ratios: Vec<f64>,
     #[command(flatten)]
     pub select: SelectArgs,
@@ -31,10 +44,10 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// Text for perplexity (default: the bundled opening of the Korean Constitution).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub text: Option<PathBuf>,
     /// Prompt set (default: the bundled Korean prompts).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
     pub prompts: Option<PathBuf>,
     /// Perplexity only.
     #[arg(long)]
@@ -46,17 +59,12 @@ pub struct Args {
     pub window: WindowArgs,
     #[command(flatten)]
     pub gen: ChatGenArgs,
-    /// cpu, cuda or cuda:N for the evaluations.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Compute dtype of the evaluations: f32, bf16 or f16 (--dtype is the merged models' dtype).
-    #[arg(long, default_value = "f32")]
-    pub compute_dtype: String,
-    /// A Jinja chat template for the evaluations (default: the chat model's).
-    #[arg(long, value_name = "FILE")]
-    pub chat_template: Option<PathBuf>,
+    /// How the evaluations compute (`--compute-dtype` here: --dtype is the merged models' dtype).
     #[command(flatten)]
-    pub quantize: QuantizeArgs,
+    pub compute: ComputeArgs,
+    /// A Jinja chat template for the evaluations (default: the chat model's).
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
+    pub chat_template: Option<PathBuf>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -87,18 +95,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         max_tokens: a.window.max_tokens,
         prompts: &prompts,
         chat: a.gen.options(),
-        load: DeviceArgs {
-            device: a.device.clone(),
-            dtype: a.compute_dtype.clone(),
-            chat_template: a.chat_template.clone(),
-            quantize: a.quantize.clone(),
-        }
-        .options()?,
+        load: DeviceArgs { compute: a.compute.clone(), chat_template: a.chat_template.clone() }.options()?,
     };
     let quiet = a.json;
     let result = run_sweep(&job, &eval, &interrupt_flag(), &mut |line| {
         if !quiet {
-            eprintln!("{line}")
+            eprintln!("{}", super::common::terminal_safe(line))
         }
     })?;
     let write = |name: &str, body: String| -> Result<()> {

@@ -11,6 +11,9 @@
 //!   a token, 403 with the wrong one), `RevisionNotFound`, `EntryNotFound`.
 //!
 //! It logs every request, and can drop a file's connection after some bytes or send it slowly.
+//! It can also misbehave as a hostile or broken hub would: send more bytes than it announced, a
+//! body that never ends, a body that stalls, an ETag that is not the file's git blob id, a size
+//! it will never send, or a commit value that is not a commit hash.
 
 #![allow(dead_code)]
 
@@ -50,6 +53,18 @@ struct State {
     slow: Option<Duration>,
     /// sha256 of a blob whose CDN bytes get one byte flipped.
     corrupt: Option<String>,
+    /// A file whose GET body has these bytes added past what HEAD announced.
+    oversize: Option<(String, Vec<u8>)>,
+    /// A file whose GET body never ends (no Content-Length, sent until the client leaves).
+    endless: Option<String>,
+    /// (sha256 of a blob, bytes to send before the body stalls for a minute, times left).
+    stall: Option<(String, usize, usize)>,
+    /// A file whose ETag is not its git blob id.
+    wrong_etag: Option<String>,
+    /// A file whose HEAD announces this size (its GET is never expected).
+    announce: Option<(String, u64)>,
+    /// What the model info gives as the commit instead of the commit hash.
+    commit_value: Option<String>,
 }
 
 /// The running hub; it serves until the test process ends.
@@ -141,6 +156,36 @@ impl MockHub {
         self.state.lock().unwrap().corrupt = Some(sha256_hex(content));
     }
 
+    /// Sends `extra` bytes past the announced size in `file`'s GET body.
+    pub fn oversize(&self, file: &str, extra: &[u8]) {
+        self.state.lock().unwrap().oversize = Some((file.to_string(), extra.to_vec()));
+    }
+
+    /// Sends `file`'s GET body without end.
+    pub fn endless(&self, file: &str) {
+        self.state.lock().unwrap().endless = Some(file.to_string());
+    }
+
+    /// Stalls the CDN body of the blob `content` after `after` bytes, `times` times.
+    pub fn stall_after(&self, content: &[u8], after: usize, times: usize) {
+        self.state.lock().unwrap().stall = Some((sha256_hex(content), after, times));
+    }
+
+    /// Gives `file` an ETag that is not its git blob id.
+    pub fn wrong_etag(&self, file: &str) {
+        self.state.lock().unwrap().wrong_etag = Some(file.to_string());
+    }
+
+    /// Announces `size` bytes for `file` in its HEAD.
+    pub fn announce(&self, file: &str, size: u64) {
+        self.state.lock().unwrap().announce = Some((file.to_string(), size));
+    }
+
+    /// Gives `value` as the commit in the model info.
+    pub fn commit_value(&self, value: &str) {
+        self.state.lock().unwrap().commit_value = Some(value.to_string());
+    }
+
     pub fn slow(&self, pause: Option<Duration>) {
         self.state.lock().unwrap().slow = pause;
     }
@@ -161,10 +206,16 @@ struct Reply {
     /// Bytes to send before dropping the connection.
     cut: Option<usize>,
     slow: Option<Duration>,
+    /// Bytes to send before the body stalls.
+    stall: Option<usize>,
+    /// Send the body again and again, without a Content-Length, until the client leaves.
+    endless: bool,
+    /// The Content-Length to announce instead of the body's.
+    announce: Option<u64>,
 }
 
 fn reply(status: u16) -> Reply {
-    Reply { status, headers: vec![], body: vec![], cut: None, slow: None }
+    Reply { status, headers: vec![], body: vec![], cut: None, slow: None, stall: None, endless: false, announce: None }
 }
 
 impl Reply {
@@ -209,8 +260,22 @@ fn write_reply(mut stream: TcpStream, req: &Request, r: Reply) -> std::io::Resul
     for (k, v) in &r.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", r.body.len()));
+    if !r.endless {
+        head.push_str(&format!("Content-Length: {}\r\n", r.announce.unwrap_or(r.body.len() as u64)));
+    }
+    head.push_str("Connection: close\r\n\r\n");
     stream.write_all(head.as_bytes())?;
+    if r.endless && req.method != "HEAD" {
+        loop {
+            stream.write_all(&r.body)?;
+        }
+    }
+    if let (Some(after), true) = (r.stall, req.method != "HEAD") {
+        stream.write_all(&r.body[..after.min(r.body.len())])?;
+        stream.flush()?;
+        std::thread::sleep(Duration::from_secs(60));
+        return Ok(());
+    }
     if req.method != "HEAD" {
         let body = &r.body[..r.cut.unwrap_or(r.body.len()).min(r.body.len())];
         for chunk in body.chunks(4096) {
@@ -297,8 +362,9 @@ fn api(st: &State, repo: &str, rev: &str, req: &Request, tree: bool) -> Reply {
         return out;
     }
     let siblings: Vec<_> = r.commits[&commit].keys().map(|f| serde_json::json!({ "rfilename": f })).collect();
+    let sha = st.commit_value.clone().unwrap_or_else(|| commit.clone());
     let body = serde_json::json!({
-        "_id": commit, "id": repo, "modelId": repo, "sha": commit, "private": false,
+        "_id": commit, "id": repo, "modelId": repo, "sha": sha, "private": false,
         "gated": r.gated_token.as_ref().map_or(serde_json::json!(false), |_| serde_json::json!("manual")),
         "disabled": false, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
     });
@@ -307,8 +373,13 @@ fn api(st: &State, repo: &str, rev: &str, req: &Request, tree: bool) -> Reply {
     out
 }
 
-fn git_etag(bytes: &[u8]) -> String {
-    sha256_hex(&[b"blob ".as_slice(), bytes].concat())[..40].to_string()
+/// The git blob id of `bytes`, which the hub gives as the ETag of a regular file.
+pub fn git_etag(bytes: &[u8]) -> String {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", bytes.len()).as_bytes());
+    h.update(bytes);
+    h.finalize().iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn tree_entry(file: &str, bytes: &[u8]) -> serde_json::Value {
@@ -336,8 +407,19 @@ fn resolve(st: &State, repo: &str, rev: &str, file: &str, req: &Request, port: u
             .header("X-Linked-Etag", format!("\"{sha}\""))
             .header("X-Linked-Size", bytes.len());
     }
-    let etag = git_etag(bytes);
-    ranged(bytes, req).header("X-Repo-Commit", &commit).header("ETag", format!("\"{etag}\""))
+    let mut etag = git_etag(bytes);
+    if st.wrong_etag.as_deref() == Some(file) {
+        etag = git_etag(b"other bytes");
+    }
+    let mut out = ranged(bytes, req);
+    if req.method == "GET" {
+        if let Some((_, extra)) = st.oversize.as_ref().filter(|(f, _)| f == file) {
+            out.body.extend_from_slice(extra);
+        }
+        out.endless = st.endless.as_deref() == Some(file);
+    }
+    out.announce = st.announce.as_ref().filter(|(f, _)| f == file).map(|(_, n)| *n);
+    out.header("X-Repo-Commit", &commit).header("ETag", format!("\"{etag}\""))
 }
 
 fn cdn(st: &mut State, sha: &str, req: &Request) -> Reply {
@@ -354,6 +436,12 @@ fn cdn(st: &mut State, sha: &str, req: &Request) -> Reply {
         if s == sha && *times > 0 && req.method == "GET" {
             *times -= 1;
             out.cut = Some(*after);
+        }
+    }
+    if let Some((s, after, times)) = &mut st.stall {
+        if s == sha && *times > 0 && req.method == "GET" {
+            *times -= 1;
+            out.stall = Some(*after);
         }
     }
     out

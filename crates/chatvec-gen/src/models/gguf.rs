@@ -1,183 +1,185 @@
 //! A GGUF file (llama.cpp's format) as a weight source: its hyperparameters become a
 //! `config.json`-shaped value, its tensors keep their stored ggml format, and llama.cpp's names
-//! and Q/K row order are mapped back to transformers'.
+//! and Q/K row order are mapped back to transformers' (both from `chatvec_gguf::arch`, the one
+//! table the exporter writes with). The file is read and checked by `chatvec_gguf::read`.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::borrow::Cow;
+use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{Device, Tensor};
+use chatvec_gguf::arch::{hf_to_gguf, unpermute_rows, Llama3Scaling};
+use chatvec_gguf::read::{GgufIndex, MetaValue};
 use serde_json::json;
 
 use super::weights::WeightSource;
 use crate::error::{GenError, Result};
 
-/// An open GGUF file.
+/// An open, checked GGUF file.
 pub struct GgufWeights {
-    path: PathBuf,
-    content: Content,
-    file: Mutex<File>,
+    index: GgufIndex,
     arch: String,
     /// (query heads, key/value heads): llama.cpp stores llama-family q/k rows permuted per head.
     permuted_heads: Option<(usize, usize)>,
 }
 
 impl GgufWeights {
-    /// Reads the header and tensor index of `path`.
+    /// Reads and checks the header and tensor index of `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let err = |m: String| GenError::bad_file(path, m);
-        let mut file = File::open(path).map_err(|e| GenError::io(path, e))?;
-        let content = Content::read(&mut file).map_err(|e| err(format!("not a readable GGUF: {e}")))?;
-        let arch = meta_str(&content, "general.architecture").map_err(err)?;
-        let mut w =
-            GgufWeights { path: path.to_path_buf(), content, file: Mutex::new(file), arch, permuted_heads: None };
+        let index = GgufIndex::open(path).map_err(|e| GenError::bad_file(path, e.problem.to_string()))?;
+        let arch = match index.get("general.architecture") {
+            Some(MetaValue::Str(s)) => s.clone(),
+            _ => return Err(GenError::bad_file(path, "metadata `general.architecture` is missing")),
+        };
+        let mut w = GgufWeights { index, arch, permuted_heads: None };
         if w.arch == "llama" {
-            let heads = w.meta_usize("attention.head_count").map_err(err)?;
-            w.permuted_heads = Some((heads, w.meta_usize("attention.head_count_kv").unwrap_or(heads)));
+            let heads = w.meta_usize("attention.head_count")?;
+            w.permuted_heads = Some((heads, w.meta_usize_or("attention.head_count_kv", heads)?));
         }
         Ok(w)
     }
 
+    /// The checked header and tensor index.
+    pub fn index(&self) -> &GgufIndex {
+        &self.index
+    }
+
+    fn err(&self, message: String) -> GenError {
+        GenError::bad_file(self.index.path(), message)
+    }
+
     /// The hyperparameters as a transformers `config.json` value (only the fields chatvec reads).
     pub fn config_json(&self) -> Result<serde_json::Value> {
-        let err = |m: String| GenError::bad_file(&self.path, m);
         let architecture = match self.arch.as_str() {
             "llama" => "LlamaForCausalLM",
             "qwen2" => "Qwen2ForCausalLM",
+            "gemma" => "GemmaForCausalLM",
             other => {
-                return Err(err(format!("GGUF architecture `{other}` is not supported (supported: llama, qwen2)")));
+                return Err(
+                    self.err(format!("GGUF architecture {other:?} is not supported (supported: llama, qwen2, gemma)"))
+                );
             }
         };
-        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            return Err(err("rope_freqs.weight (Llama-3.1 rope scaling) is not supported in GGUF yet; \
-                            run the Hugging Face directory instead"
-                .into()));
-        }
-        let get = |k: &str| self.meta_usize(k).map_err(err);
-        let heads = get("attention.head_count")?;
-        let hidden = get("embedding_length")?;
-        let vocab = self.tensor_dims("token_embd.weight").and_then(|d| d.first().copied()).unwrap_or(0);
+        let heads = self.meta_usize("attention.head_count")?;
+        let hidden = self.meta_usize("embedding_length")?;
+        let head_dim = self.meta_usize_or("attention.key_length", hidden / heads.max(1))?;
+        let rope_theta = self.meta_f64_or("rope.freq_base", 10_000.0)?;
+        let vocab = self.index.tensor("token_embd.weight").and_then(|t| t.shape.first().copied()).unwrap_or(0);
         Ok(json!({
             "architectures": [architecture],
             "hidden_size": hidden,
-            "intermediate_size": get("feed_forward_length")?,
-            "num_hidden_layers": get("block_count")?,
+            "intermediate_size": self.meta_usize("feed_forward_length")?,
+            "num_hidden_layers": self.meta_usize("block_count")?,
             "num_attention_heads": heads,
-            "num_key_value_heads": self.meta_usize("attention.head_count_kv").unwrap_or(heads),
-            "head_dim": self.meta_usize("attention.key_length").unwrap_or(hidden / heads.max(1)),
+            "num_key_value_heads": self.meta_usize_or("attention.head_count_kv", heads)?,
+            "head_dim": head_dim,
             "vocab_size": vocab,
-            "rms_norm_eps": self.meta_f64("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
-            "rope_theta": self.meta_f64("rope.freq_base").unwrap_or(10_000.0),
-            "max_position_embeddings": self.meta_usize("context_length").unwrap_or(4096),
-            "tie_word_embeddings": !self.content.tensor_infos.contains_key("output.weight"),
+            "rms_norm_eps": self.meta_f64_or("attention.layer_norm_rms_epsilon", 1e-6)?,
+            "rope_theta": rope_theta,
+            "rope_scaling": self.rope_scaling(rope_theta, self.meta_usize_or("rope.dimension_count", head_dim)?)?,
+            "max_position_embeddings": self.meta_usize_or("context_length", 4096)?,
+            "tie_word_embeddings": self.index.tensor("output.weight").is_none(),
         }))
     }
 
-    fn meta_usize(&self, key: &str) -> std::result::Result<usize, String> {
+    /// transformers' `rope_scaling` for a `rope_freqs` tensor (llama.cpp's form of Llama 3.1's
+    /// `llama3` scaling), or null without one.
+    fn rope_scaling(&self, theta: f64, dim: usize) -> Result<serde_json::Value> {
+        let Some(entry) = self.index.tensor("rope_freqs.weight") else { return Ok(serde_json::Value::Null) };
+        if entry.stored.name != "F32" || entry.shape != [dim / 2] {
+            return Err(self.err(format!(
+                "rope_freqs.weight is {} {:?}; chatvec reads F32 [{}]",
+                entry.stored.name,
+                entry.shape,
+                dim / 2
+            )));
+        }
+        let bytes = self.index.read_bytes(entry).map_err(|e| self.err(e.problem.to_string()))?;
+        let factors: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let s = Llama3Scaling::from_factors(&factors, theta as f32, dim)
+            .ok_or_else(|| self.err("rope_freqs.weight is not a llama3 rope scaling chatvec can reproduce".into()))?;
+        Ok(json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                  "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_context}))
+    }
+
+    fn meta_usize(&self, key: &str) -> Result<usize> {
         let k = format!("{}.{key}", self.arch);
-        let v = self.content.metadata.get(&k).ok_or_else(|| format!("metadata `{k}` is missing"))?;
-        v.to_u64().or_else(|_| v.to_u32().map(u64::from)).map(|x| x as usize).map_err(|e| format!("`{k}`: {e}"))
+        self.meta_usize_opt(&k)?.ok_or_else(|| self.err(format!("metadata `{k}` is missing")))
     }
 
-    fn meta_f64(&self, key: &str) -> Option<f64> {
-        let v = self.content.metadata.get(&format!("{}.{key}", self.arch))?;
-        v.to_f32().map(f64::from).or_else(|_| v.to_f64()).ok()
+    fn meta_usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        Ok(self.meta_usize_opt(&format!("{}.{key}", self.arch))?.unwrap_or(default))
     }
 
-    fn tensor_dims(&self, name: &str) -> Option<Vec<usize>> {
-        self.content.tensor_infos.get(name).map(|t| t.shape.dims().to_vec())
+    fn meta_usize_opt(&self, k: &str) -> Result<Option<usize>> {
+        match self.index.get(k) {
+            None => Ok(None),
+            Some(MetaValue::UInt(x)) => {
+                usize::try_from(*x).map(Some).map_err(|_| self.err(format!("`{k}` = {x} is too large")))
+            }
+            Some(MetaValue::Int(x)) => {
+                usize::try_from(*x).map(Some).map_err(|_| self.err(format!("`{k}` = {x} is negative")))
+            }
+            Some(_) => Err(self.err(format!("metadata `{k}` is not an integer"))),
+        }
     }
 
-    fn read(&self, gguf_name: &str) -> Result<QTensor> {
-        let mut file = self.file.lock().map_err(|_| GenError::InvalidArgument("GGUF reader poisoned".into()))?;
-        self.content
-            .tensor(&mut *file, gguf_name, &Device::Cpu)
-            .map_err(|e| GenError::bad_file(&self.path, format!("{gguf_name}: {e}")))
+    fn meta_f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        let k = format!("{}.{key}", self.arch);
+        match self.index.get(&k) {
+            None => Ok(default),
+            Some(MetaValue::Float(x)) => Ok(*x),
+            Some(_) => Err(self.err(format!("metadata `{k}` is not a float"))),
+        }
     }
 
     /// A tensor under its transformers name, checked against `shape`, q/k rows in transformers'
     /// order.
     fn load(&self, name: &str, shape: &[usize]) -> Result<QTensor> {
-        let err = |m: String| GenError::bad_file(&self.path, m);
-        let gguf = gguf_name(name).ok_or_else(|| err(format!("no GGUF tensor corresponds to {name}")))?;
-        if !self.content.tensor_infos.contains_key(&gguf) {
-            return Err(err(format!("missing tensor {gguf} ({name})")));
+        let gguf = hf_to_gguf(name).ok_or_else(|| self.err(format!("no GGUF tensor corresponds to {name}")))?;
+        let entry = self.index.tensor(&gguf).ok_or_else(|| self.err(format!("missing tensor {gguf} ({name})")))?;
+        if entry.shape != shape {
+            return Err(self.err(format!("{gguf} has shape {:?}, the metadata implies {shape:?}", entry.shape)));
         }
-        let q = self.read(&gguf)?;
-        if q.shape().dims() != shape {
-            return Err(err(format!("{gguf} has shape {:?}, the metadata implies {shape:?}", q.shape().dims())));
-        }
-        match (self.permuted_heads, gguf.rsplit('.').nth(1)) {
-            (Some((heads, _)), Some("attn_q")) => unpermute_rows(&q, heads),
-            (Some((_, kv_heads)), Some("attn_k")) => unpermute_rows(&q, kv_heads),
-            _ => Ok(q),
-        }
-    }
-}
-
-fn meta_str(content: &Content, key: &str) -> std::result::Result<String, String> {
-    match content.metadata.get(key) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        _ => Err(format!("metadata `{key}` is missing")),
-    }
-}
-
-/// llama.cpp's name for a transformers tensor name.
-fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
-        return Some(g.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, module) = rest.split_once('.')?;
-    let (module, kind) = module.rsplit_once('.')?;
-    let g = match module {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{kind}"))
-}
-
-/// Undoes convert_hf_to_gguf.py's `permute` of llama q/k weights: within each head, GGUF row
-/// `2j + s` is transformers' row `s * head_dim / 2 + j`. Rows are whole blocks, so the bytes are
-/// moved without dequantizing. 1-d tensors (biases) are permuted the same way.
-fn unpermute_rows(q: &QTensor, heads: usize) -> Result<QTensor> {
-    let dims = q.shape().dims().to_vec();
-    let rows = dims[0];
-    let data = q.data()?;
-    let row_bytes = data.len() / rows;
-    let (head_dim, half) = (rows / heads, rows / heads / 2);
-    let mut out = vec![0u8; data.len()];
-    for h in 0..heads {
-        for s in 0..2 {
-            for j in 0..half {
-                let (to, from) = (h * head_dim + s * half + j, h * head_dim + 2 * j + s);
-                out[to * row_bytes..(to + 1) * row_bytes]
-                    .copy_from_slice(&data[from * row_bytes..(from + 1) * row_bytes]);
+        let mut bytes = self.index.read_bytes(entry).map_err(|e| self.err(e.problem.to_string()))?;
+        let heads = match (self.permuted_heads, gguf.rsplit('.').nth(1)) {
+            (Some((heads, _)), Some("attn_q")) => Some(heads),
+            (Some((_, kv_heads)), Some("attn_k")) => Some(kv_heads),
+            _ => None,
+        };
+        if let Some(heads) = heads {
+            let rows = shape[0];
+            if heads == 0 || rows == 0 || !rows.is_multiple_of(2 * heads) {
+                return Err(self.err(format!("{gguf}: {rows} rows do not split into {heads} heads of row pairs")));
             }
+            bytes = unpermute_rows(&bytes, bytes.len() / rows, heads);
         }
+        if self.arch == "gemma" && gguf.ends_with("norm.weight") {
+            self.undo_plus_one(&gguf, entry.stored.name, &mut bytes)?;
+        }
+        let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, entry.stored.candle)?;
+        Ok(QTensor::new(storage, shape)?)
     }
-    let storage = QStorage::from_data(std::borrow::Cow::Owned(out), &Device::Cpu, q.dtype())?;
-    Ok(QTensor::new(storage, dims)?)
+}
+
+impl GgufWeights {
+    /// Gemma's norms are stored as `1 + w` (the converter adds the 1 transformers adds at run
+    /// time; chatvec's decoder adds it too): subtract it back.
+    fn undo_plus_one(&self, gguf: &str, type_name: &str, bytes: &mut [u8]) -> Result<()> {
+        if type_name != "F32" {
+            return Err(self.err(format!("{gguf}: Gemma norm weights stored as {type_name}; chatvec reads F32 ones")));
+        }
+        for x in bytes.chunks_exact_mut(4) {
+            let v = f32::from_le_bytes([x[0], x[1], x[2], x[3]]) - 1.0;
+            x.copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(())
+    }
 }
 
 impl WeightSource for GgufWeights {
     fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|g| self.content.tensor_infos.contains_key(&g))
+        hf_to_gguf(name).is_some_and(|g| self.index.tensor(&g).is_some())
     }
 
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {

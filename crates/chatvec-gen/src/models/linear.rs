@@ -7,7 +7,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{
+    self, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+    GgmlType,
+};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use half::{bf16, f16};
@@ -84,6 +87,12 @@ pub(crate) fn convert(
         GgmlDType::BF16 => convert_as::<bf16>(src, parts, k)?,
         GgmlDType::F16 => convert_as::<f16>(src, parts, k)?,
         GgmlDType::F32 => convert_as::<f32>(src, parts, k)?,
+        // A GGUF file may mix these in one stacked projection (re-quantized to the widest).
+        GgmlDType::Q4_1 => convert_as::<BlockQ4_1>(src, parts, k)?,
+        GgmlDType::Q5_0 => convert_as::<BlockQ5_0>(src, parts, k)?,
+        GgmlDType::Q5_1 => convert_as::<BlockQ5_1>(src, parts, k)?,
+        GgmlDType::Q2K => convert_as::<BlockQ2K>(src, parts, k)?,
+        GgmlDType::Q3K => convert_as::<BlockQ3K>(src, parts, k)?,
         other => return Err(crate::GenError::InvalidArgument(format!("cannot convert weights to {other:?}"))),
     };
     if device.is_cpu() {
@@ -172,8 +181,8 @@ impl CustomOp1 for CompactMatMul {
         let data = self.0.data()?;
         let mkn = (m, k, n);
         match self.0.dtype() {
-            GgmlDType::Q8_0 => kernels::matmul_q8_0(m, k, lhs, typed::<Q8Block>(&data)?, &mut dst)?,
-            GgmlDType::BF16 => kernels::matmul_bf16(m, k, lhs, typed::<bf16>(&data)?, &mut dst)?,
+            GgmlDType::Q8_0 => kernels::matmul_q8_0(m, k, lhs, typed::<Q8Block>(&data)?, &mut dst),
+            GgmlDType::BF16 => kernels::matmul_bf16(m, k, lhs, typed::<bf16>(&data)?, &mut dst),
             GgmlDType::Q4K => matmul_blocks::<BlockQ4K>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::Q4_0 => matmul_blocks::<BlockQ4_0>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::Q5K => matmul_blocks::<BlockQ5K>(mkn, lhs, &data, &mut dst)?,

@@ -1,0 +1,59 @@
+//! `CHATVEC_SIMD` as users set it: every tier this CPU has generates what transformers does
+//! (bf16 weights) and what the other tiers do (q8_0), and a tier that is not one is refused.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use chatvec_format::SimdTier;
+
+mod common;
+
+use common::{fails_with_one_line, fixture, oracle_model};
+
+fn generate(tier: &str, model: &Path, messages: &Path, quantize: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_chatvec"))
+        .env("CHATVEC_SIMD", tier)
+        .args(["generate", "--model", model.to_str().unwrap(), "--messages", messages.to_str().unwrap()])
+        .args(["--greedy", "--quantize", quantize, "--max-new-tokens", "24", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn token_ids(o: &Output) -> Vec<u64> {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    rec["runs"][0]["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn every_tier_generates_the_oracles_tokens_and_q8_0_agrees_across_tiers() {
+    let oracle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected/generation_oracle.json")).unwrap()).unwrap();
+    let want: Vec<u64> = oracle["greedy_new_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let model = oracle_model(tmp.path());
+    let messages = tmp.path().join("messages.json");
+    std::fs::write(&messages, oracle["messages"].to_string()).unwrap();
+    let mut q8 = vec![];
+    for tier in SimdTier::available() {
+        assert_eq!(token_ids(&generate(tier.name(), &model, &messages, "bf16")), want, "{tier}, bf16");
+        q8.push((tier, token_ids(&generate(tier.name(), &model, &messages, "q8_0"))));
+    }
+    for (tier, ids) in &q8 {
+        assert_eq!(ids, &q8[0].1, "q8_0 at {tier} against {}", q8[0].0);
+    }
+    for missing in [SimdTier::Avx2, SimdTier::Avx512].into_iter().filter(|t| !t.supported()) {
+        eprintln!("SKIPPED: tier {missing} (this CPU lacks it)");
+        let out = generate(missing.name(), &model, &messages, "q8_0");
+        fails_with_one_line(&out, &["CHATVEC_SIMD=", "this CPU lacks it"]);
+    }
+}
+
+#[test]
+fn a_name_that_is_not_a_tier_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = generate("sse9\u{1b}[31m", Path::new("/nonexistent/model"), &tmp.path().join("m.json"), "q8_0");
+    let line = fails_with_one_line(&out, &["CHATVEC_SIMD=", "expected baseline, avx2 or avx512"]);
+    assert!(!line.contains('\u{1b}'), "the value is escaped: {line}");
+}
