@@ -4,6 +4,10 @@ convert_hf_to_gguf.py, and transformers in bf16. Synthetic Llama with random wei
 real tokenizer; the same prompt ids (128 and 512 by default, a table each), greedy, the same
 thread count. Each engine runs in its own process per round (peak RSS from wait4); medians over
 the rounds. Driven by benches/gen/run.sh.
+
+With --eval-chat FORMATS, each round also runs the whole `chatvec eval chat --limit 8
+--max-new-tokens 32 --temperature 0` command (the 8 prompts answered as one batch) and reports its
+new tokens over its wall time, load included, against llama.cpp's single-stream decode.
 """
 
 import argparse
@@ -20,6 +24,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BENCH_GEN = ROOT / "target/release/examples/bench_gen"
 CHATVEC_BENCH = ROOT / "target/release/chatvec-bench"
+CHATVEC = ROOT / "target/release/chatvec"
 PY = os.environ.get("CHATVEC_PYTHON", sys.executable)
 NODE_DIR = pathlib.Path(os.environ.get("CHATVEC_NODE_LLAMA_DIR", ROOT / ".tools/node"))
 SIMD_ENV = "CHATVEC_SIMD"
@@ -30,8 +35,9 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def measure(cmd, env):
-    """Runs cmd in a child, returns (record, wall s, peak RSS bytes of that child)."""
+def measure(cmd, env, whole=False):
+    """Runs cmd in a child, returns (record, wall s, peak RSS bytes of that child). The record is
+    the last line of stdout as JSON, or all of stdout with `whole`."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     # Read output on threads so the child never blocks on a full pipe while we wait4 it.
@@ -51,7 +57,8 @@ def measure(cmd, env):
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{chunks['err'][-2000:]}")
-    return json.loads(chunks["out"].strip().splitlines()[-1]), wall, usage.ru_maxrss * 1024
+    out = chunks["out"] if whole else chunks["out"].strip().splitlines()[-1]
+    return json.loads(out), wall, usage.ru_maxrss * 1024
 
 
 def prepare(work, shape, llama_formats):
@@ -92,6 +99,14 @@ def engines(a, model, ggufs, prompt):
     return out
 
 
+def chat_engines(a, model):
+    """The whole batched `eval chat` command, once per format."""
+    return [(f"chatvec eval chat {f}", f, [CHATVEC, "eval", "chat", "--model", model, "--limit", "8",
+                                           "--max-new-tokens", str(a.new), "--temperature", "0",
+                                           "--batch-size", str(a.batch_size), "--quantize", f, "--json"])
+            for f in a.eval_chat]
+
+
 def weight_bytes_per_token(model, fmt):
     """Bytes of weights read per decoded token: every linear weight and the output projection."""
     cfg = json.loads((model / "config.json").read_text())
@@ -117,6 +132,9 @@ def main():
     ap.add_argument("--chatvec", default="f32,bf16,q8_0,q4_k", type=lambda s: [x for x in s.split(",") if x])
     ap.add_argument("--llama-cpp", default="f16,bf16,q8_0", type=lambda s: [x for x in s.split(",") if x])
     ap.add_argument("--no-transformers", dest="transformers", action="store_false")
+    ap.add_argument("--eval-chat", default="q8_0", type=lambda s: [x for x in s.split(",") if x],
+                    help="formats for the batched `eval chat` row ('' for none)")
+    ap.add_argument("--batch-size", type=int, default=8, help="eval chat --batch-size")
     a = ap.parse_args()
     work = pathlib.Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -127,6 +145,8 @@ def main():
     bandwidth = probe["read_gb_per_s"]
     runs = {p: engines(a, model, ggufs, p) for p in a.prompt}
     results = {p: {name: [] for name, _, _ in rs} for p, rs in runs.items()}
+    chat_runs = chat_engines(a, model)
+    chat_results = {name: [] for name, _, _ in chat_runs}
     for r in range(a.rounds):
         for p, rs in runs.items():
             for name, _, cmd in rs:
@@ -135,10 +155,18 @@ def main():
                 results[p][name].append(rec)
                 log(f"round {r + 1}, prompt {p}, {name}: decode {rec['decode_tokens_per_s']:.2f} tok/s, prefill "
                     f"{rec['prefill_tokens_per_s']:.1f} tok/s, peak RSS {rss / 2**30:.2f} GiB")
+        for name, _, cmd in chat_runs:
+            rec, wall, rss = measure(list(map(str, cmd)), env, whole=True)
+            rec.update(wall_s=wall, peak_rss=rss, new_tokens=sum(x["tokens"] for x in rec["results"]))
+            chat_results[name].append(rec)
+            log(f"round {r + 1} {name}: {rec['new_tokens']} new tokens in {wall:.1f} s wall, "
+                f"peak RSS {rss / 2**30:.2f} GiB")
     print(f"CPU: {probe['cpu']} (chatvec's tier; {SIMD_ENV}={os.environ.get(SIMD_ENV, '')!r}; llama.cpp picks its own)")
     for p, rs in runs.items():
         print()
         report(a, model, bandwidth, rs, results[p], p)
+    if chat_runs:
+        eval_chat_table(a, chat_runs, chat_results, results[a.prompt[0]], probe["cpu"])
 
 
 def report(a, model, bandwidth, runs, results, prompt):
@@ -189,6 +217,30 @@ def print_rows(runs, med, model, bandwidth, results, ref):
         print(f"| {name} | {m['decode_tokens_per_s']:.2f} | {ceiling:.1f} | {m['decode_tokens_per_s'] / ceiling:.0%} "
               f"| {ratio} | {m['prefill_tokens_per_s']:.1f} | {pre} | {m['peak_rss'] / 2**30:.2f} | {m['load_s']:.1f} "
               f"| {agree} |")
+
+
+def eval_chat_table(a, chat_runs, results, peers, cpu):
+    """The batched `eval chat` rows: new tokens of the 8 answers over the command's wall time,
+    against llama.cpp's single-stream decode (at the first prompt length) from the same rounds."""
+    print()
+    print(f"`chatvec eval chat --limit 8 --max-new-tokens {a.new} --temperature 0 --batch-size {a.batch_size}`, "
+          f"whole command (load, prefill, decode) on {cpu}, {a.threads} threads; medians of {a.rounds}; llama.cpp "
+          f"decode at a {a.prompt[0]}-token prompt")
+    print()
+    print("| command | wall s | new tokens | new tokens / wall s | llama.cpp single-stream decode tok/s | ratio "
+          "| peak RSS GiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, fmt, _ in chat_runs:
+        rs = results[name]
+        wall = statistics.median(r["wall_s"] for r in rs)
+        toks = rs[0]["new_tokens"]
+        rate = statistics.median(r["new_tokens"] / r["wall_s"] for r in rs)
+        peer = peers.get(f"llama.cpp {fmt}")
+        peer_decode = statistics.median(r["decode_tokens_per_s"] for r in peer) if peer else None
+        peer_rate = f"{peer_decode:.2f}" if peer else "-"
+        ratio = f"{rate / peer_decode:.2f}x" if peer else "-"
+        rss = statistics.median(r["peak_rss"] for r in rs)
+        print(f"| {name} | {wall:.1f} | {toks} | {rate:.2f} | {peer_rate} | {ratio} | {rss / 2**30:.2f} |")
 
 
 if __name__ == "__main__":

@@ -91,8 +91,11 @@ pub struct ChatOptions {
     pub batch_size: usize,
 }
 
-/// Prompts answered together unless told otherwise: enough rows for the matrix products to
-/// reuse each weight many times, few enough that the KV caches stay small.
+/// Prompts answered together unless told otherwise. gen's q8_0 and bf16 kernels are a blocked
+/// GEMM that reads each weight once for up to 64 input rows, so a decode step of 16 sequences
+/// reads the weights once, as one of a single sequence does. (Before that GEMM, rows beyond four
+/// widened every weight to f32 first: on a loaded 2-core EPYC, 1B shape at q8_0, `eval chat
+/// --limit 8 --max-new-tokens 32` took 207 s one prompt at a time, 135 s at 4, 193 s at 8.)
 pub const DEFAULT_BATCH_SIZE: usize = 16;
 
 impl Default for ChatOptions {

@@ -42,7 +42,7 @@ pub struct Args {
     pub sampling: SamplingArgs,
     /// With several prompts or temperatures: how many answers are generated together (one
     /// forward pass per token for all of them; the answers do not depend on it).
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_name = "N", default_value_t = chatvec_eval::chat_eval::DEFAULT_BATCH_SIZE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch_size: usize,
     /// Print one JSON record at the end instead of streaming text and statistics.
     #[arg(long)]
