@@ -158,6 +158,37 @@ pub struct PromptResult {
     pub seconds: f64,
 }
 
+impl PromptResult {
+    /// The metrics of one answer: `raw` is the answer as decoded with special tokens (so leaked
+    /// headers count), `stopped` whether a stop ended it; end-of-turn fields start empty.
+    pub fn measure(
+        p: &Prompt,
+        raw: &str,
+        tokens: usize,
+        stopped: bool,
+        stop_token: Option<String>,
+        seconds: f64,
+    ) -> Self {
+        let text = strip_markers(raw).trim().to_string();
+        PromptResult {
+            id: p.id.clone(),
+            category: p.category.clone(),
+            prompt: p.prompt.clone(),
+            chars: text.chars().count(),
+            korean_ratio: korean_ratio(&text),
+            repetition: repetition(&text),
+            header_leaks: header_leaks(raw),
+            answer: text,
+            tokens,
+            stopped,
+            stop_token,
+            eot_probability: None,
+            eot_token: None,
+            seconds,
+        }
+    }
+}
+
 /// Totals over a prompt set.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatSummary {
@@ -332,23 +363,10 @@ fn prompt_result(
     };
     // Decoded with special tokens, so leaked headers stay visible to the leak count.
     let raw = m.tokenizer.decode(body, false)?;
-    let text = strip_markers(&raw).trim().to_string();
-    Ok(PromptResult {
-        id: p.id.clone(),
-        category: p.category.clone(),
-        prompt: p.prompt.clone(),
-        chars: text.chars().count(),
-        korean_ratio: korean_ratio(&text),
-        repetition: repetition(&text),
-        header_leaks: header_leaks(&raw),
-        answer: text,
-        tokens: tokens.len(),
-        stopped: stop_token.is_some(),
-        stop_token,
-        eot_probability: eot.as_ref().map(|e| e.0),
-        eot_token: eot.map(|e| e.1),
-        seconds,
-    })
+    let stopped = stop_token.is_some();
+    let mut result = PromptResult::measure(p, &raw, tokens.len(), stopped, stop_token, seconds);
+    (result.eot_probability, result.eot_token) = eot.map_or((None, None), |(p, t)| (Some(p), Some(t)));
+    Ok(result)
 }
 
 /// Answers one prompt.

@@ -14,7 +14,6 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::chat_eval::{summarize, ChatEval, ChatOptions, Prompt, PromptResult};
-use crate::metrics::{header_leaks, korean_ratio, repetition, strip_markers};
 
 /// An OpenAI-compatible server.
 pub struct Endpoint {
@@ -89,24 +88,9 @@ impl Endpoint {
         let Some(raw) = choice["message"]["content"].as_str() else {
             bail!("{}/chat/completions: no choices[0].message.content in the answer", self.base);
         };
-        let text = strip_markers(raw).trim().to_string();
         let tokens = reply["usage"]["completion_tokens"].as_u64().unwrap_or_default() as usize;
-        Ok(PromptResult {
-            id: p.id.clone(),
-            category: p.category.clone(),
-            prompt: p.prompt.clone(),
-            chars: text.chars().count(),
-            korean_ratio: korean_ratio(&text),
-            repetition: repetition(&text),
-            header_leaks: header_leaks(raw),
-            answer: text,
-            tokens,
-            stopped: choice["finish_reason"] == "stop",
-            stop_token: None,
-            eot_probability: None,
-            eot_token: None,
-            seconds: started.elapsed().as_secs_f64(),
-        })
+        let stopped = choice["finish_reason"] == "stop";
+        Ok(PromptResult::measure(p, raw, tokens, stopped, None, started.elapsed().as_secs_f64()))
     }
 }
 

@@ -9,6 +9,7 @@
 //! as tokenizer.json and loaded by the tokenizers crate, so its models, pre-tokenizers and decoders
 //! do the work. Also read: special ids, add-bos/add-eos, the chat template and the stop ids.
 
+use chatvec_gguf::vocab::LLAMA_CPP_EOG_TEXTS;
 use std::collections::HashMap;
 
 use chatvec_gguf::read::{GgufIndex, MetaValue};
@@ -30,33 +31,6 @@ pub struct GgufTokenizer {
 /// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_attr` order in GGUF).
 const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
-
-/// Texts llama.cpp makes control tokens that end generation whatever their stored type
-/// (llama-vocab.cpp, the EOG list of the version node-llama-cpp 3.21.1 bundles).
-const EOG_TEXTS: [&str; 22] = [
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<|return|>",
-    "<|call|>",
-    "<|flush|>",
-    "<|calls|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "</s>",
-    "<|eom_id|>",
-    "<EOT>",
-    "_<EOT>",
-    "[EOT]",
-    "[EOS]",
-    "<|end_of_text|>",
-    "<end_of_utterance>",
-    "<eos>",
-    "<turn|>",
-    "<|tool_response>",
-    "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>",
-    "[e~[",
-];
 
 /// The pre-tokenizer regexes llama.cpp applies for each `tokenizer.ggml.pre` (llama-vocab.cpp),
 /// each splitting the pieces of the one before.
@@ -135,7 +109,8 @@ pub fn from_gguf(index: &GgufIndex) -> Result<GgufTokenizer> {
     })?;
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let types = meta.numbers("tokenizer.ggml.token_type", tokens.len())?;
-    let eog = |i: usize| EOG_TEXTS.contains(&tokens[i].as_str());
+    // Texts llama.cpp makes end-of-generation tokens whatever their stored type.
+    let eog = |i: usize| LLAMA_CPP_EOG_TEXTS.contains(&tokens[i].as_str());
     let type_of = |i: usize| if eog(i) { CONTROL } else { types.map_or(1, |t| t[i] as i64) };
     let added: Vec<Value> = (0..tokens.len())
         .filter(|&i| matches!(type_of(i), CONTROL | USER_DEFINED))

@@ -131,7 +131,7 @@ fn write_spm(
 }
 
 /// Token texts llama.cpp treats as end-of-generation by themselves (llama-vocab.cpp's list).
-const LLAMA_CPP_EOG_TEXTS: &[&str] = &[
+pub const LLAMA_CPP_EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
