@@ -1,4 +1,5 @@
-//! One error type for the core; every message names the file (and tensor) it is about.
+//! The error type of model files and outputs (read by format, and shared by merge, hub and gguf):
+//! one specific variant per problem, each naming the file, tensor or key it is about.
 
 use std::path::{Path, PathBuf};
 
@@ -12,14 +13,6 @@ pub enum Error {
         path: PathBuf,
         /// The underlying error.
         source: std::io::Error,
-    },
-    /// A file whose contents are not what its format promises (corrupt, truncated, bad JSON).
-    #[error("{}: {msg}", path.display())]
-    Format {
-        /// The offending file.
-        path: PathBuf,
-        /// What is wrong with it.
-        msg: String,
     },
     /// A tensor that cannot take part as asked (shape, dtype, missing).
     #[error("tensor {name}: {msg}")]
@@ -202,6 +195,84 @@ pub enum Error {
         /// The input model's directory.
         input: PathBuf,
     },
+    /// Too little free space where an output file goes.
+    #[error(
+        "{}: not enough free disk space: the output needs {:.2} GB, {:.2} GB are free",
+        dir.display(),
+        *need as f64 / 1e9,
+        *free as f64 / 1e9
+    )]
+    NotEnoughSpace {
+        /// The directory the output goes in.
+        dir: PathBuf,
+        /// The bytes the output needs.
+        need: u64,
+        /// The bytes free.
+        free: u64,
+    },
+    /// A model whose architecture a step does not support.
+    #[error("{}: {step} supports {supported}, not {found:?}", path.display())]
+    UnsupportedArchitecture {
+        /// The `config.json`.
+        path: PathBuf,
+        /// The step ("GGUF export").
+        step: &'static str,
+        /// What it supports, for the user.
+        supported: &'static str,
+        /// The `architectures` entry found.
+        found: String,
+    },
+    /// A model without `architectures`, whose `model_type` a step does not know.
+    #[error(
+        "{}: no `architectures`, and `model_type` {model_type:?} is not one {step} supports ({supported})",
+        path.display()
+    )]
+    UnknownModelType {
+        /// The `config.json`.
+        path: PathBuf,
+        /// The step ("GGUF export").
+        step: &'static str,
+        /// The model types it supports.
+        supported: &'static str,
+        /// The `model_type` found (empty when none).
+        model_type: String,
+    },
+    /// A model directory without a file a step needs.
+    #[error("{}: {step} needs {file}", dir.display())]
+    MissingFile {
+        /// The model directory.
+        dir: PathBuf,
+        /// The step ("Gemma export").
+        step: &'static str,
+        /// The file (or files) it needs.
+        file: &'static str,
+    },
+    /// A tokenizer file that cannot be read as its format says.
+    #[error("{}: {problem}", path.display())]
+    BadTokenizer {
+        /// `tokenizer.json` or `tokenizer.model`.
+        path: PathBuf,
+        /// What is wrong, with the token or field it is about.
+        problem: String,
+    },
+    /// A name that is not one of a fixed list (a GGUF type...).
+    #[error("unknown {what} {name:?}; use one of {known}")]
+    UnknownName {
+        /// What kind of name ("GGUF type").
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The names accepted, comma-separated.
+        known: String,
+    },
+    /// Values that the quantizer refused.
+    #[error("quantizing to {to}: {source}")]
+    Quantize {
+        /// The target type.
+        to: String,
+        /// The quantizer's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A write of a tensor's bytes that failed.
     #[error("{}: writing tensor {tensor}: {source}", path.display())]
     WriteTensor {
@@ -215,6 +286,9 @@ pub enum Error {
     /// A writer given more bytes than its layout holds: a bug in the caller, not bad input.
     #[error("more data than the layout holds (internal error)")]
     LayoutOverflow,
+    /// A stream of tensors that ended before the layout was full: a bug in the caller.
+    #[error("the input stopped before every tensor of the layout was written (internal error)")]
+    LayoutIncomplete,
     /// The run was stopped by the user (Ctrl-C).
     #[error("interrupted; nothing was written")]
     Interrupted,
@@ -224,9 +298,6 @@ pub enum Error {
         /// The `.incomplete` file.
         partial: PathBuf,
     },
-    /// Anything else, already worded for the user.
-    #[error("{0}")]
-    Msg(String),
 }
 
 /// What is wrong with an index's `weight_map`.
@@ -274,10 +345,6 @@ fn safetensors_problem(e: &safetensors::SafeTensorError) -> String {
 }
 
 impl Error {
-    /// An error with a ready message.
-    pub fn msg(m: impl Into<String>) -> Self {
-        Error::Msg(m.into())
-    }
     /// An invalid-JSON error on `path`.
     pub fn json(path: impl AsRef<Path>, source: serde_json::Error) -> Self {
         Error::InvalidJson { path: path.as_ref().to_path_buf(), source }
@@ -293,10 +360,6 @@ impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io { path: path.as_ref().to_path_buf(), source }
-    }
-    /// A format error in `path`.
-    pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Format { path: path.as_ref().to_path_buf(), msg: msg.into() }
     }
     /// An error about tensor `name`.
     pub fn tensor(name: impl Into<String>, msg: impl Into<String>) -> Self {
