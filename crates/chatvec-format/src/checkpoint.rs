@@ -428,7 +428,7 @@ pub fn index_files(index_path: &Path) -> Result<Vec<String>> {
 
 fn safetensors_entries(path: &Path, map: &[u8], file: usize) -> Result<Vec<TensorEntry>> {
     let (n, meta) = safetensors::SafeTensors::read_metadata(map)
-        .map_err(|source| Error::SafetensorsHeader { path: path.to_path_buf(), source })?;
+        .map_err(|problem| Error::SafetensorsHeader { path: path.to_path_buf(), problem })?;
     let data_start = 8 + n;
     let mut out: Vec<TensorEntry> = meta
         .tensors()

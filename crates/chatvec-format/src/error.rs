@@ -98,12 +98,12 @@ pub enum Error {
         problem: WeightMapProblem,
     },
     /// A safetensors file whose header cannot be read.
-    #[error("{}: {}", path.display(), safetensors_problem(source))]
+    #[error("{}: {}", path.display(), safetensors_problem(problem))]
     SafetensorsHeader {
         /// The weight file.
         path: PathBuf,
-        /// The safetensors crate's error.
-        source: safetensors::SafeTensorError,
+        /// The safetensors crate's error (worded by the message, so not a `source` to repeat).
+        problem: safetensors::SafeTensorError,
     },
     /// A PyTorch checkpoint the pickle reader refused (about the file, or about one tensor).
     #[error(transparent)]

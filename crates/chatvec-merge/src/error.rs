@@ -35,10 +35,10 @@ pub enum Error {
     /// An apply given no vector.
     #[error("apply needs at least one --vector")]
     NoVector,
-    /// A vector directory whose `chatvec.json` was not written by `chatvec extract`.
+    /// A vector directory without a `chatvec.json` written by `chatvec extract`.
     #[error("{}: not a chat vector written by `chatvec extract`", path.display())]
     NotAChatVector {
-        /// The `chatvec.json`.
+        /// The directory (when it has no `chatvec.json`) or its `chatvec.json`.
         path: PathBuf,
     },
     /// A plan in which no tensor gets the vector: the output would be a copy of the target.

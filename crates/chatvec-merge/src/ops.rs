@@ -443,6 +443,9 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
 /// The `chatvec.json` of a stored vector, refused unless `chatvec extract` wrote it.
 fn read_vector_manifest(dir: &std::path::Path) -> Result<Value> {
     let path = dir.join("chatvec.json");
+    if !path.is_file() {
+        return Err(Error::NotAChatVector { path: dir.to_path_buf() });
+    }
     let text = chatvec_format::metadata::read_metadata(&path)?;
     let manifest: Value = serde_json::from_str(&text).map_err(|e| chatvec_format::Error::json(&path, e))?;
     if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
