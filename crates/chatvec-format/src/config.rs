@@ -128,6 +128,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refused_token_ids_carry_the_file_key_and_values() {
+        let file = Path::new("m/generation_config.json");
+        let beyond = ids_of(Some(&serde_json::json!([1, 5000])), file, "eos_token_id", Some(2008)).unwrap_err();
+        let Error::TokenIdBeyondVocab { path, key, id, vocab } = &beyond else { panic!("{beyond}") };
+        assert_eq!((path.as_path(), key.as_str(), *id, *vocab), (file, "eos_token_id", 5000, 2008));
+        let negative = ids_of(Some(&serde_json::json!(-1)), file, "eos_token_id", None).unwrap_err();
+        let Error::NotATokenId { value, .. } = &negative else { panic!("{negative}") };
+        assert_eq!(value, "-1");
+        assert_eq!(
+            negative.to_string(),
+            "m/generation_config.json: `eos_token_id`: -1 is not a token id (a whole number below 2^32)"
+        );
+    }
+
+    #[test]
     fn both_config_spellings_give_the_same_rope_and_dtype() {
         let old = ModelConfig {
             raw: serde_json::json!({"rope_theta": 500000.0, "torch_dtype": "bfloat16",
