@@ -42,17 +42,18 @@ pub fn write_llama_hf(
     meta: &mut Metadata,
 ) -> Result<usize> {
     let path = dir.join("tokenizer.json");
-    let json = read_json(&path)?.ok_or_else(|| Error::format(&path, "missing".to_string()))?;
+    let json = read_json(&path)?.ok_or_else(|| Error::MissingFile {
+        dir: dir.to_path_buf(),
+        step: "GGUF export",
+        file: "tokenizer.model or tokenizer.json",
+    })?;
+    let bad = |problem: String| Error::BadTokenizer { path: path.clone(), problem };
     if !is_spm_style(&json) {
-        return Err(Error::format(
-            &path,
-            "without tokenizer.model, a SentencePiece vocabulary needs a BPE tokenizer.json with byte \
-             fallback and a Sequence decoder"
-                .to_string(),
-        ));
+        return Err(bad("without tokenizer.model, a SentencePiece vocabulary needs a BPE tokenizer.json with \
+                        byte fallback and a Sequence decoder"
+            .to_string()));
     }
-    let tokenizer =
-        tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::format(&path, format!("cannot load: {e}")))?;
+    let tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| bad(format!("cannot load: {e}")))?;
     let base = tokenizer.get_vocab_size(false);
     let by_id: HashMap<u32, String> = tokenizer.get_vocab(true).into_iter().map(|(t, i)| (i, t)).collect();
     let special = special_ids(dir, tok_config, defaults, &tokenizer)?;
@@ -68,7 +69,7 @@ pub fn write_llama_hf(
     let mut tokens = Vec::with_capacity(base);
     let mut types = Vec::with_capacity(base);
     for id in 0..base as u32 {
-        let text = by_id.get(&id).ok_or_else(|| Error::format(&path, format!("no token has id {id}")))?;
+        let text = by_id.get(&id).ok_or_else(|| bad(format!("no token has id {id}")))?;
         tokens.push(text.clone());
         types.push(type_of(id, text));
     }
