@@ -7,8 +7,14 @@
 //!   a stated tolerance of its logits on the f32 file (candle's quantized matmuls round the
 //!   activations to 8 bits, as llama.cpp does, so they are not exact).
 //!
-//! Needs Python with gguf-py (`CHATVEC_PYTHON`); without it `cargo test` lists the test as
-//! ignored (chatvec-testkit); under `CI` it runs and fails.
+//! A third oracle cannot be asserted exactly: llama.cpp (node-llama-cpp) on the same files. It
+//! quantizes the activations differently in prefill, so greedy continuations part sooner or later.
+//! `llama_cpp_greedy_agreement_is_reported` prints, per type, how many leading greedy tokens the two
+//! engines share on a few prompts (the table in docs/gguf.md), and asserts only the first token for
+//! the high-precision types (F16, Q8_0 and the f32 dequantized Q8_0 file).
+//!
+//! Needs Python with gguf-py (`CHATVEC_PYTHON`), and node-llama-cpp for the agreement; without
+//! them `cargo test` lists the tests as ignored (chatvec-testkit); under `CI` they run and fail.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,14 +31,20 @@ const LOGIT_TOLERANCE: f32 = 0.05;
 
 /// The f32 export of the Mistral fixture, re-stored in every type by gguf-py.
 fn requantized(tmp: &Path) -> PathBuf {
+    requantized_from("crates/chatvec-gguf/tests/data/mistral", tmp, &TYPES)
+}
+
+/// The f32 export of `model` (relative to the repository), re-stored in `types` by gguf-py.
+fn requantized_from(model: &str, tmp: &Path, types: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(tmp).unwrap();
     let src = tmp.join("f32.gguf");
-    write_f32_export(&src);
+    write_f32_export(&Path::new(ROOT).join(model), &src);
     let out = tmp.join("types");
     let o = Command::new(chatvec_testkit::python())
         .arg(format!("{ROOT}/scripts/gguf/requant.py"))
         .arg(&src)
         .arg(&out)
-        .args(TYPES)
+        .args(types)
         .output()
         .expect("python runs");
     assert!(o.status.success(), "requant.py: {}", String::from_utf8_lossy(&o.stderr));
@@ -40,12 +52,11 @@ fn requantized(tmp: &Path) -> PathBuf {
 }
 
 /// chatvec's own f32 export, through the library (as `chatvec export gguf --type f32`).
-fn write_f32_export(out: &Path) {
-    let model = Path::new(ROOT).join("crates/chatvec-gguf/tests/data/mistral");
+fn write_f32_export(model: &Path, out: &Path) {
     let ftype = chatvec_gguf::FileType::F32;
     let progress = chatvec_format::NoProgress;
     let cancel = std::sync::atomic::AtomicBool::new(false);
-    chatvec_gguf::export(&model, out, ftype, false, &progress, &cancel).unwrap();
+    chatvec_gguf::export(model, out, ftype, false, &progress, &cancel).unwrap();
 }
 
 fn max_abs(t: &Tensor) -> f32 {
@@ -91,4 +102,115 @@ fn every_common_type_reads_as_gguf_py_dequantizes_it() {
         assert!(diff <= LOGIT_TOLERANCE * scale, "{t}: logits differ by {diff} (max logit {scale})");
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// Prompts for the greedy agreement: BOS, then fixed ids below `vocab`.
+fn prompts(bos: u32, vocab: u32) -> Vec<Vec<u32>> {
+    (0..4u32)
+        .map(|p| std::iter::once(bos).chain((0..6 + p).map(|i| (i * 53 + p * 97 + 11) % vocab)).collect())
+        .collect()
+}
+
+const GREEDY_TOKENS: usize = 16;
+
+fn chatvec_greedy(path: &Path, prompt: &[u32]) -> Vec<u32> {
+    let mut m = Model::load_with(path, &ModelOptions::dense(&Device::Cpu, DType::F32)).unwrap();
+    let mut out = vec![];
+    let mut next = prompt.to_vec();
+    for _ in 0..GREEDY_TOKENS {
+        let logits = m.forward_last(&next).unwrap();
+        let id = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        out.push(id);
+        next = vec![id];
+    }
+    out
+}
+
+/// llama.cpp's greedy tokens for each request (model, prompt ids, chatvec's tokens), in one node
+/// process, and which of chatvec's tokens end generation for llama.cpp (it stops before yielding one).
+fn llama_cpp_greedy(requests: &[(PathBuf, Vec<u32>, Vec<u32>)], tmp: &Path) -> Vec<(Vec<u32>, Vec<bool>)> {
+    let req: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|(m, p, ours)| {
+            serde_json::json!({"model": m, "prompt_ids": p, "max_new_tokens": GREEDY_TOKENS, "stop_ids": ours})
+        })
+        .collect();
+    let file = tmp.join("requests.json");
+    std::fs::write(&file, serde_json::to_string(&req).unwrap()).unwrap();
+    let o = Command::new("node")
+        .arg(format!("{ROOT}/scripts/gguf/llama_cpp_run.mjs"))
+        .arg(&file)
+        .env("CHATVEC_NODE_LLAMA_DIR", chatvec_testkit::node_llama_dir())
+        .output()
+        .expect("node runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "node: {out}\n{}", String::from_utf8_lossy(&o.stderr));
+    let results: Vec<serde_json::Value> = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    results
+        .iter()
+        .zip(requests)
+        .map(|(r, (_, _, ours))| {
+            let eog = ours.iter().map(|id| r["eog"][id.to_string()].as_bool().unwrap_or(false)).collect();
+            (serde_json::from_value(r["tokens"].clone()).unwrap(), eog)
+        })
+        .collect()
+}
+
+/// Leading tokens both engines produce; llama.cpp's end-of-generation token, which it does not
+/// yield, counts when chatvec produced it next.
+fn agreement(ours: &[u32], eog: &[bool], llama: &[u32]) -> usize {
+    let n = ours.iter().zip(llama).take_while(|(a, b)| a == b).count();
+    n + usize::from(n == llama.len() && n < ours.len() && eog[n])
+}
+
+#[test]
+#[cfg_attr(
+    not(all(have_py_gguf, have_py_numpy, have_node_llama)),
+    ignore = "needs Python with gguf-py and numpy (CHATVEC_PYTHON) and node-llama-cpp (CHATVEC_NODE_LLAMA_DIR)"
+)]
+fn llama_cpp_greedy_agreement_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The Mistral fixture (random weights) in every type, and the lab's trained chat model in the
+    // types whose blocks fit its 128-wide rows (k-quants need 256), with gguf-py's real quantizers.
+    let sources: [(&str, &str, &[&str], u32, u32); 2] = [
+        ("Mistral fixture (random weights)", "crates/chatvec-gguf/tests/data/mistral", &TYPES, 1, 500),
+        (
+            "lab chat model (trained)",
+            "models/lab/chat",
+            &["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"],
+            2000,
+            2000,
+        ),
+    ];
+    let mut table = vec![format!("| model | type | leading greedy tokens agreeing, 4 prompts (of {GREEDY_TOKENS}) |")];
+    table.push("|---|---|---|".into());
+    let mut first_disagrees = vec![];
+    for (k, (label, model, types, bos, vocab)) in sources.iter().enumerate() {
+        let dir = requantized_from(model, &tmp.path().join(k.to_string()), types);
+        let mut files: Vec<(String, PathBuf)> =
+            types.iter().map(|t| (t.to_string(), dir.join(format!("{t}.gguf")))).collect();
+        files.push(("F32 (Q8_0 dequantized)".into(), dir.join("Q8_0-dequantized.gguf")));
+        let prompts = prompts(*bos, *vocab);
+        let requests: Vec<(PathBuf, Vec<u32>, Vec<u32>)> = files
+            .iter()
+            .flat_map(|(_, f)| prompts.iter().map(move |p| (f.clone(), p.clone(), chatvec_greedy(f, p))))
+            .collect();
+        let theirs = llama_cpp_greedy(&requests, tmp.path());
+        for (i, (name, _)) in files.iter().enumerate() {
+            let mut agree = vec![];
+            for j in 0..prompts.len() {
+                let ours = &requests[i * prompts.len() + j].2;
+                let (llama, eog) = &theirs[i * prompts.len() + j];
+                let n = agreement(ours, eog, llama);
+                if n == 0 && (name == "F16" || name == "Q8_0" || name.starts_with("F32")) {
+                    first_disagrees.push(format!("{label} {name} prompt {j}: chatvec {ours:?}, llama.cpp {llama:?}"));
+                }
+                // †: all of llama.cpp's answer, its end-of-generation token included.
+                agree.push(if n > llama.len() { format!("{n}†") } else { n.to_string() });
+            }
+            table.push(format!("| {label} | {name} | {} |", agree.join(", ")));
+        }
+    }
+    eprintln!("{}", table.join("\n"));
+    assert!(first_disagrees.is_empty(), "the first greedy token differs: {first_disagrees:#?}");
 }

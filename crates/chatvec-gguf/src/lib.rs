@@ -12,6 +12,7 @@ pub mod encode;
 pub mod export;
 pub mod format;
 pub mod general;
+pub mod hf_spm;
 pub mod output;
 pub mod plan;
 mod pre_hashes;

@@ -1,5 +1,5 @@
 //! Tokenizer metadata as llama.cpp's converter writes it: a SentencePiece vocabulary (`llama`)
-//! from `tokenizer.model`, or a byte-level BPE one (`gpt2`) from `tokenizer.json` with its
+//! from `tokenizer.model` (or, without one, from a SentencePiece-style `tokenizer.json`: [`crate::hf_spm`]), or a byte-level BPE one (`gpt2`) from `tokenizer.json` with its
 //! pre-tokenizer chosen by hashing the tokenization of a fixed text (chkhsh); then gguf-py's
 //! `SpecialVocab`: merges, special ids, add-bos/eos flags and the chat template.
 
@@ -11,14 +11,25 @@ use sha2::{Digest, Sha256};
 
 use crate::arch::Arch;
 use crate::format::{Metadata, Value};
+use crate::hf_spm;
 use crate::pretok;
 use crate::spm;
 
 // gguf.TokenType
-const NORMAL: i32 = 1;
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
+pub(crate) const NORMAL: i32 = 1;
+pub(crate) const CONTROL: i32 = 3;
+pub(crate) const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
+
+/// transformers' default named special tokens for GemmaTokenizer and LlamaTokenizer.
+const GEMMA_DEFAULTS: &[(&str, &str)] = &[
+    ("unk_token", "<unk>"),
+    ("bos_token", "<bos>"),
+    ("eos_token", "<eos>"),
+    ("pad_token", "<pad>"),
+    ("mask_token", "<mask>"),
+];
+const LLAMA_DEFAULTS: &[(&str, &str)] = &[("unk_token", "<unk>"), ("bos_token", "<s>"), ("eos_token", "</s>")];
 
 /// Where the tokenizer comes from, and a chat template to use when its files have none (a merge
 /// carries the chat model's).
@@ -31,7 +42,7 @@ pub struct VocabSource<'a> {
     pub fallback_template: Option<Json>,
 }
 
-fn read_json(path: &Path) -> Result<Option<Json>> {
+pub(crate) fn read_json(path: &Path) -> Result<Option<Json>> {
     if !path.is_file() {
         return Ok(None);
     }
@@ -49,11 +60,21 @@ pub fn write_vocab(arch: Arch, src: &VocabSource, meta: &mut Metadata) -> Result
         }
     }
     let vocab_size = src.config.get("vocab_size").and_then(Json::as_u64).map(|v| v as usize);
-    if has_spm {
-        let n = write_spm(src, tok_config.as_ref(), vocab_size, meta)?;
+    // Without tokenizer.model, the converter's fallback reads a SentencePiece-style tokenizer.json.
+    let spm_from_json = !has_spm
+        && match arch {
+            Arch::Gemma => true,
+            Arch::Llama => read_json(&src.dir.join("tokenizer.json"))?.is_some_and(|j| hf_spm::is_spm_style(&j)),
+            Arch::Qwen2 => false,
+        };
+    if has_spm || spm_from_json {
+        let n = if has_spm {
+            write_spm(src, tok_config.as_ref(), vocab_size, meta)?
+        } else {
+            let defaults = if arch == Arch::Gemma { GEMMA_DEFAULTS } else { LLAMA_DEFAULTS };
+            hf_spm::write_llama_hf(src.dir, tok_config.as_ref(), defaults, meta)?
+        };
         SpecialVocab::load(src, &["bos", "eos", "unk", "sep", "pad", "cls", "mask"], false, Some(n))?.add_to(meta);
-    } else if arch == Arch::Gemma {
-        return Err(Error::MissingFile { dir: src.dir.to_path_buf(), step: "Gemma export", file: "tokenizer.model" });
     } else {
         write_bpe(src, vocab_size, meta)?;
         SpecialVocab::load(src, &["bos", "eos", "unk", "sep", "pad", "cls", "mask"], true, None)?.add_to(meta);
@@ -463,7 +484,7 @@ fn write_named_templates(list: &[Json], meta: &mut Metadata) {
 }
 
 /// A special token given as a string or as `{"content": ...}`.
-fn token_content(v: &Json) -> Option<String> {
+pub(crate) fn token_content(v: &Json) -> Option<String> {
     match v {
         Json::String(s) => Some(s.clone()),
         Json::Object(o) => o.get("content")?.as_str().map(str::to_string),

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use candle_core::quantized::{QStorage, QTensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{Device, Tensor};
 use chatvec_gguf::arch::{hf_to_gguf, unpermute_rows, Llama3Scaling};
 use chatvec_gguf::read::{GgufIndex, MetaValue};
@@ -187,8 +187,19 @@ impl WeightSource for GgufWeights {
     }
 
     fn qtensor(&self, name: &str, shape: &[usize]) -> Result<Option<QTensor>> {
-        self.load(name, shape).map(Some)
+        let q = self.load(name, shape)?;
+        if candle_cannot_multiply(q.dtype(), shape.last().copied().unwrap_or(0)) {
+            // Read dequantized instead (exact, in f32: more memory for this tensor only).
+            return Ok(None);
+        }
+        Ok(Some(q))
     }
+}
+
+/// candle's Q4_1, Q5_0 and Q5_1 dot products take blocks two at a time and panic on a row of an
+/// odd number of blocks (352 columns: 11 blocks), which llama.cpp multiplies.
+fn candle_cannot_multiply(dtype: GgmlDType, cols: usize) -> bool {
+    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1) && (cols / dtype.block_size()) % 2 == 1
 }
 
 /// Whether `path` names a GGUF file.
