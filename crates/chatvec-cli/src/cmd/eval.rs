@@ -177,6 +177,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             };
             let e = match &a.endpoint {
                 Some(url) => {
+                    a.device.refuse_with_endpoint()?;
                     let endpoint = Endpoint::new(url, a.api_key.clone());
                     run_chat_eval_endpoint(
                         &endpoint,
