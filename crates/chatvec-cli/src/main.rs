@@ -88,7 +88,7 @@ fn main() -> ExitCode {
                 matches!(
                     e.downcast_ref(),
                     Some(chatvec_format::Error::Interrupted | chatvec_format::Error::DownloadInterrupted { .. })
-                )
+                ) || matches!(e.downcast_ref(), Some(chatvec_eval::EvalError::Interrupted))
             }) {
                 return ExitCode::from(cmd::common::interrupted_exit_code());
             }

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     /// Loading, tokenizing or running a model failed (the message names the file or setting).
-    #[error(transparent)]
+    /// Not `transparent`: the inner error stays in the chain, where the CLI finds an interrupt.
+    #[error("{0}")]
     Model(#[from] chatvec_gen::GenError),
     /// A checkpoint could not be read or merged (inspect, the heatmap, the sweep's merges).
-    #[error(transparent)]
+    #[error("{0}")]
     Checkpoint(#[from] chatvec_format::Error),
     /// A tensor operation on model outputs failed.
     #[error("tensor: {0}")]
@@ -26,12 +27,12 @@ pub enum EvalError {
         source: std::io::Error,
     },
     /// A prompt file (or the bundled set) holds something that is not a prompt.
-    #[error("{source_name}:{line}: {problem}")]
+    #[error("{source_name}{}: {problem}", line.map(|l| format!(":{l}")).unwrap_or_default())]
     PromptFile {
         /// The file, or "bundled prompts".
         source_name: String,
-        /// 1-based line (0: the file as a whole).
-        line: usize,
+        /// 1-based line; none for the file as a whole.
+        line: Option<usize>,
         /// What is wrong.
         problem: String,
     },

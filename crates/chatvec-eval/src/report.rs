@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result};
 use chatvec_format::{Checkpoint, NoProgress};
 use serde::Serialize;
 
 use crate::chat_eval::{run_chat_eval, ChatEval, ChatOptions, Prompt, PromptResult};
 use crate::endpoint::{perplexity_endpoint, run_chat_eval_endpoint, Endpoint, Scored};
+use crate::error::{EvalError, Result};
 use crate::inspect::{inspect, InspectInput, InspectReport, VectorInput, WeightsRef};
 use crate::perplexity::{perplexity, Perplexity, Window};
 use crate::plots::{write_heatmap, Size};
@@ -380,7 +380,7 @@ pub fn build_report(
     log: &mut dyn FnMut(&str),
     on_result: &mut dyn FnMut(usize, usize, &PromptResult),
 ) -> Result<Report> {
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    std::fs::create_dir_all(out).map_err(|e| EvalError::io(out, "create", e))?;
     let (vector, vector_note) = vector_input(job)?;
     let (mut inspected, mut png) = (None, None);
     if let Some(vector) = vector {
@@ -389,7 +389,7 @@ pub fn build_report(
         let heatmap_path = out.join("heatmap");
         write_heatmap(&report.heatmap(false), &heatmap_path, Size::DEFAULT)?;
         let png_path = heatmap_path.with_extension("png");
-        png = Some(std::fs::read(&png_path).with_context(|| format!("{}: cannot read back", png_path.display()))?);
+        png = Some(std::fs::read(&png_path).map_err(|e| EvalError::io(&png_path, "read back", e))?);
         inspected = Some(report);
     }
     let mut models = Vec::new();
@@ -420,10 +420,9 @@ pub fn build_report(
         notes,
     };
     let json = out.join("report.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("{}: cannot write", json.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?).map_err(|e| EvalError::io(&json, "write", e))?;
     let html = out.join("report.html");
-    std::fs::write(&html, render_html(&report)).with_context(|| format!("{}: cannot write", html.display()))?;
+    std::fs::write(&html, render_html(&report)).map_err(|e| EvalError::io(&html, "write", e))?;
     Ok(report)
 }
 

@@ -97,7 +97,7 @@ pub fn score_text(
     if let Some(n) = w.max_tokens {
         ids.truncate(n);
     }
-    perplexity_in_batches(&m.model, &ids, window, per_pass, cancel)
+    Ok(perplexity_in_batches(&m.model, &ids, window, per_pass, cancel)?)
 }
 
 /// The totals of a chat evaluation for people.

@@ -95,7 +95,7 @@ impl WindowArgs {
             Some(c) => c,
             None => DEFAULT_CONTEXT.min(positions),
         };
-        Window::new(context, self.stride.unwrap_or((context / 2).max(1)))
+        Ok(Window::new(context, self.stride.unwrap_or((context / 2).max(1)))?)
     }
 }
 
@@ -121,7 +121,7 @@ pub struct ChatGenArgs {
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
     /// Prompts answered together, one forward pass per token for all of them (the answers do
-    /// not depend on it).
+    /// not depend on it); through an endpoint (eval chat, report), the requests in flight at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH_SIZE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch_size: usize,
 }

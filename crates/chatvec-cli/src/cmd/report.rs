@@ -181,9 +181,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     for m in &report.models {
         let s = m.chat.as_ref().map(|c| &c.summary);
         println!(
-            "{:<7} perplexity {:>10.3}  stop rate {:>6}  Korean {:>6}  repetition {:>6}  P(eot) {}",
+            "{:<7} perplexity {:>10}  stop rate {:>6}  Korean {:>6}  repetition {:>6}  P(eot) {}",
             m.role,
-            m.perplexity.as_ref().map_or(f64::NAN, |p| p.perplexity),
+            m.perplexity.as_ref().map_or_else(|| "-".into(), |p| format!("{:.3}", p.perplexity)),
             pct(s.map(|s| s.stop_rate)),
             pct(s.and_then(|s| s.korean_ratio)),
             pct(s.and_then(|s| s.repetition)),
