@@ -393,7 +393,8 @@ pub fn build_report(
         inspected = Some(report);
     }
     let mut models = Vec::new();
-    let mut notes: Vec<String> = vector_note.iter().cloned().collect();
+    // Without a heatmap its note goes in the heatmap's section, not at the top as well.
+    let mut notes: Vec<String> = vector_note.iter().filter(|_| inspected.is_some()).cloned().collect();
     for model in &job.models {
         if let Some((eval, model_notes)) = evaluate(job, model, cancel, log, on_result)? {
             models.push(eval);
