@@ -127,8 +127,9 @@ fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     out
 }
 
-/// [`decode`] into `out` at a given tier (one the CPU supports).
-pub(crate) fn decode_with(tier: SimdTier, dtype: DType, bytes: &[u8], out: &mut [f32]) {
+/// [`decode`] into `out` at a given tier (one the CPU supports). Also how generation widens
+/// safetensors rows it converts at load.
+pub fn decode_with(tier: SimdTier, dtype: DType, bytes: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if dtype == DType::F16 && tier >= SimdTier::Avx2 {
         return x86::f16_to_f32(bytes, out);
@@ -196,7 +197,12 @@ pub(crate) fn encode_f16(tier: SimdTier, values: &[f32], out: &mut Vec<u8>) {
 pub(crate) fn encode_q8_0(tier: SimdTier, values: &[f32], out: &mut Vec<u8>) {
     let start = out.len();
     out.resize(start + values.len() / Q8_0_BLOCK * 34, 0);
-    let out = &mut out[start..];
+    q8_0_into(tier, values, &mut out[start..]);
+}
+
+/// `values` (whole blocks) as q8_0 blocks in `out` (34 bytes a block: the f16 scale, then 32
+/// quants). Also how generation quantizes safetensors weights at load.
+pub fn q8_0_into(tier: SimdTier, values: &[f32], out: &mut [u8]) {
     dispatch_simd!(tier, q8_0_lanes, (), (values: &[f32], out: &mut [u8]))
 }
 
