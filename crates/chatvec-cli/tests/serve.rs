@@ -421,11 +421,13 @@ fn eval_chat_through_an_endpoint_reads_vllm_answers() {
     assert!(e["summary"]["korean_ratio"].as_f64().unwrap() > 0.5, "{e}");
     let sent = mock.sent("/v1/chat/completions");
     assert_eq!(sent.len(), 2);
+    // Sent together, so in either order.
+    let b = sent.iter().find(|r| r["messages"].as_array().unwrap().len() == 2).expect("prompt b has a system message");
     assert_eq!(
-        (sent[1]["max_tokens"].as_u64(), sent[1]["temperature"].as_f64(), sent[1]["seed"].as_u64()),
+        (b["max_tokens"].as_u64(), b["temperature"].as_f64(), b["seed"].as_u64()),
         (Some(40), Some(0.5), Some(7))
     );
-    assert_eq!(sent[1]["messages"][0], json!({"role": "system", "content": "친절하게"}));
+    assert_eq!(b["messages"][0], json!({"role": "system", "content": "친절하게"}));
 
     let o = common::chatvec(&["eval", "chat", "--endpoint", &mock.base, "--model", "nope", "--limit", "1"]);
     common::fails_with_one_line(&o, &["HTTP 404", "The model `nope` does not exist."]);
