@@ -208,3 +208,22 @@ fn endpoint_failures_and_local_flags_are_refused_in_one_line() {
     let eval = ["eval", "chat", "--endpoint", &down, "--model", "m", "--quantize", "none"];
     common::fails_with_one_line(&common::chatvec(&eval), &["--quantize"]);
 }
+
+/// Prompts go to the server together, `--batch-size` at most, so a batching server batches them.
+#[test]
+fn endpoint_prompts_are_sent_together_and_bounded() {
+    let mock = MockVllm::start("served", Mode::Vllm);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("prompts.jsonl");
+    let lines: String = (0..9)
+        .map(|i| format!("{}\n", serde_json::json!({"id": i.to_string(), "prompt": format!("질문 {i}")})))
+        .collect();
+    std::fs::write(&path, lines).unwrap();
+    let args = ["eval", "chat", "--endpoint", &mock.base, "--model", "served", "--batch-size", "3", "--json"];
+    let out = ok(&[&args[..], &["--prompts", path.to_str().unwrap()]].concat());
+    let e: Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = e["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["0", "1", "2", "3", "4", "5", "6", "7", "8"], "results in prompt order");
+    let most = mock.most_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=3).contains(&most), "{most} requests at once with --batch-size 3");
+}

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,8 @@ pub const MOCK_CONTEXT: usize = 64;
 pub struct MockVllm {
     pub base: String,
     pub requests: Arc<Mutex<Vec<(String, Value)>>>,
+    /// The most requests it held open at once.
+    pub most_in_flight: Arc<AtomicUsize>,
 }
 
 /// The stand-in's tokenizer: BOS (1), then one id per character.
@@ -143,37 +146,55 @@ impl MockVllm {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
+        let (in_flight, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (now, peak) = (in_flight.clone(), most.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let mut stream = stream.unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let (mut length, mut request_line) = (0, String::new());
-                reader.read_line(&mut request_line).unwrap();
-                let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" || line.is_empty() {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
-                let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                log.lock().unwrap().push((path.clone(), request.clone()));
-                let (status, answer) = Self::answer(model, mode, &path, &request);
-                let text = answer.to_string();
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    text.len()
-                );
-                stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(text.as_bytes())).unwrap();
+                let (log, now, peak) = (log.clone(), now.clone(), peak.clone());
+                let stream = stream.unwrap();
+                // One thread per connection, as a server that batches: concurrent clients overlap.
+                std::thread::spawn(move || {
+                    let open = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(open, Ordering::SeqCst);
+                    Self::serve_one(stream, model, mode, &log);
+                    now.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
-        MockVllm { base, requests }
+        MockVllm { base, requests, most_in_flight: most }
+    }
+
+    /// Reads one request from `stream`, keeps it in `log` and answers it (a chat answer takes
+    /// 50 ms, so that clients sending together overlap).
+    fn serve_one(mut stream: std::net::TcpStream, model: &str, mode: Mode, log: &Mutex<Vec<(String, Value)>>) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let (mut length, mut request_line) = (0, String::new());
+        reader.read_line(&mut request_line).unwrap();
+        let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_string();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        log.lock().unwrap().push((path.clone(), request.clone()));
+        if path == "/v1/chat/completions" {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (status, answer) = Self::answer(model, mode, &path, &request);
+        let text = answer.to_string();
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            text.len()
+        );
+        stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(text.as_bytes())).unwrap();
     }
 
     /// The requests sent to `path`.
