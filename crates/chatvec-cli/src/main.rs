@@ -84,17 +84,20 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {}", one_line(&err));
-            if err.chain().any(|e| {
-                matches!(
-                    e.downcast_ref(),
-                    Some(chatvec_format::Error::Interrupted | chatvec_format::Error::DownloadInterrupted { .. })
-                ) || matches!(e.downcast_ref(), Some(chatvec_eval::EvalError::Interrupted))
-            }) {
+            if err.chain().any(is_interrupted) {
                 return ExitCode::from(cmd::common::interrupted_exit_code());
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` says the user stopped the run (Ctrl-C), in any of the libraries' error types.
+fn is_interrupted(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(e.downcast_ref(), Some(chatvec_format::Error::Interrupted))
+        || e.downcast_ref::<chatvec_merge::Error>().is_some_and(chatvec_merge::Error::is_interrupted)
+        || e.downcast_ref::<chatvec_hub::Error>().is_some_and(chatvec_hub::Error::is_interrupted)
+        || matches!(e.downcast_ref(), Some(chatvec_eval::EvalError::Interrupted))
 }
 
 /// A value a flag's parser refused (`--quantize q9`, `--ratio nan`, a `--text` file that does

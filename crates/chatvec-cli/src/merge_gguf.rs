@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use anyhow::Result;
 use chatvec_format::modelfiles::{self, ChatTemplate};
-use chatvec_format::{Error, Progress, Result};
+use chatvec_format::{Error, Progress};
 use chatvec_gguf::output::GgufFile;
 use chatvec_gguf::plan::{plan, ModelInfo, Origin, SourceTensor};
 use chatvec_gguf::sink::GgufSink;
@@ -50,7 +51,7 @@ pub fn merge_to_gguf(
                 t.dtype.ok_or_else(|| Error::tensor(&t.name, format!("is {}, not a float tensor", t.dtype_name)))?;
             Ok(SourceTensor { name: t.name.clone(), shape: t.shape.clone(), dtype })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, Error>>()?;
     let fallback_template = match modelfiles::chat_template(&target.dir)? {
         Some(_) => None,
         None => merge.chat_template.clone().map(|t| match t {

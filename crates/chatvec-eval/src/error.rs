@@ -10,9 +10,12 @@ pub enum EvalError {
     /// Not `transparent`: the inner error stays in the chain, where the CLI finds an interrupt.
     #[error("{0}")]
     Model(#[from] chatvec_gen::GenError),
-    /// A checkpoint could not be read or merged (inspect, the heatmap, the sweep's merges).
+    /// A checkpoint could not be read (inspect, the heatmap).
     #[error("{0}")]
     Checkpoint(#[from] chatvec_format::Error),
+    /// The sweep's merge was refused or failed.
+    #[error("{0}")]
+    Merge(#[from] chatvec_merge::Error),
     /// A tensor operation on model outputs failed.
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -14,6 +14,7 @@ use memmap2::{Advice, Mmap, UncheckedAdvice};
 use sha2::{Digest, Sha256};
 
 use crate::config::ModelConfig;
+use crate::error::WeightMapProblem;
 use crate::{DType, Error, Result};
 
 /// The files a weight format is stored in.
@@ -155,7 +156,7 @@ impl Checkpoint {
     /// Opens `dir`: reads `config.json`, the index if any, and every weight file's header.
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::msg(format!("{}: no such model directory", dir.display())));
+            return Err(Error::NoModelDir { dir: dir.to_path_buf() });
         }
         let config = ModelConfig::load(dir)?;
         let (format, file_names, index) = find_weight_files(dir)?;
@@ -171,17 +172,14 @@ impl Checkpoint {
             ckpt.add_file(&path)?;
         }
         if ckpt.tensors.is_empty() {
-            return Err(Error::msg(format!("{}: the weight files hold no tensors", dir.display())));
+            return Err(Error::NoTensors { dir: dir.to_path_buf() });
         }
         if let Some((index_path, weight_map)) = index {
             for (tensor, file) in weight_map {
                 let found = ckpt.by_name.get(&tensor).map(|&i| &ckpt.tensors[i]);
                 let in_file = found.is_some_and(|t| ckpt.files[t.file].path == dir.join(&file));
                 if !in_file {
-                    return Err(Error::format(
-                        &index_path,
-                        format!("tensor {tensor} is listed in {file} but that file does not hold it"),
-                    ));
+                    return Err(Error::TensorNotInListedFile { index: index_path, tensor, file });
                 }
             }
         }
@@ -204,7 +202,7 @@ impl Checkpoint {
         self.files.push(WeightFile { path: path.to_path_buf(), map: Arc::new(map), stamp, warning });
         for e in entries {
             if self.by_name.contains_key(&e.name) {
-                return Err(Error::format(path, format!("tensor {} also appears in another shard", e.name)));
+                return Err(Error::DuplicateTensor { path: path.to_path_buf(), tensor: e.name });
             }
             self.by_name.insert(e.name.clone(), self.tensors.len());
             self.tensors.push(e);
@@ -332,10 +330,7 @@ fn find_weight_files(dir: &Path) -> Result<(WeightFormat, Vec<PathBuf>, IndexMap
             return Ok((format, vec![resolve_shard(dir, &dir.join(single), single)?], None));
         }
     }
-    Err(Error::msg(format!(
-        "{}: no weights found (looked for model.safetensors[.index.json] and pytorch_model.bin[.index.json])",
-        dir.display()
-    )))
+    Err(Error::NoWeights { dir: dir.to_path_buf() })
 }
 
 /// The one rule for a weight file named by a model directory (in its index, or found in it):
@@ -344,7 +339,8 @@ fn find_weight_files(dir: &Path) -> Result<(WeightFormat, Vec<PathBuf>, IndexMap
 /// `blobs/` folder of the same repository. `named_in` is the file that named it, for messages.
 pub fn resolve_shard(dir: &Path, named_in: &Path, name: &str) -> Result<PathBuf> {
     use std::path::Component;
-    let refuse = |why: &str| Err(Error::format(named_in, format!("names {name}, {why}")));
+    let refuse =
+        |why: &'static str| Err(Error::BadShardName { named_in: named_in.to_path_buf(), name: name.to_string(), why });
     let rel = Path::new(name);
     if name.is_empty() || name.contains('\\') || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
         return refuse("which is not a plain relative path inside the model directory");
@@ -374,35 +370,23 @@ fn hub_blobs(snapshot: &Path) -> Option<PathBuf> {
 
 fn read_index(path: &Path) -> Result<Vec<(String, String)>> {
     let text = crate::metadata::read_metadata(path)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
-    let map =
-        v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(path, "no weight_map object"))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
+    let bad = |problem| Error::BadWeightMap { path: path.to_path_buf(), problem };
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad(WeightMapProblem::Missing))?;
     if map.is_empty() {
-        return Err(Error::format(path, "weight_map is empty: the index names no tensors"));
+        return Err(bad(WeightMapProblem::Empty));
     }
     map.iter()
         .map(|(k, f)| {
-            let f = f.as_str().ok_or_else(|| Error::format(path, format!("weight_map[{k}] is not a file name")))?;
+            let f = f.as_str().ok_or_else(|| bad(WeightMapProblem::NotAFileName { tensor: k.clone() }))?;
             Ok((k.clone(), f.to_string()))
         })
         .collect()
 }
 
-/// The pickle reader's error as the core's, with the same one-line message: about the file, or
-/// about one tensor.
-fn torch_error(e: chatvec_pickle::Error) -> Error {
-    match e {
-        chatvec_pickle::Error::File { path, reason } => Error::format(path, reason.to_string()),
-        chatvec_pickle::Error::Tensor { name, path, reason } => {
-            Error::tensor(name, format!("{reason} in {}", path.display()))
-        }
-    }
-}
-
 /// The tensors of a PyTorch zip checkpoint, and a warning naming keys whose values are not tensors.
 fn torch_entries(path: &Path, map: &[u8], file: usize) -> Result<(Vec<TensorEntry>, Option<String>)> {
-    let contents = chatvec_pickle::read_torch_zip_contents(path, map).map_err(torch_error)?;
+    let contents = chatvec_pickle::read_torch_zip_contents(path, map)?;
     let keys = &contents.skipped_keys;
     let warning = (!keys.is_empty()).then(|| {
         let shown = keys.iter().take(10).map(String::as_str).collect::<Vec<_>>().join(", ");
@@ -436,25 +420,15 @@ pub fn index_files(index_path: &Path) -> Result<Vec<String>> {
     files.sort();
     files.dedup();
     if let Some(f) = files.iter().find(|f| f.contains(['/', '\\']) || f.is_empty() || *f == "." || *f == "..") {
-        return Err(Error::format(index_path, format!("names {f}, which is not a file in the model's folder")));
+        let why = "which is not a file in the model's folder";
+        return Err(Error::BadShardName { named_in: index_path.to_path_buf(), name: f.clone(), why });
     }
     Ok(files)
 }
 
 fn safetensors_entries(path: &Path, map: &[u8], file: usize) -> Result<Vec<TensorEntry>> {
-    use safetensors::SafeTensorError as E;
-    let (n, meta) = safetensors::SafeTensors::read_metadata(map).map_err(|e| {
-        let why = match e {
-            E::MetadataIncompleteBuffer => {
-                "truncated or padded: the header's offsets do not match the file size".into()
-            }
-            E::HeaderTooSmall | E::InvalidHeaderLength => {
-                "truncated or not a safetensors file (bad header length)".into()
-            }
-            other => format!("corrupt safetensors header ({other})"),
-        };
-        Error::format(path, why)
-    })?;
+    let (n, meta) = safetensors::SafeTensors::read_metadata(map)
+        .map_err(|problem| Error::SafetensorsHeader { path: path.to_path_buf(), problem })?;
     let data_start = 8 + n;
     let mut out: Vec<TensorEntry> = meta
         .tensors()

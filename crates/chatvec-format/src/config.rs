@@ -27,10 +27,9 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = crate::metadata::read_metadata(&path)?;
-        let raw: Value =
-            serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+        let raw: Value = serde_json::from_str(&text).map_err(|e| Error::json(&path, e))?;
         if !raw.is_object() {
-            return Err(Error::format(&path, "expected a JSON object"));
+            return Err(Error::NotJsonObject { path });
         }
         Ok(ModelConfig { raw })
     }
@@ -109,12 +108,14 @@ pub fn ids_of(v: Option<&Value>, file: &Path, key: &str, vocab: Option<usize>) -
         Some(one) => vec![one],
     };
     let id_of = |item: &Value| -> Result<u32> {
-        let id = item.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
-            Error::format(file, format!("`{key}`: {item} is not a token id (a whole number below 2^32)"))
+        let id = item.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| Error::NotATokenId {
+            path: file.to_path_buf(),
+            key: key.to_string(),
+            value: item.to_string(),
         })?;
         match vocab {
             Some(v) if id as usize >= v => {
-                Err(Error::format(file, format!("`{key}`: token id {id} is beyond the vocabulary of {v} tokens")))
+                Err(Error::TokenIdBeyondVocab { path: file.to_path_buf(), key: key.to_string(), id, vocab: v })
             }
             _ => Ok(id),
         }
@@ -125,6 +126,21 @@ pub fn ids_of(v: Option<&Value>, file: &Path, key: &str, vocab: Option<usize>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_token_ids_carry_the_file_key_and_values() {
+        let file = Path::new("m/generation_config.json");
+        let beyond = ids_of(Some(&serde_json::json!([1, 5000])), file, "eos_token_id", Some(2008)).unwrap_err();
+        let Error::TokenIdBeyondVocab { path, key, id, vocab } = &beyond else { panic!("{beyond}") };
+        assert_eq!((path.as_path(), key.as_str(), *id, *vocab), (file, "eos_token_id", 5000, 2008));
+        let negative = ids_of(Some(&serde_json::json!(-1)), file, "eos_token_id", None).unwrap_err();
+        let Error::NotATokenId { value, .. } = &negative else { panic!("{negative}") };
+        assert_eq!(value, "-1");
+        assert_eq!(
+            negative.to_string(),
+            "m/generation_config.json: `eos_token_id`: -1 is not a token id (a whole number below 2^32)"
+        );
+    }
 
     #[test]
     fn both_config_spellings_give_the_same_rope_and_dtype() {

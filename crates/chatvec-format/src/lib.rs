@@ -33,7 +33,7 @@ pub mod writer;
 pub use checkpoint::{resolve_shard, Checkpoint, TensorEntry, WeightFormat};
 pub use config::ModelConfig;
 pub use dtype::DType;
-pub use error::{Error, Result};
+pub use error::{Error, OutputPathProblem, Result, WeightMapProblem};
 pub use progress::{NoProgress, Progress};
 pub use resolved::ResolvedModel;
 pub use simd::SimdTier;

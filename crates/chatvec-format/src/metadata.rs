@@ -35,7 +35,7 @@ pub fn read_metadata(path: &Path) -> Result<String> {
     if bytes.len() as u64 > MAX_METADATA_BYTES {
         return Err(too_large(bytes.len() as u64));
     }
-    String::from_utf8(bytes).map_err(|_| Error::format(path, "not UTF-8 text"))
+    String::from_utf8(bytes).map_err(|_| Error::NotUtf8 { path: path.to_path_buf() })
 }
 
 #[cfg(test)]

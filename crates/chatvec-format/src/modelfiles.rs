@@ -26,7 +26,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         return Ok(None);
     }
     let text = crate::metadata::read_metadata(path)?;
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::json(path, e))
 }
 
 /// The key of `tokenizer_config.json` that holds the chat template.
@@ -55,7 +55,7 @@ impl ChatTemplate {
             ChatTemplate::JinjaFile(text) => return Ok(BTreeMap::from([(DEFAULT_TEMPLATE.into(), text.clone())])),
             ChatTemplate::TokenizerConfig(value) => value,
         };
-        let bad = |key: String, what: &str| Error::format(self.file(dir), format!("`{key}` {what}"));
+        let bad = |key: String, what: &str| Error::bad_key(self.file(dir), key, what);
         match value {
             Value::String(text) => Ok(BTreeMap::from([(DEFAULT_TEMPLATE.into(), text.clone())])),
             Value::Array(list) => list
@@ -93,10 +93,8 @@ impl ChatTemplate {
         }
         named.remove(DEFAULT_TEMPLATE).ok_or_else(|| {
             let names: Vec<&String> = named.keys().collect();
-            Error::format(
-                self.file(dir),
-                format!("`{TEMPLATE_KEY}` lists templates {names:?} but none named `{DEFAULT_TEMPLATE}`"),
-            )
+            let problem = format!("lists templates {names:?} but none named `{DEFAULT_TEMPLATE}`");
+            Error::bad_key(self.file(dir), TEMPLATE_KEY, problem)
         })
     }
 }
@@ -145,7 +143,7 @@ pub fn install_chat_template(out: &Path, template: &ChatTemplate) -> Result<()> 
                     let p = out.join("chat_template.jinja");
                     std::fs::write(&p, s).map_err(|e| Error::io(&p, e))
                 }
-                None => Err(Error::format(&tc_path, "missing; cannot store a list of chat templates")),
+                None => Err(Error::NoTokenizerConfig { path: tc_path }),
             },
         },
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::checkpoint::MappedBytes;
+use crate::error::OutputPathProblem;
 use crate::{Error, Result};
 
 /// A hidden directory beside the final output; removed on drop unless [`commit`](Self::commit)ed,
@@ -31,18 +32,18 @@ impl OutputDir {
     /// Prepares to write `out`. An existing `out` is refused unless `force`.
     pub fn create(out: &Path, force: bool) -> Result<Self> {
         if out.exists() && !force {
-            return Err(Error::msg(format!("{}: already exists (use --force to replace it)", out.display())));
+            return Err(Error::OutputExists { path: out.to_path_buf() });
         }
-        let name = out.file_name().ok_or_else(|| Error::msg(format!("{}: not a usable output path", out.display())))?;
+        let name = out.file_name().ok_or_else(|| Error::bad_output(out, OutputPathProblem::NoFileName))?;
         let parent = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         if parent.exists() && !parent.is_dir() {
-            return Err(Error::msg(format!("{}: {} is not a directory", out.display(), parent.display())));
+            return Err(Error::bad_output(out, OutputPathProblem::ParentNotADirectory(parent)));
         }
         if !parent.is_dir() {
-            return Err(Error::msg(format!("{}: parent directory does not exist", out.display())));
+            return Err(Error::bad_output(out, OutputPathProblem::NoParentDirectory));
         }
         let prefix = format!(".{}.chatvec-tmp-", name.to_string_lossy());
         remove_stale_temp_dirs(&parent, &prefix);
@@ -67,7 +68,7 @@ impl OutputDir {
     pub fn commit(mut self) -> Result<()> {
         if self.final_path.exists() {
             if !self.force {
-                return Err(Error::msg(format!("{}: appeared while writing; not replaced", self.final_path.display())));
+                return Err(Error::OutputAppeared { path: self.final_path.clone() });
             }
             let old = self.tmp_path.with_extension("old");
             std::fs::rename(&self.final_path, &old).map_err(|e| Error::io(&self.final_path, e))?;
@@ -313,10 +314,11 @@ impl TensorPlace<'_> {
         }
         let mut pos = self.offset + at as u64;
         for piece in bytes.chunks(WRITE_CHUNK) {
-            self.file
-                .file
-                .write_all_at(piece, pos)
-                .map_err(|e| Error::msg(format!("{}: writing tensor {}: {e}", self.file.path.display(), self.name)))?;
+            self.file.file.write_all_at(piece, pos).map_err(|source| Error::WriteTensor {
+                path: self.file.path.clone(),
+                tensor: self.name.to_string(),
+                source,
+            })?;
             pos += piece.len() as u64;
         }
         Ok(())
@@ -413,8 +415,7 @@ impl ShardWriter {
     fn push_bytes(&mut self, mut bytes: &[u8]) -> Result<()> {
         while !bytes.is_empty() {
             let (i, at) = self.cursor;
-            let index =
-                *self.order.get(i).ok_or_else(|| Error::msg("more data than the layout holds (internal error)"))?;
+            let index = *self.order.get(i).ok_or(Error::LayoutOverflow)?;
             let place = self.place(index).expect("every listed tensor has a slot");
             let n = bytes.len().min(place.len - at);
             place.write_at(at, &bytes[..n])?;
@@ -492,11 +493,7 @@ pub fn refuse_file_inside_inputs(inputs: &[&Path], out: &Path) -> Result<()> {
         let real = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         let inside = |p: &Path| p.starts_with(&real);
         if inside(&placed) || target.as_deref().is_some_and(inside) {
-            return Err(Error::msg(format!(
-                "{}: the output lies inside the input model {}; write it elsewhere",
-                out.display(),
-                dir.display()
-            )));
+            return Err(Error::OutputInsideInput { path: out.to_path_buf(), input: dir.to_path_buf() });
         }
     }
     Ok(())

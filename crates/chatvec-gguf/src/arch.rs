@@ -48,14 +48,18 @@ impl Arch {
             Some("LlamaForCausalLM" | "MistralForCausalLM") => Ok(Arch::Llama),
             Some("Qwen2ForCausalLM") => Ok(Arch::Qwen2),
             Some("GemmaForCausalLM") => Ok(Arch::Gemma),
-            Some(other) => Err(Error::msg(format!(
-                "config.json: GGUF export supports Llama, Mistral, Qwen2 and Gemma, not {other:?}"
-            ))),
-            None => Err(Error::msg(format!(
-                "config.json: no `architectures`, and `model_type` {:?} is not one GGUF export supports \
-                 (llama, mistral, qwen2, gemma)",
-                config.model_type().unwrap_or("")
-            ))),
+            Some(other) => Err(Error::UnsupportedArchitecture {
+                path: "config.json".into(),
+                step: "GGUF export",
+                supported: "Llama, Mistral, Qwen2 and Gemma",
+                found: other.to_string(),
+            }),
+            None => Err(Error::UnknownModelType {
+                path: "config.json".into(),
+                step: "GGUF export",
+                supported: "llama, mistral, qwen2, gemma",
+                model_type: config.model_type().unwrap_or("").to_string(),
+            }),
         }
     }
 
@@ -116,12 +120,13 @@ impl Arch {
     /// (and, for llama, `vocab_size` and `rope.dimension_count` after it).
     pub fn write_params(self, config: &ModelConfig, file_type: u32, meta: &mut Metadata) -> Result<()> {
         let a = self.name();
-        let need =
-            |k: &str| {
-                config.get(k).and_then(Json::as_u64).map(|v| v as u32).ok_or_else(|| {
-                    Error::msg(format!("config.json: {k} is missing or not a number; GGUF export needs it"))
-                })
-            };
+        let need = |k: &str| {
+            config
+                .get(k)
+                .and_then(Json::as_u64)
+                .map(|v| v as u32)
+                .ok_or_else(|| Error::bad_key("config.json", k, "is missing or not a number; GGUF export needs it"))
+        };
         let u = |meta: &mut Metadata, k: &str, v: u32| meta.set(&format!("{a}.{k}"), Value::U32(v));
         let eps = config.get("rms_norm_eps").and_then(Json::as_f64);
         if self == Arch::Gemma {

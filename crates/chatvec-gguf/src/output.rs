@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use chatvec_format::writer::{ChunkedWrite, WRITE_CHUNK};
-use chatvec_format::{Error, Result};
+use chatvec_format::{Error, OutputPathProblem, Result};
 
 /// A GGUF file being written.
 pub struct GgufFile {
@@ -23,28 +23,22 @@ impl GgufFile {
     pub fn create(path: &Path, force: bool, bytes: u64, inputs: &[&Path]) -> Result<Self> {
         chatvec_format::writer::refuse_file_inside_inputs(inputs, path)?;
         if path.exists() && !force {
-            return Err(Error::msg(format!("{}: already exists (use --force to replace it)", path.display())));
+            return Err(Error::OutputExists { path: path.to_path_buf() });
         }
         if path.is_dir() {
-            return Err(Error::msg(format!("{}: is a directory; give a file name such as model.gguf", path.display())));
+            return Err(Error::bad_output(path, OutputPathProblem::IsADirectory("model.gguf")));
         }
-        let name =
-            path.file_name().ok_or_else(|| Error::msg(format!("{}: not a usable output path", path.display())))?;
+        let name = path.file_name().ok_or_else(|| Error::bad_output(path, OutputPathProblem::NoFileName))?;
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         if !parent.is_dir() {
-            return Err(Error::msg(format!("{}: parent directory does not exist", path.display())));
+            return Err(Error::bad_output(path, OutputPathProblem::NoParentDirectory));
         }
         let free = fs4::available_space(&parent).map_err(|e| Error::io(&parent, e))?;
         if free < bytes + (16 << 20) {
-            return Err(Error::msg(format!(
-                "{}: not enough free disk space: the GGUF needs {:.2} GB, {:.2} GB are free",
-                parent.display(),
-                bytes as f64 / 1e9,
-                free as f64 / 1e9
-            )));
+            return Err(Error::NotEnoughSpace { dir: parent, need: bytes, free });
         }
         let tmp_path = parent.join(format!(".{}.chatvec-tmp-{}", name.to_string_lossy(), std::process::id()));
         let file = File::create(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
@@ -54,6 +48,11 @@ impl GgufFile {
             tmp_path,
             out: Some(BufWriter::with_capacity(WRITE_CHUNK, ChunkedWrite(file))),
         })
+    }
+
+    /// The file being written (the temporary one), for messages.
+    pub fn path(&self) -> &Path {
+        &self.tmp_path
     }
 
     /// The writer.

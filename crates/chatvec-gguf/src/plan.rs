@@ -137,7 +137,7 @@ fn metadata(arch: Arch, model: &ModelInfo, ftype: FileType, total_params: u64) -
     meta.set("general.type", Value::str("model"));
     let gen_path = model.dir.join("generation_config.json");
     let gen: Option<Json> = match std::fs::read_to_string(&gen_path) {
-        Ok(t) => Some(serde_json::from_str(&t).map_err(|e| Error::format(&gen_path, format!("not valid JSON: {e}")))?),
+        Ok(t) => Some(serde_json::from_str(&t).map_err(|e| Error::json(&gen_path, e))?),
         Err(_) => None,
     };
     general::write_sampling(gen.as_ref(), &mut meta);

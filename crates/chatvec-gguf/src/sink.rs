@@ -21,7 +21,7 @@ pub struct GgufSink<'a> {
 impl<'a> GgufSink<'a> {
     /// Starts the file: writes the header.
     pub fn start(plan: &'a GgufPlan, sources: &'a [SourceTensor], mut file: GgufFile) -> Result<Self> {
-        file.writer().write_all(&plan.header).map_err(|e| Error::msg(format!("writing the GGUF header: {e}")))?;
+        file.writer().write_all(&plan.header).map_err(|e| Error::io(file.path(), e))?;
         Ok(GgufSink { plan, sources, file, next: 0, current: None })
     }
 
@@ -54,7 +54,7 @@ impl<'a> GgufSink<'a> {
             self.advance()?;
         }
         if self.current.is_some() || self.next < self.plan.tensors.len() {
-            return Err(Error::msg("the merge stopped before every tensor reached the GGUF file"));
+            return Err(Error::LayoutIncomplete);
         }
         self.file.commit()
     }
@@ -70,9 +70,9 @@ impl TensorSink for GgufSink<'_> {
             self.advance()?;
         }
         let align = self.plan.meta.alignment();
-        let (mut enc, left) = self.current.take().ok_or_else(|| Error::msg("more merge output than GGUF tensors"))?;
+        let (mut enc, left) = self.current.take().ok_or(Error::LayoutOverflow)?;
         enc.feed(&block, self.file.writer())?;
-        let left = left.checked_sub(block.len()).ok_or_else(|| Error::msg("a block crossed a tensor's end"))?;
+        let left = left.checked_sub(block.len()).ok_or(Error::LayoutOverflow)?;
         if left == 0 {
             enc.finish(align, self.file.writer())?;
             self.advance()?;

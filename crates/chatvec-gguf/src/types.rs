@@ -78,6 +78,11 @@ impl GgmlType {
         cols.is_multiple_of(self.block_size())
     }
 
+    /// The quantizer's refusal of values for this type.
+    fn quantize_error(self, e: candle_core::Error) -> Error {
+        Error::Quantize { to: format!("{self:?}"), source: Box::new(e) }
+    }
+
     /// Appends `values` (whole rows of `cols` elements) encoded in this type to `out`.
     pub fn encode(self, values: &[f32], cols: usize, out: &mut Vec<u8>) -> Result<()> {
         match self {
@@ -89,8 +94,8 @@ impl GgmlType {
                 let rows = values.len() / cols.max(1);
                 let q = Tensor::from_slice(values, (rows, cols), &Device::Cpu)
                     .and_then(|t| QTensor::quantize(&t, self.candle()))
-                    .map_err(|e| Error::msg(format!("quantizing to {self:?}: {e}")))?;
-                out.extend_from_slice(&q.data().map_err(|e| Error::msg(format!("quantizing to {self:?}: {e}")))?);
+                    .map_err(|e| self.quantize_error(e))?;
+                out.extend_from_slice(&q.data().map_err(|e| self.quantize_error(e))?);
             }
         }
         Ok(())
@@ -131,7 +136,8 @@ impl FileType {
             "q5_k_m" => FileType::Q5KM,
             "q6_k" => FileType::Q6K,
             other => {
-                return Err(Error::msg(format!("unknown GGUF type {other:?}; use one of {}", Self::NAMES.join(", "))))
+                let (name, known) = (other.to_string(), Self::NAMES.join(", "));
+                return Err(Error::UnknownName { what: "GGUF type", name, known });
             }
         })
     }

@@ -36,7 +36,7 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::json(path, e))
 }
 
 /// Writes the tokenizer keys for `arch` into `meta`.
@@ -53,7 +53,7 @@ pub fn write_vocab(arch: Arch, src: &VocabSource, meta: &mut Metadata) -> Result
         let n = write_spm(src, tok_config.as_ref(), vocab_size, meta)?;
         SpecialVocab::load(src, &["bos", "eos", "unk", "sep", "pad", "cls", "mask"], false, Some(n))?.add_to(meta);
     } else if arch == Arch::Gemma {
-        return Err(Error::msg(format!("{}: Gemma export needs tokenizer.model", src.dir.display())));
+        return Err(Error::MissingFile { dir: src.dir.to_path_buf(), step: "Gemma export", file: "tokenizer.model" });
     } else {
         write_bpe(src, vocab_size, meta)?;
         SpecialVocab::load(src, &["bos", "eos", "unk", "sep", "pad", "cls", "mask"], true, None)?.add_to(meta);
@@ -79,7 +79,7 @@ fn write_spm(
 ) -> Result<usize> {
     let path = src.dir.join("tokenizer.model");
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let pieces = spm::pieces(&bytes).map_err(|why| Error::format(&path, why))?;
+    let pieces = spm::pieces(&bytes).map_err(|problem| Error::BadTokenizer { path: path.clone(), problem })?;
     let n = vocab_size.unwrap_or(pieces.len());
     let mut tokens: Vec<Vec<u8>> = (0..n).map(|i| format!("[PAD{i}]").into_bytes()).collect();
     let mut scores = vec![-10000.0f32; n];
@@ -197,11 +197,14 @@ fn looks_special(t: &str) -> bool {
 /// Byte-level BPE tokens from `tokenizer.json`, as `get_vocab_base` lists them.
 fn write_bpe(src: &VocabSource, vocab_size: Option<usize>, meta: &mut Metadata) -> Result<()> {
     let path = src.dir.join("tokenizer.json");
-    let json = read_json(&path)?
-        .ok_or_else(|| Error::msg(format!("{}: no tokenizer.json or tokenizer.model to export", src.dir.display())))?;
-    let tokenizer =
-        tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::format(&path, format!("cannot load: {e}")))?;
-    let pre = pretok::pre_tokenizer(&tokenizer, &json).map_err(|why| Error::format(&path, why))?;
+    let json = read_json(&path)?.ok_or_else(|| Error::MissingFile {
+        dir: src.dir.to_path_buf(),
+        step: "GGUF export",
+        file: "tokenizer.json or tokenizer.model",
+    })?;
+    let bad = |problem: String| Error::BadTokenizer { path: path.clone(), problem };
+    let tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| bad(format!("cannot load: {e}")))?;
+    let pre = pretok::pre_tokenizer(&tokenizer, &json).map_err(bad)?;
     let vocab = tokenizer.get_vocab(true);
     let n = vocab_size.unwrap_or(vocab.len());
     let mut by_id: Vec<Option<&str>> = vec![None; n];
@@ -209,7 +212,7 @@ fn write_bpe(src: &VocabSource, vocab_size: Option<usize>, meta: &mut Metadata) 
         if let Some(slot) = by_id.get_mut(id as usize) {
             *slot = Some(text);
         } else {
-            return Err(Error::format(&path, format!("token {text:?} has id {id}, beyond vocab_size {n}")));
+            return Err(bad(format!("token {text:?} has id {id}, beyond vocab_size {n}")));
         }
     }
     let added: std::collections::HashMap<u32, &Json> = json

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{is_commit_hash, is_revision};
-use chatvec_format::{Error, Result};
+use crate::{Error, Result};
 
 /// One repo's folder in the cache.
 #[derive(Debug, Clone)]
@@ -37,14 +37,14 @@ impl RepoCache {
     /// holds; `None` when the cache has no such ref.
     pub fn commit_of(&self, revision: &str) -> Result<Option<String>> {
         if !is_revision(revision) {
-            return Err(Error::msg(format!("`{revision}` is not a revision (a branch or tag name, or a commit hash)")));
+            return Err(Error::NotARevision { revision: revision.to_string() });
         }
         let ref_file = self.dir.join("refs").join(revision);
         if ref_file.is_file() {
             let text = read_small(&ref_file)?;
             let commit = text.trim();
             if !is_commit_hash(commit) {
-                return Err(Error::format(&ref_file, "does not hold a commit hash (40 hex digits)"));
+                return Err(Error::BadRef { path: ref_file });
             }
             return Ok(Some(commit.to_string()));
         }
@@ -74,12 +74,7 @@ impl RepoCache {
         let real = snap.canonicalize().map_err(|e| Error::io(snap, e))?;
         let inside = snapshots.canonicalize().is_ok_and(|s| real.parent() == Some(s.as_path()));
         if !inside || !real.is_dir() {
-            return Err(Error::msg(format!(
-                "{}: resolves to {}, which is not a snapshot folder inside {}",
-                snap.display(),
-                real.display(),
-                snapshots.display()
-            )));
+            return Err(Error::SnapshotOutside { snap: snap.to_path_buf(), real, snapshots });
         }
         Ok(())
     }
@@ -146,7 +141,7 @@ fn read_small(path: &Path) -> Result<String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut text = String::new();
-    file.take(256).read_to_string(&mut text).map_err(|_| Error::format(path, "does not hold a commit hash"))?;
+    file.take(256).read_to_string(&mut text).map_err(|_| Error::BadRef { path: path.to_path_buf() })?;
     Ok(text)
 }
 

@@ -19,7 +19,8 @@ use sha2::{Digest, Sha256};
 use super::cache::RepoCache;
 use super::files::{self, Weights};
 use super::{is_commit_hash, Hub, HubId};
-use chatvec_format::{Error, NoProgress, Progress, Result};
+use crate::{Error, Result};
+use chatvec_format::{NoProgress, Progress};
 
 /// Times a dropped transfer is resumed within one run before giving up (the partial file stays).
 const RESUMES: usize = 3;
@@ -112,10 +113,10 @@ impl<'a> Client<'a> {
         let mut resp = self.send(self.agent.get(&url), &url, true).map_err(|e| self.unreachable(e))?;
         self.check_status(&resp, None)?;
         let text = resp.body_mut().read_to_string().map_err(|e| self.unreachable(e))?;
-        let info: RepoInfo = serde_json::from_str(&text)
-            .map_err(|e| Error::msg(format!("{url}: the hub's answer is not a model's info ({e})")))?;
+        let info: RepoInfo =
+            serde_json::from_str(&text).map_err(|source| Error::NotModelInfo { url: url.clone(), source })?;
         if !is_commit_hash(&info.sha) {
-            return Err(Error::msg(format!("{url}: the hub gave `{}`, which is not a commit hash", info.sha)));
+            return Err(Error::NotACommit { url, sha: info.sha });
         }
         Ok(info)
     }
@@ -135,7 +136,7 @@ impl<'a> Client<'a> {
         progress.begin(metas.iter().map(|m| m.size - partial_len(repo, m).min(m.size)).sum());
         for m in &metas {
             if cancel.load(Ordering::SeqCst) {
-                return Err(Error::Interrupted);
+                return Err(chatvec_format::Error::Interrupted.into());
             }
             self.fetch_blob(repo, m, progress, cancel)?;
             repo.link(commit, &m.file, &m.etag)?;
@@ -163,7 +164,7 @@ impl<'a> Client<'a> {
             }
             return self.meta_from_headers(file, url.clone(), &header);
         }
-        Err(Error::msg(format!("{url}: too many redirects")))
+        Err(Error::TooManyRedirects { url })
     }
 
     fn meta_from_headers(
@@ -172,7 +173,7 @@ impl<'a> Client<'a> {
         location: String,
         header: &dyn Fn(&str) -> Option<String>,
     ) -> Result<FileMeta> {
-        let bad = |what: &str| Error::msg(format!("{}/{file}: the hub sent no usable {what}", self.id));
+        let bad = |header| Error::MissingHeader { id: self.id.to_string(), file: file.to_string(), header };
         header("x-repo-commit").ok_or_else(|| bad("X-Repo-Commit (is HF_ENDPOINT a Hugging Face hub?)"))?;
         let linked = header("x-linked-etag").map(|e| normalize_etag(&e));
         let etag = linked.clone().or_else(|| header("etag").map(|e| normalize_etag(&e))).ok_or_else(|| bad("ETag"))?;
@@ -189,12 +190,12 @@ impl<'a> Client<'a> {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| bad("size"))?;
         if chatvec_format::metadata::is_capped_metadata(file) && size > chatvec_format::metadata::MAX_METADATA_BYTES {
-            return Err(Error::msg(format!(
-                "{}/{file}: the hub announces {size} bytes, more than the {} bytes a model's JSON metadata file \
-                 may have; nothing was downloaded",
-                self.id,
-                chatvec_format::metadata::MAX_METADATA_BYTES
-            )));
+            return Err(Error::MetadataTooLarge {
+                id: self.id.to_string(),
+                file: file.to_string(),
+                size,
+                cap: chatvec_format::metadata::MAX_METADATA_BYTES,
+            });
         }
         let is_hex = |e: &String, len: usize| e.len() == len && e.bytes().all(|b| b.is_ascii_hexdigit());
         let git_blob = match &linked {
@@ -230,13 +231,14 @@ impl<'a> Client<'a> {
             }
         }
         let have = partial_len(repo, m);
-        Err(Error::msg(format!(
-            "{}/{}: the connection kept dropping ({dropped}); {have} of {} bytes are kept in {}, run again to resume",
-            self.id,
-            m.file,
-            m.size,
-            part.display()
-        )))
+        Err(Error::ConnectionDropped {
+            id: self.id.to_string(),
+            file: m.file.clone(),
+            why: dropped,
+            have,
+            size: m.size,
+            partial: part.to_path_buf(),
+        })
     }
 
     /// One try: asks for the bytes `part` lacks and appends them.
@@ -276,10 +278,11 @@ impl<'a> Client<'a> {
         if len > m.size {
             drop(out);
             let _ = std::fs::remove_file(part);
-            return Err(Attempt::Fatal(Error::msg(format!(
-                "{}/{}: the hub sent more than the {} bytes it announced; the partial file was removed",
-                self.id, m.file, m.size
-            ))));
+            return Err(Attempt::Fatal(Error::TooManyBytes {
+                id: self.id.to_string(),
+                file: m.file.clone(),
+                size: m.size,
+            }));
         }
         if len < m.size {
             return Err(Attempt::Dropped(format!("the transfer ended after {len} of {} bytes", m.size)));
@@ -301,10 +304,7 @@ impl<'a> Client<'a> {
     }
 
     fn unreachable(&self, e: ureq::Error) -> Error {
-        Error::msg(format!(
-            "{}: cannot reach {} ({e}); to use cached models only, set HF_HUB_OFFLINE=1 or pass --offline",
-            self.id, self.hub.endpoint
-        ))
+        Error::Unreachable { id: self.id.to_string(), endpoint: self.hub.endpoint.clone(), source: e }
     }
 
     fn check_status(&self, resp: &ureq::http::Response<ureq::Body>, file: Option<&str>) -> Result<()> {
@@ -315,41 +315,22 @@ impl<'a> Client<'a> {
         Err(self.status_error(resp, file))
     }
 
-    /// One line for a refusal, from the hub's `X-Error-Code` as `huggingface_hub` reads it.
+    /// A refusal, from the hub's `X-Error-Code` as `huggingface_hub` reads it.
     fn status_error(&self, resp: &ureq::http::Response<ureq::Body>, file: Option<&str>) -> Error {
         let header = |k: &str| resp.headers().get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let (repo, rev, page) = (&self.id.repo, &self.id.revision, format!("{}/{}", self.hub.endpoint, self.id.repo));
+        let (repo, revision) = (self.id.repo.clone(), self.id.revision.clone());
+        let page = format!("{}/{}", self.hub.endpoint, self.id.repo);
         let has_token = self.hub.token.is_some();
         let status = resp.status().as_u16();
-        Error::msg(match header("x-error-code").as_str() {
-            "GatedRepo" if has_token => format!(
-                "{repo} is gated and your token has no access to it: accept the licence on {page} with that account, \
-                 or set HF_TOKEN to a token of an account that has (or run `huggingface-cli login`)"
-            ),
-            "GatedRepo" => format!(
-                "{repo} is gated: accept the licence on {page}, then set HF_TOKEN or run `huggingface-cli login`"
-            ),
-            "RepoNotFound" => format!(
-                "{repo}: no such model on {} (if it is private, {})",
-                self.hub.endpoint,
-                if has_token { "your token cannot see it" } else { "set HF_TOKEN or run `huggingface-cli login`" }
-            ),
-            "RevisionNotFound" => format!("{repo}: no revision `{rev}` on the hub (give a branch, tag or commit hash)"),
-            "EntryNotFound" => format!("{repo}@{rev}: the hub has no file {}", file.unwrap_or("")),
-            _ if status == 401 => format!(
-                "{repo}: the hub refused the request (HTTP 401{}); set HF_TOKEN or run `huggingface-cli login`",
-                message(&header("x-error-message"))
-            ),
-            _ => format!("{repo}@{rev}: {} answered HTTP {status}{}", page, message(&header("x-error-message"))),
-        })
-    }
-}
-
-fn message(m: &str) -> String {
-    if m.is_empty() {
-        String::new()
-    } else {
-        format!(": {m}")
+        match header("x-error-code").as_str() {
+            "GatedRepo" if has_token => Error::GatedNoAccess { repo, page },
+            "GatedRepo" => Error::Gated { repo, page },
+            "RepoNotFound" => Error::RepoNotFound { repo, endpoint: self.hub.endpoint.clone(), has_token },
+            "RevisionNotFound" => Error::RevisionNotFound { repo, revision },
+            "EntryNotFound" => Error::EntryNotFound { repo, revision, file: file.unwrap_or("").to_string() },
+            _ if status == 401 => Error::Unauthorized { repo, message: header("x-error-message") },
+            _ => Error::HttpStatus { repo, revision, page, status, message: header("x-error-message") },
+        }
     }
 }
 
@@ -404,10 +385,7 @@ fn finish_blob(part: &Path, blob: &Path, m: &FileMeta) -> Result<()> {
     if let Some((kind, want, got)) = check {
         if &got != want {
             let _ = std::fs::remove_file(part);
-            return Err(Error::msg(format!(
-                "{}: the downloaded bytes have {kind} {got}, the hub says {want}; the file was removed, run again",
-                m.file
-            )));
+            return Err(Error::HashMismatch { file: m.file.clone(), kind, got, want: want.clone() });
         }
     }
     std::fs::rename(part, blob).map_err(|e| Error::io(blob, e))

@@ -2,7 +2,7 @@
 //! weight format (safetensors when the repo has it, else PyTorch `.bin`), never both. Everything
 //! else a repo may carry (`consolidated*`, `original/`, GGUF, ONNX, flax, TF) is left on the hub.
 
-use chatvec_format::{Error, Result};
+use crate::{Error, Result};
 
 /// The weight formats chatvec reads, in order of preference: (single file, index of shards).
 pub const WEIGHT_FORMATS: [(&str, &str); 2] =
@@ -54,16 +54,14 @@ pub fn wanted(siblings: &[String], what: &str) -> Result<Wanted> {
             return Ok(Wanted { support, weights: Weights::Single(single.into()) });
         }
     }
-    Err(Error::msg(format!(
-        "{what} has no weights chatvec reads (model.safetensors[.index.json] or pytorch_model.bin[.index.json])"
-    )))
+    Err(Error::NoWeightsInRepo { repo: what.to_string() })
 }
 
 /// Checks that every shard an index names is a plain file name the repo lists.
 pub fn check_shards(shards: &[String], siblings: &[String], index: &str, what: &str) -> Result<()> {
     for s in shards {
         if !siblings.contains(s) {
-            return Err(Error::msg(format!("{what}: {index} names {s}, which the repo does not have")));
+            return Err(Error::ShardNotInRepo { repo: what.to_string(), index: index.to_string(), shard: s.clone() });
         }
     }
     Ok(())

@@ -8,13 +8,16 @@
 
 pub mod cache;
 pub mod download;
+pub mod error;
 pub mod files;
+
+pub use error::{Error, Result};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use cache::RepoCache;
-use chatvec_format::{Error, NoProgress, Progress, ResolvedModel, Result};
+use chatvec_format::{NoProgress, Progress, ResolvedModel};
 
 /// The hub chatvec downloads from when `HF_ENDPOINT` is not set.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -40,9 +43,7 @@ impl HubId {
             return Ok(None);
         }
         if !is_revision(revision) {
-            return Err(Error::msg(format!(
-                "{spec}: `{revision}` is not a revision (give a branch or tag name, or a commit hash)"
-            )));
+            return Err(Error::BadRevisionInId { spec: spec.to_string(), revision: revision.to_string() });
         }
         Ok(Some(HubId { repo: repo.to_string(), revision: revision.to_string() }))
     }
@@ -89,7 +90,7 @@ pub struct Hub {
     pub offline: bool,
     /// The longest wait for the next bytes of a download before the transfer counts as dropped
     /// and is resumed (`HF_HUB_DOWNLOAD_TIMEOUT`, seconds, default 10 as in `huggingface_hub`);
-    /// the error when the variable is not a number of seconds.
+    /// the variable's value when it is not a number of seconds.
     pub download_timeout: std::result::Result<std::time::Duration, String>,
 }
 
@@ -150,7 +151,7 @@ fn download_timeout_from_env() -> std::result::Result<std::time::Duration, Strin
     let Some(v) = env("HF_HUB_DOWNLOAD_TIMEOUT") else { return Ok(DEFAULT_DOWNLOAD_TIMEOUT) };
     match v.parse::<f64>() {
         Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(std::time::Duration::from_secs_f64(s)),
-        _ => Err(format!("HF_HUB_DOWNLOAD_TIMEOUT={:?}: expected a positive number of seconds", v)),
+        _ => Err(v),
     }
 }
 
@@ -175,12 +176,10 @@ impl Hub {
             return Ok(ResolvedModel { spec: spec.into(), path: local.to_path_buf(), hub_id: None, revision: None });
         }
         if local.exists() {
-            return Err(Error::msg(format!("{spec}: not a directory (give the model's folder, not a file in it)")));
+            return Err(Error::NotADirectory { spec: spec.to_string() });
         }
         let Some(id) = HubId::parse(spec)? else {
-            return Err(Error::msg(format!(
-                "{spec}: no such directory, and not a hub id of the form org/name[@revision]"
-            )));
+            return Err(Error::NotAModel { spec: spec.to_string() });
         };
         let repo = RepoCache::new(&self.cache, &id.repo);
         match repo.complete_snapshot(&id.revision)? {
@@ -205,13 +204,10 @@ impl Hub {
     fn fetch(&self, spec: &str, id: &HubId, progress: &dyn Progress, cancel: &AtomicBool) -> Result<ResolvedModel> {
         if self.offline {
             let repo = RepoCache::new(&self.cache, &id.repo);
-            return Err(Error::msg(format!(
-                "{spec}: {} (offline: HF_HUB_OFFLINE or --offline is set)",
-                repo.why_missing(&id.revision)
-            )));
+            return Err(Error::Offline { spec: spec.to_string(), why: repo.why_missing(&id.revision) });
         }
-        if let Err(e) = &self.download_timeout {
-            return Err(Error::msg(e.clone()));
+        if let Err(value) = &self.download_timeout {
+            return Err(Error::BadDownloadTimeout { value: value.clone() });
         }
         let (path, commit) = download::fetch_snapshot(self, id, progress, cancel)?;
         Ok(resolved(spec, id, path, commit))

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 pub use chatvec_gen::sampling::Rng;
@@ -308,7 +308,7 @@ pub const KOREAN_HELD_OUT: &[&str] = &["kobill/1809898.txt", "kobill/1809899.txt
 pub fn korean_split(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let mut files = vec!["constitution.txt".to_string()];
     let mut bills: Vec<String> = std::fs::read_dir(dir.join("kobill"))
-        .with_context(|| format!("reading {}", dir.join("kobill").display()))?
+        .map_err(|e| Error::io(dir.join("kobill"), e))?
         .filter_map(|e| e.ok())
         .map(|e| format!("kobill/{}", e.file_name().to_string_lossy()))
         .filter(|n| n.ends_with(".txt"))
@@ -318,7 +318,7 @@ pub fn korean_split(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let (mut train, mut held) = (Vec::new(), Vec::new());
     for f in files {
         let path = dir.join(&f);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let text = text.replace("\r\n", "\n");
         if KOREAN_HELD_OUT.contains(&f.as_str()) {
             held.push(text);
@@ -437,16 +437,18 @@ pub fn write_jsonl(path: &Path, dialogs: &[Dialog]) -> Result<()> {
         s.push_str(&serde_json::to_string(d)?);
         s.push('\n');
     }
-    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, s).map_err(|e| Error::io(path, e))
 }
 
 /// Reads dialogs from JSON lines.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Dialog>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|source| Error::Json { path: path.into(), line: Some(i + 1), source })
+        })
         .collect()
 }
 
@@ -462,8 +464,10 @@ pub const CHAT_EVAL_KO_SEED: u64 = 4;
 /// Writes the lab's data sets into `out`: `english.txt`, `chat_train.jsonl` (English content),
 /// `chat_eval_en.jsonl`, `chat_eval_ko.jsonl` (content words from held-out Korean text).
 pub fn write_data(korean_dir: &Path, out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    std::fs::write(out.join("english.txt"), english_corpus(ENGLISH_SEED, 800_000, &CopyMix::default()))?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let english = out.join("english.txt");
+    std::fs::write(&english, english_corpus(ENGLISH_SEED, 800_000, &CopyMix::default()))
+        .map_err(|e| Error::io(&english, e))?;
     let en = english_words();
     // Held-out English content: every 5th word is kept out of the training dialogs.
     let (en_eval, en_train): (Vec<_>, Vec<_>) = en.iter().cloned().enumerate().partition(|(i, _)| i % 5 == 0);

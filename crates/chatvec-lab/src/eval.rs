@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result};
+use crate::{Error, Result};
 use candle_core::{DType, Device};
 use chatvec_eval::metrics;
 use chatvec_eval::perplexity::{perplexity, Window};
@@ -66,7 +66,8 @@ pub fn merge_entry(run: &Path, entry: &Entry) -> Result<()> {
     let (Some(ratio), Some(porter)) = (entry.ratio, entry.merge) else { return Ok(()) };
     let resolve = |name: &str| {
         let p = run.join(name);
-        chatvec_hub::resolve_model(&p.to_string_lossy(), None).with_context(|| format!("resolving {}", p.display()))
+        chatvec_hub::resolve_model(&p.to_string_lossy(), None)
+            .map_err(|source| Error::Resolve { path: p, source: Box::new(source) })
     };
     let mut plan = PlanOptions::default();
     if let Some(x) = &entry.exclude {
@@ -84,7 +85,7 @@ pub fn merge_entry(run: &Path, entry: &Entry) -> Result<()> {
         output: OutputOptions { path: run.join(&entry.folder), force: true, shard_size: 5_000_000_000, dry_run: false },
     };
     ops::merge(&job, &chatvec_format::NoProgress, &AtomicBool::new(false))
-        .with_context(|| format!("merging into {}", run.join(&entry.folder).display()))?;
+        .map_err(|source| Error::Merge { output: run.join(&entry.folder), source: Box::new(source) })?;
     Ok(())
 }
 
@@ -159,7 +160,7 @@ fn greedy(model: &mut Model, tok: &Tokenizer, prompt: &[u32], max_new: usize) ->
     if matches!(g.stop, StopReason::StopToken { .. }) {
         ids.pop();
     }
-    let text = tok.decode(&ids, false).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+    let text = tok.decode(&ids, false).map_err(|source| Error::Tokenize { step: "decoding", source })?;
     Ok((text, g.stop == StopReason::StopToken { id: EOT }))
 }
 
@@ -216,7 +217,8 @@ fn share(answers: &[Answer], f: impl Fn(&Answer) -> bool) -> f64 {
 
 /// All metrics of the model in `dir`, plus its Korean answers.
 pub fn score(dir: &Path, tok: &Tokenizer, set: &EvalSet) -> Result<(Scores, Vec<Answer>)> {
-    let mut model = Model::load(dir, &Device::Cpu, DType::F32).with_context(|| format!("loading {}", dir.display()))?;
+    let mut model = Model::load(dir, &Device::Cpu, DType::F32)
+        .map_err(|source| Error::LoadModel { dir: dir.into(), source: Box::new(source) })?;
     let ko = answers(&mut model, tok, &set.ko, 40)?;
     let en = answers(&mut model, tok, &set.en, 40)?;
     let texts: Vec<String> = ko.iter().map(|a| a.text.clone()).collect();
@@ -235,13 +237,20 @@ pub fn score(dir: &Path, tok: &Tokenizer, set: &EvalSet) -> Result<(Scores, Vec<
         en_accuracy: share(&en, Answer::correct),
         en_stop: share(&en, |a| a.eot),
         // Disjoint windows of 128 tokens, each window's first token context only.
-        ko_perplexity: perplexity(&mut model, &set.ko_stream, Window::new(128, 128)?, &AtomicBool::new(false))?
-            .perplexity,
+        ko_perplexity: ko_perplexity(&mut model, &set.ko_stream)?,
         ko_accuracy_by_task: by_task,
         ko_copy: copy_rate(&mut model, tok, &set.ko[..set.ko.len().min(50)])?,
         en_copy: copy_rate(&mut model, tok, &set.en)?,
     };
     Ok((scores, ko))
+}
+
+/// Perplexity over disjoint windows of 128 tokens, each window's first token context only.
+fn ko_perplexity(model: &mut Model, stream: &[u32]) -> Result<f64> {
+    let measured = Window::new(128, 128)
+        .and_then(|w| perplexity(model, stream, w, &AtomicBool::new(false)))
+        .map_err(|e| Error::Perplexity(e.into()))?;
+    Ok(measured.perplexity)
 }
 
 /// Scores of every entry of one run (merging first).
@@ -269,15 +278,17 @@ pub fn evaluate_run(
 ) -> Result<RunScores> {
     let cache = run.join(SCORES_FILE);
     if reuse && cache.is_file() {
-        let text = std::fs::read_to_string(&cache).with_context(|| format!("reading {}", cache.display()))?;
-        return serde_json::from_str(&text).with_context(|| format!("parsing {}", cache.display()));
+        let text = std::fs::read_to_string(&cache).map_err(|e| Error::io(&cache, e))?;
+        return serde_json::from_str(&text).map_err(|source| Error::Json { path: cache, line: None, source });
     }
     let mut models = Vec::new();
     for e in entries() {
         merge_entry(run, &e)?;
         let dir = run.join(&e.folder);
         let (s, answers) = score(&dir, tok, set)?;
-        std::fs::write(dir.join("lab_answers.json"), serde_json::to_string_pretty(&answers)? + "\n")?;
+        let answers_file = dir.join("lab_answers.json");
+        std::fs::write(&answers_file, serde_json::to_string_pretty(&answers)? + "\n")
+            .map_err(|e| Error::io(&answers_file, e))?;
         log(&format!(
             "{}  {:<20} ko acc {:.2} stop {:.2} exact {:.2} hangul {:.2} ppl {:.2} | en acc {:.2} stop {:.2}",
             run.display(),
@@ -293,8 +304,7 @@ pub fn evaluate_run(
         models.push((e.label.clone(), s));
     }
     let scores = RunScores { run: run.to_path_buf(), models };
-    std::fs::write(&cache, serde_json::to_string_pretty(&scores)? + "\n")
-        .with_context(|| format!("writing {}", cache.display()))?;
+    std::fs::write(&cache, serde_json::to_string_pretty(&scores)? + "\n").map_err(|e| Error::io(&cache, e))?;
     Ok(scores)
 }
 

@@ -9,8 +9,11 @@
 #![deny(missing_docs)]
 
 pub mod data;
+pub mod error;
 pub mod eval;
 pub mod kernels;
 pub mod model;
 pub mod report;
 pub mod train;
+
+pub use error::{Error, Result};

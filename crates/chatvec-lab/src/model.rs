@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde_json::json;
@@ -181,12 +181,13 @@ impl TrainModel {
     /// Loads a saved checkpoint's weights (any float dtype) as float32 parameters.
     pub fn load(cfg: LabConfig, dir: &Path) -> Result<Self> {
         let path = dir.join("model.safetensors");
-        let loaded = candle_core::safetensors::load(&path, &Device::Cpu)
-            .with_context(|| format!("loading {}", path.display()))?;
+        let loaded = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| e.with_path(&path))?;
         let mut tensors = HashMap::new();
         for (name, shape) in cfg.parameters() {
-            let t = loaded.get(&name).with_context(|| format!("{}: missing {name}", path.display()))?;
-            anyhow::ensure!(t.dims() == shape.as_slice(), "{name}: shape {:?}, expected {shape:?}", t.dims());
+            let Some(t) = loaded.get(&name) else { return Err(Error::MissingTensor { path, name }) };
+            if t.dims() != shape.as_slice() {
+                return Err(Error::ShapeMismatch { name, found: t.dims().to_vec(), expected: shape.to_vec() });
+            }
             tensors.insert(name, t.to_dtype(DType::F32)?);
         }
         Self::from_tensors(cfg, tensors)
@@ -214,7 +215,7 @@ impl TrainModel {
 
     fn get(&self, name: &str) -> Result<Tensor> {
         let data = self.vars.data().lock().expect("VarMap lock");
-        Ok(data.get(name).with_context(|| format!("no parameter {name}"))?.as_tensor().clone())
+        Ok(data.get(name).ok_or_else(|| Error::NoParameter(name.to_string()))?.as_tensor().clone())
     }
 
     /// All parameters, sorted by name (a stable order for the optimizer).
@@ -228,7 +229,9 @@ impl TrainModel {
     /// Logits `(b·s, vocab)` for a batch of token ids `(b, s)`; position 0 is the first token.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        anyhow::ensure!(s <= self.cfg.max_positions, "{s} tokens, more than the model's {}", self.cfg.max_positions);
+        if s > self.cfg.max_positions {
+            return Err(Error::TooManyTokens { tokens: s, max: self.cfg.max_positions });
+        }
         let h = self.cfg.hidden;
         let embed = self.get("model.embed_tokens.weight")?;
         let mut x = embed.index_select(&ids.flatten_all()?, 0)?;
@@ -324,7 +327,7 @@ impl TrainModel {
     /// `[2001, 2004]` and the chat template in tokenizer_config.json; otherwise eos 2001 and no
     /// template (a base or continually pre-trained model).
     pub fn save(&self, dir: &Path, tokenizer_dir: &Path, chat: bool) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut out = HashMap::new();
         for (name, _) in self.cfg.parameters() {
             out.insert(name.clone(), self.get(&name)?.to_dtype(DType::BF16)?);
@@ -343,11 +346,12 @@ impl TrainModel {
 /// Copies the tokenizer files, keeping the chat template only for a chat model.
 pub fn write_tokenizer(from: &Path, to: &Path, chat: bool) -> Result<()> {
     for f in ["tokenizer.json", "special_tokens_map.json"] {
-        std::fs::copy(from.join(f), to.join(f)).with_context(|| format!("copying {}", from.join(f).display()))?;
+        std::fs::copy(from.join(f), to.join(f)).map_err(|e| Error::io(from.join(f), e))?;
     }
     let path = from.join("tokenizer_config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut cfg: serde_json::Value = serde_json::from_str(&text)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| Error::Json { path: path.clone(), line: None, source })?;
     if !chat {
         if let Some(o) = cfg.as_object_mut() {
             o.remove("chat_template");
@@ -357,7 +361,7 @@ pub fn write_tokenizer(from: &Path, to: &Path, chat: bool) -> Result<()> {
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n").with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, serde_json::to_string_pretty(v)? + "\n").map_err(|e| Error::io(path, e))
 }
 
 /// cos/sin `(max_positions, head_dim/2)`, computed as chatvec-gen and transformers do (f32).

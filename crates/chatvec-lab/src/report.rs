@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::{Error, Result};
 use plotters::prelude::*;
 
 use crate::data::Task;
@@ -97,23 +97,24 @@ pub fn task_table(runs: &[RunScores]) -> String {
 /// against the ratio (0 = target, then the plain merges), mean over runs with sd error bars.
 pub fn plot(runs: &[RunScores], path: &Path) -> Result<()> {
     chatvec_eval::plots::register_fonts();
+    let failed = |e: &dyn std::fmt::Display| Error::Plot { path: path.to_path_buf(), message: e.to_string() };
     let points: Vec<(f64, &str)> = vec![(0.0, "target"), (0.5, "merge 0.5"), (1.0, "merge 1.0")];
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.fill(&WHITE).map_err(|e| failed(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption("chat vector on Korean-content dialogs (lab, mean ± sd over seeds)", ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d(-0.05f64..1.05f64, 0f64..1.2f64)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| failed(&e))?;
     chart
         .configure_mesh()
         .x_desc("ratio of (chat - base) added to the target")
         .y_desc("rate; Korean perplexity kept (target's / model's)")
         .label_style(("sans-serif", 13))
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| failed(&e))?;
     let target_ppl = mean_sd(&values(runs, "target", |s| s.ko_perplexity)).0;
     let series: Vec<Series> = vec![
         ("task accuracy", RGBColor(31, 119, 180), Box::new(|s: &Scores| s.ko_accuracy)),
@@ -138,15 +139,13 @@ pub fn plot(runs: &[RunScores], path: &Path) -> Result<()> {
         let c = *color;
         chart
             .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .map_err(|e| failed(&e))?
             .label(*name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart
             .draw_series(pts.iter().map(|p| ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, c.filled(), 8)))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        chart
-            .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled())))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| failed(&e))?;
+        chart.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, c.filled()))).map_err(|e| failed(&e))?;
     }
     chart
         .configure_series_labels()
@@ -155,8 +154,8 @@ pub fn plot(runs: &[RunScores], path: &Path) -> Result<()> {
         .position(SeriesLabelPosition::UpperLeft)
         .label_font(("sans-serif", 13))
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
+        .map_err(|e| failed(&e))?;
+    root.present().map_err(|e| failed(&e))?;
     Ok(())
 }
 

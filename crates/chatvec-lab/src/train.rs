@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::Serialize;
@@ -108,7 +108,9 @@ impl Source {
         match self {
             Source::Stream(stream) => {
                 s = o.seq;
-                anyhow::ensure!(stream.len() > s + 1, "corpus shorter than one sequence");
+                if stream.len() <= s + 1 {
+                    return Err(Error::CorpusTooShort { tokens: stream.len(), seq: s });
+                }
                 for _ in 0..o.batch {
                     let start = rng.below(stream.len() - s - 1);
                     ids.extend_from_slice(&stream[start..start + s]);
@@ -190,7 +192,9 @@ pub fn run_stage_probed(
         let l = loss(model, &batch)?;
         opt.backward_step(&l)?;
         last = l.to_scalar::<f32>()?;
-        anyhow::ensure!(last.is_finite(), "loss became {last} at step {step}");
+        if !last.is_finite() {
+            return Err(Error::Diverged { loss: last, step });
+        }
         block.push(last);
         if block.len() == 25 || step + 1 == o.steps {
             let mean = block.iter().sum::<f32>() / block.len() as f32;
@@ -311,12 +315,12 @@ impl CopyProbe {
 /// Loads the lab tokenizer.
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let path = dir.join("tokenizer.json");
-    Tokenizer::from_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    Tokenizer::from_file(&path).map_err(|source| Error::LoadTokenizer { path, source })
 }
 
 /// Token ids of `text` without the BOS the post-processor would add.
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    Ok(tok.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?.get_ids().to_vec())
+    Ok(tok.encode(text, false).map_err(|source| Error::Tokenize { step: "tokenizing", source })?.get_ids().to_vec())
 }
 
 /// BOS + document + EOS for every document, concatenated.
@@ -395,15 +399,16 @@ pub fn train_family(
             StageLog { stage: stage.to_string(), seed, options: *o, loss_curve, final_loss, copy_probe, seconds };
         let dir = out.join(stage);
         model.save(&dir, &paths.tokenizer, stage == "chat")?;
-        std::fs::write(dir.join("lab.json"), serde_json::to_string_pretty(&entry)? + "\n")?;
-        std::fs::write(out.join(format!("{stage}_seconds.txt")), format!("{seconds:.1}\n"))?;
+        let (log_file, seconds_file) = (dir.join("lab.json"), out.join(format!("{stage}_seconds.txt")));
+        std::fs::write(&log_file, serde_json::to_string_pretty(&entry)? + "\n").map_err(|e| Error::io(&log_file, e))?;
+        std::fs::write(&seconds_file, format!("{seconds:.1}\n")).map_err(|e| Error::io(&seconds_file, e))?;
         logs.push(entry);
-        anyhow::Ok(())
+        Result::<()>::Ok(())
     };
     if wanted("base") {
         let t = Instant::now();
-        let english = std::fs::read_to_string(paths.data.join("english.txt"))
-            .with_context(|| format!("reading {}", paths.data.join("english.txt").display()))?;
+        let english_file = paths.data.join("english.txt");
+        let english = std::fs::read_to_string(&english_file).map_err(|e| Error::io(&english_file, e))?;
         let source = Source::Stream(token_stream(&tok, &english_docs(&english))?);
         let mut model = TrainModel::init(cfg, seed)?;
         model.freeze_chat_only_rows()?;

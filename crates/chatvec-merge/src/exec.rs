@@ -17,11 +17,13 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use crate::{Error, Result};
 use chatvec_format::checkpoint::{Checkpoint, TensorEntry};
 use chatvec_format::dtype::{count_nonfinite, count_nonfinite_bytes, decode, encode};
 use chatvec_format::reader::TensorReader;
 use chatvec_format::writer::{TensorPlace, TensorSink, WRITE_CHUNK};
-use chatvec_format::{DType, Error, Progress, Result, SimdTier};
+use chatvec_format::Error as ModelError;
+use chatvec_format::{DType, Progress, SimdTier};
 
 use crate::kernel::{chat_vector, feature_porter, PorterParams, PorterRange};
 use crate::one_pass::chat_vector_bytes;
@@ -141,7 +143,7 @@ impl Run<'_> {
 
     fn check(&self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted);
+            return Err(ModelError::Interrupted.into());
         }
         Ok(())
     }
@@ -159,13 +161,14 @@ impl Run<'_> {
             let nf = NonFinite { tensor: t.name.clone(), output: k, count, inputs: inputs.clone(), created };
             if !self.allow_nonfinite {
                 let at = if outputs.len() > 1 { format!(" (ratio {})", outputs[k].ratios[0]) } else { String::new() };
-                return Err(Error::tensor(
+                return Err(ModelError::tensor(
                     &t.name,
                     format!(
                         "{}{at}; refusing to write them (pass --allow-nonfinite to write them anyway)",
                         nf.describe(self.roles)
                     ),
-                ));
+                )
+                .into());
             }
             self.stats.nonfinite.lock().expect("no panics while held").push(nf);
         }
@@ -429,7 +432,7 @@ impl<'a> Combine<'a> {
                 // Each task starts with another output, so that threads seldom wait for the same
                 // file's lock.
                 let n = places.len();
-                (0..n).map(|j| (k + j) % n).try_for_each(|o| places[o].write_at(s * w, chunks[o]))
+                (0..n).map(|j| (k + j) % n).try_for_each(|o| places[o].write_at(s * w, chunks[o]).map_err(Error::from))
             },
         )
     }
@@ -635,7 +638,7 @@ fn porter_lanes(acc: &mut [f64], chat: &[f64], base: &[f64], ratio: f64, params:
 /// The min and max of `|T − B|` over the covered elements (first pass of feature-porter).
 fn porter_range(target: &Option<Input>, terms: &[TermInputs], covered: usize) -> Result<PorterRange> {
     let (Some(t), Some(b)) = (target, terms.first().and_then(|x| x.base.as_ref())) else {
-        return Err(Error::msg("feature-porter needs a target and a base model"));
+        return Err(Error::PorterWithoutBase);
     };
     let (min, max) = (0..covered.div_ceil(TASK_ELEMS))
         .into_par_iter()
@@ -662,7 +665,7 @@ fn porter_range(target: &Option<Input>, terms: &[TermInputs], covered: usize) ->
 
 /// L2 norm of every row of a 2-D tensor, streamed (for special-token row detection).
 pub fn row_norms(ckpt: &Checkpoint, e: &TensorEntry) -> Result<Vec<f64>> {
-    let reader = TensorReader::new(ckpt, e).ok_or_else(|| Error::tensor(&e.name, "not a float tensor"))?;
+    let reader = TensorReader::new(ckpt, e).ok_or_else(|| ModelError::tensor(&e.name, "not a float tensor"))?;
     let rows = e.shape.first().copied().unwrap_or(1);
     let cols: usize = e.shape.iter().skip(1).product();
     let norms = (0..rows)

@@ -6,6 +6,7 @@
 
 #![deny(missing_docs)]
 
+pub mod error;
 mod exec;
 mod f32_lanes;
 pub mod kernel;
@@ -13,6 +14,7 @@ mod one_pass;
 pub mod ops;
 pub mod plan;
 
-pub use chatvec_format::{Error, NoProgress, Progress, ResolvedModel, Result};
+pub use chatvec_format::{NoProgress, Progress, ResolvedModel};
+pub use error::{Error, Result};
 pub use ops::{prepare_merge, ApplyJob, ExtractJob, MergeJob, OutputOptions, PreparedMerge, Summary};
 pub use plan::{PlanOptions, Selection};

@@ -9,11 +9,13 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::{Error, Result};
 use chatvec_format::modelfiles::{self, ChatTemplate};
 use chatvec_format::writer::{
     plan_shards, write_index, write_json, OutputDir, Shard, ShardWriter, TensorSink, TensorSpec,
 };
-use chatvec_format::{Checkpoint, Error, Progress, ResolvedModel, Result};
+use chatvec_format::Error as ModelError;
+use chatvec_format::{Checkpoint, Progress, ResolvedModel};
 
 use crate::exec::{self, Stats};
 use crate::kernel::PorterParams;
@@ -123,7 +125,7 @@ pub struct Summary {
 }
 
 fn open(m: &ResolvedModel) -> Result<Checkpoint> {
-    Checkpoint::open(&m.path)
+    Ok(Checkpoint::open(&m.path)?)
 }
 
 /// The inputs of a merge, by role. The plan and the run read them as one list, in the order
@@ -195,13 +197,8 @@ fn describe(v: Option<&Value>) -> String {
 
 /// Refuses a base/chat pair that cannot be a base and its fine-tune.
 pub(crate) fn check_base_chat(base: &Checkpoint, chat: &Checkpoint) -> Result<()> {
-    let why = |what: String| {
-        Err(Error::msg(format!(
-            "base {} and chat {} differ in {what}: the chat model was not fine-tuned from this base",
-            base.dir.display(),
-            chat.dir.display()
-        )))
-    };
+    let why =
+        |what: String| Err(Error::NotAFineTune { base: base.dir.clone(), chat: chat.dir.clone(), difference: what });
     if base.config.architecture() != chat.config.architecture() {
         return why(format!(
             "architecture ({} vs {})",
@@ -308,7 +305,7 @@ impl PreparedMerge {
     /// Refuses when an input file changed since it was opened (see
     /// [`Checkpoint::check_unchanged`]); for a sink to call before it commits its output.
     pub fn check_inputs_unchanged(&self) -> Result<()> {
-        self.models.iter().try_for_each(Checkpoint::check_unchanged)
+        Ok(self.models.iter().try_for_each(Checkpoint::check_unchanged)?)
     }
 
     /// Streams the planned tensors at `order` (indices into `plan.tensors`) into `sink`;
@@ -353,11 +350,11 @@ pub fn merge_ratios(
 ) -> Result<Vec<Summary>> {
     let started = Instant::now();
     if outputs.is_empty() {
-        return Err(Error::msg("merge needs at least one ratio"));
+        return Err(Error::NoRatio);
     }
     for (i, (_, a)) in outputs.iter().enumerate() {
         if outputs[..i].iter().any(|(_, b)| b.path == a.path) {
-            return Err(Error::msg(format!("{}: two ratios would write the same output", a.path.display())));
+            return Err(Error::SameOutputTwice { path: a.path.clone() });
         }
     }
     let PreparedMerge { models, plan, chat_template, chat_eos, .. } = prepare_merge(job)?;
@@ -393,7 +390,7 @@ pub fn merge_ratios(
 pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Result<Summary> {
     let started = Instant::now();
     if job.vectors.is_empty() {
-        return Err(Error::msg("apply needs at least one --vector"));
+        return Err(Error::NoVector);
     }
     // The target first (every merge plan reads it as model `plan::TARGET`), then the vectors.
     let mut models = vec![open(&job.target)?];
@@ -446,11 +443,13 @@ pub fn apply(job: &ApplyJob, progress: &dyn Progress, cancel: &AtomicBool) -> Re
 /// The `chatvec.json` of a stored vector, refused unless `chatvec extract` wrote it.
 fn read_vector_manifest(dir: &std::path::Path) -> Result<Value> {
     let path = dir.join("chatvec.json");
+    if !path.is_file() {
+        return Err(Error::NotAChatVector { path: dir.to_path_buf() });
+    }
     let text = chatvec_format::metadata::read_metadata(&path)?;
-    let manifest: Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not valid JSON: {e}")))?;
+    let manifest: Value = serde_json::from_str(&text).map_err(|e| chatvec_format::Error::json(&path, e))?;
     if manifest.get("kind").and_then(Value::as_str) != Some("chat_vector") {
-        return Err(Error::format(&path, "not a chat vector written by `chatvec extract`"));
+        return Err(Error::NotAChatVector { path });
     }
     Ok(manifest)
 }
@@ -495,11 +494,7 @@ fn refuse_empty_vector(plan: &Plan, inputs: &str) -> Result<()> {
     if plan.count(Kind::Merged) + plan.count(Kind::RowAdjusted) + plan.count(Kind::SpecialRows) > 0 {
         return Ok(());
     }
-    Err(Error::msg(format!(
-        "no tensor gets the vector: {inputs} share no selected tensor ({} tensors in the plan), so the \
-         output would only copy the target",
-        plan.tensors.len()
-    )))
+    Err(Error::EmptyVector { inputs: inputs.to_string(), planned: plan.tensors.len() })
 }
 
 /// One input of the recipe. The path is absolute (canonical), so `chatvec.json` means the same
@@ -628,7 +623,7 @@ impl Job<'_> {
         finished?;
         progress.finish();
         if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted);
+            return Err(ModelError::Interrupted.into());
         }
         Ok((written, stats))
     }
@@ -701,7 +696,7 @@ impl Job<'_> {
         }
         write_json(&dir.path().join("chatvec.json"), &self.recipe(recipe, summary))?;
         self.models.iter().try_for_each(Checkpoint::check_unchanged)?;
-        dir.commit()
+        Ok(dir.commit()?)
     }
 
     /// `chatvec.json`: the job's `recipe` with what the run did.
@@ -767,11 +762,7 @@ fn refuse_input_as_output(models: &[Checkpoint], out: &std::path::Path) -> Resul
     for m in models {
         let dir = m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone());
         if out == dir || dir.starts_with(&out) || out.starts_with(&dir) {
-            return Err(Error::msg(format!(
-                "{}: the output would overwrite the input model {} or lie inside it; choose another --output",
-                out.display(),
-                m.dir.display()
-            )));
+            return Err(Error::OutputOverwritesInput { output: out, input: m.dir.clone() });
         }
     }
     Ok(())
@@ -792,15 +783,10 @@ fn plan_read_bytes(models: &[Checkpoint], plan: &Plan) -> u64 {
 }
 
 fn check_free_space(dir: &std::path::Path, need: u64) -> Result<()> {
-    let free = fs4::available_space(dir).map_err(|e| Error::io(dir, e))?;
+    let free = fs4::available_space(dir).map_err(|e| ModelError::io(dir, e))?;
     // Headers, config and tokenizer files are small; keep a 64 MiB margin for them.
     if free < need + (64 << 20) {
-        return Err(Error::msg(format!(
-            "{}: not enough free disk space: the output needs {}, {} are free",
-            dir.parent().unwrap_or(dir).display(),
-            human_bytes(need),
-            human_bytes(free)
-        )));
+        return Err(Error::NotEnoughSpace { dir: dir.parent().unwrap_or(dir).to_path_buf(), need, free });
     }
     Ok(())
 }

@@ -9,8 +9,10 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::kernel::PorterParams;
+use crate::{Error, Result};
 use chatvec_format::checkpoint::{Checkpoint, TensorEntry};
-use chatvec_format::{DType, Error, Result};
+use chatvec_format::DType;
+use chatvec_format::Error as ModelError;
 
 /// Which tensors take part: those matching `include` (all when unset) and not matching `exclude`.
 #[derive(Debug, Clone, Default)]
@@ -24,7 +26,7 @@ pub struct Selection {
 impl Selection {
     /// Builds a selection from user regexes.
     pub fn new(include: Option<&str>, exclude: Option<&str>) -> Result<Self> {
-        let re = |s: &str| Regex::new(s).map_err(|e| Error::msg(format!("bad regex {s:?}: {e}")));
+        let re = |s: &str| Regex::new(s).map_err(|source| Error::BadRegex { pattern: s.to_string(), source });
         Ok(Selection { include: include.map(re).transpose()?, exclude: exclude.map(re).transpose()? })
     }
     /// Whether tensor `name` is selected.
@@ -194,7 +196,7 @@ fn covered_rows(name: &str, target: &[usize], vec_shape: &[usize], shapes_note: 
     if grown {
         return Ok(vec_shape[0]);
     }
-    Err(Error::tensor(name, format!("shapes do not match: {shapes_note}")))
+    Err(ModelError::tensor(name, format!("shapes do not match: {shapes_note}")).into())
 }
 
 /// Options that shape the plan.
@@ -377,17 +379,18 @@ impl<'a> MergePlanner<'a> {
             for e in std::iter::once(f.chat).chain(f.base) {
                 if e.dtype.is_none() {
                     let dir = self.models[f.vector.chat].dir.display();
-                    return Err(Error::tensor(
+                    return Err(ModelError::tensor(
                         &t.name,
                         format!("is {} in {dir}, which is not a float type", e.dtype_name),
-                    ));
+                    )
+                    .into());
                 }
             }
             let note = match f.base {
                 Some(b) if b.shape != f.chat.shape => {
                     let why =
                         format!("base has shape {} but chat has {}", shape_str(&b.shape), shape_str(&f.chat.shape));
-                    return Err(Error::tensor(&t.name, why));
+                    return Err(ModelError::tensor(&t.name, why).into());
                 }
                 Some(b) => format!(
                     "target {}, base {}, chat {}",
@@ -513,7 +516,7 @@ pub(crate) fn plan_extract(
     opts: &PlanOptions,
     row_norms: &mut dyn FnMut(&Checkpoint, &TensorEntry) -> Result<Vec<f64>>,
 ) -> Result<Plan> {
-    let base_model = vector.base.ok_or_else(|| Error::msg("extract needs a base model"))?;
+    let base_model = vector.base.ok_or(Error::ExtractWithoutBase)?;
     let (chat, base) = (&models[vector.chat], &models[base_model]);
     let dtype = opts.dtype.unwrap_or(DType::F32);
     let mut plan = Plan::default();
@@ -523,10 +526,11 @@ pub(crate) fn plan_extract(
             continue;
         };
         if b.shape != c.shape {
-            return Err(Error::tensor(
+            return Err(ModelError::tensor(
                 &c.name,
                 format!("base has shape {} but chat has {}", shape_str(&b.shape), shape_str(&c.shape)),
-            ));
+            )
+            .into());
         }
         if c.dtype.is_none() || b.dtype.is_none() {
             continue;

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use chatvec_format::{resolve_shard, Checkpoint};
+use chatvec_format::{resolve_shard, Checkpoint, Error};
 use common::*;
 
 /// A copy of the sharded base fixture whose index maps one tensor to `shard` instead.
@@ -31,8 +31,10 @@ fn index_naming_a_file_outside_the_model_is_refused_with_its_reason() {
         ("nope.safetensors", "which is missing"),
     ] {
         let m = base_with_shard_name(dir.path(), name);
-        let err = Checkpoint::open(&m).err().unwrap().to_string();
-        assert!(err.contains("model.safetensors.index.json") && err.contains(name) && err.contains(why), "{err}");
+        let err = Checkpoint::open(&m).err().unwrap();
+        let Error::BadShardName { named_in, name: named, why: reason } = &err else { panic!("{err}") };
+        assert_eq!((named_in.as_path(), named.as_str()), (m.join("model.safetensors.index.json").as_path(), name));
+        assert!(reason.contains(why), "{err}");
         std::fs::remove_dir_all(&m).unwrap();
     }
     // A relative name that is a symlink to a file outside the directory.

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
-use chatvec_format::{Error, NoProgress};
+use chatvec_format::NoProgress;
 use chatvec_hub::resolve_model;
 use chatvec_merge::{ops, MergeJob};
 use common::*;
@@ -26,7 +26,7 @@ fn merge(
     chat: &std::path::Path,
     target: &std::path::Path,
     out: &std::path::Path,
-) -> chatvec_format::Result<chatvec_merge::Summary> {
+) -> chatvec_merge::Result<chatvec_merge::Summary> {
     let job = MergeJob {
         base: model(base),
         chat: model(chat),
@@ -147,7 +147,7 @@ fn cancellation_leaves_no_output() {
         output: out_opts(&out),
     };
     let err = ops::merge(&job, &NoProgress, &AtomicBool::new(true)).unwrap_err();
-    assert!(matches!(err, Error::Interrupted), "{err}");
+    assert!(err.is_interrupted(), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 

@@ -238,7 +238,7 @@ impl OutputArgs {
     /// Runs a weight job with a progress bar and Ctrl-C handling, then prints its summary.
     pub fn run_job(
         &self,
-        job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_format::Result<Summary>,
+        job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_merge::Result<Summary>,
         extra: &str,
     ) -> Result<std::process::ExitCode> {
         self.run_jobs(|bar, cancel| job(bar, cancel).map(|s| vec![s]), &[extra.to_string()])
@@ -248,7 +248,7 @@ impl OutputArgs {
     /// summary of output `i`.
     pub fn run_jobs(
         &self,
-        job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_format::Result<Vec<Summary>>,
+        job: impl FnOnce(&Bar, &AtomicBool) -> chatvec_merge::Result<Vec<Summary>>,
         extras: &[String],
     ) -> Result<std::process::ExitCode> {
         let cancel = interrupt_flag();

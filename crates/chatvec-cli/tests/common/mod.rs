@@ -30,14 +30,61 @@ pub fn stderr(o: &Output) -> String {
 /// Exit 1 (not a panic's 101 or an abort's 134) with one line, `error: ...`, holding every
 /// needle; returns that line.
 pub fn fails_with_one_line(o: &Output, needles: &[&str]) -> String {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
-    assert!(err.starts_with("error: "), "{err}");
+    let err = error_line(o);
     for n in needles {
         assert!(err.contains(n), "{err} lacks {n}");
     }
     err
+}
+
+/// The one line of a refused run: exit 1 (not a panic's 101 or an abort's 134), one line,
+/// `error: ...`. The line itself is for a snapshot ([`assert_error_snapshot!`]).
+pub fn error_line(o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err.trim_end().to_string()
+}
+
+/// insta settings for command output: what changes from run to run is replaced by a name, so
+/// a snapshot holds the wording and the numbers that matter. Temporary folders become `[TMP]`,
+/// the repository `[REPO]`, a local server's port `[PORT]`, a temporary output's process id, and a merge's timing line
+/// `[seconds] s, [rate] GB/s`.
+pub fn snapshot_settings() -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    let temp = std::env::temp_dir();
+    let temp = regex::escape(temp.to_str().unwrap().trim_end_matches('/'));
+    let repo = root().canonicalize().unwrap();
+    let manifest = regex::escape(env!("CARGO_MANIFEST_DIR"));
+    settings.add_filter(&format!(r"{temp}/\.tmp[A-Za-z0-9]+"), "[TMP]");
+    settings.add_filter(&format!(r"{manifest}/\.\./\.\."), "[REPO]");
+    settings.add_filter(&regex::escape(repo.to_str().unwrap()), "[REPO]");
+    settings.add_filter(r"[0-9.]+ s, [0-9.]+ [kMGT]?B/s read\+written", "[seconds] s, [rate] GB/s read+written");
+    settings.add_filter(r#""seconds": [0-9.e-]+"#, r#""seconds": "[seconds]""#);
+    settings.add_filter(r"127\.0\.0\.1:[0-9]+", "127.0.0.1:[PORT]");
+    settings.add_filter(r"chatvec-tmp-[0-9]+", "chatvec-tmp-[PID]");
+    settings
+}
+
+/// Asserts that the run `$output` failed with one error line (see [`error_line`]) and that the
+/// line, paths filtered by [`snapshot_settings`], is the snapshot's; returns the line.
+#[macro_export]
+macro_rules! assert_error_snapshot {
+    ($output:expr) => {{
+        let line = $crate::common::error_line($output);
+        $crate::assert_line_snapshot!(line.as_str());
+        line
+    }};
+}
+
+/// Asserts that `$text`, paths and timings filtered by [`snapshot_settings`], is the snapshot's.
+#[macro_export]
+macro_rules! assert_line_snapshot {
+    ($text:expr) => {{
+        let _filters = $crate::common::snapshot_settings().bind_to_scope();
+        insta::assert_snapshot!($text);
+    }};
 }
 
 /// Copies the files of `from` into `to` (created).
