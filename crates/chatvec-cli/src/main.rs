@@ -97,6 +97,7 @@ fn is_interrupted(e: &(dyn std::error::Error + 'static)) -> bool {
     matches!(e.downcast_ref(), Some(chatvec_format::Error::Interrupted))
         || e.downcast_ref::<chatvec_merge::Error>().is_some_and(chatvec_merge::Error::is_interrupted)
         || e.downcast_ref::<chatvec_hub::Error>().is_some_and(chatvec_hub::Error::is_interrupted)
+        || matches!(e.downcast_ref(), Some(chatvec_eval::EvalError::Interrupted))
 }
 
 /// A value a flag's parser refused (`--quantize q9`, `--ratio nan`, a `--text` file that does

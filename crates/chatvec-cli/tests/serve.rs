@@ -4,106 +4,19 @@
 //! is missing is listed as ignored, by name (chatvec-testkit); under `CI` it runs and fails.
 
 mod common;
+#[path = "serve/harness.rs"]
+mod harness;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use harness::{agent, prompt_file, MockVllm, Mode, Server};
 
 use common::fixture;
 use serde_json::{json, Value};
 
 const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/serve");
-
-/// A running `chatvec serve`, killed when dropped.
-struct Server {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-}
-
-impl Server {
-    /// Starts `chatvec serve --port 0 ARGS` and waits for the address it prints.
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatvec"))
-            .args(["serve", "--port", "0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let started = Instant::now();
-        let base = loop {
-            let line = log.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("no address: {seen:?}"));
-            if let Some(at) = line.find("http://") {
-                break line[at..].split_whitespace().next().unwrap().to_string();
-            }
-            seen.push(line);
-            assert!(started.elapsed() < Duration::from_secs(120), "{seen:?}");
-        };
-        Server { child, base }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// POSTs `body` (raw bytes) and returns (status, parsed JSON body).
-    fn post(&self, path: &str, body: &[u8]) -> (u16, Value) {
-        let mut resp = agent().post(self.url(path)).header("Content-Type", "application/json").send(body).unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.post(path, body.to_string().as_bytes())
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut resp = agent().get(self.url(path)).call().unwrap();
-        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
-    }
-
-    /// Sends `signal` and waits for the exit status (at most `within`).
-    fn stop(mut self, signal: &str, within: Duration) -> Option<i32> {
-        Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
-        let started = Instant::now();
-        while started.elapsed() < within {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("still running {within:?} after SIG{signal}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An HTTP client that returns 4xx/5xx answers instead of failing on them.
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(300)))
-        .build()
-        .into()
-}
 
 /// Runs `script` with `args` and parses the JSON record it prints last.
 fn run_script(py: &str, script: &str, args: &[&str]) -> Value {
@@ -486,91 +399,9 @@ impl Drop for Browser {
     }
 }
 
-/// A stand-in for vLLM's OpenAI server: `POST /v1/chat/completions` answered in vLLM's shape
-/// (extra fields `stop_reason`, `prompt_logprobs`, `kv_transfer_params`; errors as a flat
-/// `{"object": "error", "message", "type", "code"}`), every request body kept.
-struct MockVllm {
-    base: String,
-    requests: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
-}
-
-impl MockVllm {
-    /// Serves `model`: the answer repeats the user's message; prompts containing "길게" run to
-    /// the length limit.
-    fn start(model: &'static str) -> MockVllm {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let mut stream = stream.unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" || line.is_empty() {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
-                let request: Value = serde_json::from_slice(&body).unwrap();
-                log.lock().unwrap().push(request.clone());
-                let (status, answer) = Self::answer(model, &request);
-                let text = answer.to_string();
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    text.len()
-                );
-                stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(text.as_bytes())).unwrap();
-            }
-        });
-        MockVllm { base, requests }
-    }
-
-    fn answer(model: &str, request: &Value) -> (&'static str, Value) {
-        if request["model"] != model {
-            let message = format!("The model `{}` does not exist.", request["model"].as_str().unwrap_or_default());
-            return (
-                "404 Not Found",
-                json!({"object": "error", "message": message, "type": "NotFoundError", "param": null, "code": 404}),
-            );
-        }
-        let user = request["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_string();
-        let (finish, tokens) =
-            if user.contains("길게") { ("length", request["max_tokens"].clone()) } else { ("stop", json!(9)) };
-        let answer = json!({
-            "id": "chatcmpl-0c9b2e", "object": "chat.completion", "created": 1765000000, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "reasoning_content": null,
-                         "content": format!("네, {user}에 답합니다."), "tool_calls": []},
-                         "logprobs": null, "finish_reason": finish, "stop_reason": null}],
-            "usage": {"prompt_tokens": 21, "total_tokens": 30, "completion_tokens": tokens, "prompt_tokens_details": null},
-            "prompt_logprobs": null, "kv_transfer_params": null,
-        });
-        ("200 OK", answer)
-    }
-}
-
-/// A JSON-lines prompt file for the endpoint tests.
-fn prompt_file(dir: &Path) -> PathBuf {
-    let path = dir.join("prompts.jsonl");
-    let lines = [
-        json!({"id": "a", "category": "question", "prompt": "한국의 수도는?"}),
-        json!({"id": "b", "category": "instruction", "prompt": "길게 설명해 주세요", "system": "친절하게"}),
-    ];
-    std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-    path
-}
-
 #[test]
 fn eval_chat_through_an_endpoint_reads_vllm_answers() {
-    let mock = MockVllm::start("served-merge");
+    let mock = MockVllm::start("served-merge", Mode::Vllm);
     let tmp = tempfile::tempdir().unwrap();
     let prompts = prompt_file(tmp.path());
     let args = ["eval", "chat", "--endpoint", &mock.base, "--model", "served-merge", "--prompts"];
@@ -588,13 +419,15 @@ fn eval_chat_through_an_endpoint_reads_vllm_answers() {
     assert_eq!((results[1]["stopped"].as_bool(), results[1]["tokens"].as_u64()), (Some(false), Some(40)));
     assert_eq!(e["summary"]["stop_rate"], 0.5);
     assert!(e["summary"]["korean_ratio"].as_f64().unwrap() > 0.5, "{e}");
-    let sent = mock.requests.lock().unwrap().clone();
+    let sent = mock.sent("/v1/chat/completions");
     assert_eq!(sent.len(), 2);
+    // Sent together, so in either order.
+    let b = sent.iter().find(|r| r["messages"].as_array().unwrap().len() == 2).expect("prompt b has a system message");
     assert_eq!(
-        (sent[1]["max_tokens"].as_u64(), sent[1]["temperature"].as_f64(), sent[1]["seed"].as_u64()),
+        (b["max_tokens"].as_u64(), b["temperature"].as_f64(), b["seed"].as_u64()),
         (Some(40), Some(0.5), Some(7))
     );
-    assert_eq!(sent[1]["messages"][0], json!({"role": "system", "content": "친절하게"}));
+    assert_eq!(b["messages"][0], json!({"role": "system", "content": "친절하게"}));
 
     let o = common::chatvec(&["eval", "chat", "--endpoint", &mock.base, "--model", "nope", "--limit", "1"]);
     common::fails_with_one_line(&o, &["HTTP 404", "The model `nope` does not exist."]);
@@ -648,4 +481,31 @@ fn each_choice_samples_with_its_own_seed() {
         assert_eq!(ask(1, 11 + i as u64), vec![text.clone()], "choice {i}");
     }
     assert!(together[0] != together[1] || together[1] != together[2], "three seeds, one answer: {together:?}");
+}
+
+/// `--chat-template FILE` gives the served models without a template one: the fixture target
+/// then chats as `generate --chat-template FILE` does; served without it, it answers 400.
+#[test]
+fn chat_template_serves_a_model_without_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(chat_model().join("tokenizer_config.json")).unwrap();
+    let template = serde_json::from_str::<Value>(&config).unwrap()["chat_template"].as_str().unwrap().to_string();
+    let file = tmp.path().join("template.jinja");
+    std::fs::write(&file, template).unwrap();
+    let (target, file) = (fixture("target").display().to_string(), file.display().to_string());
+    let prompt = "안녕하세요! 자기소개를 해 주세요.";
+    let args = ["generate", "--model", &target, "--chat-template", &file, "--prompt", prompt, "--greedy"];
+    let o = common::chatvec(&[&args[..], &["--max-new-tokens", "12", "--quantize", "none", "--json"]].concat());
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let reference: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let body = json!({"model": "target", "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                      "max_tokens": 12});
+    let server =
+        Server::start(&["--model", &format!("target={target}"), "--chat-template", &file, "--quantize", "none"]);
+    let (status, got) = server.post_json("/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["choices"][0]["message"]["content"], reference["runs"][0]["text"]);
+    let bare = Server::start(&["--model", &format!("target={target}"), "--quantize", "none"]);
+    let (status, got) = bare.post_json("/v1/chat/completions", &body);
+    assert_eq!(status, 400, "{got}");
 }

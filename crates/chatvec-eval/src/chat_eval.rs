@@ -10,12 +10,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use chatvec_gen::batch::{Batch, SeqOutput, SeqRequest};
 use chatvec_gen::models::{KvCache, Logits, SeqInput};
 use chatvec_gen::{GenError, Message, SamplingParams, StopReason};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{EvalError, Result};
 use crate::metrics::{header_leaks, korean_ratio, repetition, strip_markers};
 use chatvec_gen::ChatModel;
 
@@ -48,15 +48,17 @@ pub fn parse_prompts(text: &str, source: &str) -> Result<Vec<Prompt>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let p: Prompt =
-            serde_json::from_str(line).with_context(|| format!("{source}:{}: not a prompt object", i + 1))?;
+        let at =
+            |problem: String| EvalError::PromptFile { source_name: source.to_string(), line: Some(i + 1), problem };
+        let p: Prompt = serde_json::from_str(line).map_err(|e| at(format!("not a prompt object: {e}")))?;
         if p.prompt.trim().is_empty() {
-            bail!("{source}:{}: empty prompt", i + 1);
+            return Err(at("empty prompt".into()));
         }
         out.push(p);
     }
     if out.is_empty() {
-        bail!("{source}: no prompts");
+        let problem = "no prompts".to_string();
+        return Err(EvalError::PromptFile { source_name: source.to_string(), line: None, problem });
     }
     Ok(out)
 }
@@ -68,7 +70,7 @@ pub fn bundled_prompts() -> Vec<Prompt> {
 
 /// Reads a JSON-lines prompt file.
 pub fn load_prompts(path: &Path) -> Result<Vec<Prompt>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, "read", e))?;
     parse_prompts(&text, &path.display().to_string())
 }
 
@@ -331,10 +333,10 @@ pub fn eot_probabilities<'a>(
 /// context leaves (an answer that reaches it ends there, as `generate` ends it).
 fn request(m: &ChatModel, p: &Prompt, opts: &ChatOptions) -> Result<SeqRequest> {
     let Some(template) = &m.template else {
-        bail!(
+        return Err(EvalError::Input(format!(
             "{} has no chat template; pass --chat-template FILE (or evaluate it in `chatvec report`, which borrows the merged model's)",
             m.dir.display()
-        )
+        )));
     };
     let prompt_text = template.render(&messages(p), true)?;
     let ids = m.tokenizer.encode(&prompt_text, false)?;
@@ -386,10 +388,8 @@ pub fn run_chat_eval(
 ) -> Result<ChatEval> {
     let started = Instant::now();
     let m = &*m;
-    let requests = prompts
-        .iter()
-        .map(|p| request(m, p, opts).with_context(|| format!("prompt {}", p.id)))
-        .collect::<Result<Vec<_>>>()?;
+    let requests =
+        prompts.iter().map(|p| request(m, p, opts).map_err(|e| e.in_prompt(&p.id))).collect::<Result<Vec<_>>>()?;
     let with_reference = prompts.iter().filter_map(|p| p.reference.as_deref().map(|r| (p, r)));
     let mut eots = eot_probabilities(m, with_reference, opts.batch_size)?.into_iter();
     let mut eot: Vec<Option<(f64, String)>> =
@@ -407,13 +407,13 @@ pub fn run_chat_eval(
                 on_result(i, &r);
                 results[i] = Some(r);
             }
-            Err(e) => failed = Some(e.context(format!("prompt {}", prompts[i].id))),
+            Err(e) => failed = Some(e.in_prompt(&prompts[i].id)),
         }
     })?;
     if let Some(e) = failed {
         return Err(e);
     }
-    let Some(results) = results.into_iter().collect::<Option<Vec<_>>>() else { bail!("interrupted") };
+    let Some(results) = results.into_iter().collect::<Option<Vec<_>>>() else { return Err(EvalError::Interrupted) };
     Ok(ChatEval {
         model: m.dir.display().to_string(),
         template_from: m.template_from.clone(),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use crate::error::{EvalError, Result};
 use chatvec_format::reader::TensorReader;
 use chatvec_format::{Checkpoint, Progress};
 use rayon::prelude::*;
@@ -332,7 +332,7 @@ pub fn inspect(input: &InspectInput, progress: &dyn Progress, cancel: &AtomicBoo
         let mut start = 0;
         while start < n {
             if cancel.load(Ordering::Relaxed) {
-                bail!("interrupted");
+                return Err(EvalError::Interrupted);
             }
             let len = BLOCK_ELEMS.min(n - start);
             let (d, m) = (&mut buf[..len], &mut minus_buf[..len]);
@@ -367,7 +367,11 @@ pub fn inspect(input: &InspectInput, progress: &dyn Progress, cancel: &AtomicBoo
     }
     progress.finish();
     if tensors.is_empty() {
-        bail!("{}: no float tensor could be compared ({} skipped)", v.describe(), skipped.len());
+        return Err(EvalError::Input(format!(
+            "{}: no float tensor could be compared ({} skipped)",
+            v.describe(),
+            skipped.len()
+        )));
     }
     Ok(aggregate(input, tensors, skipped, started.elapsed().as_secs_f64()))
 }

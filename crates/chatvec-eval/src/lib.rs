@@ -7,8 +7,11 @@
 //! [`sweep`] merges at several ratios and picks the best by a stated rule.
 #![deny(missing_docs)]
 
+pub use error::EvalError;
+
 pub mod chat_eval;
 pub mod endpoint;
+pub mod error;
 pub mod inspect;
 pub mod metrics;
 pub mod modules;

@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{bail, Result};
+use crate::error::{EvalError, Result};
 use chatvec_gen::models::{KvCache, Logits, SeqInput};
 use chatvec_gen::Model;
 use serde::Serialize;
@@ -34,10 +34,12 @@ impl Window {
     /// Checks `1 ≤ stride ≤ context` and `context ≥ 2`.
     pub fn new(context: usize, stride: usize) -> Result<Window> {
         if context < 2 {
-            bail!("--context must be at least 2, got {context}");
+            return Err(EvalError::InvalidSetting(format!("--context must be at least 2, got {context}")));
         }
         if stride == 0 || stride > context {
-            bail!("--stride must be between 1 and --context ({context}), got {stride}");
+            return Err(EvalError::InvalidSetting(format!(
+                "--stride must be between 1 and --context ({context}), got {stride}"
+            )));
         }
         Ok(Window { context, stride })
     }
@@ -113,26 +115,28 @@ pub fn perplexity_in_batches(
     cancel: &AtomicBool,
 ) -> Result<Perplexity> {
     if ids.len() < 2 {
-        bail!("the text has {} token(s); perplexity needs at least 2", ids.len());
+        return Err(EvalError::Input(format!("the text has {} token(s); perplexity needs at least 2", ids.len())));
     }
     let vocab = model.config().vocab_size;
     if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-        bail!("token id {bad} is outside the model's vocabulary ({vocab}): tokenizer and model do not match");
+        return Err(EvalError::Input(format!(
+            "token id {bad} is outside the model's vocabulary ({vocab}): tokenizer and model do not match"
+        )));
     }
     let plan = windows(ids.len(), w);
     let positions = model.config().max_position_embeddings;
     if let Some(&(begin, end, _)) = plan.iter().find(|(begin, end, _)| end - begin > positions) {
-        bail!(
+        return Err(EvalError::InvalidSetting(format!(
             "a window of {} tokens is beyond the model's {positions} positions (max_position_embeddings); \
              use a context of {positions} or less",
             end - begin
-        );
+        )));
     }
     let (mut total, mut scored) = (0.0f64, 0usize);
     let mut rest = plan.as_slice();
     while !rest.is_empty() {
         if cancel.load(Ordering::Relaxed) {
-            bail!("interrupted");
+            return Err(EvalError::Interrupted);
         }
         let n = windows_in_pass(rest, per_pass, vocab);
         let (group, tail) = rest.split_at(n);

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Once;
 
-use anyhow::{anyhow, Context, Result};
+use crate::error::{EvalError, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -76,8 +76,9 @@ pub fn viridis(t: f64) -> RGBColor {
 /// Colour of cells without a value.
 pub const MISSING: RGBColor = RGBColor(225, 225, 225);
 
-fn err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
-    anyhow!("drawing failed: {e}")
+/// The drawing library's error as text; the caller names the image.
+fn err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> String {
+    e.to_string()
 }
 
 fn fmt_value(v: f64) -> String {
@@ -96,13 +97,13 @@ pub fn write_heatmap(h: &Heatmap, path: &Path, size: Size) -> Result<()> {
     let png = path.with_extension("png");
     let svg = path.with_extension("svg");
     draw_heatmap(BitMapBackend::new(&png, (size.width, size.height)).into_drawing_area(), h)
-        .with_context(|| png.display().to_string())?;
+        .map_err(|message| EvalError::Plot { path: png.clone(), message })?;
     draw_heatmap(SVGBackend::new(&svg, (size.width, size.height)).into_drawing_area(), h)
-        .with_context(|| svg.display().to_string())?;
+        .map_err(|message| EvalError::Plot { path: svg.clone(), message })?;
     Ok(())
 }
 
-fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, h: &Heatmap) -> Result<()>
+fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, h: &Heatmap) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
@@ -247,9 +248,9 @@ pub fn write_sweep_plot(p: &SweepPlot, path: &Path, size: Size) -> Result<()> {
     let png = path.with_extension("png");
     let svg = path.with_extension("svg");
     draw_sweep(BitMapBackend::new(&png, (size.width, size.height)).into_drawing_area(), p)
-        .with_context(|| png.display().to_string())?;
+        .map_err(|message| EvalError::Plot { path: png.clone(), message })?;
     draw_sweep(SVGBackend::new(&svg, (size.width, size.height)).into_drawing_area(), p)
-        .with_context(|| svg.display().to_string())?;
+        .map_err(|message| EvalError::Plot { path: svg.clone(), message })?;
     Ok(())
 }
 
@@ -266,7 +267,7 @@ fn x_range(p: &SweepPlot) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn draw_sweep<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, p: &SweepPlot) -> Result<()>
+fn draw_sweep<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, p: &SweepPlot) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {

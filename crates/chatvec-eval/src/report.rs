@@ -7,11 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result};
 use chatvec_format::{Checkpoint, NoProgress};
 use serde::Serialize;
 
 use crate::chat_eval::{run_chat_eval, ChatEval, ChatOptions, Prompt, PromptResult};
+use crate::endpoint::{perplexity_endpoint, run_chat_eval_endpoint, Endpoint, Scored};
+use crate::error::{EvalError, Result};
 use crate::inspect::{inspect, InspectInput, InspectReport, VectorInput, WeightsRef};
 use crate::perplexity::{perplexity, Perplexity, Window};
 use crate::plots::{write_heatmap, Size};
@@ -41,8 +42,10 @@ pub struct Report {
     pub text: String,
     /// Models, in column order.
     pub models: Vec<ModelEval>,
-    /// The vector's statistics.
+    /// The vector's statistics (none without local weights).
     pub inspect: Option<InspectReport>,
+    /// Why there is no heatmap, when there is none.
+    pub heatmap_note: Option<String>,
     /// The heatmap PNG (embedded in the HTML, not in the JSON).
     #[serde(skip)]
     pub heatmap_png: Option<Vec<u8>>,
@@ -175,6 +178,9 @@ pub fn render_html(r: &Report) -> String {
             ));
         }
         h.push_str("</table>\n");
+    } else if let Some(note) = &r.heatmap_note {
+        h.push_str("<h2>What the vector changes</h2>\n");
+        h.push_str(&format!("<p class=\"muted\" id=\"no-heatmap\">{}</p>\n", escape(note)));
     }
 
     let with_chat: Vec<&ModelEval> = r.models.iter().filter(|m| m.chat.is_some()).collect();
@@ -212,16 +218,48 @@ pub fn render_html(r: &Report) -> String {
     h
 }
 
+/// Where a model of the report is evaluated.
+pub enum ModelSource<'a> {
+    /// A model directory (or a hub snapshot), loaded here.
+    Local(PathBuf),
+    /// A model served under `name` by an OpenAI-compatible server.
+    Served {
+        /// The server.
+        endpoint: &'a Endpoint,
+        /// The served model's name.
+        name: String,
+    },
+    /// Not judged: only its weights are here, for the heatmap.
+    WeightsOnly,
+}
+
+/// One model of the report.
+pub struct ReportModel<'a> {
+    /// target, merged, chat or base.
+    pub role: &'static str,
+    /// Where it is evaluated.
+    pub source: ModelSource<'a>,
+    /// Its weights on this machine, for the heatmap: a local model's directory, or for a served
+    /// one a local copy when the user has it.
+    pub weights: Option<PathBuf>,
+}
+
+impl<'a> ReportModel<'a> {
+    /// A model loaded here from `dir` (its weights drawn in the heatmap).
+    pub fn local(role: &'static str, dir: PathBuf) -> Self {
+        ReportModel { role, weights: Some(dir.clone()), source: ModelSource::Local(dir) }
+    }
+
+    /// A model served under `name` by `endpoint`, with a local copy of its weights if given.
+    pub fn served(role: &'static str, endpoint: &'a Endpoint, name: &str, weights: Option<PathBuf>) -> Self {
+        ReportModel { role, weights, source: ModelSource::Served { endpoint, name: name.to_string() } }
+    }
+}
+
 /// What `report` evaluates and how.
 pub struct ReportJob<'a> {
-    /// The continually pre-trained target.
-    pub target: PathBuf,
-    /// The merged model.
-    pub merged: PathBuf,
-    /// The chat model, if evaluated.
-    pub chat: Option<PathBuf>,
-    /// The base model, if evaluated.
-    pub base: Option<PathBuf>,
+    /// The models in column order: target, merged, then chat and base when given.
+    pub models: Vec<ReportModel<'a>>,
     /// Text for perplexity and its name.
     pub text: (&'a str, String),
     /// Window and token limit for perplexity.
@@ -230,16 +268,111 @@ pub struct ReportJob<'a> {
     pub max_tokens: Option<usize>,
     /// Prompts (empty: no chat evaluation).
     pub prompts: &'a [Prompt],
-    /// Generation settings.
+    /// Generation settings (for served models, `batch_size` is the number of requests in flight).
     pub chat_options: ChatOptions,
-    /// Loading.
+    /// Loading of local models.
     pub load: LoadOptions,
     /// Answers shown side by side.
     pub samples: usize,
 }
 
-/// Evaluates the models, writes `report.html`, `report.json` and `heatmap.png/svg` into `out`,
-/// and returns the report. `log` gets progress lines, `on_result` each answered prompt.
+impl ReportJob<'_> {
+    /// The local weights of `role`, if any.
+    fn weights(&self, role: &str) -> Option<&Path> {
+        self.models.iter().find(|m| m.role == role).and_then(|m| m.weights.as_deref())
+    }
+}
+
+/// The vector the heatmap shows: CHAT − BASE when both weights are here, else what the merge
+/// added, MERGED − TARGET; with a note saying which, or why there is none.
+fn vector_input(job: &ReportJob) -> Result<(Option<VectorInput>, Option<String>)> {
+    let pair = |plus: &Path, minus: &Path| -> Result<VectorInput> {
+        Ok(VectorInput { plus: Checkpoint::open(plus)?, minus: Some(Checkpoint::open(minus)?) })
+    };
+    if let (Some(c), Some(b)) = (job.weights("chat"), job.weights("base")) {
+        return Ok((Some(pair(c, b)?), None));
+    }
+    if let (Some(m), Some(t)) = (job.weights("merged"), job.weights("target")) {
+        let note = "The heatmap shows MERGED − TARGET (ratio × chat vector) relative to the target's weights; \
+                    give --chat and --base to see CHAT − BASE.";
+        return Ok((Some(pair(m, t)?), Some(note.to_string())));
+    }
+    let note = "No heatmap: it needs the weights, and an endpoint serves answers, not weights. Give local copies \
+                with --weights chat=DIR --weights base=DIR (or merged= and target=) to draw it.";
+    Ok((None, Some(note.to_string())))
+}
+
+/// The perplexity and chat evaluation of one model, and notes on what could not be measured;
+/// none for a model that is not judged.
+fn evaluate(
+    job: &ReportJob,
+    model: &ReportModel,
+    cancel: &AtomicBool,
+    log: &mut dyn FnMut(&str),
+    on_result: &mut dyn FnMut(usize, usize, &PromptResult),
+) -> Result<Option<(ModelEval, Vec<String>)>> {
+    let n = job.prompts.len();
+    let role = model.role;
+    let mut notes = Vec::new();
+    let (path, perplexity, chat) = match &model.source {
+        ModelSource::Local(dir) => {
+            log(&format!("evaluating {role}: {}", dir.display()));
+            // Models without a chat template borrow the merge's (which carries the chat model's).
+            let fallback = job.models.iter().find_map(|m| match (&m.source, m.role) {
+                (ModelSource::Local(d), "merged") => Some(d.as_path()),
+                _ => None,
+            });
+            let mut m = ChatModel::load(dir, &job.load, fallback)?;
+            let mut ids = m.encode_text(job.text.0)?;
+            if let Some(n) = job.max_tokens {
+                ids.truncate(n);
+            }
+            let ppl = perplexity(&mut m.model, &ids, job.window, cancel)?;
+            log(&format!("  perplexity {:.4}", ppl.perplexity));
+            let chat = match n {
+                0 => None,
+                _ => {
+                    Some(run_chat_eval(&mut m, job.prompts, &job.chat_options, cancel, &mut |i, r| on_result(i, n, r))?)
+                }
+            };
+            (dir.display().to_string(), Some(ppl), chat)
+        }
+        ModelSource::Served { endpoint, name } => {
+            log(&format!("evaluating {role}: {name} at {}", endpoint.base()));
+            let width = job.chat_options.batch_size;
+            let scored = perplexity_endpoint(endpoint, name, job.text.0, job.max_tokens, job.window, width, cancel)?;
+            let ppl = match scored {
+                Scored::Perplexity(p) => {
+                    log(&format!("  perplexity {:.4}", p.perplexity));
+                    Some(p)
+                }
+                Scored::Unavailable(why) => {
+                    log(&format!("  perplexity: not available from this endpoint: {why}"));
+                    notes.push(format!("{role}: perplexity: not available from this endpoint ({why})."));
+                    None
+                }
+            };
+            let chat = match n {
+                0 => None,
+                _ => Some(run_chat_eval_endpoint(
+                    endpoint,
+                    name,
+                    job.prompts,
+                    &job.chat_options,
+                    cancel,
+                    &mut |i, r| on_result(i, n, r),
+                )?),
+            };
+            (format!("{name} at {}", endpoint.base()), ppl, chat)
+        }
+        ModelSource::WeightsOnly => return Ok(None),
+    };
+    Ok(Some((ModelEval { role: role.into(), path, perplexity, chat }, notes)))
+}
+
+/// Evaluates the models, writes `report.html`, `report.json` and `heatmap.png/svg` (when there
+/// are weights to draw it from) into `out`, and returns the report. `log` gets progress lines,
+/// `on_result` each answered prompt.
 pub fn build_report(
     job: &ReportJob,
     out: &Path,
@@ -247,66 +380,50 @@ pub fn build_report(
     log: &mut dyn FnMut(&str),
     on_result: &mut dyn FnMut(usize, usize, &PromptResult),
 ) -> Result<Report> {
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    // The vector: CHAT − BASE when both are given, else what the merge added, MERGED − TARGET.
-    log("inspecting the vector");
-    let (vector, note) = match (&job.chat, &job.base) {
-        (Some(c), Some(b)) => (VectorInput { plus: Checkpoint::open(c)?, minus: Some(Checkpoint::open(b)?) }, None),
-        _ => (
-            VectorInput { plus: Checkpoint::open(&job.merged)?, minus: Some(Checkpoint::open(&job.target)?) },
-            Some(
-                "The heatmap shows MERGED − TARGET (ratio × chat vector) relative to the target's weights; \
-                 give --chat and --base to see CHAT − BASE."
-                    .to_string(),
-            ),
-        ),
-    };
-    let inspected = inspect(&InspectInput { vector, weights: WeightsRef::Minus, compare: None }, &NoProgress, cancel)?;
-    let heatmap_path = out.join("heatmap");
-    write_heatmap(&inspected.heatmap(false), &heatmap_path, Size::DEFAULT)?;
-    let png_path = heatmap_path.with_extension("png");
-    let png = std::fs::read(&png_path).with_context(|| format!("{}: cannot read back", png_path.display()))?;
-
-    let roles = [
-        ("target", Some(&job.target)),
-        ("merged", Some(&job.merged)),
-        ("chat", job.chat.as_ref()),
-        ("base", job.base.as_ref()),
-    ];
+    std::fs::create_dir_all(out).map_err(|e| EvalError::io(out, "create", e))?;
+    let (vector, vector_note) = vector_input(job)?;
+    let (mut inspected, mut png) = (None, None);
+    if let Some(vector) = vector {
+        log("inspecting the vector");
+        let report = inspect(&InspectInput { vector, weights: WeightsRef::Minus, compare: None }, &NoProgress, cancel)?;
+        let heatmap_path = out.join("heatmap");
+        write_heatmap(&report.heatmap(false), &heatmap_path, Size::DEFAULT)?;
+        let png_path = heatmap_path.with_extension("png");
+        png = Some(std::fs::read(&png_path).map_err(|e| EvalError::io(&png_path, "read back", e))?);
+        inspected = Some(report);
+    }
     let mut models = Vec::new();
-    for (role, dir) in roles.into_iter().filter_map(|(r, d)| d.map(|d| (r, d))) {
-        log(&format!("evaluating {role}: {}", dir.display()));
-        // Models without a chat template borrow the merge's (which carries the chat model's).
-        let mut m = ChatModel::load(dir, &job.load, Some(&job.merged))?;
-        let mut ids = m.encode_text(job.text.0)?;
-        if let Some(n) = job.max_tokens {
-            ids.truncate(n);
+    // Without a heatmap its note goes in the heatmap's section, not at the top as well.
+    let mut notes: Vec<String> = vector_note.iter().filter(|_| inspected.is_some()).cloned().collect();
+    for model in &job.models {
+        if let Some((eval, model_notes)) = evaluate(job, model, cancel, log, on_result)? {
+            models.push(eval);
+            notes.extend(model_notes);
         }
-        let ppl = perplexity(&mut m.model, &ids, job.window, cancel)?;
-        log(&format!("  perplexity {:.4}", ppl.perplexity));
-        let chat = if job.prompts.is_empty() {
-            None
-        } else {
-            let n = job.prompts.len();
-            Some(run_chat_eval(&mut m, job.prompts, &job.chat_options, cancel, &mut |i, r| on_result(i, n, r))?)
-        };
-        models.push(ModelEval { role: role.into(), path: dir.display().to_string(), perplexity: Some(ppl), chat });
+    }
+    let served = job.models.iter().any(|m| matches!(m.source, ModelSource::Served { .. }));
+    if served && !job.prompts.is_empty() {
+        notes.push(
+            "P(end of turn) is not measured through an endpoint: it needs the model's logits right after a \
+             templated reference answer, and a server applies its template to whole conversations only."
+                .into(),
+        );
     }
     let report = Report {
         title: "chatvec report".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         text: job.text.1.clone(),
         models,
-        inspect: Some(inspected),
-        heatmap_png: Some(png),
+        heatmap_note: inspected.is_none().then(|| vector_note.clone()).flatten(),
+        inspect: inspected,
+        heatmap_png: png,
         samples: job.samples,
-        notes: note.into_iter().collect(),
+        notes,
     };
     let json = out.join("report.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("{}: cannot write", json.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?).map_err(|e| EvalError::io(&json, "write", e))?;
     let html = out.join("report.html");
-    std::fs::write(&html, render_html(&report)).with_context(|| format!("{}: cannot write", html.display()))?;
+    std::fs::write(&html, render_html(&report)).map_err(|e| EvalError::io(&html, "write", e))?;
     Ok(report)
 }
 

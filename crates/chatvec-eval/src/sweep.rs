@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{bail, Result};
+use crate::error::{EvalError, Result};
 use chatvec_format::{NoProgress, ResolvedModel};
 use chatvec_merge::{ops, MergeJob, OutputOptions, PlanOptions};
 use serde::Serialize;
@@ -232,17 +232,16 @@ pub fn run_sweep(
     log: &mut dyn FnMut(&str),
 ) -> Result<SweepResult> {
     if job.ratios.is_empty() {
-        bail!("no ratios to sweep");
+        return Err(EvalError::InvalidSetting("no ratios to sweep".into()));
     }
     if let Some(r) = job.ratios.iter().find(|r| !r.is_finite()) {
-        bail!("ratio {r} is not a finite number");
+        return Err(EvalError::InvalidSetting(format!("ratio {r} is not a finite number")));
     }
-    std::fs::create_dir_all(&job.work_dir)
-        .map_err(|err| anyhow::anyhow!("{}: cannot create ({err})", job.work_dir.display()))?;
+    std::fs::create_dir_all(&job.work_dir).map_err(|e| EvalError::io(&job.work_dir, "create", e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".chatvec-sweep-")
         .tempdir_in(&job.work_dir)
-        .map_err(|err| anyhow::anyhow!("{}: cannot create a temporary directory ({err})", job.work_dir.display()))?;
+        .map_err(|e| EvalError::io(&job.work_dir, "create a temporary directory in", e))?;
     let mut rows = Vec::new();
     log("evaluating the target");
     // The target usually has no chat template: it borrows the chat model's, as its merges will.

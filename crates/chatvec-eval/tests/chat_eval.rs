@@ -59,7 +59,10 @@ fn chat_eval_runs_and_is_reproducible() {
     let mut t = ChatModel::load(&fixture("target"), &LoadOptions::default(), None).unwrap();
     assert!(t.template.is_none());
     let err = run_chat_eval(&mut t, &prompts, &opts, &AtomicBool::new(false), &mut |_, _| {}).unwrap_err();
-    assert!(format!("{err:#}").contains("no chat template"));
+    // Errors are data: the prompt it failed on, and why.
+    let chatvec_eval::EvalError::Prompt { id, source } = err else { panic!("{err}") };
+    assert_eq!(id, prompts[0].id);
+    assert!(matches!(*source, chatvec_eval::EvalError::Input(ref m) if m.contains("no chat template")), "{source}");
     let t = ChatModel::load(&fixture("target"), &LoadOptions::default(), Some(&fixture("chat"))).unwrap();
     assert!(t.template_from.unwrap().contains("chat"));
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use chatvec_eval::chat_eval::{bundled_prompts, ChatOptions};
 use chatvec_eval::perplexity::{Window, BUNDLED_TEXT};
-use chatvec_eval::report::{build_report, ReportJob};
+use chatvec_eval::report::{build_report, ReportJob, ReportModel};
 use chatvec_gen::LoadOptions;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny");
@@ -50,10 +50,12 @@ fn written_report(tmp: &Path) -> PathBuf {
     let merged = merged(tmp);
     let prompts: Vec<_> = bundled_prompts().into_iter().take(3).collect();
     let job = ReportJob {
-        target: fixture("target"),
-        merged,
-        chat: Some(fixture("chat")),
-        base: Some(fixture("base")),
+        models: vec![
+            ReportModel::local("target", fixture("target")),
+            ReportModel::local("merged", merged),
+            ReportModel::local("chat", fixture("chat")),
+            ReportModel::local("base", fixture("base")),
+        ],
         text: (BUNDLED_TEXT, "bundled".into()),
         window: Window::new(256, 128).unwrap(),
         max_tokens: Some(300),

@@ -45,7 +45,7 @@ fn head_bytes_per_weight(d: GgmlDType) -> f64 {
 }
 
 /// Memory this process may still use: the system's available memory (sysinfo: `MemAvailable`
-/// on Linux), lowered by the cgroup's free memory when a limit is set; `None` when unknown.
+/// on Linux), lowered by the cgroup's room when a limit is set; `None` when unknown.
 pub fn available_bytes() -> Option<f64> {
     let mut sys = sysinfo::System::new();
     sys.refresh_memory();
@@ -53,7 +53,17 @@ pub fn available_bytes() -> Option<f64> {
     if available == 0.0 {
         return None;
     }
-    Some(sys.cgroup_limits().map_or(available, |c| (c.free_memory as f64).min(available)))
+    let room = sys.cgroup_limits().and_then(|c| cgroup_room(c.total_memory, sys.total_memory(), c.rss));
+    Some(room.map_or(available, |r| r.min(available)))
+}
+
+/// The room a cgroup leaves: its limit less its processes' resident memory, or None when it sets
+/// no limit below the machine's memory. Not sysinfo's `free_memory`, which subtracts the group's
+/// page cache too (reclaimable), and on cgroup v1 hosts with no limit reads the root group,
+/// whose cache is the whole machine's: a 1B model was refused on a 24 GB machine with 18 GB of
+/// it cache.
+fn cgroup_room(limit: u64, machine: u64, rss: u64) -> Option<f64> {
+    (limit < machine).then(|| limit.saturating_sub(rss) as f64)
 }
 
 /// Refuses, in one line naming the formats that would fit, a model that needs more than
@@ -145,6 +155,13 @@ mod tests {
         assert!((9.5..10.5).contains(&gb("q8_0")), "{}", gb("q8_0"));
         assert!((6.0..7.5).contains(&gb("q4_k")), "{}", gb("q4_k"));
         assert!((33.0..34.5).contains(&gb("none")), "{}", gb("none"));
+    }
+
+    #[test]
+    fn a_cgroup_without_a_limit_leaves_the_machine_s_memory() {
+        assert_eq!(cgroup_room(24 << 30, 24 << 30, 1 << 30), None);
+        assert_eq!(cgroup_room(8 << 30, 24 << 30, 3 << 30), Some((5u64 << 30) as f64));
+        assert_eq!(cgroup_room(8 << 30, 24 << 30, 9 << 30), Some(0.0));
     }
 
     #[test]

@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 use chatvec_gen::batch::{log_softmax, Batch, SeqEvent, SeqId, SeqRequest};
 use chatvec_gen::models::{KvCache, Logits, SeqInput};
-use chatvec_gen::{generate, GenError, GenerationConfig, GenerationOutput, Model, SamplingParams, StopReason, StopSet};
+use chatvec_gen::{
+    generate, GenError, GenerationConfig, GenerationOutput, Model, ModelOptions, SamplingParams, StopReason, StopSet,
+    WeightFormat,
+};
 
 /// Logits of a batched forward and of the same sequence alone differ by at most this.
 const LOGIT_TOLERANCE: f32 = 1e-4;
@@ -232,6 +235,51 @@ fn batched_forward_logits_equal_each_sequence_alone() {
             }
         }
         assert_eq!(caches.iter().map(KvCache::len).collect::<Vec<_>>(), vec![9, 18, 11]);
+    }
+}
+
+/// With q8_0, bf16 and f16 weights (chatvec's own GEMM kernels), one decode step of six
+/// sequences in one batch (more rows than a kernel tile takes) gives every sequence the logits
+/// it gets decoded alone, bit for bit, and batched greedy generation equals `generate` alone.
+#[test]
+fn compact_weights_decode_the_same_in_a_batch_as_alone() {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/lab/chat"));
+    for format in ["q8_0", "bf16", "f16"] {
+        let opts = ModelOptions {
+            weights: WeightFormat::parse(format).unwrap(),
+            ..ModelOptions::dense(&Device::Cpu, DType::F32)
+        };
+        let mut model = Model::load_with(&dir, &opts).unwrap();
+        let seqs: Vec<(Vec<u32>, u32)> =
+            (0..6).map(|i| (prompt(&model, 3 + 2 * i, i as u32), prompt(&model, 1, 50 + i as u32)[0])).collect();
+        let prefilled = |model: &Model, ids: &[u32]| {
+            let mut cache = KvCache::new();
+            model.forward_batch(&mut [SeqInput { tokens: ids, cache: &mut cache, logits: Logits::None }]).unwrap();
+            cache
+        };
+        let mut caches: Vec<KvCache> = seqs.iter().map(|(p, _)| prefilled(&model, p)).collect();
+        let mut inputs: Vec<SeqInput> = seqs
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|((_, next), cache)| SeqInput { tokens: std::slice::from_ref(next), cache, logits: Logits::Last })
+            .collect();
+        let batched = model.forward_batch(&mut inputs).unwrap();
+        for (i, ((p, next), got)) in seqs.iter().zip(batched).enumerate() {
+            let mut cache = prefilled(&model, p);
+            let one = [SeqInput { tokens: std::slice::from_ref(next), cache: &mut cache, logits: Logits::Last }];
+            let want = model.forward_batch(&mut { one }).unwrap().pop().flatten().unwrap();
+            let bits = |t: candle_core::Tensor| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            assert!(bits(got.unwrap()) == bits(want), "{format}: sequence {i}'s logits differ in the batch");
+        }
+
+        let reqs = requests(&mut model, |_| greedy());
+        let want: Vec<GenerationOutput> = reqs.iter().map(|r| alone(&mut model, r)).collect();
+        let got = Batch::new(&model, 16).run(reqs, &|| false, &mut |_, _| {}).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.output.tokens, w.tokens, "{format}: seq {i}'s batched greedy tokens differ from alone");
+        }
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Body {
     pub top_logprobs: Option<u64>,
     /// Completions: put the prompt before the answer (with its logprobs).
     pub echo: Option<bool>,
+    /// `/tokenize`: add the tokenizer's special tokens (BOS); default true, as vLLM.
+    pub add_special_tokens: Option<bool>,
 }
 
 /// `stop`: one string or a list.

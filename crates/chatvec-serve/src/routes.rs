@@ -1,5 +1,5 @@
 //! The HTTP surface: the router, the API-key check, the request body (size limit, JSON), the
-//! small endpoints (`/v1/models`, `/health`, the page) and the SSE framing both completion
+//! small endpoints (`/v1/models`, `/tokenize`, `/health`, the page) and the SSE framing both completion
 //! endpoints share.
 
 use std::convert::Infallible;
@@ -55,6 +55,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(list_models))
+        .route("/tokenize", post(tokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/", get(page))
@@ -108,6 +109,23 @@ async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, Byt
         Ok((model, body)) => crate::completions::handle(model, body).await,
         Err(e) => Err(e),
     };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /tokenize` as vLLM answers it (`{"model", "prompt", "add_special_tokens"}` →
+/// `{"count", "max_model_len", "tokens"}`): clients that score text in windows of token ids
+/// (`chatvec report --endpoint`) tokenize with the served model's own tokenizer.
+async fn tokenize(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = read_body(&state, body).and_then(|(model, body)| {
+        let Some(Value::String(text)) = &body.prompt else {
+            return Err(ApiError::bad_param("prompt", "prompt must be a string"));
+        };
+        let ids = model
+            .tokenizer
+            .encode(text, body.add_special_tokens.unwrap_or(true))
+            .map_err(|e| ApiError::bad_param("prompt", e.to_string()))?;
+        Ok(Reply::json(json!({"count": ids.len(), "max_model_len": model.context, "tokens": ids})))
+    });
     result.unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -97,7 +97,7 @@ pub fn score_text(
     if let Some(n) = w.max_tokens {
         ids.truncate(n);
     }
-    perplexity_in_batches(&m.model, &ids, window, per_pass, cancel)
+    Ok(perplexity_in_batches(&m.model, &ids, window, per_pass, cancel)?)
 }
 
 /// The totals of a chat evaluation for people.
@@ -177,6 +177,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             };
             let e = match &a.endpoint {
                 Some(url) => {
+                    a.device.refuse_with_endpoint()?;
                     let endpoint = Endpoint::new(url, a.api_key.clone());
                     run_chat_eval_endpoint(
                         &endpoint,

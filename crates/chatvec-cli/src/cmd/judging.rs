@@ -32,6 +32,28 @@ impl DeviceArgs {
     }
 }
 
+impl DeviceArgs {
+    /// With `--endpoint` the server computes: the flags that only set how models load here are
+    /// refused, naming the first one given.
+    pub fn refuse_with_endpoint(&self) -> Result<()> {
+        let c = &self.compute;
+        let given = [
+            (c.quantize.is_some(), "--quantize"),
+            (c.compute_dtype.is_some(), "--dtype"),
+            (c.device.name != "cpu", "--device"),
+            (c.no_memory_check, "--no-memory-check"),
+            (self.chat_template.is_some(), "--chat-template"),
+        ];
+        if let Some((_, flag)) = given.iter().find(|(on, _)| *on) {
+            bail!(
+                "{flag} sets how models load here, and --endpoint loads none: give it to the server \
+                 (e.g. `chatvec serve {flag} ...`)"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The window when neither --context nor the model's positions say less.
 const DEFAULT_CONTEXT: usize = 1024;
 
@@ -73,7 +95,7 @@ impl WindowArgs {
             Some(c) => c,
             None => DEFAULT_CONTEXT.min(positions),
         };
-        Window::new(context, self.stride.unwrap_or((context / 2).max(1)))
+        Ok(Window::new(context, self.stride.unwrap_or((context / 2).max(1)))?)
     }
 }
 
@@ -99,7 +121,7 @@ pub struct ChatGenArgs {
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
     /// Prompts answered together, one forward pass per token for all of them (the answers do
-    /// not depend on it).
+    /// not depend on it); through an endpoint (eval chat, report), the requests in flight at once.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BATCH_SIZE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch_size: usize,
 }

@@ -2,13 +2,16 @@
 //! with the options of `generate`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use chatvec_serve::{EngineOptions, ServeOptions, ServedModel};
 
-use super::common::{parse_size, ComputeArgs, HubArgs};
+use chatvec_gen::ChatTemplate;
+
+use super::common::{existing_file, parse_size, ComputeArgs, HubArgs};
 use super::generate::{ModelArgs, Session};
 
 /// Serve arguments.
@@ -30,6 +33,10 @@ pub struct Args {
     /// Listen on a non-loopback address without an API key.
     #[arg(long)]
     pub insecure_no_key: bool,
+    /// A Jinja chat template for the served models that have none (a continually pre-trained
+    /// target), so they answer chat completions too; models with their own keep it.
+    #[arg(long, value_name = "FILE", value_parser = existing_file)]
+    pub chat_template: Option<PathBuf>,
     #[command(flatten)]
     pub compute: ComputeArgs,
     #[command(flatten)]
@@ -72,9 +79,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
             compute: a.compute.clone(),
             hub: a.hub.clone(),
         };
-        let session = Session::load(&args, false)?;
-        if session.chat.template.is_none() {
-            eprintln!("note: {name} has no chat template; it answers /v1/completions only");
+        let mut session = Session::load(&args, false)?;
+        match (&session.chat.template, &a.chat_template) {
+            (Some(_), _) => {}
+            (None, Some(file)) => {
+                let template = ChatTemplate::from_file(file, session.chat.tokenizer.config())?;
+                session.chat.template = Some(template);
+                session.chat.template_from = Some(file.display().to_string());
+            }
+            (None, None) => eprintln!("note: {name} has no chat template; it answers /v1/completions only"),
         }
         served.push(ServedModel::start(name, session.chat, session.defaults, opts.engine)?);
     }

@@ -1,6 +1,6 @@
 //! Linear layers whose weights stay small: dense in the compute dtype, or held compactly in a
 //! ggml block format (q8_0, q4_k, q4_0, q6_k, bf16, f16). Compact weights are multiplied by
-//! chatvec's kernels where candle's are slow (q8_0 and bf16: see `kernels.rs`) and by candle's
+//! chatvec's kernels where candle's are slow (q8_0, bf16 and f16: see `kernels.rs`) and by candle's
 //! quantized kernels otherwise.
 
 use std::borrow::Cow;
@@ -234,12 +234,12 @@ impl CustomOp1 for CompactMatMul {
         let mkn = (m, k, n);
         match self.0.dtype() {
             GgmlDType::Q8_0 => kernels::matmul_q8_0(m, k, lhs, typed::<Q8Block>(&data)?, &mut dst),
-            GgmlDType::BF16 => kernels::matmul_bf16(m, k, lhs, typed::<bf16>(&data)?, &mut dst),
+            GgmlDType::BF16 => kernels::matmul_half(m, k, lhs, typed::<bf16>(&data)?, &mut dst),
+            GgmlDType::F16 => kernels::matmul_half(m, k, lhs, typed::<f16>(&data)?, &mut dst),
             GgmlDType::Q4K => matmul_blocks::<BlockQ4K>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::Q4_0 => matmul_blocks::<BlockQ4_0>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::Q5K => matmul_blocks::<BlockQ5K>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::Q6K => matmul_blocks::<BlockQ6K>(mkn, lhs, &data, &mut dst)?,
-            GgmlDType::F16 => matmul_blocks::<f16>(mkn, lhs, &data, &mut dst)?,
             GgmlDType::F32 => matmul_blocks::<f32>(mkn, lhs, &data, &mut dst)?,
             // Formats chatvec does not produce (from a GGUF): candle's own path.
             _ => {

@@ -147,17 +147,27 @@ fn q8_0_gemm_equals_the_reference_and_candles_kernel_on_random_weights_at_every_
 
 #[test]
 fn bf16_gemm_gives_the_exact_bits_at_every_tier_and_tile_shape() {
+    half_gemm_gives_the_exact_bits::<bf16>(bf16::from_f32);
+}
+
+#[test]
+fn f16_gemm_gives_the_exact_bits_at_every_tier_and_tile_shape() {
+    half_gemm_gives_the_exact_bits::<f16>(f16::from_f32);
+}
+
+fn half_gemm_gives_the_exact_bits<T: Half>(from_f32: fn(f32) -> T) {
     let mut rng = Rng::new(13);
-    // k not a multiple of 8 or 16 covers the scalar tails.
-    for (m, k, n) in [(1, 33, 9), (3, 64, 5), (5, 100, 11), (9, 48, 70), (67, 17, 130)] {
+    // k not a multiple of 8, 16, 32 or 64 covers the scalar tails; m = 1 and the input rows
+    // left over after the full tiles take the one-row kernels.
+    for (m, k, n) in [(1, 33, 9), (1, 200, 70), (3, 64, 5), (5, 100, 11), (9, 48, 70), (67, 17, 130)] {
         let lhs: Vec<f32> = (0..m * k).map(|_| small_int(&mut rng, 100) as f32 * 0.25).collect();
-        let w: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(small_int(&mut rng, 120) as f32 * 0.5)).collect();
+        let w: Vec<T> = (0..n * k).map(|_| from_f32(small_int(&mut rng, 120) as f32 * 0.5)).collect();
         for tier in SimdTier::available() {
             let mut dst = vec![f32::NAN; m * n];
-            matmul_bf16_with(tier, m, k, &lhs, &w, &mut dst);
+            matmul_half_with(tier, m, k, &lhs, &w, &mut dst);
             for r in 0..m {
                 for j in 0..n {
-                    let exact: f64 = (0..k).map(|i| w[j * k + i].to_f64() * lhs[r * k + i] as f64).sum();
+                    let exact: f64 = (0..k).map(|i| w[j * k + i].widen() as f64 * lhs[r * k + i] as f64).sum();
                     assert_eq!(dst[r * n + j] as f64, exact, "{tier}, {m}x{k}x{n}, ({r}, {j})");
                 }
             }
@@ -167,25 +177,65 @@ fn bf16_gemm_gives_the_exact_bits_at_every_tier_and_tile_shape() {
 
 #[test]
 fn bf16_gemm_equals_the_widened_f64_product_at_every_tier() {
+    half_gemm_equals_the_widened_f64_product::<bf16>(bf16::from_f32);
+}
+
+#[test]
+fn f16_gemm_equals_the_widened_f64_product_at_every_tier() {
+    half_gemm_equals_the_widened_f64_product::<f16>(f16::from_f32);
+}
+
+fn half_gemm_equals_the_widened_f64_product<T: Half>(from_f32: fn(f32) -> T) {
     let mut rng = Rng::new(17);
     for (m, k, n) in [(1, 2048, 67), (2, 33, 9), (9, 130, 300), (70, 64, 10)] {
         let lhs = random(&mut rng, m * k, 4.0);
-        let w: Vec<bf16> = random(&mut rng, n * k, 0.5).into_iter().map(bf16::from_f32).collect();
+        let w: Vec<T> = random(&mut rng, n * k, 0.5).into_iter().map(from_f32).collect();
         for tier in SimdTier::available() {
             let mut dst = vec![f32::NAN; m * n];
-            matmul_bf16_with(tier, m, k, &lhs, &w, &mut dst);
+            matmul_half_with(tier, m, k, &lhs, &w, &mut dst);
             for r in 0..m {
                 for j in 0..n {
                     let (row, x) = (&w[j * k..(j + 1) * k], &lhs[r * k..(r + 1) * k]);
-                    let exact: f64 = row.iter().zip(x).map(|(a, b)| a.to_f64() * *b as f64).sum();
-                    let mag: f64 = row.iter().zip(x).map(|(a, b)| (a.to_f64() * *b as f64).abs()).sum();
+                    let exact: f64 = row.iter().zip(x).map(|(a, b)| a.widen() as f64 * *b as f64).sum();
+                    let mag: f64 = row.iter().zip(x).map(|(a, b)| (a.widen() as f64 * *b as f64).abs()).sum();
                     let got = dst[r * n + j];
                     assert!(
                         (got as f64 - exact).abs() <= 1e-5 * mag,
                         "{tier}, {m}x{k}x{n} ({r}, {j}): {got} vs {exact}"
                     );
-                    assert!((dot_bf16_scalar(row, x) as f64 - exact).abs() <= 1e-5 * mag);
+                    assert!((dot_half_scalar(row, x) as f64 - exact).abs() <= 1e-5 * mag);
                 }
+            }
+        }
+    }
+}
+
+/// A row multiplied alone (decode, the one-row kernel) gives the bits it gets among many rows
+/// (prefill or a batch, the tiles): batched and sequential evaluation agree exactly.
+#[test]
+fn one_row_alone_gives_the_bits_it_gets_in_a_tile_at_every_tier() {
+    let mut rng = Rng::new(19);
+    let (m, k, n) = (9, 2048 + 32, 70);
+    let lhs = random(&mut rng, m * k, 8.0);
+    let wf = random(&mut rng, n * k, 0.2);
+    let q8 = candle_blocks(&wf);
+    let b16: Vec<bf16> = wf.iter().copied().map(bf16::from_f32).collect();
+    let f16s: Vec<f16> = wf.iter().copied().map(f16::from_f32).collect();
+    for tier in SimdTier::available() {
+        let (mut all, mut one) = ([vec![0f32; m * n], vec![0f32; m * n], vec![0f32; m * n]], vec![0f32; n]);
+        matmul_q8_0_with(tier, m, k, &lhs, &q8, &mut all[0]);
+        matmul_half_with(tier, m, k, &lhs, &b16, &mut all[1]);
+        matmul_half_with(tier, m, k, &lhs, &f16s, &mut all[2]);
+        for r in 0..m {
+            let x = &lhs[r * k..(r + 1) * k];
+            for (f, all) in all.iter().enumerate() {
+                match f {
+                    0 => matmul_q8_0_with(tier, 1, k, x, &q8, &mut one),
+                    1 => matmul_half_with(tier, 1, k, x, &b16, &mut one),
+                    _ => matmul_half_with(tier, 1, k, x, &f16s, &mut one),
+                }
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&one), bits(&all[r * n..(r + 1) * n]), "{tier}, format {f}, row {r}");
             }
         }
     }
