@@ -113,6 +113,9 @@ fn hostile_files(good: &[u8]) -> Vec<(&'static str, Vec<u8>, &'static str, bool)
     let mut relabelled = good.to_vec();
     let (type_at, _) = type_and_offset_at(good, "blk.0.ffn_up.weight");
     relabelled[type_at..type_at + 4].copy_from_slice(&8u32.to_le_bytes()); // f16 -> q8_0
+                                                                           // A type chatvec does not read (llama.cpp does): refused naming it, before any size check.
+    let mut iq = good.to_vec();
+    iq[type_at..type_at + 4].copy_from_slice(&20u32.to_le_bytes()); // f16 -> IQ4_NL
     let mut twice = good.to_vec();
     let at = after(good, "blk.0.attn_k.weight") - "attn_k.weight".len();
     twice[at..at + 6].copy_from_slice(b"attn_q");
@@ -122,6 +125,7 @@ fn hostile_files(good: &[u8]) -> Vec<(&'static str, Vec<u8>, &'static str, bool)
         ("overlap", set_offset(good, v, |_| k_offset + 32), v, true),
         ("relabelled", relabelled, "blk.0.ffn_up.weight", true),
         ("twice", twice, "blk.0.attn_q.weight", true),
+        ("iq4-nl", iq, "IQ4_NL", false),
         ("nan-rope", set_float(good, "llama.rope.freq_base", f32::NAN), "llama.rope.freq_base", false),
         (
             "inf-eps",
