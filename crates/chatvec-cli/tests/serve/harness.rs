@@ -156,8 +156,11 @@ impl MockVllm {
                 std::thread::spawn(move || {
                     let open = now.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(open, Ordering::SeqCst);
-                    Self::serve_one(stream, model, mode, &log);
-                    now.fetch_sub(1, Ordering::SeqCst);
+                    // Counted out before the answer is written: once the client has it, it may
+                    // send its next request before this thread would get to run again.
+                    Self::serve_one(stream, model, mode, &log, || {
+                        now.fetch_sub(1, Ordering::SeqCst);
+                    });
                 });
             }
         });
@@ -166,7 +169,13 @@ impl MockVllm {
 
     /// Reads one request from `stream`, keeps it in `log` and answers it (a chat answer takes
     /// 50 ms, so that clients sending together overlap).
-    fn serve_one(mut stream: std::net::TcpStream, model: &str, mode: Mode, log: &Mutex<Vec<(String, Value)>>) {
+    fn serve_one(
+        mut stream: std::net::TcpStream,
+        model: &str,
+        mode: Mode,
+        log: &Mutex<Vec<(String, Value)>>,
+        answering: impl FnOnce(),
+    ) {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let (mut length, mut request_line) = (0, String::new());
         reader.read_line(&mut request_line).unwrap();
@@ -194,6 +203,7 @@ impl MockVllm {
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             text.len()
         );
+        answering();
         stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(text.as_bytes())).unwrap();
     }
 
