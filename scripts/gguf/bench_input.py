@@ -4,7 +4,9 @@ bf16 safetensors directory converted to q8_0 at load (`--quantize q8_0`). Synthe
 Llama-3.2-1B shape with Llama-3's tokenizer (as benches/gen/run.sh). Prints the CPU and SIMD tier,
 each round, and the medians with their ratio.
 
-    python scripts/gguf/bench_input.py [--rounds 3] [--types q8_0] [--work target/bench-gguf]
+    python scripts/gguf/bench_input.py [--rounds 3] [--types q8_0,f16] [--work target/bench-gguf]
+
+An f16 GGUF is compared with the safetensors directory at `--quantize bf16`.
 
 Binaries: BENCH_GEN (default target/release/examples/bench_gen), CHATVEC (target/release/chatvec),
 CHATVEC_BENCH (target/release/chatvec-bench); build them with
@@ -72,8 +74,10 @@ def main():
     types = a.types.split(",")
     model, ggufs = prepare(a.work, types)
     engines = []
+    # An f16 GGUF is compared with what a user gets from the same safetensors at 16 bits: bf16.
+    partner = {t: {"f16": "bf16"}.get(t, t) for t in types}
     for t in types:
-        engines += [(f"safetensors --quantize {t}", model, t), (f"GGUF {t}", ggufs[t], None)]
+        engines += [(f"safetensors --quantize {partner[t]}", model, partner[t]), (f"GGUF {t}", ggufs[t], None)]
     results = {name: [] for name, _, _ in engines}
     for r in range(a.rounds):
         for name, path, quantize in engines:
@@ -93,8 +97,8 @@ def main():
               f"{m['prefill_cpu_s']:.1f} | {m['decode_cpu_s']:.1f} | {m['load_s']:.1f} |")
     # On a shared machine wall time depends on what else runs; CPU seconds for the same work less so.
     for t in types:
-        g, s = med[f"GGUF {t}"], med[f"safetensors --quantize {t}"]
-        print(f"{t}: GGUF / safetensors speed = prefill {g['prefill_tokens_per_s'] / s['prefill_tokens_per_s']:.2f}x, "
+        g, s = med[f"GGUF {t}"], med[f"safetensors --quantize {partner[t]}"]
+        print(f"{t}: GGUF / safetensors --quantize {partner[t]} speed = prefill {g['prefill_tokens_per_s'] / s['prefill_tokens_per_s']:.2f}x, "
               f"decode {g['decode_tokens_per_s'] / s['decode_tokens_per_s']:.2f}x (wall); "
               f"prefill {s['prefill_cpu_s'] / g['prefill_cpu_s']:.2f}x, decode {s['decode_cpu_s'] / g['decode_cpu_s']:.2f}x (CPU time)")
 
