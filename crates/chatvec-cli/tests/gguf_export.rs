@@ -84,18 +84,7 @@ fn scores(gguf: &Path) -> Vec<f64> {
 }
 
 fn export_f16(model: &Path, out: &Path) {
-    let o = chatvec(&[
-        "export",
-        "gguf",
-        "--model",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--type",
-        "f16",
-        "-q",
-    ]);
-    assert!(o.status.success(), "{}: {}", model.display(), stderr(&o));
+    common::export_gguf(model, out, "f16");
 }
 
 #[test]

@@ -17,18 +17,7 @@ use common::{chatvec, fails_with_one_line, root};
 fn exported(dir: &Path) -> (PathBuf, Vec<u8>) {
     let model = root().join("crates/chatvec-gguf/tests/data/mistral");
     let out = dir.join("good.gguf");
-    let o = chatvec(&[
-        "export",
-        "gguf",
-        "--model",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--type",
-        "f16",
-        "-q",
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    common::export_gguf(&model, &out, "f16");
     let bytes = std::fs::read(&out).unwrap();
     (out, bytes)
 }

@@ -27,18 +27,7 @@ fn a_gguf_without_tokenizer_files_answers_as_its_source_directory() {
     let alone = tmp.path().join("alone");
     std::fs::create_dir(&alone).unwrap();
     let gguf = alone.join("qwen2.gguf");
-    let o = chatvec(&[
-        "export",
-        "gguf",
-        "--model",
-        source.to_str().unwrap(),
-        "-o",
-        gguf.to_str().unwrap(),
-        "--type",
-        "f32",
-        "-q",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    common::export_gguf(&source, &gguf, "f32");
     let (want, got) = (generate(&source, &[]), generate(&gguf, &[]));
     for key in ["prompt_text", "prompt_tokens"] {
         assert_eq!(got[key], want[key], "{key}");

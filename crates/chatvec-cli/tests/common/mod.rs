@@ -22,6 +22,13 @@ pub fn chatvec(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chatvec")).args(args).stdin(Stdio::null()).output().unwrap()
 }
 
+/// `chatvec export gguf --model MODEL -o OUT --type KIND -q`, which must succeed.
+pub fn export_gguf(model: &Path, out: &Path, kind: &str) {
+    let (model_arg, out_arg) = (model.to_str().unwrap(), out.to_str().unwrap());
+    let o = chatvec(&["export", "gguf", "--model", model_arg, "-o", out_arg, "--type", kind, "-q"]);
+    assert!(o.status.success(), "export of {}: {}", model.display(), stderr(&o));
+}
+
 /// The run's stderr as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
