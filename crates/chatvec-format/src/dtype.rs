@@ -126,6 +126,70 @@ fn decode_lanes(dtype: DType, bytes: &[u8], out: &mut [f64]) {
     }
 }
 
+/// Little-endian `bytes` of type `dtype` widened to f32 in `out` at a given tier (one the CPU
+/// supports), as torch's `.to(torch.float32)` (f64 rounds to nearest): the GGUF writer's input
+/// and generation's rows converted at load.
+pub fn decode_f32_with(tier: SimdTier, dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if dtype == DType::F16 && tier >= SimdTier::Avx2 {
+        return f16c::f16_to_f32(bytes, out);
+    }
+    dispatch_simd!(tier, decode_f32_lanes, (), (dtype: DType, bytes: &[u8], out: &mut [f32]))
+}
+
+#[inline(always)]
+fn decode_f32_lanes(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        DType::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+        DType::F16 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(o, b)| *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        DType::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::F64 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32;
+            }
+        }
+    }
+}
+
+/// F16C's eight-at-a-time f16 widening, for the AVX2 and AVX-512 tiers of [`decode_f32_with`].
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use std::arch::x86_64::*;
+
+    pub(super) fn f16_to_f32(bytes: &[u8], out: &mut [f32]) {
+        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"));
+        // SAFETY: the CPU has the features (checked above).
+        unsafe { f16_to_f32_f16c(bytes, out) }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
+    fn f16_to_f32_f16c(bytes: &[u8], out: &mut [f32]) {
+        let n = out.len().min(bytes.len() / 2);
+        let whole = n / 8 * 8;
+        for i in (0..whole).step_by(8) {
+            // SAFETY: elements i..i+8 of both buffers exist (i + 8 ≤ n).
+            unsafe {
+                let h = _mm_loadu_si128(bytes.as_ptr().add(2 * i) as *const __m128i);
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+            }
+        }
+        for i in whole..n {
+            out[i] = half::f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32();
+        }
+    }
+}
+
 /// The value of bf16 bits (exact: bf16 is the top half of an f32).
 #[inline(always)]
 pub fn bf16_to_f64(h: u16) -> f64 {

@@ -4,6 +4,9 @@
 //! `1 / d`. One definition for the GGUF writer and for generation's activation quantization,
 //! written branch-free so the callers' loops vectorize at every SIMD tier.
 
+use crate::dispatch_simd;
+use crate::simd::SimdTier;
+
 /// Values per q8_0 block.
 pub const Q8_0_BLOCK: usize = 32;
 
@@ -39,6 +42,23 @@ pub fn quantize_block(x: &[f32], q: &mut [i8]) -> u16 {
     });
     q.iter_mut().zip(wide).for_each(|(q, w)| *q = w as i8);
     half::f16::from_f32(d).to_bits()
+}
+
+/// `values` (whole blocks) as ggml q8_0 blocks in `out`, 34 bytes a block: the f16 scale, then
+/// the 32 quants, at SIMD tier `tier` (one the CPU supports). The GGUF writer's q8_0 and
+/// generation's q8_0 at load both go through it.
+pub fn quantize_row_into(tier: SimdTier, values: &[f32], out: &mut [u8]) {
+    dispatch_simd!(tier, quantize_row_lanes, (), (values: &[f32], out: &mut [u8]))
+}
+
+#[inline(always)]
+fn quantize_row_lanes(values: &[f32], out: &mut [u8]) {
+    for (o, x) in out.chunks_exact_mut(34).zip(values.chunks_exact(Q8_0_BLOCK)) {
+        let mut q = [0i8; Q8_0_BLOCK];
+        let d = quantize_block(x, &mut q);
+        o[..2].copy_from_slice(&d.to_le_bytes());
+        o[2..].iter_mut().zip(q).for_each(|(o, q)| *o = q as u8);
+    }
 }
 
 /// `f32::round` (ties away from zero, as C's `roundf`) from a truncation, which every tier has

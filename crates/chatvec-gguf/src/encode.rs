@@ -4,16 +4,18 @@
 //! Memory: one batch of rows (a few MiB) plus, for the Q/K permutation, the rows of one head,
 //! since a permuted row comes from the other half of its head.
 //!
-//! The element loops (decoding bf16/f16/f64 to f32, encoding f32 to f16, bf16 and q8_0) run at
-//! the process's SIMD tier (`chatvec_format::simd`); k-quants are candle's.
+//! The element loops run at the process's SIMD tier (`chatvec_format::simd`): decoding to f32
+//! and q8_0 are chatvec-format's (`dtype::decode_f32_with`, `q8_0::quantize_row_into`, shared with
+//! generation's load), encoding f32 to f16 and bf16 is here; k-quants are candle's.
 
 use std::io::Write;
 
+use chatvec_format::dtype::decode_f32_with;
 use chatvec_format::{dispatch_simd, DType, Error, Result, SimdTier};
 use half::f16;
 use rayon::prelude::*;
 
-use chatvec_format::q8_0::{quantize_block, Q8_0_BLOCK};
+use chatvec_format::q8_0::{quantize_row_into, Q8_0_BLOCK};
 
 use crate::arch::{source_row, Transform};
 use crate::format::pad;
@@ -123,42 +125,8 @@ fn write(out: &mut dyn Write, bytes: &[u8], name: &str) -> Result<()> {
 /// Source bytes to f32, as the converter's `to(torch.float32)` (f64 rounds to nearest).
 fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     let mut out = vec![0f32; bytes.len() / dtype.size()];
-    decode_with(SimdTier::active(), dtype, bytes, &mut out);
+    decode_f32_with(SimdTier::active(), dtype, bytes, &mut out);
     out
-}
-
-/// [`decode`] into `out` at a given tier (one the CPU supports). Also how generation widens
-/// safetensors rows it converts at load.
-pub fn decode_with(tier: SimdTier, dtype: DType, bytes: &[u8], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if dtype == DType::F16 && tier >= SimdTier::Avx2 {
-        return x86::f16_to_f32(bytes, out);
-    }
-    dispatch_simd!(tier, decode_lanes, (), (dtype: DType, bytes: &[u8], out: &mut [f32]))
-}
-
-#[inline(always)]
-fn decode_lanes(dtype: DType, bytes: &[u8], out: &mut [f32]) {
-    match dtype {
-        DType::BF16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
-            }
-        }
-        DType::F16 => {
-            out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = f16::from_le_bytes([b[0], b[1]]).to_f32())
-        }
-        DType::F32 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        DType::F64 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                *o = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32;
-            }
-        }
-    }
 }
 
 /// Appends `values` as little-endian bf16, rounded to nearest even (NaN made quiet), the bits of
@@ -197,23 +165,7 @@ pub(crate) fn encode_f16(tier: SimdTier, values: &[f32], out: &mut Vec<u8>) {
 pub(crate) fn encode_q8_0(tier: SimdTier, values: &[f32], out: &mut Vec<u8>) {
     let start = out.len();
     out.resize(start + values.len() / Q8_0_BLOCK * 34, 0);
-    q8_0_into(tier, values, &mut out[start..]);
-}
-
-/// `values` (whole blocks) as q8_0 blocks in `out` (34 bytes a block: the f16 scale, then 32
-/// quants). Also how generation quantizes safetensors weights at load.
-pub fn q8_0_into(tier: SimdTier, values: &[f32], out: &mut [u8]) {
-    dispatch_simd!(tier, q8_0_lanes, (), (values: &[f32], out: &mut [u8]))
-}
-
-#[inline(always)]
-fn q8_0_lanes(values: &[f32], out: &mut [u8]) {
-    for (o, x) in out.chunks_exact_mut(34).zip(values.chunks_exact(Q8_0_BLOCK)) {
-        let mut q = [0i8; Q8_0_BLOCK];
-        let d = quantize_block(x, &mut q);
-        o[..2].copy_from_slice(&d.to_le_bytes());
-        o[2..].iter_mut().zip(q).for_each(|(o, q)| *o = q as u8);
-    }
+    quantize_row_into(tier, values, &mut out[start..]);
 }
 
 /// The F16C conversions, eight values at a time, for the AVX2 and AVX-512 tiers.
@@ -222,28 +174,6 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use half::f16;
-
-    pub(super) fn f16_to_f32(bytes: &[u8], out: &mut [f32]) {
-        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"));
-        // SAFETY: the CPU has the features (checked above).
-        unsafe { f16_to_f32_f16c(bytes, out) }
-    }
-
-    #[target_feature(enable = "avx2,f16c")]
-    fn f16_to_f32_f16c(bytes: &[u8], out: &mut [f32]) {
-        let n = out.len().min(bytes.len() / 2);
-        let whole = n / 8 * 8;
-        for i in (0..whole).step_by(8) {
-            // SAFETY: elements i..i+8 of both buffers exist (i + 8 ≤ n).
-            unsafe {
-                let h = _mm_loadu_si128(bytes.as_ptr().add(2 * i) as *const __m128i);
-                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
-            }
-        }
-        for i in whole..n {
-            out[i] = f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32();
-        }
-    }
 
     pub(super) fn f32_to_f16(values: &[f32], out: &mut [u8]) {
         assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"));
@@ -351,17 +281,17 @@ mod tests {
         let f64s: Vec<u8> = bits.iter().flat_map(|b| (f32::from_bits(*b) as f64 * 1.000001).to_le_bytes()).collect();
         for tier in SimdTier::available() {
             let mut out = vec![0f32; bits.len()];
-            decode_with(tier, DType::BF16, &b16, &mut out);
+            decode_f32_with(tier, DType::BF16, &b16, &mut out);
             assert!(
                 out.iter().zip(&bits).all(|(o, b)| same_or_both_nan_f32(*o, bf16::from_bits(*b as u16).to_f32())),
                 "{tier} bf16"
             );
-            decode_with(tier, DType::F16, &b16, &mut out);
+            decode_f32_with(tier, DType::F16, &b16, &mut out);
             assert!(
                 out.iter().zip(&bits).all(|(o, b)| same_or_both_nan_f32(*o, f16::from_bits(*b as u16).to_f32())),
                 "{tier} f16"
             );
-            decode_with(tier, DType::F64, &f64s, &mut out);
+            decode_f32_with(tier, DType::F64, &f64s, &mut out);
             for (o, c) in out.iter().zip(f64s.chunks(8)) {
                 assert!(same_or_both_nan_f32(*o, f64::from_le_bytes(c.try_into().unwrap()) as f32), "{tier} f64");
             }

@@ -113,17 +113,17 @@ fn convert_as<T: GgmlType + Send + Sync + 'static>(
     convert_blocks(src, parts, k, blocks, T::from_float)
 }
 
-/// q8_0 through the GGUF writer's quantizer, which runs at the process's SIMD tier and gives the
+/// q8_0 through chatvec-format's row quantizer (the GGUF writer's too), which runs at the process's SIMD tier and gives the
 /// same blocks as candle's scalar `BlockQ8_0::from_float` (both are llama.cpp's rule), several
 /// times faster: at 8B it was half of the load's CPU time.
 fn convert_q8_0(src: &dyn WeightSource, parts: &[(&str, usize)], k: usize) -> Result<QTensor> {
     let blocks = zeroed_q8_0(total_rows(parts) * (k / BlockQ8_0::BLCK_SIZE));
     convert_blocks::<BlockQ8_0>(src, parts, k, blocks, |xs, out| {
         // SAFETY: `BlockQ8_0` is `repr(C)` {f16 scale, 32 × i8}, 34 bytes with alignment 2 (as
-        // `Q8Block` asserts), which is the byte layout `q8_0_into` writes; the slice is
+        // `Q8Block` asserts), which is the byte layout `quantize_row_into` writes; the slice is
         // borrowed mutably for the call only.
         let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, std::mem::size_of_val(out)) };
-        chatvec_gguf::encode::q8_0_into(SimdTier::active(), xs, bytes);
+        chatvec_format::q8_0::quantize_row_into(SimdTier::active(), xs, bytes);
     })
 }
 

@@ -100,7 +100,7 @@ impl WeightSource for CheckpointWeights {
         let bytes = rows.start * row_bytes..rows.end * row_bytes;
         self.ckpt.prefetch(t, bytes.end..bytes.end + 16 * bytes.len());
         let dtype = t.dtype.expect("checked by entry");
-        chatvec_gguf::encode::decode_with(SimdTier::active(), dtype, self.ckpt.bytes(t, bytes.clone()), out);
+        chatvec_format::dtype::decode_f32_with(SimdTier::active(), dtype, self.ckpt.bytes(t, bytes.clone()), out);
         self.ckpt.release(t, bytes);
         Ok(())
     }
