@@ -6,9 +6,7 @@
 //! and copy K/V for grouped-query attention on every step. One implementation parameterised by
 //! [`DecoderConfig`] keeps the four architectures in step.
 
-use std::sync::Arc;
-
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::{Activation, DecoderConfig};
@@ -58,28 +56,36 @@ struct Layer {
 }
 
 /// Token embeddings: in the compute dtype when weights are dense, else as stored (bf16, or a
-/// ggml format from a GGUF); rows are widened on lookup.
+/// ggml format from a GGUF); rows are widened on lookup. Held as a [`LinearWeight`], so tied
+/// embeddings are the output projection itself.
 #[derive(Debug, Clone)]
-enum Embeddings {
-    Dense(Tensor),
-    Compact(Arc<QTensor>),
-}
+struct Embeddings(LinearWeight);
 
 impl Embeddings {
+    /// The rows of `ids` (1-D), `(ids, hidden)` in `dtype`.
     fn lookup(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
-        let rows = match self {
-            Embeddings::Dense(t) => t.index_select(ids, 0)?,
-            Embeddings::Compact(q) => q.embedding(ids)?,
+        let rows = match &self.0 {
+            LinearWeight::Dense(t) => t.index_select(ids, 0)?,
+            LinearWeight::Compact(q) => q.embedding(ids)?,
+            LinearWeight::Q8_0(w) => {
+                let ((vocab, hidden), ids) = (w.shape(), ids.to_vec1::<u32>()?);
+                let mut out = vec![0f32; ids.len() * hidden];
+                for (&id, out) in ids.iter().zip(out.chunks_exact_mut(hidden)) {
+                    if id as usize >= vocab {
+                        return Err(crate::GenError::InvalidArgument(format!(
+                            "token id {id} is outside the vocabulary of {vocab}"
+                        )));
+                    }
+                    w.dequantize_row(id as usize, out);
+                }
+                Tensor::from_vec(out, (ids.len(), hidden), &Device::Cpu)?
+            }
         };
         Ok(rows.to_dtype(dtype)?)
     }
 
-    /// The same matrix as an output projection (tied embeddings).
-    fn as_weight(&self) -> LinearWeight {
-        match self {
-            Embeddings::Dense(t) => LinearWeight::Dense(t.clone()),
-            Embeddings::Compact(q) => LinearWeight::Compact(q.clone()),
-        }
+    fn is_dense(&self) -> bool {
+        matches!(self.0, LinearWeight::Dense(_))
     }
 }
 
@@ -139,7 +145,7 @@ impl Loader<'_> {
                 let names: Vec<String> = parts.iter().map(|(prefix, _)| format!("{prefix}.weight")).collect();
                 let parts: Vec<(&str, usize)> =
                     names.iter().map(String::as_str).zip(parts.iter().map(|p| p.1)).collect();
-                LinearWeight::Compact(Arc::new(convert(self.src, &parts, inp, f, self.device)?))
+                convert(self.src, &parts, inp, f, self.device)?
             }
             None => {
                 let mut ws = Vec::with_capacity(parts.len());
@@ -158,30 +164,26 @@ impl Loader<'_> {
     fn embeddings(&self, vocab: usize, hidden: usize) -> Result<Embeddings> {
         let name = "model.embed_tokens.weight";
         if let Some(q) = self.src.qtensor(name, &[vocab, hidden])? {
-            return match stack_quantized(vec![q], self.device)? {
-                LinearWeight::Compact(q) => Ok(Embeddings::Compact(q)),
-                LinearWeight::Dense(t) => Ok(Embeddings::Dense(t)),
-            };
+            return Ok(Embeddings(stack_quantized(vec![q], self.device)?));
         }
         // Converted weights: the table in q8_0 too (as llama.cpp's q8_0 files store token_embd),
         // half the memory of bf16 (0.5 GB less for Llama-3-8B's 128k rows).
         let eight_bit_or_less =
             self.format.is_some_and(|f| !matches!(f, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16));
         if eight_bit_or_less && hidden.is_multiple_of(GgmlDType::Q8_0.block_size()) {
-            let q = convert(self.src, &[(name, vocab)], hidden, GgmlDType::Q8_0, self.device)?;
-            return Ok(Embeddings::Compact(Arc::new(q)));
+            return Ok(Embeddings(convert(self.src, &[(name, vocab)], hidden, GgmlDType::Q8_0, self.device)?));
         }
         let t = self.src.tensor(name, &[vocab, hidden])?.to_device(self.device)?;
-        Ok(Embeddings::Dense(if self.format.is_some() { t } else { t.to_dtype(self.dtype)? }))
+        Ok(Embeddings(LinearWeight::Dense(if self.format.is_some() { t } else { t.to_dtype(self.dtype)? })))
     }
 
     /// The output projection (`tied`: the embedding matrix). Quantized formats use q6_k (q4
     /// formats) or q8_0 for it, as llama.cpp does for `output.weight`; a GGUF's is used as stored.
     fn lm_head(&self, embed: &Embeddings, tied: bool, cfg: &DecoderConfig) -> Result<Linear> {
         let shape = [cfg.vocab_size, cfg.hidden_size];
-        let name = match (tied, embed) {
-            (true, Embeddings::Compact(_)) => return Ok(Linear { weight: embed.as_weight(), bias: None }),
-            (true, Embeddings::Dense(_)) => "model.embed_tokens.weight",
+        let name = match (tied, embed.is_dense()) {
+            (true, false) => return Ok(Linear { weight: embed.0.clone(), bias: None }),
+            (true, true) => "model.embed_tokens.weight",
             (false, _) => "lm_head.weight",
         };
         if let Some(q) = self.src.qtensor(name, &shape)? {
@@ -192,11 +194,9 @@ impl Loader<'_> {
             GgmlDType::BF16 | GgmlDType::F16 | GgmlDType::F32 => f,
             _ => GgmlDType::Q8_0,
         });
-        let weight = match (format.and_then(|f| fitting_format(f, cfg.hidden_size)), embed) {
-            (Some(f), _) => {
-                LinearWeight::Compact(Arc::new(convert(self.src, &[(name, shape[0])], shape[1], f, self.device)?))
-            }
-            (None, Embeddings::Dense(t)) if tied => LinearWeight::Dense(t.to_dtype(self.dtype)?),
+        let weight = match (format.and_then(|f| fitting_format(f, cfg.hidden_size)), &embed.0) {
+            (Some(f), _) => convert(self.src, &[(name, shape[0])], shape[1], f, self.device)?,
+            (None, LinearWeight::Dense(t)) if tied => LinearWeight::Dense(t.to_dtype(self.dtype)?),
             (None, _) => {
                 LinearWeight::Dense(self.src.tensor(name, &shape)?.to_device(self.device)?.to_dtype(self.dtype)?)
             }

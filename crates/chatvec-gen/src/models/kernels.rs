@@ -1,20 +1,17 @@
-//! CPU kernels for `x W^T` with compact weights, where candle's are slow: q8_0 and bf16, for one
-//! input row (decode) and many (prefill), at the SIMD tier the process runs at (AVX-512,
+//! CPU kernels for `x W^T` with compact weights, where candle's are slow: q8_0 and bf16/f16, for
+//! one input row (decode) and many (prefill), at the SIMD tier the process runs at (AVX-512,
 //! AVX2+FMA+F16C, or the baseline; `CHATVEC_SIMD` forces one).
 //!
-//! - q8_0: the input rows are quantized per 32-block as llama.cpp does (`quantize_row_q8_0`:
-//!   `d = max|x| / 127` stored as f16, `q = round(x / d)`), then every output is
-//!   `Σ_blocks f16(d_w)·f16(d_x)·Σ q_w·q_x` as in `ggml_vec_dot_q8_0_q8_0`. The integer dot
-//!   products are exact in every tier (AVX2: `maddubs` on |w| and sign-moved x; AVX-512 with VNNI:
-//!   `dpbusd` on x + 128, minus 128·Σw); only the float summation order differs by tier.
-//! - bf16: weights widened in registers (a 16-bit shift, exact), activations in f32, FMA.
+//! - q8_0 (`q8_0.rs`): weights regrouped eight rows at a time at load, input rows quantized per
+//!   32-block as llama.cpp does; integer dot products, one float accumulation per block for eight
+//!   rows at once. Every tier gives the scalar reference's bits.
+//! - bf16/f16 (here): weights widened in registers (exact), activations in f32, FMA.
 //!
 //! Both run as a blocked GEMM: the output is cut into rectangles of weight rows × input rows,
 //! spread over rayon's threads; inside one, a tile of a few weight rows meets a few input rows, so
 //! each weight block loaded is used for every input row of the tile, and the weight rows of a
 //! rectangle stay in cache while all its input rows pass. Nothing is widened or copied per call
-//! but the quantized input rows. One input row (decode) uses a tile of one input row and more
-//! weight rows.
+//! but the quantized input rows.
 //!
 //! Written by hand because no maintained crate offers these products on ggml blocks or bf16
 //! rows (candle's q8_0 kernel is one dot product at a time, its bf16 path widens both operands).
@@ -25,6 +22,7 @@ use chatvec_format::SimdTier;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+pub(crate) mod q8_0;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -43,79 +41,6 @@ pub(crate) struct Q8Block {
     pub(crate) qs: [i8; 32],
 }
 const _: () = assert!(std::mem::size_of::<Q8Block>() == std::mem::size_of::<BlockQ8_0>());
-
-/// Input rows quantized to q8_0, laid out for the GEMM: each row's quants contiguous, and each
-/// block's scale, f16-rounded as llama.cpp stores it, as f32.
-pub(crate) struct Q8Rows {
-    k: usize,
-    qs: Vec<i8>,
-    d: Vec<f32>,
-}
-
-impl Q8Rows {
-    /// Quantizes the rows of `lhs` (each `k` long, `k` a multiple of 32) as llama.cpp's
-    /// `quantize_row_q8_0_ref` does.
-    pub(crate) fn quantize(tier: SimdTier, lhs: &[f32], k: usize) -> Q8Rows {
-        let (mut qs, mut d) = (vec![0i8; lhs.len()], vec![0f32; lhs.len() / 32]);
-        qs.par_chunks_mut(k).zip(d.par_chunks_mut(k / 32)).zip(lhs.par_chunks(k)).for_each(|((q, d), x)| {
-            chatvec_format::dispatch_simd!(tier, quantize_row, (), (x: &[f32], q: &mut [i8], d: &mut [f32]))
-        });
-        Q8Rows { k, qs, d }
-    }
-
-    fn row(&self, r: usize) -> (&[i8], &[f32]) {
-        (&self.qs[r * self.k..(r + 1) * self.k], &self.d[r * self.k / 32..(r + 1) * self.k / 32])
-    }
-}
-
-/// One row, block by block (the rule is `chatvec_format::q8_0`'s, inlined so it vectorizes).
-#[inline(always)]
-fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32]) {
-    for ((x, q), d) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)).zip(d) {
-        *d = f16::from_bits(chatvec_format::q8_0::quantize_block(x, q)).to_f32();
-    }
-}
-
-/// `dst (m, n) = lhs (m, k) · W^T` for q8_0 weights `w` (`n` rows of `k / 32` blocks).
-pub(crate) fn matmul_q8_0(m: usize, k: usize, lhs: &[f32], w: &[Q8Block], dst: &mut [f32]) {
-    matmul_q8_0_with(SimdTier::active(), m, k, lhs, w, dst)
-}
-
-/// [`matmul_q8_0`] at a given tier (one the CPU supports).
-pub(crate) fn matmul_q8_0_with(tier: SimdTier, m: usize, k: usize, lhs: &[f32], w: &[Q8Block], dst: &mut [f32]) {
-    let kb = k / 32;
-    let n = w.len() / kb.max(1);
-    assert!(lhs.len() == m * k && dst.len() == m * n && k.is_multiple_of(32), "q8_0 matmul shapes");
-    let x = Q8Rows::quantize(tier, lhs, k);
-    let weight_row = |j: usize| &w[j * kb..(j + 1) * kb];
-    match tier {
-        #[cfg(target_arch = "x86_64")]
-        SimdTier::Avx512 if x86::has_vnni() => tiled(
-            m,
-            n,
-            dst,
-            (4, 4),
-            |j, r, out| x86::q8_tile_vnni(4, 4, &rows(j, n, weight_row), &x, r, out),
-            |j, r| x86::q8_row_vnni(weight_row(j), x.row(r)),
-        ),
-        #[cfg(target_arch = "x86_64")]
-        SimdTier::Avx2 | SimdTier::Avx512 => tiled(
-            m,
-            n,
-            dst,
-            (2, 4),
-            |j, r, out| x86::q8_tile_avx2(2, 4, &rows(j, n, weight_row), &x, r, out),
-            |j, r| x86::q8_row_avx2(weight_row(j), x.row(r)),
-        ),
-        _ => {
-            let dot = |j: usize, r: usize| {
-                let (q, d) = x.row(r);
-                dot_q8_0_scalar(weight_row(j), q, d)
-            };
-            tiled(m, n, dst, (1, 1), |j, r, out| out[0][0] = dot(j, r), dot)
-        }
-    }
-}
 
 /// A 16-bit float weight type the GEMM widens in registers: bf16 (a 16-bit shift, exact) or
 /// IEEE f16 (F16C's `cvtph_ps`, exact).
@@ -243,6 +168,16 @@ impl SharedOut {
         unsafe { *self.ptr.add(r * self.n + j) = val };
     }
 
+    /// A q8_0 tile's results, `vals[input row][row of the group]`, at rows `js` × inputs `rs`.
+    fn store_transposed(&self, vals: &q8_0::TileOut, js: std::ops::Range<usize>, rs: std::ops::Range<usize>) {
+        for (jj, r) in rs.enumerate() {
+            for (i, j) in js.clone().enumerate() {
+                // SAFETY: as in `store`.
+                unsafe { *self.ptr.add(r * self.n + j) = vals[jj][i] };
+            }
+        }
+    }
+
     fn store(&self, vals: &TileOut, js: std::ops::Range<usize>, rs: std::ops::Range<usize>) {
         for (i, j) in js.enumerate() {
             for (jj, r) in rs.clone().enumerate() {
@@ -252,20 +187,6 @@ impl SharedOut {
             }
         }
     }
-}
-
-/// The reference: each block's integer dot product, scaled by both scales, summed in order.
-pub(crate) fn dot_q8_0_scalar(w: &[Q8Block], xq: &[i8], xd: &[f32]) -> f32 {
-    w.iter()
-        .zip(xq.chunks_exact(32).zip(xd))
-        .map(|(a, (q, d))| f16::from_bits(a.d).to_f32() * d * block_dot(&a.qs, q) as f32)
-        .sum()
-}
-
-/// The integer dot product of two blocks of quants.
-#[inline(always)]
-fn block_dot(a: &[i8; 32], b: &[i8]) -> i32 {
-    a.iter().zip(b).map(|(&p, &q)| p as i32 * q as i32).sum()
 }
 
 /// The reference: widened weights times activations, summed in order.

@@ -17,6 +17,7 @@ use chatvec_format::SimdTier;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::kernels::q8_0::{Q8x8Block, Q8x8Matrix, GROUP};
 use super::kernels::{self, Q8Block};
 use super::weights::WeightSource;
 use crate::error::Result;
@@ -27,8 +28,24 @@ pub(crate) enum LinearWeight {
     /// Dense in the compute dtype: `x W^T` by candle's matmul (f32 on CPU is the exact path the
     /// transformers parity tests use; bf16 on CUDA).
     Dense(Tensor),
-    /// Held in a ggml block format.
+    /// Held in a ggml block format (any format on a GPU; on the CPU the formats without a
+    /// layout of chatvec's own).
     Compact(Arc<QTensor>),
+    /// q8_0 on the CPU, regrouped for chatvec's kernel (`kernels/q8_0.rs`).
+    Q8_0(Arc<Q8x8Matrix>),
+}
+
+impl LinearWeight {
+    /// Quantized weights as the device multiplies them: q8_0 regrouped on the CPU (a copy of
+    /// one matrix at a time while it is regrouped), others as they are.
+    pub(crate) fn quantized(q: QTensor, device: &Device) -> Result<LinearWeight> {
+        if !(device.is_cpu() && q.dtype() == GgmlDType::Q8_0) {
+            return Ok(LinearWeight::Compact(Arc::new(q)));
+        }
+        let (n, k) = q.shape().dims2()?;
+        let data = q.data()?;
+        Ok(LinearWeight::Q8_0(Arc::new(Q8x8Matrix::from_rows(n, k, typed::<Q8Block>(&data)?))))
+    }
 }
 
 /// `y = x W^T (+ b)` over the last dimension of `x`.
@@ -51,6 +68,9 @@ impl Linear {
                 .apply_op1_no_bwd(&CompactMatMul(q.clone()))?
                 .to_dtype(x.dtype())?,
             LinearWeight::Compact(q) => rows.contiguous()?.apply_op1_no_bwd(q.as_ref())?,
+            LinearWeight::Q8_0(w) => {
+                rows.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&Q8MatMul(w.clone()))?.to_dtype(x.dtype())?
+            }
         };
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
@@ -78,9 +98,12 @@ pub(crate) fn convert(
     k: usize,
     format: GgmlDType,
     device: &Device,
-) -> Result<QTensor> {
+) -> Result<LinearWeight> {
+    if format == GgmlDType::Q8_0 && device.is_cpu() {
+        return Ok(LinearWeight::Q8_0(Arc::new(convert_q8x8(src, parts, k)?)));
+    }
     let q = match format {
-        GgmlDType::Q8_0 => convert_q8_0(src, parts, k)?,
+        GgmlDType::Q8_0 => convert_as::<BlockQ8_0>(src, parts, k)?,
         GgmlDType::Q4K => convert_as::<BlockQ4K>(src, parts, k)?,
         GgmlDType::Q4_0 => convert_as::<BlockQ4_0>(src, parts, k)?,
         GgmlDType::Q5K => convert_as::<BlockQ5K>(src, parts, k)?,
@@ -97,10 +120,10 @@ pub(crate) fn convert(
         other => return Err(crate::GenError::InvalidArgument(format!("cannot convert weights to {other:?}"))),
     };
     if device.is_cpu() {
-        return Ok(q);
+        return Ok(LinearWeight::Compact(Arc::new(q)));
     }
     let storage = QStorage::from_data(q.data()?, device, format)?;
-    Ok(QTensor::new(storage, q.shape().clone())?)
+    Ok(LinearWeight::Compact(Arc::new(QTensor::new(storage, q.shape().clone())?)))
 }
 
 /// [`convert_blocks`] with the block type's own quantizer (candle's, one block at a time).
@@ -113,37 +136,60 @@ fn convert_as<T: GgmlType + Send + Sync + 'static>(
     convert_blocks(src, parts, k, blocks, T::from_float)
 }
 
-/// q8_0 through chatvec-format's row quantizer (the GGUF writer's too), which runs at the process's SIMD tier and gives the
-/// same blocks as candle's scalar `BlockQ8_0::from_float` (both are llama.cpp's rule), several
-/// times faster: at 8B it was half of the load's CPU time.
-fn convert_q8_0(src: &dyn WeightSource, parts: &[(&str, usize)], k: usize) -> Result<QTensor> {
-    let blocks = zeroed_q8_0(total_rows(parts) * (k / BlockQ8_0::BLCK_SIZE));
-    convert_blocks::<BlockQ8_0>(src, parts, k, blocks, |xs, out| {
-        // SAFETY: `BlockQ8_0` is `repr(C)` {f16 scale, 32 × i8}, 34 bytes with alignment 2 (as
-        // `Q8Block` asserts), which is the byte layout `quantize_row_into` writes; the slice is
-        // borrowed mutably for the call only.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, std::mem::size_of_val(out)) };
-        chatvec_format::q8_0::quantize_row_into(SimdTier::active(), xs, bytes);
-    })
+/// q8_0 for the CPU kernel, through chatvec-format's row quantizer (the GGUF writer's too), which
+/// runs at the process's SIMD tier and gives the same blocks as candle's scalar
+/// `BlockQ8_0::from_float` (both are llama.cpp's rule), several times faster: at 8B it was half of
+/// the load's CPU time. Each thread quantizes a run of whole groups of eight rows (about a million
+/// weights) into its own buffer of ggml blocks and regroups them in place.
+fn convert_q8x8(src: &dyn WeightSource, parts: &[(&str, usize)], k: usize) -> Result<Q8x8Matrix> {
+    let (n, kb) = (total_rows(parts), k / BlockQ8_0::BLCK_SIZE);
+    let mut matrix = Q8x8Matrix::zeros(n, k);
+    let groups_per_chunk = (1 << 20) / (GROUP * k).max(1) + 1;
+    let chunks: Vec<Vec<&mut [Q8x8Block]>> = {
+        let mut groups = matrix.groups_mut();
+        std::iter::from_fn(|| {
+            Some(groups.by_ref().take(groups_per_chunk).collect::<Vec<_>>()).filter(|c| !c.is_empty())
+        })
+        .collect()
+    };
+    chunks.into_par_iter().enumerate().try_for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(xs, blocks): &mut (Vec<f32>, Vec<u8>), (c, mut groups)| {
+            let rows = c * groups_per_chunk * GROUP..((c + 1) * groups_per_chunk * GROUP).min(n);
+            xs.resize(rows.len() * k, 0f32);
+            read_stacked_rows(src, parts, k, rows.clone(), xs)?;
+            blocks.resize(rows.len() * kb * 34, 0u8);
+            chatvec_format::q8_0::quantize_row_into(SimdTier::active(), xs, blocks);
+            for (r, row) in blocks.chunks_exact(kb * 34).enumerate() {
+                for (dst, block) in groups[r / GROUP].iter_mut().zip(row.chunks_exact(34)) {
+                    let qs = std::array::from_fn(|q| block[2 + q] as i8);
+                    dst.set(r % GROUP, &Q8Block { d: u16::from_le_bytes([block[0], block[1]]), qs });
+                }
+            }
+            Ok::<_, crate::GenError>(())
+        },
+    )?;
+    Ok(matrix)
 }
 
-/// `n` zero q8_0 blocks from zeroed memory: fresh pages that the converting threads fault in as
-/// they write them. `vec![BlockQ8_0::zeros(); n]` wrote every byte on the loading thread first:
-/// at 8B, 8.5 GB of page faults on one thread while the others waited, a third of the load.
-fn zeroed_q8_0(n: usize) -> Vec<BlockQ8_0> {
-    if n == 0 {
-        return Vec::new();
+/// Rows `rows` of the `parts` stacked along the output dimension, widened to f32 into `out`.
+fn read_stacked_rows(
+    src: &dyn WeightSource,
+    parts: &[(&str, usize)],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    let mut start = 0;
+    for &(name, part_rows) in parts {
+        let (lo, hi) = (rows.start.max(start), rows.end.min(start + part_rows));
+        if lo < hi {
+            let dst = &mut out[(lo - rows.start) * k..(hi - rows.start) * k];
+            src.rows_f32(name, &[part_rows, k], lo - start..hi - start, dst)?;
+        }
+        start += part_rows;
     }
-    let layout = std::alloc::Layout::array::<BlockQ8_0>(n).expect("a weight matrix fits the address space");
-    // SAFETY: the layout has a non-zero size (n > 0, 34-byte blocks).
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut BlockQ8_0;
-    if ptr.is_null() {
-        std::alloc::handle_alloc_error(layout);
-    }
-    // SAFETY: `ptr` was allocated by the global allocator with the layout of `n` blocks, as `Vec`
-    // frees it; all-zero bytes are a valid block (an f16 scale of 0 and 32 zero quants, which is
-    // `BlockQ8_0::zeros()`).
-    unsafe { Vec::from_raw_parts(ptr, n, n) }
+    Ok(())
 }
 
 fn total_rows(parts: &[(&str, usize)]) -> usize {
@@ -189,7 +235,7 @@ pub(crate) fn stack_quantized(parts: Vec<QTensor>, device: &Device) -> Result<Li
     let k = parts[0].shape().dims2()?.1;
     if parts.iter().all(|q| q.dtype() == widest) {
         if parts.len() == 1 && device.is_cpu() {
-            return Ok(LinearWeight::Compact(Arc::new(parts.into_iter().next().expect("one part"))));
+            return LinearWeight::quantized(parts.into_iter().next().expect("one part"), device);
         }
         let n: usize = parts.iter().map(|q| q.shape().dims()[0]).sum();
         let mut bytes = Vec::new();
@@ -197,12 +243,12 @@ pub(crate) fn stack_quantized(parts: Vec<QTensor>, device: &Device) -> Result<Li
             bytes.extend_from_slice(&q.data()?);
         }
         let storage = QStorage::from_data(Cow::Owned(bytes), device, widest)?;
-        return Ok(LinearWeight::Compact(Arc::new(QTensor::new(storage, (n, k))?)));
+        return LinearWeight::quantized(QTensor::new(storage, (n, k))?, device);
     }
     let dense = parts.iter().map(|q| q.dequantize(&Device::Cpu)).collect::<candle_core::Result<Vec<_>>>()?;
     let stacked: HashMap<String, Tensor> = [("stacked".to_string(), Tensor::cat(&dense, 0)?)].into();
     let n = stacked["stacked"].dim(0)?;
-    Ok(LinearWeight::Compact(Arc::new(convert(&stacked, &[("stacked", n)], k, widest, device)?)))
+    convert(&stacked, &[("stacked", n)], k, widest, device)
 }
 
 /// `x W^T` on CPU straight from the compact blocks with `k_quants::matmul`.
@@ -224,16 +270,13 @@ impl CustomOp1 for CompactMatMul {
         };
         let lhs = &storage.as_slice::<f32>()?[start..end];
         let m = lhs.len() / k;
-        // Quantizing a NaN/Inf activation to 8 bits gives finite garbage, which would hide a
-        // broken model from the non-finite logits check: NaN in gives NaN out, as in a dense matmul.
-        if lhs.iter().any(|v| !v.is_finite()) {
-            return Ok((CpuStorage::F32(vec![f32::NAN; m * n]), Shape::from((m, n))));
+        if let Some(nan) = non_finite_in_nan_out(lhs, m, n) {
+            return Ok(nan);
         }
         let mut dst = vec![0f32; m * n];
         let data = self.0.data()?;
         let mkn = (m, k, n);
         match self.0.dtype() {
-            GgmlDType::Q8_0 => kernels::matmul_q8_0(m, k, lhs, typed::<Q8Block>(&data)?, &mut dst),
             GgmlDType::BF16 => kernels::matmul_half(m, k, lhs, typed::<bf16>(&data)?, &mut dst),
             GgmlDType::F16 => kernels::matmul_half(m, k, lhs, typed::<f16>(&data)?, &mut dst),
             GgmlDType::Q4K => matmul_blocks::<BlockQ4K>(mkn, lhs, &data, &mut dst)?,
@@ -248,6 +291,37 @@ impl CustomOp1 for CompactMatMul {
                 dst = y.flatten_all()?.to_vec1::<f32>()?;
             }
         }
+        Ok((CpuStorage::F32(dst), Shape::from((m, n))))
+    }
+}
+
+/// Quantizing a NaN/Inf activation to 8 bits gives finite garbage, which would hide a broken
+/// model from the non-finite logits check: NaN in gives NaN out, as in a dense matmul.
+fn non_finite_in_nan_out(lhs: &[f32], m: usize, n: usize) -> Option<(CpuStorage, Shape)> {
+    let any = lhs.iter().any(|v| !v.is_finite());
+    any.then(|| (CpuStorage::F32(vec![f32::NAN; m * n]), Shape::from((m, n))))
+}
+
+/// `x W^T` on the CPU for q8_0 weights in chatvec's layout (`kernels/q8_0.rs`).
+struct Q8MatMul(Arc<Q8x8Matrix>);
+
+impl CustomOp1 for Q8MatMul {
+    fn name(&self) -> &'static str {
+        "q8_0-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, k) = self.0.shape();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("q8_0 matmul needs a contiguous input")
+        };
+        let lhs = &storage.as_slice::<f32>()?[start..end];
+        let m = lhs.len() / k;
+        if let Some(nan) = non_finite_in_nan_out(lhs, m, n) {
+            return Ok(nan);
+        }
+        let mut dst = vec![0f32; m * n];
+        kernels::q8_0::matmul_q8_0(m, lhs, &self.0, &mut dst);
         Ok((CpuStorage::F32(dst), Shape::from((m, n))))
     }
 }
@@ -317,18 +391,18 @@ mod tests {
         let (k, shapes) = (256, [("a", 4100), ("b", 7)]);
         let values = bf16_checkpoint(dir.path(), &shapes, k);
         let src = CheckpointWeights::open(dir.path()).unwrap();
-        let q = convert(&src, &shapes, k, GgmlDType::Q8_0, &Device::Cpu).unwrap();
+        let LinearWeight::Q8_0(q) = convert(&src, &shapes, k, GgmlDType::Q8_0, &Device::Cpu).unwrap() else {
+            panic!("q8_0 on the CPU is held in chatvec's layout")
+        };
         let mut expected = vec![BlockQ8_0::zeros(); (4100 + 7) * k / 32];
         let all: Vec<f32> = shapes.iter().flat_map(|(name, _)| values[*name].iter().copied()).collect();
         BlockQ8_0::from_float(&all, &mut expected);
-        let expected: Vec<u8> = expected
-            .iter()
-            .flat_map(|b| {
-                // SAFETY: a `repr(C)` block of plain integers, 34 bytes without padding.
-                unsafe { std::slice::from_raw_parts(b as *const BlockQ8_0 as *const u8, 34) }.to_vec()
-            })
-            .collect();
-        assert_eq!(q.shape().dims2().unwrap(), (4107, k));
-        assert!(q.data().unwrap().as_ref() == expected.as_slice(), "q8_0 blocks differ from candle's");
+        assert_eq!(q.shape(), (4107, k));
+        for (r, want) in expected.chunks_exact(k / 32).enumerate() {
+            // SAFETY: a `repr(C)` block of plain integers, the layout `Q8Block` asserts.
+            let want: Vec<Q8Block> =
+                want.iter().map(|b| unsafe { *(b as *const BlockQ8_0 as *const Q8Block) }).collect();
+            assert!(q.row(r) == want, "row {r}: q8_0 blocks differ from candle's");
+        }
     }
 }

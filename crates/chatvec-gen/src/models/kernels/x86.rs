@@ -6,7 +6,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{Half, Q8Block, Q8Rows, TileOut, MAX_TILE};
+use super::q8_0::{Q8Rows, Q8x8Block, TileOut as GroupOut, GROUP, MAX_INPUTS};
+use super::{Half, TileOut, MAX_TILE};
 
 /// Whether the CPU has AVX-512 VNNI (`vpdpbusd`) for 256-bit vectors.
 pub(super) fn has_vnni() -> bool {
@@ -29,96 +30,120 @@ macro_rules! tile_shapes {
     };
 }
 
-/// The q8_0 tile for AVX2: products by `maddubs`, which multiplies unsigned by signed bytes, so
-/// the weights' signs move onto the inputs (`|w|·sign(x, w)`; |w| ≤ 128 and |x| ≤ 127 keep the
-/// pair sums below i16's limit).
-pub(super) fn q8_tile_avx2(rm: usize, rn: usize, w: &[&[Q8Block]; MAX_TILE], x: &Q8Rows, r: usize, out: &mut TileOut) {
-    assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"));
-    // SAFETY: the CPU has the features (checked above; `std` caches the check).
-    unsafe { tile_shapes!(rm, rn, q8_avx2, (w, x, r, out), [(2, 4)]) }
+/// Picks the tile compiled for `inputs` input rows (1 to `MAX_INPUTS`).
+macro_rules! by_inputs {
+    ($inputs:expr, $f:ident $args:tt) => {
+        match $inputs {
+            1 => $f::<1> $args,
+            2 => $f::<2> $args,
+            3 => $f::<3> $args,
+            4 => $f::<4> $args,
+            5 => $f::<5> $args,
+            6 => $f::<6> $args,
+            7 => $f::<7> $args,
+            8 => $f::<8> $args,
+            other => unreachable!("no tile for {other} input rows"),
+        }
+    };
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q8_avx2<const RM: usize, const RN: usize>(w: &[&[Q8Block]; MAX_TILE], x: &Q8Rows, r: usize, out: &mut TileOut) {
-    let kb = x.k / 32;
-    let inputs: [(&[i8], &[f32]); RN] = std::array::from_fn(|jj| x.row((r + jj).min(x.qs.len() / x.k - 1)));
-    assert!(w[..RM].iter().all(|row| row.len() == kb));
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); RN]; RM];
-    for b in 0..kb {
-        let mut wq = [_mm256_setzero_si256(); RM];
-        let mut wabs = [_mm256_setzero_si256(); RM];
-        let mut wd = [_mm256_setzero_ps(); RM];
-        for i in 0..RM {
-            let block = &w[i][b];
-            // SAFETY: a block's 32 quants are 32 readable bytes.
-            wq[i] = unsafe { _mm256_loadu_si256(block.qs.as_ptr() as *const __m256i) };
-            wabs[i] = _mm256_sign_epi8(wq[i], wq[i]);
-            wd[i] = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(block.d as i32)));
-        }
-        for (jj, (q, d)) in inputs.iter().enumerate() {
-            // SAFETY: block b of a row of k = 32·kb quants.
-            let xq = unsafe { _mm256_loadu_si256(q.as_ptr().add(32 * b) as *const __m256i) };
-            let xd = _mm256_set1_ps(d[b]);
-            for i in 0..RM {
-                let pairs = _mm256_maddubs_epi16(wabs[i], _mm256_sign_epi8(xq, wq[i]));
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                acc[i][jj] = _mm256_fmadd_ps(_mm256_mul_ps(wd[i], xd), sums, acc[i][jj]);
-            }
-        }
-    }
-    for i in 0..RM {
-        for jj in 0..RN {
-            out[i][jj] = hsum256(acc[i][jj]);
+/// Input row `r + j`'s pointers: quants, scales and corrections, for `j < RN`.
+struct Inputs<const RN: usize> {
+    qs: [*const i8; RN],
+    d: [*const f32; RN],
+    minus_128_sum: [*const i32; RN],
+}
+
+impl<const RN: usize> Inputs<RN> {
+    fn new(x: &Q8Rows, r: usize, kb: usize) -> Self {
+        assert!(r + RN <= x.rows() && x.k == 32 * kb && RN <= MAX_INPUTS);
+        // In bounds: rows r..r+RN exist (asserted), each k quants and kb blocks long.
+        Inputs {
+            qs: std::array::from_fn(|j| x.qs[(r + j) * x.k..].as_ptr()),
+            d: std::array::from_fn(|j| x.d[(r + j) * kb..].as_ptr()),
+            minus_128_sum: std::array::from_fn(|j| x.minus_128_sum[(r + j) * kb..].as_ptr()),
         }
     }
 }
 
-/// The q8_0 tile for AVX-512 VNNI: `dpbusd` multiplies unsigned by signed bytes into i32 lanes
-/// without saturating, so the inputs are offset to `x + 128` and `128·Σw` (one more `dpbusd`
-/// per weight block) is subtracted up front: exact.
-pub(super) fn q8_tile_vnni(rm: usize, rn: usize, w: &[&[Q8Block]; MAX_TILE], x: &Q8Rows, r: usize, out: &mut TileOut) {
-    assert!(has_vnni() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c"));
+/// The q8_0 tile for AVX-512 VNNI: eight rows (one group) times `inputs` input rows. `dpbusd`
+/// multiplies the stored unsigned quants (w + 128) by four signed input quants broadcast to every
+/// row's lane; the sums start at `-128·Σx` so they end at the exact `Σ w·x`.
+pub(super) fn q8x8_tile_vnni(group: &[Q8x8Block], x: &Q8Rows, r: usize, inputs: usize, out: &mut GroupOut) {
+    assert!(has_vnni() && has_avx2_f16c());
     // SAFETY: the CPU has the features (checked above).
-    unsafe { tile_shapes!(rm, rn, q8_vnni, (w, x, r, out), [(4, 4)]) }
+    unsafe { by_inputs!(inputs, q8x8_vnni(group, x, r, out)) }
 }
 
 #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q8_vnni<const RM: usize, const RN: usize>(w: &[&[Q8Block]; MAX_TILE], x: &Q8Rows, r: usize, out: &mut TileOut) {
-    let kb = x.k / 32;
-    let inputs: [(&[i8], &[f32]); RN] = std::array::from_fn(|jj| x.row((r + jj).min(x.qs.len() / x.k - 1)));
-    assert!(w[..RM].iter().all(|row| row.len() == kb));
-    let offset = _mm256_set1_epi8(-128);
-    let zero = _mm256_setzero_si256();
-    let mut acc = [[_mm256_setzero_ps(); RN]; RM];
-    for b in 0..kb {
-        let mut wq = [zero; RM];
-        let mut minus_offset = [zero; RM];
-        let mut wd = [_mm256_setzero_ps(); RM];
-        for i in 0..RM {
-            let block = &w[i][b];
-            // SAFETY: a block's 32 quants are 32 readable bytes.
-            wq[i] = unsafe { _mm256_loadu_si256(block.qs.as_ptr() as *const __m256i) };
-            // 0x80 read as unsigned is 128: 128·Σw per group of four, negated.
-            minus_offset[i] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, offset, wq[i]));
-            wd[i] = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(block.d as i32)));
-        }
-        for (jj, (q, d)) in inputs.iter().enumerate() {
-            // SAFETY: block b of a row of k = 32·kb quants.
-            let xq = unsafe { _mm256_loadu_si256(q.as_ptr().add(32 * b) as *const __m256i) };
-            // x ^ 0x80 read as unsigned is x + 128.
-            let xu = _mm256_xor_si256(xq, offset);
-            let xd = _mm256_set1_ps(d[b]);
-            for i in 0..RM {
-                let sums = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(minus_offset[i], xu, wq[i]));
-                acc[i][jj] = _mm256_fmadd_ps(_mm256_mul_ps(wd[i], xd), sums, acc[i][jj]);
+fn q8x8_vnni<const RN: usize>(group: &[Q8x8Block], x: &Q8Rows, r: usize, out: &mut GroupOut) {
+    let kb = group.len();
+    let inp = Inputs::<RN>::new(x, r, kb);
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, block) in group.iter().enumerate() {
+        // SAFETY: block b < kb of rows with kb blocks (`Inputs::new` asserts the shapes); a
+        // block's 8 scales are 16 readable bytes and its quants 256.
+        unsafe {
+            let mut sums: [__m256i; RN] = std::array::from_fn(|j| _mm256_set1_epi32(*inp.minus_128_sum[j].add(b)));
+            for t in 0..GROUP {
+                let w = _mm256_loadu_si256(block.qs.as_ptr().add(32 * t) as *const __m256i);
+                for (sum, qs) in sums.iter_mut().zip(inp.qs) {
+                    let xq = _mm256_set1_epi32((qs.add(32 * b + 4 * t) as *const i32).read_unaligned());
+                    *sum = _mm256_dpbusd_epi32(*sum, w, xq);
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(block.d.as_ptr() as *const __m128i));
+            for j in 0..RN {
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*inp.d[j].add(b)));
+                acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[j]), acc[j]);
             }
         }
     }
-    for i in 0..RM {
-        for jj in 0..RN {
-            out[i][jj] = hsum256(acc[i][jj]);
+    for j in 0..RN {
+        // SAFETY: a row of the tile's output is GROUP = 8 floats.
+        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
+    }
+}
+
+/// The q8_0 tile for AVX2: as the VNNI tile, with `maddubs` (unsigned × signed bytes, pairs
+/// summed in i16) and `madd` for `dpbusd`. The weights' signs move onto the inputs
+/// (`|w|·sign(x, w)`; |w| ≤ 128 and |x| ≤ 127 keep the pair sums below i16's limit).
+pub(super) fn q8x8_tile_avx2(group: &[Q8x8Block], x: &Q8Rows, r: usize, inputs: usize, out: &mut GroupOut) {
+    assert!(has_avx2_f16c());
+    // SAFETY: the CPU has the features (checked above).
+    unsafe { by_inputs!(inputs, q8x8_avx2(group, x, r, out)) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8x8_avx2<const RN: usize>(group: &[Q8x8Block], x: &Q8Rows, r: usize, out: &mut GroupOut) {
+    let kb = group.len();
+    let inp = Inputs::<RN>::new(x, r, kb);
+    let (ones, plus_128) = (_mm256_set1_epi16(1), _mm256_set1_epi8(-128));
+    let mut acc = [_mm256_setzero_ps(); RN];
+    for (b, block) in group.iter().enumerate() {
+        // SAFETY: as in `q8x8_vnni`.
+        unsafe {
+            let mut sums = [_mm256_setzero_si256(); RN];
+            for t in 0..GROUP {
+                let stored = _mm256_loadu_si256(block.qs.as_ptr().add(32 * t) as *const __m256i);
+                let w = _mm256_xor_si256(stored, plus_128);
+                let w_abs = _mm256_abs_epi8(w);
+                for (sum, qs) in sums.iter_mut().zip(inp.qs) {
+                    let xq = _mm256_set1_epi32((qs.add(32 * b + 4 * t) as *const i32).read_unaligned());
+                    let pairs = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(xq, w));
+                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(block.d.as_ptr() as *const __m128i));
+            for j in 0..RN {
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*inp.d[j].add(b)));
+                acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[j]), acc[j]);
+            }
         }
+    }
+    for j in 0..RN {
+        // SAFETY: a row of the tile's output is GROUP = 8 floats.
+        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
     }
 }
 
@@ -279,69 +304,6 @@ fn half_row_avx512_impl<T: Half>(w: &[T], x: &[f32]) -> f32 {
         acc = _mm512_fmadd_ps(widen16(w[c..].as_ptr()), xv, acc);
     }
     _mm512_reduce_add_ps(acc) + super::dot_half_scalar(&w[whole..], &x[whole..])
-}
-
-/// One q8_0 weight row times one quantized input row for AVX2 (decode): `maddubs` on |w| and
-/// the inputs with w's signs (exact: the inputs' quants are within ±127); one sequential
-/// stream of weights, summed in the tile's order (the same bits as in a tile).
-pub(super) fn q8_row_avx2(w: &[Q8Block], x: (&[i8], &[f32])) -> f32 {
-    assert!(has_avx2_f16c() && x.0.len() == 32 * w.len() && x.1.len() == w.len());
-    // SAFETY: the CPU has the features (checked above).
-    unsafe { q8_row_avx2_impl(w, x.0, x.1) }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q8_row_avx2_impl(w: &[Q8Block], xq: &[i8], xd: &[f32]) -> f32 {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    for (b, block) in w.iter().enumerate() {
-        // SAFETY: a block's 32 quants, and block b of the input's 32·len quants (asserted).
-        let (wq, xv) = unsafe {
-            (
-                _mm256_loadu_si256(block.qs.as_ptr() as *const __m256i),
-                _mm256_loadu_si256(xq.as_ptr().add(32 * b) as *const __m256i),
-            )
-        };
-        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xv, wq));
-        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        acc = _mm256_fmadd_ps(scales(block.d, xd[b]), sums, acc);
-    }
-    hsum256(acc)
-}
-
-/// One q8_0 weight row times one quantized input row for AVX-512 VNNI (decode): `dpbusd` on
-/// |w| and the inputs with w's signs (exact, as in `q8_row_avx2`).
-pub(super) fn q8_row_vnni(w: &[Q8Block], x: (&[i8], &[f32])) -> f32 {
-    assert!(has_vnni() && has_avx2_f16c() && x.0.len() == 32 * w.len() && x.1.len() == w.len());
-    // SAFETY: the CPU has the features (checked above).
-    unsafe { q8_row_vnni_impl(w, x.0, x.1) }
-}
-
-#[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q8_row_vnni_impl(w: &[Q8Block], xq: &[i8], xd: &[f32]) -> f32 {
-    let zero = _mm256_setzero_si256();
-    let mut acc = _mm256_setzero_ps();
-    for (b, block) in w.iter().enumerate() {
-        // SAFETY: as in `q8_row_avx2_impl`.
-        let (wq, xv) = unsafe {
-            (
-                _mm256_loadu_si256(block.qs.as_ptr() as *const __m256i),
-                _mm256_loadu_si256(xq.as_ptr().add(32 * b) as *const __m256i),
-            )
-        };
-        let sums = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(zero, _mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xv, wq)));
-        acc = _mm256_fmadd_ps(scales(block.d, xd[b]), sums, acc);
-    }
-    hsum256(acc)
-}
-
-/// The weight block's f16 scale times the input block's, in every lane (broadcast before the
-/// conversion: converting one lane let the compiler merge into the accumulator's register, a
-/// false dependency that made the loop wait on every FMA).
-#[inline(always)]
-fn scales(wd: u16, xd: f32) -> __m256 {
-    // SAFETY: the callers run with AVX2 and F16C.
-    unsafe { _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16(wd as i16)), _mm256_set1_ps(xd)) }
 }
 
 #[inline]
