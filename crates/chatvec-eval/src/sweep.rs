@@ -1,15 +1,16 @@
 //! Merge at several ratios, evaluate each, and pick the best setting by a stated rule.
 //!
-//! Every ratio's merged model is written by core's streaming merge in one pass over the inputs
-//! (each block of base, chat and target is read once), into a temporary directory; each is then
-//! evaluated and deleted. The disk holds all the ratios' models until their evaluation.
+//! The ratios' merged models are written by the streaming merge in one pass over the inputs (each
+//! block of base, chat and target is read once), into a temporary directory; each is then
+//! evaluated and deleted. When the disk has no room for every ratio's model at once (four 8B
+//! models take 64 GB), the ratios are merged in groups that fit, one pass over the inputs each.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use crate::error::{EvalError, Result};
 use chatvec_format::{NoProgress, ResolvedModel};
-use chatvec_merge::{ops, MergeJob, OutputOptions, PlanOptions};
+use chatvec_merge::{ops, MergeJob, OutputOptions, PlanOptions, Summary};
 use serde::Serialize;
 
 use crate::chat_eval::{run_chat_eval, ChatOptions, ChatSummary, Prompt};
@@ -202,6 +203,19 @@ pub struct SweepMerge {
     pub plan: PlanOptions,
     /// Where merged models are written (a temporary directory inside it).
     pub work_dir: PathBuf,
+    /// Most merged models on the disk at once; `None`: as many as its free space holds.
+    pub at_once: Option<usize>,
+}
+
+/// Room kept free beside the merged models (config and tokenizer files, other writers).
+const DISK_MARGIN: u64 = 1 << 30;
+
+/// How many of `ratios` merged models of `model_bytes` each to write in one pass when `free`
+/// bytes are free: all when they fit, else as many as fit, at least one (the merge itself then
+/// refuses in one line if even one does not fit).
+pub fn ratios_per_pass(ratios: usize, model_bytes: u64, free: u64) -> usize {
+    let fit = free.saturating_sub(DISK_MARGIN) / model_bytes.max(1);
+    (fit as usize).clamp(1, ratios.max(1))
 }
 
 fn evaluate(
@@ -222,6 +236,43 @@ fn evaluate(
         Some(run_chat_eval(&mut m, e.prompts, &e.chat, cancel, &mut |_, _| {})?.summary)
     };
     Ok((ppl, chat))
+}
+
+/// Merges one group of ratios in one pass over the inputs (a dry run writes nothing).
+fn merge_group(job: &SweepMerge, group: &[(f64, OutputOptions)], cancel: &AtomicBool) -> Result<Vec<Summary>> {
+    let merge = MergeJob {
+        base: job.base.clone(),
+        chat: job.chat.clone(),
+        target: job.target.clone(),
+        ratio: group[0].0,
+        plan: job.plan.clone(),
+        output: group[0].1.clone(),
+    };
+    Ok(ops::merge_ratios(&merge, group, &NoProgress, cancel)?)
+}
+
+/// How many merged models the free space of `dir` holds at once (a dry run gives one model's
+/// size), saying so through `log` when it is fewer than all.
+fn ratios_that_fit(
+    job: &SweepMerge,
+    outputs: &[(f64, OutputOptions)],
+    dir: &Path,
+    cancel: &AtomicBool,
+    log: &mut dyn FnMut(&str),
+) -> Result<usize> {
+    let dry = (outputs[0].0, OutputOptions { dry_run: true, ..outputs[0].1.clone() });
+    let model_bytes = merge_group(job, &[dry], cancel)?[0].bytes_written;
+    let free = fs4::available_space(dir).map_err(|e| EvalError::io(dir, "measure the free space of", e))?;
+    let n = ratios_per_pass(outputs.len(), model_bytes, free);
+    if n < outputs.len() {
+        log(&format!(
+            "{} free in {}, {} a merged model: merging {n} ratio(s) per pass",
+            ops::human_bytes(free),
+            job.work_dir.display(),
+            ops::human_bytes(model_bytes)
+        ));
+    }
+    Ok(n)
 }
 
 /// Runs the sweep; `log` receives a line per step.
@@ -247,7 +298,6 @@ pub fn run_sweep(
     // The target usually has no chat template: it borrows the chat model's, as its merges will.
     let (ppl, chat) = evaluate(&job.target.path, Some(&job.chat.path), e, cancel)?;
     rows.push(SweepRow { ratio: None, perplexity: Some(ppl), chat });
-    log(&format!("merging at ratios {:?} in one pass", job.ratios));
     let outputs: Vec<(f64, OutputOptions)> = job
         .ratios
         .iter()
@@ -257,20 +307,20 @@ pub fn run_sweep(
             (ratio, OutputOptions { path, force: true, shard_size: 5_000_000_000, dry_run: false })
         })
         .collect();
-    let merge = MergeJob {
-        base: job.base.clone(),
-        chat: job.chat.clone(),
-        target: job.target.clone(),
-        ratio: job.ratios[0],
-        plan: job.plan.clone(),
-        output: outputs[0].1.clone(),
+    let per_pass = match job.at_once {
+        Some(n) => n.max(1),
+        None => ratios_that_fit(job, &outputs, tmp.path(), cancel, log)?,
     };
-    ops::merge_ratios(&merge, &outputs, &NoProgress, cancel)?;
-    for (ratio, out) in &outputs {
-        log(&format!("evaluating ratio {ratio}"));
-        let (ppl, chat) = evaluate(&out.path, Some(&job.chat.path), e, cancel)?;
-        rows.push(SweepRow { ratio: Some(*ratio), perplexity: Some(ppl), chat });
-        std::fs::remove_dir_all(&out.path).ok();
+    for group in outputs.chunks(per_pass) {
+        let ratios: Vec<f64> = group.iter().map(|(r, _)| *r).collect();
+        log(&format!("merging at ratios {ratios:?} in one pass"));
+        merge_group(job, group, cancel)?;
+        for (ratio, out) in group {
+            log(&format!("evaluating ratio {ratio}"));
+            let (ppl, chat) = evaluate(&out.path, Some(&job.chat.path), e, cancel)?;
+            rows.push(SweepRow { ratio: Some(*ratio), perplexity: Some(ppl), chat });
+            std::fs::remove_dir_all(&out.path).ok();
+        }
     }
     let best = pick_best(&rows);
     Ok(SweepResult { rows, best, rule: RULE.into() })
@@ -279,6 +329,16 @@ pub fn run_sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratios_per_pass_is_all_that_fit_beside_the_margin_and_at_least_one() {
+        let gb = 1_000_000_000;
+        assert_eq!(ratios_per_pass(4, 16 * gb, 200 * gb), 4);
+        assert_eq!(ratios_per_pass(4, 16 * gb, 16 * 3 * gb + DISK_MARGIN), 3);
+        assert_eq!(ratios_per_pass(4, 16 * gb, 16 * 3 * gb + DISK_MARGIN - 1), 2);
+        assert_eq!(ratios_per_pass(4, 16 * gb, 10 * gb), 1, "the merge itself refuses one that does not fit");
+        assert_eq!(ratios_per_pass(4, 0, 0), 1);
+    }
     use crate::chat_eval::summarize;
 
     fn row(ratio: Option<f64>, ppl: f64, stop: f64, ko: f64) -> SweepRow {

@@ -40,7 +40,8 @@ pub struct Args {
     /// Directory for sweep.json, sweep.csv and sweep.png/svg.
     #[arg(long, short, value_name = "DIR")]
     pub output: PathBuf,
-    /// Where merged models are written while evaluated (one at a time; default: OUTPUT).
+    /// Where merged models are written while evaluated: every ratio in one pass when its disk holds
+    /// them all, else as many per pass as fit (default: OUTPUT).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// Text for perplexity (default: the bundled opening of the Korean Constitution).
@@ -87,6 +88,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ratios: a.ratios.clone(),
         plan: a.select.plan_options()?,
         work_dir: a.work_dir.clone().unwrap_or_else(|| a.output.clone()),
+        at_once: None,
     };
     warn_if_swapped(&job.base, &job.chat);
     let eval = SweepEval {
