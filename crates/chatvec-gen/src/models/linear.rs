@@ -145,6 +145,8 @@ fn convert_q8x8(src: &dyn WeightSource, parts: &[(&str, usize)], k: usize) -> Re
     let (n, kb) = (total_rows(parts), k / BlockQ8_0::BLCK_SIZE);
     let mut matrix = Q8x8Matrix::zeros(n, k);
     let groups_per_chunk = (1 << 20) / (GROUP * k).max(1) + 1;
+    // Rows widened at a time: 16 KiB of f32, which stays in L1 until quantized.
+    let piece_rows = (4096 / k.max(1)).max(1);
     let chunks: Vec<Vec<&mut [Q8x8Block]>> = {
         let mut groups = matrix.groups_mut();
         std::iter::from_fn(|| {
@@ -152,40 +154,41 @@ fn convert_q8x8(src: &dyn WeightSource, parts: &[(&str, usize)], k: usize) -> Re
         })
         .collect()
     };
-    chunks.into_par_iter().enumerate().try_for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(xs, blocks): &mut (Vec<f32>, Vec<u8>), (c, mut groups)| {
-            let rows = c * groups_per_chunk * GROUP..((c + 1) * groups_per_chunk * GROUP).min(n);
-            xs.resize(rows.len() * k, 0f32);
-            read_stacked_rows(src, parts, k, rows.clone(), xs)?;
-            blocks.resize(rows.len() * kb * 34, 0u8);
+    chunks.into_par_iter().enumerate().try_for_each_init(Vec::new, |blocks: &mut Vec<u8>, (c, mut groups)| {
+        let rows = c * groups_per_chunk * GROUP..((c + 1) * groups_per_chunk * GROUP).min(n);
+        for_stacked_rows(src, parts, k, rows, piece_rows, &mut |first, xs| {
+            blocks.resize(xs.len() / BlockQ8_0::BLCK_SIZE * 34, 0u8);
             chatvec_format::q8_0::quantize_row_into(SimdTier::active(), xs, blocks);
-            for (r, row) in blocks.chunks_exact(kb * 34).enumerate() {
+            for (i, row) in blocks.chunks_exact(kb * 34).enumerate() {
+                let r = first + i;
                 for (dst, block) in groups[r / GROUP].iter_mut().zip(row.chunks_exact(34)) {
-                    let qs = std::array::from_fn(|q| block[2 + q] as i8);
-                    dst.set(r % GROUP, &Q8Block { d: u16::from_le_bytes([block[0], block[1]]), qs });
+                    dst.set_ggml(r % GROUP, block.try_into().expect("34-byte blocks"));
                 }
             }
-            Ok::<_, crate::GenError>(())
-        },
-    )?;
+            Ok(())
+        })
+    })?;
     Ok(matrix)
 }
 
-/// Rows `rows` of the `parts` stacked along the output dimension, widened to f32 into `out`.
-fn read_stacked_rows(
+/// Rows `rows` (of `k` weights) of the `parts` stacked along the output dimension, widened to f32
+/// and handed to `each` at most `piece_rows` rows at a time, with the first row's offset within
+/// `rows`.
+fn for_stacked_rows(
     src: &dyn WeightSource,
     parts: &[(&str, usize)],
     k: usize,
     rows: std::ops::Range<usize>,
-    out: &mut [f32],
+    piece_rows: usize,
+    each: &mut dyn FnMut(usize, &[f32]) -> Result<()>,
 ) -> Result<()> {
     let mut start = 0;
     for &(name, part_rows) in parts {
         let (lo, hi) = (rows.start.max(start), rows.end.min(start + part_rows));
         if lo < hi {
-            let dst = &mut out[(lo - rows.start) * k..(hi - rows.start) * k];
-            src.rows_f32(name, &[part_rows, k], lo - start..hi - start, dst)?;
+            src.rows_f32_in_pieces(name, &[part_rows, k], lo - start..hi - start, piece_rows, &mut |i, xs| {
+                each(lo - rows.start + i, xs)
+            })?;
         }
         start += part_rows;
     }

@@ -56,6 +56,16 @@ impl Q8x8Block {
             self.qs[32 * (q / 4) + 4 * i + q % 4] = v as u8 ^ 0x80;
         }
     }
+
+    /// Sets row `i`'s block from its 34 bytes as ggml stores them (f16 scale, 32 quants), four
+    /// quants at a time.
+    pub(crate) fn set_ggml(&mut self, i: usize, block: &[u8; 34]) {
+        self.d[i] = u16::from_le_bytes([block[0], block[1]]);
+        for (quad, qs) in block[2..].chunks_exact(4).enumerate() {
+            let q = u32::from_le_bytes(qs.try_into().expect("four bytes")) ^ 0x8080_8080;
+            self.qs[32 * quad + 4 * i..][..4].copy_from_slice(&q.to_le_bytes());
+        }
+    }
 }
 
 /// A `(n, k)` q8_0 matrix in groups of eight rows (the last group padded with zero rows).
@@ -83,6 +93,7 @@ impl Q8x8Matrix {
         if ptr.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
+        advise_huge_pages(ptr as *mut u8, layout.size());
         // SAFETY: `ptr` was allocated by the global allocator with the layout of `len` blocks, as
         // `Vec` frees it; all-zero bytes are a valid block (plain integers: zero scales).
         let blocks = unsafe { Vec::from_raw_parts(ptr, len, len) };
@@ -131,6 +142,27 @@ impl Q8x8Matrix {
             out.iter_mut().zip(b.qs).for_each(|(o, q)| *o = q as f32 * d);
         }
     }
+}
+
+/// Asks Linux to back the 2 MiB-aligned part of a fresh allocation with huge pages
+/// (`MADV_HUGEPAGE`, for systems whose transparent huge pages are on "madvise"): the weights are
+/// written once at load and read whole for every token, so 2 MiB pages mean 512 times fewer page
+/// faults at load (at 8B, 12 s of the load was the kernel's) and fewer TLB misses in decode. Advice
+/// only: a refusal changes nothing.
+fn advise_huge_pages(ptr: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + len) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: [start, end) lies inside the allocation just made; madvise with
+            // MADV_HUGEPAGE changes how pages are backed, never their contents.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
 }
 
 /// Input rows quantized to q8_0 for the GEMM: each row's quants contiguous; per block its scale

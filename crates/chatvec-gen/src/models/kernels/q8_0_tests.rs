@@ -37,6 +37,22 @@ fn random_blocks(rng: &mut Rng, count: usize) -> Vec<Q8Block> {
 }
 
 #[test]
+fn a_block_set_from_ggml_bytes_holds_what_get_reads_back() {
+    let mut rng = Rng::new(11);
+    let blocks = random_blocks(&mut rng, 16);
+    let mut group = Q8x8Block { d: [0; GROUP], qs: [0; 32 * GROUP] };
+    for (i, b) in blocks.iter().take(GROUP).enumerate() {
+        let mut bytes = [0u8; 34];
+        bytes[..2].copy_from_slice(&b.d.to_le_bytes());
+        bytes[2..].iter_mut().zip(b.qs).for_each(|(o, q)| *o = q as u8);
+        group.set_ggml(i, &bytes);
+    }
+    for (i, b) in blocks.iter().take(GROUP).enumerate() {
+        assert_eq!(group.get(i), *b, "row {i}");
+    }
+}
+
+#[test]
 fn regrouped_rows_hold_ggmls_blocks() {
     let mut rng = Rng::new(1);
     for (n, k) in [(1, 32), (7, 64), (8, 96), (13, 256), (70, 32)] {
