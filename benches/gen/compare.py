@@ -87,6 +87,29 @@ def prepare(work, shape, llama_formats):
     return model, ggufs
 
 
+def restricted_node_llama(work, variant):
+    """A copy of node-llama-cpp's CPU binaries with one ggml CPU variant (e.g. `haswell`: AVX2, FMA,
+    F16C, no AVX-512), so llama.cpp runs at the tier chatvec is forced to. ggml loads the best
+    `libggml-cpu-*.so` it finds beside it; the other packages are linked, and node must run with
+    --preserve-symlinks so the copy's binaries are the ones found."""
+    dest = work / f"node-llama-cpp-{variant}"
+    bins = "node_modules/@node-llama-cpp/linux-x64"
+    lib_dir = dest / bins / "bins/linux-x64"
+    if not (lib_dir / f"libggml-cpu-{variant}.so").exists():
+        shutil.rmtree(dest, ignore_errors=True)
+        (dest / "node_modules/@node-llama-cpp").mkdir(parents=True)
+        for entry in (NODE_DIR / "node_modules").iterdir():
+            if entry.name != "@node-llama-cpp":
+                (dest / "node_modules" / entry.name).symlink_to(entry.resolve())
+        shutil.copytree(NODE_DIR / bins, dest / bins, symlinks=True)
+        if not (lib_dir / f"libggml-cpu-{variant}.so").exists():
+            raise SystemExit(f"node-llama-cpp has no CPU variant {variant!r}")
+        for lib in lib_dir.glob("libggml-cpu-*.so"):
+            if lib.name != f"libggml-cpu-{variant}.so":
+                lib.unlink()
+    return dest
+
+
 def engines(a, model, ggufs, prompt):
     common = ["--prompt", str(prompt), "--new", str(a.new)]
     out = [(f"chatvec {f}", f, [BENCH_GEN, "--model", model, "--quantize", "none" if f == "f32" else f, *common])
@@ -135,12 +158,18 @@ def main():
     ap.add_argument("--eval-chat", default="q8_0", type=lambda s: [x for x in s.split(",") if x],
                     help="formats for the batched `eval chat` row ('' for none)")
     ap.add_argument("--batch-size", type=int, default=8, help="eval chat --batch-size")
+    ap.add_argument("--llama-cpp-cpu", default="haswell" if os.environ.get(SIMD_ENV) == "avx2" else "",
+                    help="the one ggml CPU variant llama.cpp may load (haswell: AVX2; default: haswell when "
+                         f"{SIMD_ENV}=avx2, else llama.cpp picks the best for the CPU)")
     a = ap.parse_args()
     work = pathlib.Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     model, ggufs = prepare(work, a.shape, a.llama_cpp)
+    node_dir, node_options = NODE_DIR, os.environ.get("NODE_OPTIONS", "")
+    if a.llama_cpp_cpu:
+        node_dir, node_options = restricted_node_llama(work, a.llama_cpp_cpu), f"{node_options} --preserve-symlinks"
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads),
-               CHATVEC_NODE_LLAMA_DIR=str(NODE_DIR))
+               CHATVEC_NODE_LLAMA_DIR=str(node_dir), NODE_OPTIONS=node_options.strip())
     probe = measure([BENCH_GEN, "--bandwidth"], env)[0]
     bandwidth = probe["read_gb_per_s"]
     runs = {p: engines(a, model, ggufs, p) for p in a.prompt}
@@ -161,7 +190,8 @@ def main():
             chat_results[name].append(rec)
             log(f"round {r + 1} {name}: {rec['new_tokens']} new tokens in {wall:.1f} s wall, "
                 f"peak RSS {rss / 2**30:.2f} GiB")
-    print(f"CPU: {probe['cpu']} (chatvec's tier; {SIMD_ENV}={os.environ.get(SIMD_ENV, '')!r}; llama.cpp picks its own)")
+    llama_tier = f"llama.cpp's ggml CPU variant: {a.llama_cpp_cpu}" if a.llama_cpp_cpu else "llama.cpp picks its own"
+    print(f"CPU: {probe['cpu']} (chatvec's tier; {SIMD_ENV}={os.environ.get(SIMD_ENV, '')!r}; {llama_tier})")
     for p, rs in runs.items():
         print()
         report(a, model, bandwidth, rs, results[p], p)

@@ -9,7 +9,8 @@
 #   bash benches/gen/run.sh --shape 8b --chatvec q8_0 --llama-cpp '' --no-transformers --rounds 1
 #   bash benches/gen/run.sh --chatvec '' --llama-cpp q8_0 --no-transformers   # batched eval chat vs llama.cpp
 #   CHATVEC_SIMD=avx2 bash benches/gen/run.sh --chatvec q8_0,bf16 --llama-cpp q8_0,bf16 --no-transformers
-#                                                # chatvec's AVX2 kernels on an AVX-512 machine
+#                                                # both at the AVX2 tier on an AVX-512 machine (chatvec
+#                                                # forced; llama.cpp given only ggml's haswell build)
 #
 # The first line of output names the CPU, its SIMD features and the tier chatvec ran at.
 #
