@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the GGUF oracle fixtures: llama.cpp's own convert_hf_to_gguf.py (the version
-# node-llama-cpp 3.21.1 bundles as llama/gitRelease.bundle) run on each fixture model at each type;
+# node-llama-cpp 3.21.1 bundles as llama/gitRelease.bundle) run on each fixture model
+# (fixtures/llama-tiny/chat and fixtures/arch/{mistral,qwen2,gemma}) at each type;
 # the sha256 and size of every output go to crates/chatvec-gguf/tests/data/converter.json (the
 # files themselves are a few MB in all, so only their hashes are committed), with the converter's
 # chkhsh of each BPE tokenizer. Also regenerates src/pre_hashes.rs from the converter's table.
@@ -31,7 +32,8 @@ out = ["//! The converter's table of known BPE pre-tokenizers: chkhsh → `token
 open(sys.argv[2], "w").write("\n".join(out))
 PY
 # model dir | pre-tokenizer its tokenizer copies (used only when its chkhsh is unknown)
-MODELS=("llama-tiny:$ROOT/fixtures/llama-tiny/chat:gpt-2" "mistral:$DATA/mistral:" "qwen2:$DATA/qwen2:qwen2" "gemma:$DATA/gemma:")
+ARCH="$ROOT/fixtures/arch"
+MODELS=("llama-tiny:$ROOT/fixtures/llama-tiny/chat:gpt-2" "mistral:$ARCH/mistral:" "qwen2:$ARCH/qwen2:qwen2" "gemma:$ARCH/gemma:")
 echo "{" > "$WORK/converter.json"
 first=1
 for m in "${MODELS[@]}"; do

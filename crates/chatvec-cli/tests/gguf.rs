@@ -14,7 +14,7 @@ use std::process::Command;
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn fixture_models() -> Vec<(&'static str, PathBuf)> {
-    let data = Path::new(ROOT).join("crates/chatvec-gguf/tests/data");
+    let data = Path::new(ROOT).join("fixtures/arch");
     vec![
         ("llama", Path::new(ROOT).join("fixtures/llama-tiny/chat")),
         ("mistral", data.join("mistral")),

@@ -26,7 +26,7 @@ fn a_config_without_architectures_exports_by_its_model_type() {
     let tmp = tempfile::tempdir().unwrap();
     for arch in ["qwen2", "mistral"] {
         // The same directory name for both: general.name comes from it.
-        let fixture = root().join("crates/chatvec-gguf/tests/data").join(arch);
+        let fixture = root().join("fixtures/arch").join(arch);
         let (named, unnamed) = (tmp.path().join("named").join(arch), tmp.path().join("unnamed").join(arch));
         copy_dir_files(&fixture, &named);
         copy_dir_files(&fixture, &unnamed);
@@ -101,7 +101,7 @@ fn a_vocabulary_from_tokenizer_json_is_the_converters_fallback_and_tokenizes_as_
     for (arch, special) in
         [("gemma", "<start_of_turn>user\n안녕하세요!<end_of_turn>\n"), ("mistral", "[INST] 안녕? [/INST]</s>")]
     {
-        let fixture = root().join("crates/chatvec-gguf/tests/data").join(arch);
+        let fixture = root().join("fixtures/arch").join(arch);
         // The same directory name as the fixture's: general.name comes from it.
         let model: PathBuf = tmp.path().join("no-spm").join(arch);
         copy_dir_files(&fixture, &model);

@@ -15,7 +15,7 @@ use common::{chatvec, fails_with_one_line, root};
 
 /// The Mistral fixture (written as llama, q/k rows permuted) exported as f16 to `dir/good.gguf`.
 fn exported(dir: &Path) -> (PathBuf, Vec<u8>) {
-    let model = root().join("crates/chatvec-gguf/tests/data/mistral");
+    let model = root().join("fixtures/arch/mistral");
     let out = dir.join("good.gguf");
     common::export_gguf(&model, &out, "f16");
     let bytes = std::fs::read(&out).unwrap();
@@ -23,7 +23,7 @@ fn exported(dir: &Path) -> (PathBuf, Vec<u8>) {
 }
 
 fn tokenizer_dir() -> PathBuf {
-    root().join("crates/chatvec-gguf/tests/data/mistral")
+    root().join("fixtures/arch/mistral")
 }
 
 fn generate(gguf: &Path) -> Output {

@@ -22,7 +22,7 @@ fn generate(model: &Path, extra: &[&str]) -> serde_json::Value {
 #[test]
 fn a_gguf_without_tokenizer_files_answers_as_its_source_directory() {
     let tmp = tempfile::tempdir().unwrap();
-    let source = root().join("crates/chatvec-gguf/tests/data/qwen2");
+    let source = root().join("fixtures/arch/qwen2");
     // The GGUF alone in its folder: nothing but the file to read the tokenizer from.
     let alone = tmp.path().join("alone");
     std::fs::create_dir(&alone).unwrap();
@@ -72,7 +72,7 @@ fn every_exported_architecture_loads_back_and_answers_as_its_directory() {
     // Each architecture in each export type loads back and builds the same prompt; the f32 file
     // also gives the directory's greedy tokens (the others round the weights).
     let tmp = tempfile::tempdir().unwrap();
-    let data = root().join("crates/chatvec-gguf/tests/data");
+    let data = root().join("fixtures/arch");
     for (arch, dir, spm) in [
         ("llama", root().join("fixtures/llama-tiny/chat"), false),
         ("mistral", data.join("mistral"), true),

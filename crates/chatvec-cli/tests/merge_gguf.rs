@@ -48,7 +48,7 @@ fn merge_to_gguf_equals_merging_then_exporting() {
 fn merge_to_gguf_writes_every_architecture_and_type() {
     // base = chat: the vector is zero, so the merge is the target exactly and its GGUF must be the
     // target's export, byte for byte (the name comes from the file stem, as from the directory).
-    let data = root().join("crates/chatvec-gguf/tests/data");
+    let data = root().join("fixtures/arch");
     let models: [(&str, PathBuf); 3] =
         [("mistral", data.join("mistral")), ("qwen2", data.join("qwen2")), ("gemma", data.join("gemma"))];
     let tmp = tempfile::tempdir().unwrap();

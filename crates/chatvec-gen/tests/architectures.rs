@@ -1,27 +1,41 @@
 //! Mistral (sliding window), Qwen2 (q/k/v biases, tied embeddings) and Gemma (scaled
-//! embeddings, (1 + w) norms, tanh GELU) against transformers' float32 logits on tiny random
-//! checkpoints in the transformers-5 config spelling (tests/data/make_arch_fixtures.py).
+//! embeddings, (1 + w) norms, tanh GELU, head_dim != hidden / heads) against transformers' float32
+//! logits on the tiny random checkpoints of fixtures/arch (transformers-5 config spelling), each
+//! run of expected.json with its config overrides applied (fixtures/arch/make.py).
 
-use std::path::PathBuf;
+mod common;
+
+use std::path::Path;
 
 use candle_core::{DType, Device};
 use chatvec_gen::{Architecture, Model};
+use serde_json::{Map, Value};
 
-fn data(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data")).join(name)
+/// One oracle run: the config keys it overrides and transformers' logits at every position.
+struct Run {
+    config: Map<String, Value>,
+    logits: Vec<Vec<f32>>,
 }
 
-fn expected(name: &str) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let text = std::fs::read_to_string(data(name).join("expected.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = v["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-    let logits = v["logits"]
+fn expected(name: &str) -> (Vec<u32>, Vec<Run>) {
+    let text = std::fs::read_to_string(common::arch_fixture(name).join("expected.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let ids = common::ids(&v["input_ids"]);
+    let runs = v["runs"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .map(|run| Run {
+            config: run["config"].as_object().unwrap().clone(),
+            logits: run["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+                .collect(),
+        })
         .collect();
-    (ids, logits)
+    (ids, runs)
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -29,14 +43,27 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// Every run of the fixture's expected.json, on the fixture with that run's config overrides.
+/// Returns the runs' overrides.
+fn check(name: &str, arch: Architecture) -> Vec<Map<String, Value>> {
+    let (ids, runs) = expected(name);
+    assert!(!runs.is_empty(), "{name}: no runs in expected.json");
+    for run in &runs {
+        let dir = common::with_config(&common::arch_fixture(name), &run.config);
+        let label = format!("{name} {}", Value::Object(run.config.clone()));
+        check_run(&label, dir.path(), arch, &ids, &run.logits);
+    }
+    runs.into_iter().map(|r| r.config).collect()
+}
+
 /// All-position logits from one pass, and last-position logits when the same tokens are fed
 /// through the KV cache one at a time, both equal transformers'.
-fn check(name: &str, arch: Architecture) {
-    let (ids, want) = expected(name);
-    let mut model = Model::load(&data(name), &Device::Cpu, DType::F32).unwrap();
+fn check_run(name: &str, dir: &Path, arch: Architecture, ids: &[u32], want: &[Vec<f32>]) {
+    let mut model = Model::load(dir, &Device::Cpu, DType::F32).unwrap();
     assert_eq!(model.architecture(), arch);
-    let all = model.forward_all(&ids).unwrap().to_vec2::<f32>().unwrap();
-    for (pos, (got, exp)) in all.iter().zip(&want).enumerate() {
+    let all = model.forward_all(ids).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(all.len(), want.len(), "{name}: positions");
+    for (pos, (got, exp)) in all.iter().zip(want).enumerate() {
         let d = max_diff(got, exp);
         assert!(d < 1e-4, "{name} position {pos}: max |diff| {d}");
     }
@@ -52,7 +79,10 @@ fn check(name: &str, arch: Architecture) {
 
 #[test]
 fn mistral_with_a_sliding_window_shorter_than_the_input() {
-    check("mistral", Architecture::Mistral);
+    let inputs = expected("mistral").0.len() as u64;
+    let runs = check("mistral", Architecture::Mistral);
+    let windows: Vec<u64> = runs.iter().filter_map(|c| c.get("sliding_window")?.as_u64()).collect();
+    assert!(windows.iter().any(|&w| w < inputs), "no run with a window shorter than {inputs} tokens: {windows:?}");
 }
 
 #[test]

@@ -22,20 +22,22 @@ use chatvec_gen::{
 /// Logits of a batched forward and of the same sequence alone differ by at most this.
 const LOGIT_TOLERANCE: f32 = 1e-4;
 
-fn arch_model(name: &str) -> Model {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data")).join(name);
-    Model::load(&dir, &Device::Cpu, DType::F32).unwrap()
+/// A model of fixtures/arch with the config keys of `overrides` set.
+fn arch_model(name: &str, overrides: serde_json::Value) -> Model {
+    let dir = common::with_config(&common::arch_fixture(name), overrides.as_object().unwrap());
+    Model::load(dir.path(), &Device::Cpu, DType::F32).unwrap()
 }
 
-/// The fixture models: Llama (llama3 rope, GQA), Mistral (a sliding window of 5, shorter than
-/// the sequences), Qwen2 (biases, tied embeddings), Gemma (scaled embeddings).
+/// The fixture models: Llama (llama3 rope, GQA), Mistral (its sliding window set to 5, shorter
+/// than the sequences), Qwen2 (biases, tied embeddings), Gemma (scaled embeddings).
 fn models() -> Vec<(&'static str, Model)> {
     let llama = Model::load(&common::fixtures().join("chat"), &Device::Cpu, DType::F32).unwrap();
-    let mut out = vec![("llama", llama)];
-    for name in ["mistral", "qwen2", "gemma"] {
-        out.push((name, arch_model(name)));
-    }
-    out
+    vec![
+        ("llama", llama),
+        ("mistral", arch_model("mistral", serde_json::json!({"sliding_window": 5}))),
+        ("qwen2", arch_model("qwen2", serde_json::json!({}))),
+        ("gemma", arch_model("gemma", serde_json::json!({}))),
+    ]
 }
 
 /// Deterministic prompt ids in the model's vocabulary.
@@ -285,19 +287,22 @@ fn compact_weights_decode_the_same_in_a_batch_as_alone() {
 
 #[test]
 fn bad_requests_are_refused_with_the_numbers() {
-    let model = arch_model("qwen2");
+    let model = arch_model("qwen2", serde_json::json!({}));
+    let (positions, vocab) = (model.config().max_position_embeddings, model.config().vocab_size);
     let mut batch = Batch::new(&model, 2);
     let err = batch.insert(SeqRequest::new(Vec::new(), 4, greedy(), StopSet::new())).unwrap_err();
     assert!(err.to_string().contains("no tokens"), "{err}");
-    let err = batch.insert(SeqRequest::new(prompt(&model, 60, 1), 5, greedy(), StopSet::new())).unwrap_err();
+    let long = positions - 4;
+    let err = batch.insert(SeqRequest::new(prompt(&model, long, 1), 5, greedy(), StopSet::new())).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("60 tokens") && msg.contains("(5)") && msg.contains("64 positions"), "{msg}");
-    let err = batch.insert(SeqRequest::new(vec![96], 1, greedy(), StopSet::new())).unwrap_err();
-    assert!(err.to_string().contains("token id 96"), "{err}");
+    let (tokens, limit) = (format!("{long} tokens"), format!("{positions} positions"));
+    assert!(msg.contains(&tokens) && msg.contains("(5)") && msg.contains(&limit), "{msg}");
+    let err = batch.insert(SeqRequest::new(vec![vocab as u32], 1, greedy(), StopSet::new())).unwrap_err();
+    assert!(err.to_string().contains(&format!("token id {vocab}")), "{err}");
     let mut req = SeqRequest::new(vec![1, 2], 1, greedy(), StopSet::new());
     req.top_logprobs = 21;
     assert!(batch.insert(req).unwrap_err().to_string().contains("top_logprobs"));
     assert!(batch.is_idle());
     // A prompt that fills the context exactly with its answer is accepted.
-    assert!(batch.insert(SeqRequest::new(prompt(&model, 60, 1), 4, greedy(), StopSet::new())).is_ok());
+    assert!(batch.insert(SeqRequest::new(prompt(&model, long, 1), 4, greedy(), StopSet::new())).is_ok());
 }

@@ -26,7 +26,7 @@ fn llama_cpp(dir: &Path) -> PathBuf {
 /// Converts `model` to GGUF at each outtype with llama.cpp's convert_hf_to_gguf.py.
 fn convert(llama: &Path, model: &Path, work: &Path, outtypes: &[&str]) -> Vec<PathBuf> {
     let out = Command::new(chatvec_testkit::python())
-        .arg(format!("{ROOT}/crates/chatvec-gen/tests/data/make_gguf.py"))
+        .arg(format!("{ROOT}/crates/chatvec-gen/tests/make_gguf.py"))
         .args([llama, model, work])
         .args(outtypes)
         .output()
@@ -62,10 +62,10 @@ fn logits(m: &mut Model) -> Tensor {
 fn gguf_from_llama_cpp_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     let llama = llama_cpp(tmp.path());
-    let data = |name: &str| PathBuf::from(format!("{ROOT}/crates/chatvec-gen/tests/data/{name}"));
+    let data = |name: &str| PathBuf::from(format!("{ROOT}/fixtures/arch/{name}"));
     // Mistral's fixture has 4 query and 2 key/value heads: the converter writes it as `llama`
-    // with permuted q/k rows (the sliding window is dropped on both sides: 12 tokens > window 5
-    // would differ otherwise, so the reference is the same model without it).
+    // with permuted q/k rows (and no sliding window, which make_gguf.py drops from the reference
+    // too, so the two are the same model whatever the window).
     for (name, dir) in [
         ("qwen2", data("qwen2")),
         ("mistral", data("mistral")),

@@ -36,7 +36,7 @@ fn special_text(specials: &[&str]) -> String {
 }
 
 fn fixtures() -> Vec<(&'static str, PathBuf, [&'static str; 2])> {
-    let data = Path::new(ROOT).join("crates/chatvec-gguf/tests/data");
+    let data = Path::new(ROOT).join("fixtures/arch");
     vec![
         ("qwen2", data.join("qwen2"), ["<|im_start|>", "<|im_end|>"]),
         ("llama", Path::new(ROOT).join("fixtures/llama-tiny/chat"), ["<|start_header_id|>", "<|eot_id|>"]),
@@ -147,7 +147,7 @@ fn gpt2_pre_tokenizers_no_fixture_exports_equal_llama_cpps() {
 fn an_unknown_pre_tokenizer_is_refused_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let gguf = tmp.path().join("qwen2.gguf");
-    export(&Path::new(ROOT).join("crates/chatvec-gguf/tests/data/qwen2"), &gguf);
+    export(&Path::new(ROOT).join("fixtures/arch/qwen2"), &gguf);
     let mut bytes = std::fs::read(&gguf).unwrap();
     let key = b"tokenizer.ggml.pre";
     // The key, its value type (4 bytes) and the value's length (8 bytes), then "qwen2".

@@ -31,7 +31,7 @@ const LOGIT_TOLERANCE: f32 = 0.05;
 
 /// The f32 export of the Mistral fixture, re-stored in every type by gguf-py.
 fn requantized(tmp: &Path) -> PathBuf {
-    requantized_from("crates/chatvec-gguf/tests/data/mistral", tmp, &TYPES)
+    requantized_from("fixtures/arch/mistral", tmp, &TYPES)
 }
 
 /// The f32 export of `model` (relative to the repository), re-stored in `types` by gguf-py.
@@ -173,7 +173,7 @@ fn llama_cpp_greedy_agreement_is_reported() {
     // The Mistral fixture (random weights) in every type, and the lab's trained chat model in the
     // types whose blocks fit its 128-wide rows (k-quants need 256), with gguf-py's real quantizers.
     let sources: [(&str, &str, &[&str], u32, u32); 2] = [
-        ("Mistral fixture (random weights)", "crates/chatvec-gguf/tests/data/mistral", &TYPES, 1, 500),
+        ("Mistral fixture (random weights)", "fixtures/arch/mistral", &TYPES, 1, 500),
         (
             "lab chat model (trained)",
             "models/lab/chat",

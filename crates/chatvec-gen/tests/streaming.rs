@@ -106,7 +106,7 @@ fn bad_model_dirs_give_one_line_errors() {
 /// ids, with the same text after the bad bytes (expected strings from transformers 5.24).
 #[test]
 fn stray_bytes_in_byte_fallback_tokenizers_do_not_stop_the_stream() {
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../chatvec-gguf/tests/data");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/arch");
     for (model, ids, transformers) in [
         ("mistral", [127u32, 193, 122, 400], "\u{fffd}\u{fffd}\u{fffd} vi"),
         ("gemma", [227, 244, 145, 458], "\u{fffd}\u{fffd}\u{fffd} forest"),

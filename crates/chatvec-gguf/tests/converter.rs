@@ -12,14 +12,16 @@ use sha2::{Digest, Sha256};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 const LLAMA_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny");
+/// The Mistral, Qwen2 and Gemma fixtures (fixtures/arch/make.py).
+const ARCH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/arch");
 
 /// The fixture models: name in converter.json, directory.
 fn models() -> Vec<(&'static str, PathBuf)> {
     vec![
         ("llama-tiny", Path::new(LLAMA_TINY).join("chat")),
-        ("mistral", Path::new(DATA).join("mistral")),
-        ("qwen2", Path::new(DATA).join("qwen2")),
-        ("gemma", Path::new(DATA).join("gemma")),
+        ("mistral", Path::new(ARCH).join("mistral")),
+        ("qwen2", Path::new(ARCH).join("qwen2")),
+        ("gemma", Path::new(ARCH).join("gemma")),
     ]
 }
 
@@ -70,7 +72,7 @@ fn q8_0_exports_are_byte_identical_to_the_converter() {
 #[test]
 fn bpe_probe_hash_matches_the_converters_chkhsh() {
     let expected = converter();
-    for (name, dir) in [("llama-tiny", Path::new(LLAMA_TINY).join("chat")), ("qwen2", Path::new(DATA).join("qwen2"))] {
+    for (name, dir) in [("llama-tiny", Path::new(LLAMA_TINY).join("chat")), ("qwen2", Path::new(ARCH).join("qwen2"))] {
         let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
         let ids = tok.encode(chatvec_gguf::vocab::CHKTXT, true).unwrap();
         let want = expected[format!("{name}-f16")]["chkhsh"].as_str().unwrap();
@@ -80,15 +82,15 @@ fn bpe_probe_hash_matches_the_converters_chkhsh() {
 
 #[test]
 fn every_output_tensor_sits_at_its_planned_aligned_offset() {
-    let ckpt = Checkpoint::open(&Path::new(DATA).join("qwen2")).unwrap();
+    let ckpt = Checkpoint::open(&Path::new(ARCH).join("qwen2")).unwrap();
     let (plan, _) = chatvec_gguf::export::plan_export(&ckpt, FileType::Q4KM).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let out = export_to(tmp.path(), &Path::new(DATA).join("qwen2"), "q4_k_m");
+    let out = export_to(tmp.path(), &Path::new(ARCH).join("qwen2"), "q4_k_m");
     assert_eq!(std::fs::metadata(&out).unwrap().len(), plan.file_bytes());
     assert!(plan.tensors.iter().all(|t| t.offset % 32 == 0));
     let types: Vec<_> = plan.tensors.iter().map(|t| (t.info.name.as_str(), t.ggml)).collect();
     // llama-quantize's Q4_K_M: q4_k; q6_k for ffn_down of the last eighth of the layers; q5_0 where
-    // rows (64) are not a multiple of 256; the tied embedding as the output (q6_k, q8_0 fallback).
+    // rows (32) are not a multiple of 256; the tied embedding as the output (q6_k, q8_0 fallback).
     use chatvec_gguf::types::GgmlType::{Q4K, Q5_0, Q6K, Q8_0};
     for want in [("blk.0.ffn_down.weight", Q4K), ("blk.1.ffn_down.weight", Q6K), ("blk.0.ffn_gate.weight", Q5_0)] {
         assert!(types.contains(&want), "{want:?} in {types:?}");
@@ -100,13 +102,13 @@ fn every_output_tensor_sits_at_its_planned_aligned_offset() {
 fn an_interrupted_or_failed_export_leaves_no_file() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m.gguf");
-    let err = export(&Path::new(DATA).join("mistral"), &out, FileType::F16, false, &NoProgress, &AtomicBool::new(true))
+    let err = export(&Path::new(ARCH).join("mistral"), &out, FileType::F16, false, &NoProgress, &AtomicBool::new(true))
         .unwrap_err();
     assert!(matches!(err, chatvec_format::Error::Interrupted));
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     std::fs::write(&out, "x").unwrap();
     let err =
-        export(&Path::new(DATA).join("mistral"), &out, FileType::F16, false, &NoProgress, &AtomicBool::new(false))
+        export(&Path::new(ARCH).join("mistral"), &out, FileType::F16, false, &NoProgress, &AtomicBool::new(false))
             .unwrap_err();
     assert!(err.to_string().contains("--force"), "{err}");
 }
@@ -117,9 +119,9 @@ fn an_unsupported_architecture_is_refused_in_one_line() {
     let model = tmp.path().join("gpt2");
     std::fs::create_dir(&model).unwrap();
     for f in ["model.safetensors", "tokenizer.json"] {
-        std::fs::copy(Path::new(DATA).join("qwen2").join(f), model.join(f)).unwrap();
+        std::fs::copy(Path::new(ARCH).join("qwen2").join(f), model.join(f)).unwrap();
     }
-    let config = std::fs::read_to_string(Path::new(DATA).join("qwen2/config.json")).unwrap();
+    let config = std::fs::read_to_string(Path::new(ARCH).join("qwen2/config.json")).unwrap();
     std::fs::write(model.join("config.json"), config.replace("Qwen2ForCausalLM", "GPT2LMHeadModel")).unwrap();
     let out = tmp.path().join("x.gguf");
     let err = export(&model, &out, FileType::F16, false, &NoProgress, &AtomicBool::new(false)).unwrap_err().to_string();

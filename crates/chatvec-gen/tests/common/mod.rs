@@ -37,3 +37,22 @@ fn copy(file: &Path, dir: &Path) {
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }
+
+/// One model of `fixtures/arch` (`mistral`, `qwen2`, `gemma`): weights, tokenizer, chat template
+/// and transformers' logits (expected.json), made by fixtures/arch/make.py.
+pub fn arch_fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/arch")).join(name)
+}
+
+/// A copy of model directory `dir` whose config.json has the keys of `overrides` set.
+pub fn with_config(dir: &Path, overrides: &serde_json::Map<String, serde_json::Value>) -> tempfile::TempDir {
+    let out = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(dir).expect("model dir") {
+        copy(&entry.expect("entry").path(), out.path());
+    }
+    let path = out.path().join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("config")).expect("json");
+    config.as_object_mut().expect("config object").extend(overrides.clone());
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write config");
+    out
+}
