@@ -83,7 +83,7 @@ fn q8x8_vnni<const RN: usize>(group: &[Q8x8Block], x: &Q8Rows, r: usize, out: &m
     for (b, block) in group.iter().enumerate() {
         // SAFETY: block b < kb of rows with kb blocks (`Inputs::new` asserts the shapes); a
         // block's 8 scales are 16 readable bytes and its quants 256.
-        unsafe {
+        let sums = unsafe {
             let mut sums: [__m256i; RN] = std::array::from_fn(|j| _mm256_set1_epi32(*inp.minus_128_sum[j].add(b)));
             for t in 0..GROUP {
                 let w = _mm256_loadu_si256(block.qs.as_ptr().add(32 * t) as *const __m256i);
@@ -92,17 +92,11 @@ fn q8x8_vnni<const RN: usize>(group: &[Q8x8Block], x: &Q8Rows, r: usize, out: &m
                     *sum = _mm256_dpbusd_epi32(*sum, w, xq);
                 }
             }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(block.d.as_ptr() as *const __m128i));
-            for j in 0..RN {
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*inp.d[j].add(b)));
-                acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[j]), acc[j]);
-            }
-        }
+            sums
+        };
+        fold_block(block, &inp, b, &sums, &mut acc);
     }
-    for j in 0..RN {
-        // SAFETY: a row of the tile's output is GROUP = 8 floats.
-        unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
-    }
+    store_tile(&acc, out);
 }
 
 /// The q8_0 tile for AVX2: as the VNNI tile, with `maddubs` (unsigned × signed bytes, pairs
@@ -122,7 +116,7 @@ fn q8x8_avx2<const RN: usize>(group: &[Q8x8Block], x: &Q8Rows, r: usize, out: &m
     let mut acc = [_mm256_setzero_ps(); RN];
     for (b, block) in group.iter().enumerate() {
         // SAFETY: as in `q8x8_vnni`.
-        unsafe {
+        let sums = unsafe {
             let mut sums = [_mm256_setzero_si256(); RN];
             for t in 0..GROUP {
                 let stored = _mm256_loadu_si256(block.qs.as_ptr().add(32 * t) as *const __m256i);
@@ -134,15 +128,39 @@ fn q8x8_avx2<const RN: usize>(group: &[Q8x8Block], x: &Q8Rows, r: usize, out: &m
                     *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(pairs, ones));
                 }
             }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(block.d.as_ptr() as *const __m128i));
-            for j in 0..RN {
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*inp.d[j].add(b)));
-                acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[j]), acc[j]);
-            }
+            sums
+        };
+        fold_block(block, &inp, b, &sums, &mut acc);
+    }
+    store_tile(&acc, out);
+}
+
+/// Adds one block's integer sums to the tile's float sums in the reference's order:
+/// `acc[j] += (d_w · d_x[j]) · sums[j]` for each of the eight rows (both q8_0 tiles).
+#[inline(always)]
+fn fold_block<const RN: usize>(
+    block: &Q8x8Block,
+    inp: &Inputs<RN>,
+    b: usize,
+    sums: &[__m256i; RN],
+    acc: &mut [__m256; RN],
+) {
+    // SAFETY: the callers run with AVX2, FMA and F16C; b < kb (`Inputs::new` asserts the
+    // shapes), and a block's 8 scales are 16 readable bytes.
+    unsafe {
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(block.d.as_ptr() as *const __m128i));
+        for j in 0..RN {
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*inp.d[j].add(b)));
+            acc[j] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums[j]), acc[j]);
         }
     }
+}
+
+/// Writes a q8_0 tile's sums: input row j's eight row results.
+#[inline(always)]
+fn store_tile<const RN: usize>(acc: &[__m256; RN], out: &mut GroupOut) {
     for j in 0..RN {
-        // SAFETY: a row of the tile's output is GROUP = 8 floats.
+        // SAFETY: the callers run with AVX; a row of the tile's output is GROUP = 8 floats.
         unsafe { _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
     }
 }
