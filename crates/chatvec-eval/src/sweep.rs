@@ -329,6 +329,7 @@ pub fn run_sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat_eval::summarize;
 
     #[test]
     fn ratios_per_pass_is_all_that_fit_beside_the_margin_and_at_least_one() {
@@ -339,7 +340,6 @@ mod tests {
         assert_eq!(ratios_per_pass(4, 16 * gb, 10 * gb), 1, "the merge itself refuses one that does not fit");
         assert_eq!(ratios_per_pass(4, 0, 0), 1);
     }
-    use crate::chat_eval::summarize;
 
     fn row(ratio: Option<f64>, ppl: f64, stop: f64, ko: f64) -> SweepRow {
         let mut chat = summarize(&[]);

@@ -33,7 +33,8 @@ const RECT_INPUT_ROWS: usize = 64;
 /// The most input rows a tile takes at once (the tiles are compiled for `1..=MAX_INPUTS`).
 pub(crate) const MAX_INPUTS: usize = 8;
 /// Input rows of an AVX2 tile: with four, the sixteen ymm registers spilled to the stack, and
-/// prefill at 512 tokens took 1.3x the CPU time it takes with three (two: as three).
+/// prefill at 512 tokens took 1.3x the CPU time it takes with three (two: as three; AMD EPYC,
+/// `CHATVEC_SIMD=avx2 bench_gen --quantize q8_0 --prompt 512 --new 1`).
 const AVX2_INPUTS: usize = 3;
 
 /// One block index of eight rows: their scales, and their quants plus 128, interleaved four
@@ -149,9 +150,10 @@ impl Q8x8Matrix {
 
 /// Asks Linux to back the 2 MiB-aligned part of a fresh allocation with huge pages
 /// (`MADV_HUGEPAGE`, for systems whose transparent huge pages are on "madvise"): the weights are
-/// written once at load and read whole for every token, so 2 MiB pages mean 512 times fewer page
-/// faults at load (at 8B, 12 s of the load was the kernel's) and fewer TLB misses in decode. Advice
-/// only: a refusal changes nothing.
+/// written once at load and read whole for every token, so 2 MiB pages take 512 times fewer page
+/// faults than 4 KiB ones. Advice only: a refusal changes nothing. (At 8B on an AMD EPYC the
+/// kernel's share of the load stayed high with it: zeroing the fresh pages is the cost, not the
+/// faults.)
 fn advise_huge_pages(ptr: *mut u8, len: usize) {
     #[cfg(target_os = "linux")]
     {
