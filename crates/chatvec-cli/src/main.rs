@@ -50,6 +50,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Forward passes reuse their freed activation buffers (the allocator's limits, before any thread).
+    chatvec_gen::alloc::reuse_freed_buffers();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return usage_error(err),

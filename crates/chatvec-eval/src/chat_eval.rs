@@ -1,10 +1,11 @@
 //! Chat behaviour on a Korean prompt set: does the model stop, answer in Korean, avoid loops and
 //! leaked chat headers, and how likely is its end-of-turn token after a good answer.
 //!
-//! Every prompt is answered from an empty cache with the same sampling settings and seed, so a
-//! run reproduces exactly and models are compared on equal terms. The prompts are answered
-//! together, `batch_size` at a time, by `chatvec_gen::batch`: each answer is the one the prompt
-//! would get alone.
+//! Every prompt is answered with the same sampling settings and seed, so a run reproduces
+//! exactly and models are compared on equal terms. The prompts are answered together,
+//! `batch_size` at a time, by `chatvec_gen::batch`: each answer is the one the prompt would get
+//! alone, from an empty cache. A prompt with a reference answer starts from the cache of its
+//! end-of-turn pass, which has already read the prompt.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,11 +95,14 @@ pub struct ChatOptions {
 }
 
 /// Prompts answered together unless told otherwise. gen's q8_0 and bf16 kernels are a blocked
-/// GEMM that reads each weight once for up to 64 input rows, so a decode step of 16 sequences
+/// GEMM that reads each weight once for up to 64 input rows, so a decode step of many sequences
 /// reads the weights once, as one of a single sequence does. (Before that GEMM, rows beyond four
 /// widened every weight to f32 first: on a loaded 2-core EPYC, 1B shape at q8_0, `eval chat
 /// --limit 8 --max-new-tokens 32` took 207 s one prompt at a time, 135 s at 4, 193 s at 8.)
-pub const DEFAULT_BATCH_SIZE: usize = 16;
+/// 32 answers the 33 bundled prompts in two rounds (17 and 16, see `balanced_width`), where 16
+/// took three (16, 16 and 1): at 8B every round costs 128 steps that each read 8.5 GB of q8_0
+/// weights. The running sequences' caches take what 16 took.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
 
 impl Default for ChatOptions {
     fn default() -> Self {
@@ -300,7 +304,16 @@ pub fn eot_probabilities<'a>(
     per_pass: usize,
 ) -> Result<Vec<Option<(f64, String)>>> {
     let prefixes = items.map(|(p, r)| eot_prefix(m, p, r)).collect::<Result<Vec<_>>>()?;
-    let mut out = vec![None; prefixes.len()];
+    Ok(eot_passes(m, &prefixes, per_pass)?.into_iter().map(|x| x.map(|(eot, _)| eot)).collect())
+}
+
+/// One conversation's end-of-turn probability and token text, and the cache that read it.
+type EotPass = ((f64, String), KvCache);
+
+/// Reads each `(prefix, end-of-turn id)`, several per forward pass, and gives the end-of-turn
+/// probability and token text for each, with the cache that read its prefix.
+fn eot_passes(m: &ChatModel, prefixes: &[Option<(Vec<u32>, u32)>], per_pass: usize) -> Result<Vec<Option<EotPass>>> {
+    let mut out: Vec<Option<EotPass>> = prefixes.iter().map(|_| None).collect();
     let todo: Vec<(usize, &Vec<u32>, u32)> =
         prefixes.iter().enumerate().filter_map(|(i, x)| x.as_ref().map(|(p, e)| (i, p, *e))).collect();
     let mut rest = todo.as_slice();
@@ -320,13 +333,30 @@ pub fn eot_probabilities<'a>(
             .map(|((_, prefix, _), cache)| SeqInput { tokens: prefix, cache, logits: Logits::Last })
             .collect();
         let logits = m.model.forward_batch(&mut inputs)?;
-        for (&(i, _, eot), row) in group.iter().zip(logits) {
+        for ((&(i, _, eot), row), cache) in group.iter().zip(logits).zip(caches) {
             let row: Vec<f32> = row.expect("last-row logits were asked for").squeeze(0)?.to_vec1()?;
             let nll = crate::perplexity::token_nll(&row, eot);
-            out[i] = Some(((-nll).exp(), m.tokenizer.id_to_token(eot).unwrap_or_else(|| eot.to_string())));
+            let text = m.tokenizer.id_to_token(eot).unwrap_or_else(|| eot.to_string());
+            out[i] = Some((((-nll).exp(), text), cache));
         }
     }
     Ok(out)
+}
+
+/// How many of `prompt`'s positions a cache that read `read` can give a sequence that generates
+/// after `prompt`: the tokens both start with, short of the prompt's last (which is read again
+/// for the first token's logits).
+fn shared_positions(prompt: &[u32], read: &[u32]) -> usize {
+    let common = prompt.iter().zip(read).take_while(|(a, b)| a == b).count();
+    common.min(prompt.len().saturating_sub(1))
+}
+
+/// How many sequences to run at once so that `total` are answered in as few rounds as
+/// `most` at a time allows, in rounds of nearly equal size: 33 prompts at 16 run as 17 and 16,
+/// not 16, 16 and 1 (whose lone round would read every weight for one sequence per token).
+fn balanced_width(total: usize, most: usize) -> usize {
+    let most = most.max(1);
+    total.div_ceil(total.div_ceil(most).max(1)).clamp(1, most)
 }
 
 /// The request for prompt `p`: its templated tokens, with the answer's length cut to what the
@@ -390,14 +420,26 @@ pub fn run_chat_eval(
     let m = &*m;
     let requests =
         prompts.iter().map(|p| request(m, p, opts).map_err(|e| e.in_prompt(&p.id))).collect::<Result<Vec<_>>>()?;
-    let with_reference = prompts.iter().filter_map(|p| p.reference.as_deref().map(|r| (p, r)));
-    let mut eots = eot_probabilities(m, with_reference, opts.batch_size)?.into_iter();
-    let mut eot: Vec<Option<(f64, String)>> =
-        prompts.iter().map(|p| p.reference.as_ref().and_then(|_| eots.next().flatten())).collect();
+    let prefixes = prompts
+        .iter()
+        .map(|p| p.reference.as_deref().map_or(Ok(None), |r| eot_prefix(m, p, r)))
+        .collect::<Result<Vec<_>>>()?;
+    // The end-of-turn pass reads each conversation up to the reference's end; its cache, cut
+    // back to the start it shares with the prompt, saves the answer reading the prompt again.
+    let passes = eot_passes(m, &prefixes, opts.batch_size)?;
+    let mut eot = Vec::with_capacity(prompts.len());
+    let mut cached = Vec::with_capacity(prompts.len());
+    for ((req, pass), prefix) in requests.into_iter().zip(passes).zip(&prefixes) {
+        let (p_eot, mut cache) = pass.map_or((None, KvCache::new()), |(e, c)| (Some(e), c));
+        let shared = prefix.as_ref().map_or(0, |(read, _)| shared_positions(&req.prompt, read));
+        cache.truncate(shared);
+        eot.push(p_eot);
+        cached.push((req, cache));
+    }
     let mut results: Vec<Option<PromptResult>> = vec![None; prompts.len()];
     let mut failed = None;
-    let mut batch = Batch::new(&m.model, opts.batch_size);
-    batch.run(requests, &|| cancel.load(Ordering::Relaxed), &mut |i, out| {
+    let mut batch = Batch::new(&m.model, balanced_width(prompts.len(), opts.batch_size));
+    batch.run_cached(cached, &|| cancel.load(Ordering::Relaxed), &mut |i, out| {
         if out.output.stop == StopReason::Cancelled || failed.is_some() {
             return;
         }
@@ -422,4 +464,48 @@ pub fn run_chat_eval(
         results,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_cache_stops_before_the_prompts_last_token_and_where_the_texts_part() {
+        assert_eq!(shared_positions(&[1, 2, 3, 4], &[1, 2, 3, 4, 5, 6]), 3);
+        assert_eq!(shared_positions(&[1, 2, 3, 4], &[1, 2, 9, 4, 5]), 2);
+        assert_eq!(shared_positions(&[1, 2, 3], &[1, 2]), 2);
+        assert_eq!(shared_positions(&[7, 2], &[1, 2, 3]), 0);
+        assert_eq!(shared_positions(&[1], &[1, 2]), 0);
+    }
+
+    /// With a Llama-3 template, the end-of-turn pass's cache holds the whole prompt but the last
+    /// token, so the answers read one prompt token each.
+    #[test]
+    fn the_end_of_turn_pass_reads_every_prompt_token_but_the_last() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama-tiny/chat");
+        let m = ChatModel::load(Path::new(dir), &chatvec_gen::LoadOptions::default(), None).unwrap();
+        let with_reference: Vec<Prompt> = bundled_prompts().into_iter().filter(|p| p.reference.is_some()).collect();
+        assert!(with_reference.len() > 10);
+        for p in &with_reference {
+            let prompt = request(&m, p, &ChatOptions::default()).unwrap().prompt;
+            let (read, _) = eot_prefix(&m, p, p.reference.as_deref().unwrap()).unwrap().unwrap();
+            assert_eq!(shared_positions(&prompt, &read), prompt.len() - 1, "{}", p.id);
+        }
+    }
+
+    #[test]
+    fn prompts_run_in_as_few_rounds_as_the_width_allows_and_of_nearly_equal_size() {
+        assert_eq!(balanced_width(33, 16), 11);
+        assert_eq!(balanced_width(33, 32), 17);
+        assert_eq!(balanced_width(32, 16), 16);
+        assert_eq!(balanced_width(17, 16), 9);
+        assert_eq!(balanced_width(8, 16), 8);
+        assert_eq!(balanced_width(5, 1), 1);
+        assert_eq!(balanced_width(0, 16), 1);
+        for (total, most) in [(33, 16), (100, 7), (9, 4), (1, 3)] {
+            let width = balanced_width(total, most);
+            assert!(width <= most && total.div_ceil(width) == total.div_ceil(most), "{total} at {most}");
+        }
+    }
 }

@@ -28,6 +28,7 @@ fn num(name: &str, default: usize) -> usize {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    chatvec_gen::alloc::reuse_freed_buffers();
     chatvec_format::SimdTier::from_env()?;
     if std::env::args().any(|a| a == "--bandwidth") {
         let cpu = chatvec_format::simd::cpu_line();

@@ -203,6 +203,23 @@ impl<M: Borrow<Model>> Batch<M> {
     /// ids outside the vocabulary, invalid sampling, more than [`MAX_TOP_LOGPROBS`] alternatives,
     /// and a prompt plus `max_new_tokens` longer than the model's context.
     pub fn insert(&mut self, req: SeqRequest) -> Result<SeqId> {
+        self.insert_cached(req, KvCache::new())
+    }
+
+    /// [`Batch::insert`] for a sequence whose first `cache.len()` prompt tokens are already in
+    /// `cache` (read by an earlier forward of a longer text with the same start, cut back with
+    /// [`KvCache::truncate`]): only the rest of the prompt is read. The cache must be this model's
+    /// and shorter than the prompt; prompt log-probabilities need the whole prompt read, so they
+    /// are refused with a cache.
+    pub fn insert_cached(&mut self, req: SeqRequest, cache: KvCache) -> Result<SeqId> {
+        if !cache.is_empty() && (cache.len() >= req.prompt.len() || req.prompt_logprobs) {
+            return Err(GenError::InvalidArgument(format!(
+                "a cache of {} positions cannot start a prompt of {} tokens{}",
+                cache.len(),
+                req.prompt.len(),
+                if req.prompt_logprobs { " whose log-probabilities are asked for" } else { "" }
+            )));
+        }
         let model = self.model.borrow();
         if req.prompt.is_empty() {
             return Err(GenError::InvalidArgument("the prompt has no tokens".into()));
@@ -231,16 +248,8 @@ impl<M: Borrow<Model>> Batch<M> {
             prompt_logprobs.push(TokenLogprob { token: req.prompt[0], logprob: f32::NAN, top: Vec::new() });
         }
         let context = req.prompt.clone();
-        self.seqs.push(Seq {
-            id,
-            req,
-            sampler,
-            cache: KvCache::new(),
-            fed: 0,
-            context,
-            new_tokens: 0,
-            prompt_logprobs,
-        });
+        let fed = cache.len();
+        self.seqs.push(Seq { id, req, sampler, cache, fed, context, new_tokens: 0, prompt_logprobs });
         Ok(id)
     }
 
@@ -275,11 +284,23 @@ impl<M: Borrow<Model>> Batch<M> {
         interrupted: &dyn Fn() -> bool,
         on_finished: &mut dyn FnMut(usize, &SeqOutput),
     ) -> Result<Vec<SeqOutput>> {
+        let requests = requests.into_iter().map(|r| (r, KvCache::new())).collect();
+        self.run_cached(requests, interrupted, on_finished)
+    }
+
+    /// [`Batch::run`] for requests whose prompts may start in a cache (see
+    /// [`Batch::insert_cached`]).
+    pub fn run_cached(
+        &mut self,
+        requests: Vec<(SeqRequest, KvCache)>,
+        interrupted: &dyn Fn() -> bool,
+        on_finished: &mut dyn FnMut(usize, &SeqOutput),
+    ) -> Result<Vec<SeqOutput>> {
         let started = Instant::now();
-        let mut outputs: Vec<SeqOutput> = requests.iter().map(|r| SeqOutput::new(r.prompt.len())).collect();
+        let mut outputs: Vec<SeqOutput> = requests.iter().map(|(r, _)| SeqOutput::new(r.prompt.len())).collect();
         let mut index = HashMap::with_capacity(requests.len());
-        for (i, req) in requests.into_iter().enumerate() {
-            index.insert(self.insert(req)?, i);
+        for (i, (req, cache)) in requests.into_iter().enumerate() {
+            index.insert(self.insert_cached(req, cache)?, i);
         }
         while !index.is_empty() {
             if interrupted() {

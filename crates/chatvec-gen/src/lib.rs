@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod batch;
 pub mod device;
 pub mod error;

@@ -106,6 +106,47 @@ fn batched_greedy_equals_generate_alone() {
     }
 }
 
+/// A sequence started from a cache that read a longer text with the same start (the prompt and
+/// a reference answer, cut back to the prompt) answers as it does alone from an empty cache.
+#[test]
+fn a_sequence_started_from_a_shared_prefix_cache_answers_as_alone() {
+    for (name, mut model) in models() {
+        let reqs = requests(&mut model, |_| greedy());
+        let want: Vec<GenerationOutput> = reqs.iter().map(|r| alone(&mut model, r)).collect();
+        let mut caches: Vec<KvCache> = reqs.iter().map(|_| KvCache::new()).collect();
+        let longer: Vec<Vec<u32>> = reqs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| [r.prompt.clone(), prompt(&model, 6, 50 + i as u32)].concat())
+            .collect();
+        let mut inputs: Vec<SeqInput> = longer
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(tokens, cache)| SeqInput { tokens, cache, logits: Logits::None })
+            .collect();
+        model.forward_batch(&mut inputs).unwrap();
+        let cached: Vec<(SeqRequest, KvCache)> = reqs
+            .iter()
+            .zip(caches)
+            .map(|(r, mut cache)| {
+                cache.truncate(r.prompt.len() - 1);
+                (r.clone(), cache)
+            })
+            .collect();
+        let got = Batch::new(&model, 3).run_cached(cached, &|| false, &mut |_, _| {}).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!((&g.output.tokens, g.output.stop), (&w.tokens, w.stop), "{name} seq {i}");
+        }
+        // A cache must leave the prompt's last token to read, and cannot stand in for the
+        // prompt log-probabilities.
+        let mut full = KvCache::new();
+        let tokens = &reqs[1].prompt;
+        model.forward_batch(&mut [SeqInput { tokens, cache: &mut full, logits: Logits::None }]).unwrap();
+        let err = Batch::new(&model, 1).insert_cached(reqs[1].clone(), full).unwrap_err();
+        assert!(err.to_string().contains(&format!("{} positions", tokens.len())), "{err}");
+    }
+}
+
 #[test]
 fn a_sequence_inserted_midway_and_a_cancelled_one_leave_the_others_unchanged() {
     for (name, mut model) in models() {
