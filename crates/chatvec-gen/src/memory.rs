@@ -13,8 +13,9 @@ const CONTEXT_ALLOWANCE: usize = 2048;
 /// Activations, logits, the tokenizer, the allocator's slack.
 const OVERHEAD_BYTES: f64 = 400e6;
 
-/// Bytes a loaded model takes: linear weights in `format`, embeddings as stored (in `dtype` when
-/// dense), the output projection, a KV cache of 2048 positions, and a fixed overhead.
+/// Bytes a loaded model takes: linear weights in `format`, the embeddings and the output
+/// projection as the decoder holds them (one table when tied and compact), a KV cache of 2048
+/// positions, and a fixed overhead.
 pub fn model_bytes(cfg: &DecoderConfig, format: WeightFormat, dtype: DType, stored_bytes: f64) -> f64 {
     let (h, hd) = (cfg.hidden_size as f64, cfg.head_dim as f64);
     let (q, kv) = (cfg.num_heads as f64 * hd, cfg.num_kv_heads as f64 * hd);
@@ -27,7 +28,16 @@ pub fn model_bytes(cfg: &DecoderConfig, format: WeightFormat, dtype: DType, stor
             (linear + embed + head) * dtype.size_in_bytes() as f64
         }
         WeightFormat::Ggml(d) => {
-            linear * format.bytes_per_weight(dtype) + embed * stored_bytes + embed * head_bytes_per_weight(d)
+            // The table as the decoder holds it: q8_0 below 16 bits (when rows are whole blocks),
+            // else as stored; tied, one compact table is also the output projection.
+            let q8_0 = if cfg.hidden_size.is_multiple_of(32) { 34.0 / 32.0 } else { stored_bytes };
+            let (table, head) = match d {
+                GgmlDType::BF16 | GgmlDType::F16 if cfg.tie_word_embeddings => (head_bytes_per_weight(d), 0.0),
+                GgmlDType::BF16 | GgmlDType::F16 | GgmlDType::F32 => (stored_bytes, head_bytes_per_weight(d)),
+                _ if cfg.tie_word_embeddings && q8_0 != stored_bytes => (q8_0, 0.0),
+                _ => (q8_0, head_bytes_per_weight(d)),
+            };
+            linear * format.bytes_per_weight(dtype) + embed * (table + head)
         }
     };
     weights + kv_cache_bytes(cfg, dtype) + OVERHEAD_BYTES
@@ -147,14 +157,30 @@ mod tests {
 
     #[test]
     fn an_8b_model_takes_what_llama_cpp_files_take() {
-        // llama.cpp's Llama-3-8B GGUFs: bf16 16.1 GB, q8_0 8.5 GB (here the embeddings stay
-        // bf16: +0.5 GB); plus 0.9 GB of f32 KV cache and overhead.
+        // llama.cpp's Llama-3-8B GGUFs: bf16 16.1 GB, q8_0 8.5 GB; plus 0.9 GB of f32 KV cache
+        // and overhead.
         let cfg = llama3_8b();
         let gb = |f: &str| model_bytes(&cfg, WeightFormat::parse(f).unwrap(), DType::F32, 2.0) / 1e9;
         assert!((16.5..17.5).contains(&gb("bf16")), "{}", gb("bf16"));
-        assert!((9.5..10.5).contains(&gb("q8_0")), "{}", gb("q8_0"));
-        assert!((6.0..7.5).contains(&gb("q4_k")), "{}", gb("q4_k"));
+        assert!((9.0..10.0).contains(&gb("q8_0")), "{}", gb("q8_0"));
+        assert!((5.5..6.5).contains(&gb("q4_k")), "{}", gb("q4_k"));
         assert!((33.0..34.5).contains(&gb("none")), "{}", gb("none"));
+    }
+
+    #[test]
+    fn a_tied_table_is_counted_once_where_one_table_serves_both_ends() {
+        let untied = llama3_8b();
+        let tied = DecoderConfig { tie_word_embeddings: true, ..untied.clone() };
+        let embed = (untied.vocab_size * untied.hidden_size) as f64;
+        let saved = |f: &str| {
+            let f = WeightFormat::parse(f).unwrap();
+            model_bytes(&untied, f, DType::F32, 2.0) - model_bytes(&tied, f, DType::F32, 2.0)
+        };
+        // bf16: the stored table (2 bytes a weight) is not held beside the projection's.
+        assert!((saved("bf16") - 2.0 * embed).abs() < 1.0, "{}", saved("bf16"));
+        // q8_0: the projection is the q8_0 table; q4_k: the q8_0 table, not a q6_k copy.
+        assert!((saved("q8_0") - 34.0 / 32.0 * embed).abs() < 1.0, "{}", saved("q8_0"));
+        assert!((saved("q4_k") - 210.0 / 256.0 * embed).abs() < 1.0, "{}", saved("q4_k"));
     }
 
     #[test]
@@ -170,7 +196,7 @@ mod tests {
         let bf16 = WeightFormat::parse("bf16").unwrap();
         let err = check_fits(&cfg, bf16, DType::F32, 2.0, 12e9).unwrap_err().to_string();
         assert!(err.contains("at bf16, 12.0 GB available"), "{err}");
-        assert!(err.contains("--quantize q8_0 (") && err.contains(" GB) or q4_k (6."), "{err}");
+        assert!(err.contains("--quantize q8_0 (") && err.contains(" GB) or q4_k (5."), "{err}");
         assert!(!err.contains('\n'), "{err}");
         let err = check_fits(&cfg, bf16, DType::F32, 2.0, 1e9).unwrap_err().to_string();
         assert!(err.contains("no supported format fits"), "{err}");

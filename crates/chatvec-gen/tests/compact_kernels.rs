@@ -15,27 +15,31 @@ use chatvec_gen::{Model, ModelOptions, WeightFormat};
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn load(weights: &str) -> Model {
+    load_dir("models/lab/chat", weights)
+}
+
+fn load_dir(dir: &str, weights: &str) -> Model {
     let opts = ModelOptions {
         weights: WeightFormat::parse(weights).unwrap(),
         ..ModelOptions::dense(&Device::Cpu, DType::F32)
     };
-    let dir = Path::new(ROOT).join("models/lab/chat");
+    let dir = Path::new(ROOT).join(dir);
     Model::load_with(&dir, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
-/// Token ids of a 40-position sequence (more rows than any tile has).
-fn ids() -> Vec<u32> {
-    (0..40).map(|i| (i * 53 + 7) % 2000).collect()
+/// Token ids of a 40-position sequence (more rows than any tile has), in the model's vocabulary.
+fn ids(m: &Model) -> Vec<u32> {
+    (0..40).map(|i| (i * 53 + 7) % m.config().vocab_size as u32).collect()
 }
 
 fn prefill(m: &mut Model) -> Tensor {
     m.reset();
-    m.forward_all(&ids()).unwrap()
+    m.forward_all(&ids(m)).unwrap()
 }
 
 fn decode(m: &mut Model) -> Tensor {
     m.reset();
-    let rows: Vec<Tensor> = ids().iter().map(|&t| m.forward_last(&[t]).unwrap()).collect();
+    let rows: Vec<Tensor> = ids(m).iter().map(|&t| m.forward_last(&[t]).unwrap()).collect();
     Tensor::stack(&rows, 0).unwrap()
 }
 
@@ -72,5 +76,22 @@ fn compact_weights_give_the_f32_logits_within_their_rounding_in_prefill_and_deco
             "{format}: argmax agrees with f32 at {agree} of {} positions",
             want.len()
         );
+    }
+}
+
+/// A model whose output projection is its embedding table (Qwen2's fixture, tied, stored in
+/// f32), at bf16 and f16: one converted table serves the lookup and the projection. The logits
+/// stay within the 16-bit rounding of the f32 ones, in prefill and decode.
+#[test]
+fn a_tied_table_held_once_at_16_bits_gives_the_f32_logits_within_its_rounding() {
+    let reference = prefill(&mut load_dir("fixtures/arch/qwen2", "none"));
+    let scale = max_abs(&reference);
+    for format in ["bf16", "f16"] {
+        let mut model = load_dir("fixtures/arch/qwen2", format);
+        let (all, one_by_one) = (prefill(&mut model), decode(&mut model));
+        let diff = max_abs_diff(&all, &reference);
+        eprintln!("tied {format}: prefill vs f32 {diff}, max logit {scale}");
+        assert!(diff <= 0.02 * scale, "tied {format} differs from f32 by {diff} (max logit {scale})");
+        assert!(max_abs_diff(&one_by_one, &all) <= 1e-3 * scale, "tied {format}: decode differs from prefill");
     }
 }

@@ -160,8 +160,10 @@ impl Loader<'_> {
     }
 
     /// The token embeddings: converted to the compute dtype for dense weights, to q8_0 when the
-    /// other weights are converted, and kept as stored when they come quantized (a GGUF).
-    fn embeddings(&self, vocab: usize, hidden: usize) -> Result<Embeddings> {
+    /// other weights are converted to 8 bits or less, to bf16 or f16 when they are and the table
+    /// is also the output projection (`tied`), and kept as stored when they come quantized (a
+    /// GGUF).
+    fn embeddings(&self, vocab: usize, hidden: usize, tied: bool) -> Result<Embeddings> {
         let name = "model.embed_tokens.weight";
         if let Some(q) = self.src.qtensor(name, &[vocab, hidden])? {
             return Ok(Embeddings(stack_quantized(vec![q], self.device)?));
@@ -172,6 +174,12 @@ impl Loader<'_> {
             self.format.is_some_and(|f| !matches!(f, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16));
         if eight_bit_or_less && hidden.is_multiple_of(GgmlDType::Q8_0.block_size()) {
             return Ok(Embeddings(convert(self.src, &[(name, vocab)], hidden, GgmlDType::Q8_0, self.device)?));
+        }
+        // Tied at bf16 or f16: one table in that format serves the lookup and the output
+        // projection, as in llama.cpp's files; before, the table was held twice (as stored for
+        // the lookup, converted for the projection), 0.5 GB more for Llama-3's 128k rows.
+        if let Some(f @ (GgmlDType::BF16 | GgmlDType::F16)) = self.format.filter(|_| tied) {
+            return Ok(Embeddings(convert(self.src, &[(name, vocab)], hidden, f, self.device)?));
         }
         let t = self.src.tensor(name, &[vocab, hidden])?.to_device(self.device)?;
         Ok(Embeddings(LinearWeight::Dense(if self.format.is_some() { t } else { t.to_dtype(self.dtype)? })))
@@ -225,7 +233,9 @@ impl Decoder {
         let ld = Loader { src, dtype, device, format };
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
-        let embed = ld.embeddings(cfg.vocab_size, h)?;
+        // A checkpoint without lm_head.weight is tied in practice even if its config forgot to say so.
+        let tied = cfg.tie_word_embeddings || !src.contains("lm_head.weight");
+        let embed = ld.embeddings(cfg.vocab_size, h, tied)?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
@@ -266,8 +276,7 @@ impl Decoder {
             });
         }
         let norm = ld.norm("model.norm.weight", cfg)?;
-        // A checkpoint without lm_head.weight is tied in practice even if its config forgot to say so.
-        let lm_head = ld.lm_head(&embed, cfg.tie_word_embeddings || !src.contains("lm_head.weight"), cfg)?;
+        let lm_head = ld.lm_head(&embed, tied, cfg)?;
         let embed_scale = if cfg.scale_embeddings {
             // transformers rounds the normaliser to the compute dtype before multiplying.
             let s =
