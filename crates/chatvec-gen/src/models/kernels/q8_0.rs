@@ -37,6 +37,11 @@ const RECT_GROUPS: usize = 8;
 const RECT_INPUT_ROWS: usize = 64;
 /// The most input rows a tile takes at once (the tiles are compiled for `1..=MAX_INPUTS`).
 pub(crate) const MAX_INPUTS: usize = 8;
+/// Input rows from which the VNNI tile takes two groups at once. With one input row (decode),
+/// reading two groups side by side (two streams 17 KB apart at k = 2048) decoded at 0.97-1.10x
+/// llama.cpp where one group at a time, one sequential stream, had 1.17-1.97x (AMD EPYC, the
+/// interleaved runs of docs/generation.md); from two rows the products bound the tile.
+const PAIR_FROM_INPUTS: usize = 2;
 /// Input rows of an AVX2 tile: with four, the sixteen ymm registers spilled to the stack, and
 /// prefill at 512 tokens took 1.3x the CPU time it takes with three (two: as three; AMD EPYC,
 /// `CHATVEC_SIMD=avx2 bench_gen --quantize q8_0 --prompt 512 --new 1`).
@@ -252,31 +257,36 @@ pub(crate) fn matmul_q8_0_with(tier: SimdTier, m: usize, lhs: &[f32], w: &Q8x8Ma
     let x = Q8Rows::quantize(tier, lhs, k);
     match tier {
         #[cfg(target_arch = "x86_64")]
-        SimdTier::Avx512 if super::x86::has_vnni() => tiled(m, w, dst, 8, 2, |g, groups, r, inputs, out| {
-            if groups == 2 {
-                super::x86::q8x16_tile_vnni([w.group(g), w.group(g + 1)], &x, r, inputs, out)
-            } else {
-                super::x86::q8x8_tile_vnni(w.group(g), &x, r, inputs, &mut out[0])
-            }
-        }),
+        SimdTier::Avx512 if super::x86::has_vnni() => {
+            tiled(m, w, dst, 8, PAIR_FROM_INPUTS, |g, groups, r, inputs, out| {
+                if groups == 2 {
+                    super::x86::q8x16_tile_vnni([w.group(g), w.group(g + 1)], &x, r, inputs, out)
+                } else {
+                    super::x86::q8x8_tile_vnni(w.group(g), &x, r, inputs, &mut out[0])
+                }
+            })
+        }
         #[cfg(target_arch = "x86_64")]
-        SimdTier::Avx2 | SimdTier::Avx512 => tiled(m, w, dst, AVX2_INPUTS, 1, |g, _, r, inputs, out| {
+        SimdTier::Avx2 | SimdTier::Avx512 => tiled(m, w, dst, AVX2_INPUTS, usize::MAX, |g, _, r, inputs, out| {
             super::x86::q8x8_tile_avx2(w.group(g), &x, r, inputs, &mut out[0])
         }),
-        _ => tiled(m, w, dst, 1, 1, |g, _, r, inputs, out| tile_reference(w.group(g), &x, r, inputs, &mut out[0])),
+        _ => tiled(m, w, dst, 1, usize::MAX, |g, _, r, inputs, out| {
+            tile_reference(w.group(g), &x, r, inputs, &mut out[0])
+        }),
     }
 }
 
-/// Fills `dst (m, n)`: `tile(g, groups, r, inputs, out)` multiplies groups `g..g + groups` (at
-/// most `most_groups`; fewer only at the matrix's end) by input rows `r..r + inputs` (at most
-/// `most_inputs`) into `out[..groups]`. Rectangles of groups × input rows run in parallel; inside
-/// one, each group meets all its input rows while it is in cache.
+/// Fills `dst (m, n)`: `tile(g, groups, r, inputs, out)` multiplies groups `g..g + groups` by
+/// input rows `r..r + inputs` (at most `most_inputs`) into `out[..groups]`; `groups` is 2 where a
+/// rectangle has at least `pairs_from` input rows and two groups remain, else 1. Rectangles of
+/// groups × input rows run in parallel; inside one, each group meets all its input rows while it
+/// is in cache.
 fn tiled(
     m: usize,
     w: &Q8x8Matrix,
     dst: &mut [f32],
     most_inputs: usize,
-    most_groups: usize,
+    pairs_from: usize,
     tile: impl Fn(usize, usize, usize, usize, &mut [TileOut; 2]) + Sync,
 ) {
     let groups = w.n.div_ceil(GROUP);
@@ -292,7 +302,7 @@ fn tiled(
         let mut vals = [[[0f32; GROUP]; MAX_INPUTS]; 2];
         let mut g = gs.start;
         while g < gs.end {
-            let taken = most_groups.min(gs.end - g);
+            let taken = if rs.len() >= pairs_from { 2.min(gs.end - g) } else { 1 };
             for r in rs.clone().step_by(most_inputs) {
                 let inputs = most_inputs.min(rs.end - r);
                 tile(g, taken, r, inputs, &mut vals);
