@@ -37,10 +37,11 @@ const RECT_GROUPS: usize = 8;
 const RECT_INPUT_ROWS: usize = 64;
 /// The most input rows a tile takes at once (the tiles are compiled for `1..=MAX_INPUTS`).
 pub(crate) const MAX_INPUTS: usize = 8;
-/// Input rows from which the VNNI tile takes two groups at once. With one input row (decode),
-/// reading two groups side by side (two streams 17 KB apart at k = 2048) decoded at 0.97-1.10x
-/// llama.cpp where one group at a time, one sequential stream, had 1.17-1.97x (AMD EPYC, the
-/// interleaved runs of docs/generation.md); from two rows the products bound the tile.
+/// Input rows from which the VNNI tile takes two groups at once. With one input row (decode) the
+/// weights' bandwidth bounds the tile, and two groups side by side are two memory streams 17 KB
+/// apart (k = 2048): 22.3-22.4 tokens/s against 23.4-32.0 with one group, one sequential stream
+/// (AMD EPYC, `bench_gen --quantize q8_0 --prompt 16 --new 64`, three alternating runs). From two
+/// rows the products bound it.
 const PAIR_FROM_INPUTS: usize = 2;
 /// Input rows of an AVX2 tile: with four, the sixteen ymm registers spilled to the stack, and
 /// prefill at 512 tokens took 1.3x the CPU time it takes with three (two: as three; AMD EPYC,
