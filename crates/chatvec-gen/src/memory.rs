@@ -6,7 +6,7 @@ use candle_core::DType;
 
 use crate::device::WeightFormat;
 use crate::error::{GenError, Result};
-use crate::models::DecoderConfig;
+use crate::models::{head_format, table_format, DecoderConfig};
 
 /// KV-cache positions the estimate allows for.
 const CONTEXT_ALLOWANCE: usize = 2048;
@@ -28,30 +28,18 @@ pub fn model_bytes(cfg: &DecoderConfig, format: WeightFormat, dtype: DType, stor
             (linear + embed + head) * dtype.size_in_bytes() as f64
         }
         WeightFormat::Ggml(d) => {
-            // The table as the decoder holds it: q8_0 below 16 bits (when rows are whole blocks),
-            // else as stored; tied, one compact table is also the output projection.
-            let q8_0 = if cfg.hidden_size.is_multiple_of(32) { 34.0 / 32.0 } else { stored_bytes };
-            let (table, head) = match d {
-                GgmlDType::BF16 | GgmlDType::F16 if cfg.tie_word_embeddings => (head_bytes_per_weight(d), 0.0),
-                GgmlDType::BF16 | GgmlDType::F16 | GgmlDType::F32 => (stored_bytes, head_bytes_per_weight(d)),
-                _ if cfg.tie_word_embeddings && q8_0 != stored_bytes => (q8_0, 0.0),
-                _ => (q8_0, head_bytes_per_weight(d)),
+            // The table and the projection as the decoder holds them (one table when tied).
+            let bytes = |f: GgmlDType| f.type_size() as f64 / f.block_size() as f64;
+            let table = table_format(Some(d), cfg.hidden_size, cfg.tie_word_embeddings);
+            let head = match table {
+                Some(_) if cfg.tie_word_embeddings => 0.0,
+                _ => bytes(head_format(d)),
             };
+            let table = table.map_or(stored_bytes, bytes);
             linear * format.bytes_per_weight(dtype) + embed * (table + head)
         }
     };
     weights + kv_cache_bytes(cfg, dtype) + OVERHEAD_BYTES
-}
-
-/// Bytes per weight of the output projection for a linear-weight format (see the decoder's
-/// `lm_head`: q6_k for q4 formats, q8_0 for q8_0, as stored for bf16/f16).
-fn head_bytes_per_weight(d: GgmlDType) -> f64 {
-    let head = match d {
-        GgmlDType::Q4K | GgmlDType::Q4_0 | GgmlDType::Q5K => GgmlDType::Q6K,
-        GgmlDType::BF16 | GgmlDType::F16 | GgmlDType::F32 => d,
-        _ => GgmlDType::Q8_0,
-    };
-    head.type_size() as f64 / head.block_size() as f64
 }
 
 /// Memory this process may still use: the system's available memory (sysinfo: `MemAvailable`

@@ -159,26 +159,14 @@ impl Loader<'_> {
         Ok(Linear { weight, bias })
     }
 
-    /// The token embeddings: converted to the compute dtype for dense weights, to q8_0 when the
-    /// other weights are converted to 8 bits or less, to bf16 or f16 when they are and the table
-    /// is also the output projection (`tied`), and kept as stored when they come quantized (a
-    /// GGUF).
+    /// The token embeddings: kept as stored when they come quantized (a GGUF), else converted to
+    /// [`table_format`], else dense (in the compute dtype when the other weights are dense).
     fn embeddings(&self, vocab: usize, hidden: usize, tied: bool) -> Result<Embeddings> {
         let name = "model.embed_tokens.weight";
         if let Some(q) = self.src.qtensor(name, &[vocab, hidden])? {
             return Ok(Embeddings(stack_quantized(vec![q], self.device)?));
         }
-        // Converted weights: the table in q8_0 too (as llama.cpp's q8_0 files store token_embd),
-        // half the memory of bf16 (0.5 GB less for Llama-3-8B's 128k rows).
-        let eight_bit_or_less =
-            self.format.is_some_and(|f| !matches!(f, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16));
-        if eight_bit_or_less && hidden.is_multiple_of(GgmlDType::Q8_0.block_size()) {
-            return Ok(Embeddings(convert(self.src, &[(name, vocab)], hidden, GgmlDType::Q8_0, self.device)?));
-        }
-        // Tied at bf16 or f16: one table in that format serves the lookup and the output
-        // projection, as in llama.cpp's files; before, the table was held twice (as stored for
-        // the lookup, converted for the projection), 0.5 GB more for Llama-3's 128k rows.
-        if let Some(f @ (GgmlDType::BF16 | GgmlDType::F16)) = self.format.filter(|_| tied) {
+        if let Some(f) = table_format(self.format, hidden, tied) {
             return Ok(Embeddings(convert(self.src, &[(name, vocab)], hidden, f, self.device)?));
         }
         let t = self.src.tensor(name, &[vocab, hidden])?.to_device(self.device)?;
@@ -197,12 +185,7 @@ impl Loader<'_> {
         if let Some(q) = self.src.qtensor(name, &shape)? {
             return Ok(Linear { weight: stack_quantized(vec![q], self.device)?, bias: None });
         }
-        let format = self.format.map(|f| match f {
-            GgmlDType::Q4K | GgmlDType::Q4_0 | GgmlDType::Q5K => GgmlDType::Q6K,
-            GgmlDType::BF16 | GgmlDType::F16 | GgmlDType::F32 => f,
-            _ => GgmlDType::Q8_0,
-        });
-        let weight = match (format.and_then(|f| fitting_format(f, cfg.hidden_size)), &embed.0) {
+        let weight = match (self.format.map(head_format).and_then(|f| fitting_format(f, cfg.hidden_size)), &embed.0) {
             (Some(f), _) => convert(self.src, &[(name, shape[0])], shape[1], f, self.device)?,
             (None, LinearWeight::Dense(t)) if tied => LinearWeight::Dense(t.to_dtype(self.dtype)?),
             (None, _) => {
@@ -217,6 +200,31 @@ impl Loader<'_> {
         let w = self.src.tensor(name, &[cfg.hidden_size])?.to_device(self.device)?;
         let w = if cfg.norm_weight_offset != 0.0 { (w.to_dtype(DType::F32)? + cfg.norm_weight_offset)? } else { w };
         Ok(RmsNorm { weight: w.to_dtype(self.dtype)?, eps: cfg.rms_norm_eps as f32 })
+    }
+}
+
+/// The format the token table is converted to when the linear weights are converted to
+/// `format`, or None for the table as stored (dense): q8_0 below 16 bits when rows are whole
+/// blocks (as llama.cpp's q8_0 files store `token_embd`: at 8B, 0.5 GB less than bf16), and the
+/// format itself at bf16 or f16 when the table is also the output projection (`tied`), so one
+/// table serves both (held twice before: 0.5 GB more for Llama-3's 128k rows). A table in a
+/// format is, when tied, the output projection too (see `lm_head`).
+pub(crate) fn table_format(format: Option<GgmlDType>, hidden: usize, tied: bool) -> Option<GgmlDType> {
+    match format? {
+        GgmlDType::BF16 | GgmlDType::F16 if tied => format,
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => None,
+        _ => hidden.is_multiple_of(GgmlDType::Q8_0.block_size()).then_some(GgmlDType::Q8_0),
+    }
+}
+
+/// The format of an output projection of its own for linear weights in `format`: q6_k for the
+/// q4/q5 formats, q8_0 for the other quantized ones (as llama.cpp does for `output.weight`),
+/// the format itself at 16 bits and more.
+pub(crate) fn head_format(format: GgmlDType) -> GgmlDType {
+    match format {
+        GgmlDType::Q4K | GgmlDType::Q4_0 | GgmlDType::Q5K => GgmlDType::Q6K,
+        GgmlDType::BF16 | GgmlDType::F16 | GgmlDType::F32 => format,
+        _ => GgmlDType::Q8_0,
     }
 }
 

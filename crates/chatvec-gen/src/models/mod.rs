@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 pub use config::{Activation, DecoderConfig, RopeConfig, RopeScaling};
+pub(crate) use decoder::{head_format, table_format};
 pub use decoder::{Decoder, KvCache, Logits, SeqInput};
 pub use gguf::{is_gguf, GgufWeights};
 pub use rope::Rope;
