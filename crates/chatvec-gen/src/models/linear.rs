@@ -132,7 +132,9 @@ fn convert_as<T: GgmlType + Send + Sync + 'static>(
     parts: &[(&str, usize)],
     k: usize,
 ) -> Result<QTensor> {
-    let blocks = vec![T::zeros(); total_rows(parts) * (k / T::BLCK_SIZE)];
+    // SAFETY: ggml's block types and bf16/f16/f32 are plain numbers, for which all-zero bytes
+    // are valid (a zero block).
+    let blocks = unsafe { crate::alloc::zeroed_weights::<T>(total_rows(parts) * (k / T::BLCK_SIZE)) };
     convert_blocks(src, parts, k, blocks, T::from_float)
 }
 

@@ -92,26 +92,14 @@ pub(crate) struct Q8x8Matrix {
 }
 
 impl Q8x8Matrix {
-    /// `n` rows of `k` (a multiple of 32) with zero scales, from zeroed memory: fresh pages that
-    /// the threads filling them fault in (`vec![…]` would write all of them on the loading thread
-    /// first: at 8B, 8.5 GB of page faults while the other threads wait). The padding rows of the
-    /// last group keep their zero scales, so they add nothing.
+    /// `n` rows of `k` (a multiple of 32) with zero scales, from zeroed memory on huge pages
+    /// ([`crate::alloc::zeroed_weights`]). The padding rows of the last group keep their zero
+    /// scales, so they add nothing.
     pub(crate) fn zeros(n: usize, k: usize) -> Q8x8Matrix {
         assert!(k.is_multiple_of(32), "q8_0 rows are whole blocks");
         let len = n.div_ceil(GROUP) * (k / 32);
-        if len == 0 {
-            return Q8x8Matrix { n, k, blocks: Vec::new() };
-        }
-        let layout = std::alloc::Layout::array::<Q8x8Block>(len).expect("a weight matrix fits the address space");
-        // SAFETY: the layout has a non-zero size (len > 0, 272-byte blocks).
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut Q8x8Block;
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        advise_huge_pages(ptr as *mut u8, layout.size());
-        // SAFETY: `ptr` was allocated by the global allocator with the layout of `len` blocks, as
-        // `Vec` frees it; all-zero bytes are a valid block (plain integers: zero scales).
-        let blocks = unsafe { Vec::from_raw_parts(ptr, len, len) };
+        // SAFETY: all-zero bytes are a valid block (plain integers: zero scales).
+        let blocks = unsafe { crate::alloc::zeroed_weights::<Q8x8Block>(len) };
         Q8x8Matrix { n, k, blocks }
     }
 
@@ -157,28 +145,6 @@ impl Q8x8Matrix {
             out.iter_mut().zip(b.qs).for_each(|(o, q)| *o = q as f32 * d);
         }
     }
-}
-
-/// Asks Linux to back the 2 MiB-aligned part of a fresh allocation with huge pages
-/// (`MADV_HUGEPAGE`, for systems whose transparent huge pages are on "madvise"): the weights are
-/// written once at load and read whole for every token, so 2 MiB pages take 512 times fewer page
-/// faults than 4 KiB ones. Advice only: a refusal changes nothing. (At 8B on an AMD EPYC the
-/// kernel's share of the load stayed high with it: zeroing the fresh pages is the cost, not the
-/// faults.)
-fn advise_huge_pages(ptr: *mut u8, len: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = (ptr as usize).next_multiple_of(HUGE);
-        let end = (ptr as usize + len) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: [start, end) lies inside the allocation just made; madvise with
-            // MADV_HUGEPAGE changes how pages are backed, never their contents.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (ptr, len);
 }
 
 /// Input rows quantized to q8_0 for the GEMM: each row's quants contiguous; per block its scale
