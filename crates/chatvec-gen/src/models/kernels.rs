@@ -92,8 +92,8 @@ pub(crate) fn matmul_half_with<T: Half>(tier: SimdTier, m: usize, k: usize, lhs:
             m,
             n,
             dst,
-            (3, 4),
-            |j, r, out| x86::half_tile_avx2(3, 4, &rows(j, n, weight_row), &rows(r, m, input_row), out),
+            (2, 3),
+            |j, r, out| x86::half_tile_avx2(2, 3, &rows(j, n, weight_row), &rows(r, m, input_row), out),
             |j, r| x86::half_row_avx2(weight_row(j), input_row(r)),
         ),
         _ => {
