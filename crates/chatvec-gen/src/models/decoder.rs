@@ -7,9 +7,10 @@
 //! [`DecoderConfig`] keeps the four architectures in step.
 
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor, D};
 
 use super::config::{Activation, DecoderConfig};
+use super::kernels::attention;
 use super::linear::{convert, fitting_format, stack_quantized, Linear, LinearWeight};
 use super::rope::Rope;
 use super::weights::WeightSource;
@@ -510,12 +511,17 @@ impl Attention {
             _ => (k, v, 0),
         };
         let t = total - first_key;
+        let scale = 1.0 / (hd as f64).sqrt();
+        if s == 1 {
+            if let Some(y) = kv.attend_one(&q, first_key..total, scale as f32)? {
+                return Ok(y);
+            }
+        }
 
         // Grouped-query attention without copying K/V: the n_rep query heads that share a KV
         // head are laid out as extra query rows of that head.
         let rep = nh / nkv;
         let q = q.reshape((1, nkv, rep * s, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
         let att = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
         let att = if s > 1 || first_key > 0 {
             let mask = self.mask(rep, s, start, first_key, t, qkv.device())?;
@@ -567,6 +573,26 @@ impl LayerKv {
         vb.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = need;
         Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
+    }
+
+    /// One query position's attention `(1, heads * head_dim)` over the cached positions `keys`,
+    /// read in place by the CPU kernel (`kernels::attention`); None where the cache is not f32 on
+    /// the CPU (candle's ops then).
+    fn attend_one(&self, q: &Tensor, keys: std::ops::Range<usize>, scale: f32) -> Result<Option<Tensor>> {
+        let Some((kb, vb)) = &self.buffers else { return Ok(None) };
+        let (ks, kl) = kb.storage_and_layout();
+        let (vs, vl) = vb.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(k)), Storage::Cpu(CpuStorage::F32(v))) = (&*ks, &*vs) else {
+            return Ok(None);
+        };
+        let (_, kv_heads, capacity, head_dim) = kb.dims4()?;
+        let len = kv_heads * capacity * head_dim;
+        let (k, v) = (&k[kl.start_offset()..][..len], &v[vl.start_offset()..][..len]);
+        let q = q.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; q.len()];
+        let rows = attention::KvRows { k, v, capacity, head_dim };
+        attention::attend_one(&q, rows, keys, scale, &mut out);
+        Ok(Some(Tensor::from_vec(out, (1, q.len()), kb.device())?))
     }
 
     /// New buffers of `capacity` positions holding the cached ones.

@@ -3,10 +3,9 @@
 //! and Q/K row order are mapped back to transformers' (both from `chatvec_gguf::arch`, the one
 //! table the exporter writes with). The file is read and checked by `chatvec_gguf::read`.
 
-use std::borrow::Cow;
 use std::path::Path;
 
-use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use chatvec_gguf::arch::{hf_to_gguf, unpermute_rows, Llama3Scaling};
 use chatvec_gguf::read::{GgufIndex, MetaValue};
@@ -157,7 +156,7 @@ impl GgufWeights {
         if self.arch == "gemma" && gguf.ends_with("norm.weight") {
             self.undo_plus_one(&gguf, entry.stored.name, &mut bytes)?;
         }
-        let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, entry.stored.candle)?;
+        let storage = super::linear::cpu_storage(&bytes, entry.stored.candle)?;
         Ok(QTensor::new(storage, shape)?)
     }
 }

@@ -22,6 +22,7 @@ use chatvec_format::SimdTier;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+pub(crate) mod attention;
 pub(crate) mod q8_0;
 #[cfg(target_arch = "x86_64")]
 mod x86;
