@@ -156,7 +156,7 @@ impl GgufWeights {
         if self.arch == "gemma" && gguf.ends_with("norm.weight") {
             self.undo_plus_one(&gguf, entry.stored.name, &mut bytes)?;
         }
-        let storage = super::linear::cpu_storage(&bytes, entry.stored.candle)?;
+        let storage = super::linear::cpu_storage(&[&bytes], entry.stored.candle)?;
         Ok(QTensor::new(storage, shape)?)
     }
 }

@@ -229,42 +229,45 @@ fn convert_blocks<T: GgmlType + Send + Sync + 'static>(
     Ok(QTensor::new(QStorage::Cpu(Box::new(blocks)), (total_rows(parts), k))?)
 }
 
-/// Compact weights for the CPU from their ggml bytes, copied into memory from
-/// [`crate::alloc::zeroed_weights`] (huge pages), where candle's `QStorage::from_data` copies them
-/// into a plain `Vec`: weights from a GGUF file stream as fast as converted ones.
-pub(crate) fn cpu_storage(bytes: &[u8], dtype: GgmlDType) -> Result<QStorage> {
-    fn held<T: GgmlType + Send + Sync + 'static>(bytes: &[u8]) -> Result<QStorage> {
-        let size = std::mem::size_of::<T>();
-        if !bytes.len().is_multiple_of(size) {
-            return Err(crate::GenError::InvalidArgument(format!(
-                "{} bytes are not whole {:?} blocks of {size}",
-                bytes.len(),
-                T::DTYPE
-            )));
+/// Compact weights for the CPU from their ggml bytes, the `parts` one after the other, copied
+/// once into memory from [`crate::alloc::zeroed_weights`] (huge pages), where candle's
+/// `QStorage::from_data` copies them into a plain `Vec`: weights from a GGUF file stream as fast
+/// as converted ones.
+pub(crate) fn cpu_storage(parts: &[&[u8]], dtype: GgmlDType) -> Result<QStorage> {
+    fn held<T: GgmlType + Send + Sync + 'static>(parts: &[&[u8]]) -> Result<QStorage> {
+        let (size, total) = (std::mem::size_of::<T>(), parts.iter().map(|p| p.len()).sum::<usize>());
+        if !total.is_multiple_of(size) {
+            let what = format!("{total} bytes are not whole {:?} blocks of {size}", T::DTYPE);
+            return Err(crate::GenError::InvalidArgument(what));
         }
         // SAFETY: ggml's block types and bf16/f16/f32 are plain numbers: all-zero bytes are valid.
-        let mut values = unsafe { crate::alloc::zeroed_weights::<T>(bytes.len() / size) };
-        // SAFETY: `values` owns exactly bytes.len() bytes, and any bytes are valid for these
+        let mut values = unsafe { crate::alloc::zeroed_weights::<T>(total / size) };
+        // SAFETY: `values` owns exactly `total` bytes, and any bytes are valid for these
         // plain-number types (as candle's own `from_data` reads them).
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), values.as_mut_ptr() as *mut u8, bytes.len()) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr() as *mut u8, total) };
+        let mut at = 0;
+        for part in parts {
+            dst[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
         Ok(QStorage::Cpu(Box::new(values)))
     }
     match dtype {
-        GgmlDType::F32 => held::<f32>(bytes),
-        GgmlDType::F16 => held::<f16>(bytes),
-        GgmlDType::BF16 => held::<bf16>(bytes),
-        GgmlDType::Q4_0 => held::<BlockQ4_0>(bytes),
-        GgmlDType::Q4_1 => held::<BlockQ4_1>(bytes),
-        GgmlDType::Q5_0 => held::<BlockQ5_0>(bytes),
-        GgmlDType::Q5_1 => held::<BlockQ5_1>(bytes),
-        GgmlDType::Q8_0 => held::<BlockQ8_0>(bytes),
-        GgmlDType::Q2K => held::<BlockQ2K>(bytes),
-        GgmlDType::Q3K => held::<BlockQ3K>(bytes),
-        GgmlDType::Q4K => held::<BlockQ4K>(bytes),
-        GgmlDType::Q5K => held::<BlockQ5K>(bytes),
-        GgmlDType::Q6K => held::<BlockQ6K>(bytes),
+        GgmlDType::F32 => held::<f32>(parts),
+        GgmlDType::F16 => held::<f16>(parts),
+        GgmlDType::BF16 => held::<bf16>(parts),
+        GgmlDType::Q4_0 => held::<BlockQ4_0>(parts),
+        GgmlDType::Q4_1 => held::<BlockQ4_1>(parts),
+        GgmlDType::Q5_0 => held::<BlockQ5_0>(parts),
+        GgmlDType::Q5_1 => held::<BlockQ5_1>(parts),
+        GgmlDType::Q8_0 => held::<BlockQ8_0>(parts),
+        GgmlDType::Q2K => held::<BlockQ2K>(parts),
+        GgmlDType::Q3K => held::<BlockQ3K>(parts),
+        GgmlDType::Q4K => held::<BlockQ4K>(parts),
+        GgmlDType::Q5K => held::<BlockQ5K>(parts),
+        GgmlDType::Q6K => held::<BlockQ6K>(parts),
         // Not produced by chatvec nor read from GGUF files: candle's plain copy.
-        other => Ok(QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, other)?),
+        other => Ok(QStorage::from_data(Cow::Owned(parts.concat()), &Device::Cpu, other)?),
     }
 }
 
@@ -282,13 +285,11 @@ pub(crate) fn stack_quantized(parts: Vec<QTensor>, device: &Device) -> Result<Li
             return LinearWeight::quantized(parts.into_iter().next().expect("one part"), device);
         }
         let n: usize = parts.iter().map(|q| q.shape().dims()[0]).sum();
-        let mut bytes = Vec::new();
-        for q in &parts {
-            bytes.extend_from_slice(&q.data()?);
-        }
+        let datas = parts.iter().map(|q| q.data()).collect::<candle_core::Result<Vec<_>>>()?;
+        let slices: Vec<&[u8]> = datas.iter().map(|d| d.as_ref()).collect();
         let storage = match device {
-            Device::Cpu => cpu_storage(&bytes, widest)?,
-            _ => QStorage::from_data(Cow::Owned(bytes), device, widest)?,
+            Device::Cpu => cpu_storage(&slices, widest)?,
+            _ => QStorage::from_data(Cow::Owned(slices.concat()), device, widest)?,
         };
         return LinearWeight::quantized(QTensor::new(storage, (n, k))?, device);
     }

@@ -51,41 +51,43 @@ pub(crate) fn attend_one_with(
     );
     assert!(keys.end <= kv.capacity && kv.v.len() == kv.k.len(), "attention over cached positions");
     let rep = heads / kv_heads;
-    out.par_chunks_mut(hd).zip(q.par_chunks(hd)).enumerate().for_each(|(h, (o, qh))| {
+    // Each thread keeps one buffer of scores for all the heads it takes.
+    out.par_chunks_mut(hd).zip(q.par_chunks(hd)).enumerate().for_each_init(Vec::new, |p, (h, (o, qh))| {
         let g = h / rep;
         let rows = g * kv.capacity * hd + keys.start * hd..g * kv.capacity * hd + keys.end * hd;
         let (k, v) = (&kv.k[rows.clone()], &kv.v[rows]);
         match tier {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller passes a tier the CPU supports.
-            SimdTier::Avx512 => unsafe { head_avx512(qh, k, v, scale, o) },
+            SimdTier::Avx512 => unsafe { head_avx512(qh, k, v, scale, o, p) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            SimdTier::Avx2 => unsafe { head_avx2(qh, k, v, scale, o) },
-            _ => head(qh, k, v, scale, o),
+            SimdTier::Avx2 => unsafe { head_avx2(qh, k, v, scale, o, p) },
+            _ => head(qh, k, v, scale, o, p),
         }
     });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn head_avx512(q: &[f32], k: &[f32], v: &[f32], scale: f32, out: &mut [f32]) {
-    head(q, k, v, scale, out)
+fn head_avx512(q: &[f32], k: &[f32], v: &[f32], scale: f32, out: &mut [f32], p: &mut Vec<f32>) {
+    head(q, k, v, scale, out, p)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn head_avx2(q: &[f32], k: &[f32], v: &[f32], scale: f32, out: &mut [f32]) {
-    head(q, k, v, scale, out)
+fn head_avx2(q: &[f32], k: &[f32], v: &[f32], scale: f32, out: &mut [f32], p: &mut Vec<f32>) {
+    head(q, k, v, scale, out, p)
 }
 
 /// One query head over its key rows `k` and value rows `v` (`t` rows of `q.len()` each):
 /// scores `scale · q·k_j`, softmax as candle's (minus the maximum, `exp`, divided by the sum),
-/// then the weighted sum of the value rows in order.
+/// then the weighted sum of the value rows in order. `p` is scratch for the scores.
 #[inline(always)]
-fn head(q: &[f32], k: &[f32], v: &[f32], scale: f32, out: &mut [f32]) {
+fn head(q: &[f32], k: &[f32], v: &[f32], scale: f32, out: &mut [f32], p: &mut Vec<f32>) {
     let hd = q.len();
-    let mut p: Vec<f32> = k.chunks_exact(hd).map(|kj| dot(q, kj) * scale).collect();
+    p.clear();
+    p.extend(k.chunks_exact(hd).map(|kj| dot(q, kj) * scale));
     let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;
     for x in p.iter_mut() {

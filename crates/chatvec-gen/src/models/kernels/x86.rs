@@ -251,9 +251,9 @@ fn has_avx512bw() -> bool {
 
 /// The 16-bit tile for AVX2: eight weights widened per load, two accumulators per pair (see
 /// `AVX2_RUN`). Two weight rows by three input rows: twelve accumulators, two widened weights and
-/// one input fill 15 of the 16 registers. (Tried and slower: 3x4 with the two accumulator sets
-/// in turns per block of k, 40 % more time per FMA on an AMD EPYC. With one accumulator per pair,
-/// 3x4 prefill was 20-25 % faster, but decode 15 % slower.)
+/// one input fill 15 of the 16 registers. (Tried and slower per product on an AMD EPYC: 3x4
+/// with the two accumulator sets in turn per block of k. The 3x4 tile with one accumulator per
+/// pair, at `e118ea4`, prefills faster and decodes slower: see docs/generation.md.)
 pub(super) fn half_tile_avx2<T: Half>(
     rm: usize,
     rn: usize,
