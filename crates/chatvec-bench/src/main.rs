@@ -7,6 +7,9 @@
 //! `chatvec-bench export`: the same 1B shape exported to GGUF by `chatvec export gguf` and by
 //! llama.cpp's convert_hf_to_gguf.py, against the disk floor (read the model once, write a file
 //! of the GGUF's size), wall time and peak RSS of each, in one run.
+//!
+//! `chatvec-bench load`: a model's load time to the first token against a cold read of its
+//! weights, pair by pair.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -43,6 +46,20 @@ enum Bench {
         /// default $CHATVEC_PYTHON, else python3.
         #[arg(long)]
         python: Option<PathBuf>,
+    },
+    /// Load time to the first token against a cold read of the same weights, in pairs: each
+    /// drops the page cache (root only), reads every safetensors shard once, drops it again and
+    /// times `chatvec generate --greedy --max-new-tokens 1` (load, a one-word prompt, one token).
+    Load {
+        /// The model directory (its safetensors shards are what is read).
+        #[arg(long)]
+        model: PathBuf,
+        /// How many (cold read, cold load) pairs.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        pairs: u32,
+        /// The chatvec binary to time.
+        #[arg(long, default_value = "target/release/chatvec")]
+        chatvec: PathBuf,
     },
     /// Writes one synthetic bf16 Llama with random weights (input of benches/gen/run.sh).
     Synth {
@@ -110,6 +127,7 @@ fn main() -> Result<()> {
             let python = python.or_else(|| std::env::var_os("CHATVEC_PYTHON").map(PathBuf::from));
             bench_export(&dir, &types, &chatvec, &llama_cpp, &python.unwrap_or_else(|| "python3".into()))
         }
+        Bench::Load { model, pairs, chatvec } => bench_load(&model, pairs, &chatvec),
         Bench::Synth { out, shape } => {
             let shape = match shape.as_str() {
                 "1b" => LlamaShape { tie: true, ..LlamaShape::llama32_1b() },
@@ -156,6 +174,36 @@ fn timed(cmd: &mut Command) -> Result<(f64, u64)> {
         bail!("{cmd:?} failed (status {status})");
     }
     Ok((wall, usage.ru_maxrss as u64 * 1024))
+}
+
+/// `chatvec-bench load`: prints, pair by pair, the cold read of `model`'s shards, the cold load
+/// to the first token, their ratio and the load's peak RSS.
+fn bench_load(model: &Path, pairs: u32, chatvec: &Path) -> Result<()> {
+    if !model.join("config.json").is_file() {
+        bail!("--model {}: no config.json there", model.display());
+    }
+    if !chatvec.is_file() {
+        bail!("--chatvec {}: not found (cargo build --release -p chatvec)", chatvec.display());
+    }
+    for pair in 1..=pairs {
+        if !drop_caches() {
+            bail!("cannot drop the page cache (needs root): cold figures would be warm");
+        }
+        let start = Instant::now();
+        read_model(model, None)?;
+        let read = start.elapsed().as_secs_f64();
+        drop_caches();
+        let mut generate = Command::new(chatvec);
+        generate.arg("generate").arg("--model").arg(model);
+        generate.args(["--greedy", "--max-new-tokens", "1", "--json", "--no-memory-check", "--prompt", "hello"]);
+        let (load, rss) = timed(&mut generate)?;
+        let gib = rss as f64 / (1u64 << 30) as f64;
+        println!(
+            "pair {pair}: cold read {read:.1} s, load to first token {load:.1} s, {:.2}x, peak RSS {gib:.1} GiB",
+            load / read
+        );
+    }
+    Ok(())
 }
 
 /// The disk floor: every weight file of the three inputs read once, one thread per model so the

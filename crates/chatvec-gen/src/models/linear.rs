@@ -81,6 +81,30 @@ impl Linear {
     }
 }
 
+/// `$f::<T>$args` with `T` the Rust type of the ggml type `$dtype`: bf16/f16/f32 and candle's
+/// block types, every type a GGUF file of the supported kinds holds; `$other => $rest` for the
+/// others. The one list of them for converting and for holding bytes.
+macro_rules! by_ggml_type {
+    ($dtype:expr, $f:ident $args:tt, $other:ident => $rest:expr) => {
+        match $dtype {
+            GgmlDType::F32 => $f::<f32> $args,
+            GgmlDType::F16 => $f::<f16> $args,
+            GgmlDType::BF16 => $f::<bf16> $args,
+            GgmlDType::Q4_0 => $f::<BlockQ4_0> $args,
+            GgmlDType::Q4_1 => $f::<BlockQ4_1> $args,
+            GgmlDType::Q5_0 => $f::<BlockQ5_0> $args,
+            GgmlDType::Q5_1 => $f::<BlockQ5_1> $args,
+            GgmlDType::Q8_0 => $f::<BlockQ8_0> $args,
+            GgmlDType::Q2K => $f::<BlockQ2K> $args,
+            GgmlDType::Q3K => $f::<BlockQ3K> $args,
+            GgmlDType::Q4K => $f::<BlockQ4K> $args,
+            GgmlDType::Q5K => $f::<BlockQ5K> $args,
+            GgmlDType::Q6K => $f::<BlockQ6K> $args,
+            $other => $rest,
+        }
+    };
+}
+
 /// The format a `(out, in)` matrix is held in when `format` is asked for: `format` itself, else
 /// q8_0 when `in` is not a multiple of its block size, else None (dense), as llama.cpp falls back
 /// for odd shapes.
@@ -102,23 +126,11 @@ pub(crate) fn convert(
     if format == GgmlDType::Q8_0 && device.is_cpu() {
         return Ok(LinearWeight::Q8_0(Arc::new(convert_q8x8(src, parts, k)?)));
     }
-    let q = match format {
-        GgmlDType::Q8_0 => convert_as::<BlockQ8_0>(src, parts, k)?,
-        GgmlDType::Q4K => convert_as::<BlockQ4K>(src, parts, k)?,
-        GgmlDType::Q4_0 => convert_as::<BlockQ4_0>(src, parts, k)?,
-        GgmlDType::Q5K => convert_as::<BlockQ5K>(src, parts, k)?,
-        GgmlDType::Q6K => convert_as::<BlockQ6K>(src, parts, k)?,
-        GgmlDType::BF16 => convert_as::<bf16>(src, parts, k)?,
-        GgmlDType::F16 => convert_as::<f16>(src, parts, k)?,
-        GgmlDType::F32 => convert_as::<f32>(src, parts, k)?,
-        // A GGUF file may mix these in one stacked projection (re-quantized to the widest).
-        GgmlDType::Q4_1 => convert_as::<BlockQ4_1>(src, parts, k)?,
-        GgmlDType::Q5_0 => convert_as::<BlockQ5_0>(src, parts, k)?,
-        GgmlDType::Q5_1 => convert_as::<BlockQ5_1>(src, parts, k)?,
-        GgmlDType::Q2K => convert_as::<BlockQ2K>(src, parts, k)?,
-        GgmlDType::Q3K => convert_as::<BlockQ3K>(src, parts, k)?,
-        other => return Err(crate::GenError::InvalidArgument(format!("cannot convert weights to {other:?}"))),
-    };
+    // A GGUF file may mix block types in one stacked projection (re-quantized to the widest),
+    // so every type a GGUF file holds can be asked for.
+    let q = by_ggml_type!(format, convert_as(src, parts, k), other => {
+        Err(crate::GenError::InvalidArgument(format!("cannot convert weights to {other:?}")))
+    })?;
     if device.is_cpu() {
         return Ok(LinearWeight::Compact(Arc::new(q)));
     }
@@ -252,23 +264,8 @@ pub(crate) fn cpu_storage(parts: &[&[u8]], dtype: GgmlDType) -> Result<QStorage>
         }
         Ok(QStorage::Cpu(Box::new(values)))
     }
-    match dtype {
-        GgmlDType::F32 => held::<f32>(parts),
-        GgmlDType::F16 => held::<f16>(parts),
-        GgmlDType::BF16 => held::<bf16>(parts),
-        GgmlDType::Q4_0 => held::<BlockQ4_0>(parts),
-        GgmlDType::Q4_1 => held::<BlockQ4_1>(parts),
-        GgmlDType::Q5_0 => held::<BlockQ5_0>(parts),
-        GgmlDType::Q5_1 => held::<BlockQ5_1>(parts),
-        GgmlDType::Q8_0 => held::<BlockQ8_0>(parts),
-        GgmlDType::Q2K => held::<BlockQ2K>(parts),
-        GgmlDType::Q3K => held::<BlockQ3K>(parts),
-        GgmlDType::Q4K => held::<BlockQ4K>(parts),
-        GgmlDType::Q5K => held::<BlockQ5K>(parts),
-        GgmlDType::Q6K => held::<BlockQ6K>(parts),
-        // Not produced by chatvec nor read from GGUF files: candle's plain copy.
-        other => Ok(QStorage::from_data(Cow::Owned(parts.concat()), &Device::Cpu, other)?),
-    }
+    // The types chatvec neither produces nor reads from GGUF files: candle's plain copy.
+    by_ggml_type!(dtype, held(parts), other => Ok(QStorage::from_data(Cow::Owned(parts.concat()), &Device::Cpu, other)?))
 }
 
 /// Several quantized matrices with the same input stacked along the output dimension: their

@@ -280,7 +280,7 @@ fn half_avx2<T: Half, const RM: usize, const RN: usize>(
     let (wp, xp): ([*const T; RM], [*const f32; RN]) =
         (std::array::from_fn(|i| w[i].as_ptr()), std::array::from_fn(|jj| x[jj].as_ptr()));
     // Weights c (c + 8 ≤ whole ≤ k, the rows' length) into accumulator h.
-    let mut step = |c: usize, h: usize| {
+    let step = |c: usize, h: usize| {
         // SAFETY: as above.
         let wide: [__m256; RM] = std::array::from_fn(|i| widen8(unsafe { wp[i].add(c) }));
         for jj in 0..RN {
@@ -291,17 +291,7 @@ fn half_avx2<T: Half, const RM: usize, const RN: usize>(
             }
         }
     };
-    let mut base = 0;
-    while base + 2 * AVX2_RUN <= whole {
-        for c in (base..base + AVX2_RUN).step_by(8) {
-            step(c, 0);
-            step(c + AVX2_RUN, 1);
-        }
-        base += 2 * AVX2_RUN;
-    }
-    for c in (base..whole).step_by(8) {
-        step(c, (c - base) / AVX2_RUN);
-    }
+    avx2_order(whole, |_| {}, step);
     for i in 0..RM {
         for jj in 0..RN {
             let sum = _mm256_add_ps(acc[0][i][jj], acc[1][i][jj]);
@@ -315,6 +305,25 @@ fn half_avx2<T: Half, const RM: usize, const RN: usize>(
 /// and the lanes summed, then the scalar tail. The kernels run the two accumulators' runs side
 /// by side, so their FMAs form two independent chains.
 const AVX2_RUN: usize = 64;
+
+/// The AVX2 kernels' order, the one both follow (so a row alone gets its bits in a tile):
+/// `step(c, h)` for weights `c..c + 8` into accumulator `h`, the two accumulators' runs side by
+/// side, then the runs left past the last whole pair; `at_pair(base)` before each whole pair.
+#[inline(always)]
+fn avx2_order(whole: usize, mut at_pair: impl FnMut(usize), mut step: impl FnMut(usize, usize)) {
+    let mut base = 0;
+    while base + 2 * AVX2_RUN <= whole {
+        at_pair(base);
+        for c in (base..base + AVX2_RUN).step_by(8) {
+            step(c, 0);
+            step(c + AVX2_RUN, 1);
+        }
+        base += 2 * AVX2_RUN;
+    }
+    for c in (base..whole).step_by(8) {
+        step(c, (c - base) / AVX2_RUN);
+    }
+}
 
 /// One 16-bit weight row times one input row for AVX2 (decode): one sequential stream of
 /// weights, summed in the tile's order (the same bits as the row would get in a tile, so a
@@ -331,27 +340,15 @@ pub(super) fn half_row_avx2<T: Half>(w: &[T], x: &[f32]) -> f32 {
 fn half_row_avx2_impl<T: Half>(w: &[T], x: &[f32]) -> f32 {
     let whole = w.len() / 8 * 8;
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
-    // Weights c (c + 8 ≤ whole ≤ the rows' length, equal as asserted by the caller) into `acc`.
-    // SAFETY: the CPU has the features (the caller's check).
-    let step = |acc: __m256, c: usize| unsafe { _mm256_fmadd_ps(widen8(wp.add(c)), _mm256_loadu_ps(xp.add(c)), acc) };
     let mut acc = [_mm256_setzero_ps(); 2];
-    let mut base = 0;
-    while base + 2 * AVX2_RUN <= whole {
-        // The pair of runs is 256 bytes: four cache lines to ask for, `PREFETCH_AHEAD` on.
-        for line in (0..2 * AVX2_RUN).step_by(32) {
-            prefetch_l2(wp.wrapping_add(base + line));
-        }
-        // The two accumulators' runs side by side: two independent chains of FMAs.
-        for c in (base..base + AVX2_RUN).step_by(8) {
-            acc[0] = step(acc[0], c);
-            acc[1] = step(acc[1], c + AVX2_RUN);
-        }
-        base += 2 * AVX2_RUN;
-    }
-    for c in (base..whole).step_by(8) {
-        let h = (c - base) / AVX2_RUN;
-        acc[h] = step(acc[h], c);
-    }
+    // A pair of runs is 256 bytes: four cache lines to ask for, `PREFETCH_AHEAD` on.
+    let at_pair =
+        |base: usize| (0..2 * AVX2_RUN).step_by(32).for_each(|line| prefetch_l2(wp.wrapping_add(base + line)));
+    // Weights c (c + 8 ≤ whole ≤ the rows' length, equal as asserted by the caller) into
+    // `acc[h]`. SAFETY: the CPU has the features (the caller's check).
+    let step =
+        |c: usize, h: usize| acc[h] = unsafe { _mm256_fmadd_ps(widen8(wp.add(c)), _mm256_loadu_ps(xp.add(c)), acc[h]) };
+    avx2_order(whole, at_pair, step);
     hsum256(_mm256_add_ps(acc[0], acc[1])) + super::dot_half_scalar(&w[whole..], &x[whole..])
 }
 
